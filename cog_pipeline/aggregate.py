@@ -1,0 +1,140 @@
+"""The final step of a run: sort every manifest row into processed or failed and publish the outcome.
+
+A row is processed when its conversion was recorded as done (``ok`` or ``skipped``) *and* both the
+COG and the JPEG are in the output bucket; otherwise it is failed, with a reason. Existence is
+checked with paginated listings (one per output folder, or one over the common prefix), not one
+request per row. The ``processing`` manifest is deleted only after the three outcome CSVs are written.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from . import s3
+from .batch import manifest_config, read_status_records
+from .errors import PipelineError
+from .manifest import jpeg_key, parse_manifest, write_errors_csv, write_rows_csv
+from .naming import ManifestKeys, outcome_path
+
+log = logging.getLogger(__name__)
+
+#: Above this many distinct output folders, list their common prefix once instead of each folder.
+MAX_FOLDER_LISTINGS = 10
+
+
+@dataclass
+class Outcome:
+    """Rows of one manifest sorted by outcome, in manifest order."""
+
+    processed: list[tuple[str, str]] = field(default_factory=list)
+    failed: list[tuple[str, str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def existing_keys(client: Any, bucket: str, wanted: Iterable[str]) -> set[str]:
+    """Which of ``wanted`` exist in ``bucket``, found with as few paginated listings as possible."""
+    wanted = set(wanted)
+    if not wanted:
+        return set()
+    folders = {key.rpartition("/")[0] + "/" if "/" in key else "" for key in wanted}
+    if len(folders) <= MAX_FOLDER_LISTINGS:
+        listings = [(folder, "/") for folder in sorted(folders)]
+    else:
+        listings = [(os.path.commonprefix(sorted(wanted)), None)]
+    found: set[str] = set()
+    for prefix, delimiter in listings:
+        for obj in s3.iter_objects(client, bucket, prefix=prefix, delimiter=delimiter):
+            if obj["Key"] in wanted:
+                found.add(obj["Key"])
+    return found
+
+
+def classify(manifest_bytes: bytes, records: dict[str, dict[str, Any]], present: set[str]) -> Outcome:
+    """Sort every row of the manifest; no row is dropped (blank and header lines are not rows)."""
+    manifest = parse_manifest(manifest_bytes)
+    outcome = Outcome(notes=list(manifest.notes))
+    rows: list[tuple[int, str, str, str | None]] = []
+    for rejected in manifest.rejected:
+        rows.append((rejected.line, rejected.key, rejected.bands_text, rejected.reason))
+    for entry in manifest.entries:
+        record = records.get(entry.key)
+        if record is None:
+            reason = "no outcome recorded: the conversion job for this row did not finish (see logs/convert/)"
+        elif record["status"] == "failed":
+            reason = f"{record.get('step', '?')}: {record.get('reason', 'unknown error')}"
+        elif entry.key not in present or jpeg_key(entry.key) not in present:
+            missing = [k for k in (entry.key, jpeg_key(entry.key)) if k not in present]
+            reason = f"output missing from the output bucket after conversion: {', '.join(missing)}"
+        else:
+            reason = None
+            for note in record.get("notes", []):
+                outcome.notes.append(f"line {entry.line} ({entry.key}): {note}")
+        rows.append((entry.line, entry.key, entry.bands_text, reason))
+    for _line, key, bands, reason in sorted(rows, key=lambda row: row[0]):
+        if reason is None:
+            outcome.processed.append((key, bands))
+        else:
+            outcome.failed.append((key, bands, reason))
+    return outcome
+
+
+def aggregate_manifest(config: dict[str, Any], run_dir: Path, manifest_id: str) -> dict[str, Any]:
+    """Classify one manifest's rows, upload the outcome CSVs, delete its ``processing`` object."""
+    run_dir = Path(run_dir)
+    manifest = manifest_config(config, manifest_id)
+    keys = ManifestKeys(raw=manifest["raw_key"], stem=manifest["stem"], ts=manifest["timestamp"])
+    manifest_bytes = (run_dir / manifest["csv"]).read_bytes()
+    entries = parse_manifest(manifest_bytes).entries
+    client = s3.make_client(s3.S3Settings.from_config(config["s3"]))
+    input_bucket, output_bucket = config["s3"]["input_bucket"], config["s3"]["output_bucket"]
+
+    wanted = [k for e in entries for k in (e.key, jpeg_key(e.key))]
+    try:
+        present = existing_keys(client, output_bucket, wanted)
+    except Exception as exc:  # noqa: BLE001 - reported as a clear PipelineError
+        raise PipelineError(f"cannot list output bucket '{output_bucket}': {s3.describe_error(exc)}") from None
+    outcome = classify(manifest_bytes, read_status_records(run_dir, manifest_id), present)
+
+    local_dir = run_dir / "outcome" / manifest_id
+    local_dir.mkdir(parents=True, exist_ok=True)
+    files = {
+        keys.processed: write_rows_csv(outcome.processed),
+        keys.failed: write_rows_csv((key, bands) for key, bands, _ in outcome.failed),
+        keys.errors: write_errors_csv(outcome.failed),
+    }
+    for key, body in files.items():
+        (local_dir / key.rpartition("/")[2]).write_bytes(body)
+        try:
+            s3.put_bytes(client, input_bucket, key, body)
+        except Exception as exc:  # noqa: BLE001
+            raise PipelineError(f"cannot write {key} to '{input_bucket}': {s3.describe_error(exc)}; "
+                                f"{keys.processing} was left in place") from None
+    try:
+        client.delete_object(Bucket=input_bucket, Key=keys.processing)
+    except Exception as exc:  # noqa: BLE001
+        raise PipelineError(f"outcome written, but cannot delete {keys.processing}: {s3.describe_error(exc)}") from None
+
+    summary = {
+        "manifest": manifest_id,
+        "raw_key": keys.raw,
+        "processing_key": keys.processing,
+        "processed_key": keys.processed,
+        "failed_key": keys.failed,
+        "errors_key": keys.errors,
+        "processed": len(outcome.processed),
+        "failed": len(outcome.failed),
+        "notes": outcome.notes,
+    }
+    for note in outcome.notes:
+        log.info("note: %s", note)
+    log.info("%s: %d processed, %d failed -> %s, %s", keys.raw, summary["processed"], summary["failed"],
+             keys.processed, keys.failed)
+    target = outcome_path(run_dir, manifest_id)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return summary

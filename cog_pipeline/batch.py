@@ -1,0 +1,211 @@
+"""Per-image work for one batch of manifest rows: fetch, convert, verify, upload, record the outcome.
+
+A bad image never fails the batch: every row gets a JSON record (``ok``, ``skipped`` or ``failed``
+with the step and reason), so the aggregate always runs. A row whose outputs are already in the
+output bucket, converted from the same input object (ETag kept in the COG's metadata), is skipped.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import botocore.exceptions
+
+from . import __version__, s3
+from .convert import ConversionResult, convert_file, cog_options_from_config, jpeg_options_from_config
+from .errors import ImageError
+from .manifest import Entry, batch_slices, jpeg_key, parse_manifest
+
+log = logging.getLogger(__name__)
+
+SOURCE_ETAG_META = "cog-pipeline-source-etag"
+
+
+def manifest_entries(run_dir: Path, manifest: dict[str, Any]) -> list[Entry]:
+    """Accepted rows of a claimed manifest, in file order."""
+    return parse_manifest((Path(run_dir) / manifest["csv"]).read_bytes()).entries
+
+
+def batch_entries(config: dict[str, Any], run_dir: Path, manifest_id: str, index: int) -> list[Entry]:
+    """The rows batch ``index`` of manifest ``manifest_id`` owns (deterministic slicing)."""
+    manifest = manifest_config(config, manifest_id)
+    entries = manifest_entries(run_dir, manifest)
+    slices = batch_slices(len(entries), int(config["batch_size"]))
+    if index >= len(slices):
+        return []
+    start, stop = slices[index]
+    return entries[start:stop]
+
+
+def manifest_config(config: dict[str, Any], manifest_id: str) -> dict[str, Any]:
+    """The ``manifests:`` entry with this id."""
+    for manifest in config.get("manifests", []):
+        if manifest["id"] == manifest_id:
+            return manifest
+    raise KeyError(f"manifest id {manifest_id!r} not in the run config")
+
+
+class ImageContext:
+    """What processing an image needs: the S3 client, settings and conversion options."""
+
+    def __init__(self, config: dict[str, Any], threads: int | None = None):
+        self.config = config
+        self.settings = s3.S3Settings.from_config(config["s3"])
+        self.client = s3.make_client(self.settings)
+        self.input_bucket = config["s3"]["input_bucket"]
+        self.output_bucket = config["s3"]["output_bucket"]
+        cog_cfg = dict(config.get("cog", {}))
+        if threads:
+            cog_cfg["num_threads"] = str(threads)
+        self.cog_options = cog_options_from_config(cog_cfg)
+        self.jpeg_options = jpeg_options_from_config(config.get("jpeg", {}))
+        self.tmp_root = config.get("tmp_dir") or None
+
+
+def _s3_step(step: str, exc: BaseException) -> ImageError:
+    return ImageError(step, s3.describe_error(exc))
+
+
+def already_done(ctx: ImageContext, entry: Entry, source_etag: str) -> bool:
+    """True when both outputs exist and the COG was made from this very input object."""
+    cog_head = s3.head(ctx.client, ctx.output_bucket, entry.key)
+    if cog_head is None or cog_head.get("Metadata", {}).get(SOURCE_ETAG_META) != source_etag:
+        return False
+    return s3.head(ctx.client, ctx.output_bucket, jpeg_key(entry.key)) is not None
+
+
+def process_image(ctx: ImageContext, entry: Entry) -> dict[str, Any]:
+    """Convert one manifest row end to end; returns its outcome record (never raises for image faults)."""
+    record: dict[str, Any] = {"key": entry.key, "line": entry.line, "bands": entry.bands_text}
+    started = time.monotonic()
+    try:
+        record.update(_process(ctx, entry))
+    except ImageError as exc:
+        record.update(status="failed", step=exc.step, reason=exc.message)
+    except Exception as exc:  # noqa: BLE001 - one image must never take the batch down
+        log.exception("unexpected error on %s", entry.key)
+        record.update(status="failed", step="internal", reason=f"{type(exc).__name__}: {exc}")
+    record["seconds"] = round(time.monotonic() - started, 3)
+    return record
+
+
+def _process(ctx: ImageContext, entry: Entry) -> dict[str, Any]:
+    try:
+        source = s3.head(ctx.client, ctx.input_bucket, entry.key)
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+        raise _s3_step("download", exc) from None
+    if source is None:
+        raise ImageError("download", f"input object not found in bucket '{ctx.input_bucket}'; "
+                                     "upload it, then retry the failed rows")
+    if source.get("ContentLength", 0) == 0:
+        raise ImageError("download", "input object is empty (0 bytes)")
+    etag = source["ETag"]
+    try:
+        if already_done(ctx, entry, etag):
+            return {"status": "skipped", "reason": "outputs already made from this input", "input_bytes": source["ContentLength"]}
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+        raise _s3_step("check-output", exc) from None
+
+    workdir = _private_tmpdir(ctx.tmp_root)
+    try:
+        local_in, local_cog, local_jpg = workdir / "input.tif", workdir / "cog.tif", workdir / "preview.jpg"
+        try:
+            s3.download_file(ctx.client, ctx.input_bucket, entry.key, local_in, ctx.settings)
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+            raise _s3_step("download", exc) from None
+        except OSError as exc:
+            raise ImageError("download", _os_reason(exc, workdir)) from None
+        try:
+            result = convert_file(local_in, local_cog, local_jpg, ctx.cog_options, ctx.jpeg_options,
+                                  expected_bands=entry.bands, tmp_dir=workdir)
+        except OSError as exc:
+            raise ImageError("cog", _os_reason(exc, workdir)) from None
+        metadata = {SOURCE_ETAG_META: etag, "cog-pipeline-version": __version__}
+        try:
+            # JPEG first: the COG (with the source ETag) is the "done" marker checked by reruns.
+            s3.upload_file(ctx.client, ctx.output_bucket, jpeg_key(entry.key), local_jpg, ctx.settings,
+                           "image/jpeg", metadata)
+            s3.upload_file(ctx.client, ctx.output_bucket, entry.key, local_cog, ctx.settings,
+                           "image/tiff; application=geotiff; profile=cloud-optimized", metadata)
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError,
+                s3.boto3.exceptions.S3UploadFailedError) as exc:
+            raise _s3_step("upload", exc) from None
+        return _result_fields(result, source["ContentLength"])
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _result_fields(result: ConversionResult, input_bytes: int) -> dict[str, Any]:
+    info = result.info
+    return {
+        "status": "ok",
+        "file_bands": info.count,
+        "dtype": info.dtype,
+        "width": info.width,
+        "height": info.height,
+        "input_bytes": input_bytes,
+        "cog_bytes": result.cog_bytes,
+        "jpeg_bytes": result.jpeg_bytes,
+        "notes": list(result.notes),
+        "step_seconds": {k: round(v, 3) for k, v in result.seconds.items()},
+    }
+
+
+def _private_tmpdir(root: str | None) -> Path:
+    try:
+        return Path(tempfile.mkdtemp(prefix="cog-pipeline-", dir=root))
+    except OSError as exc:
+        raise ImageError("download", f"cannot create a temp dir in {root or tempfile.gettempdir()}: "
+                                     f"{exc.strerror}") from None
+
+
+def _os_reason(exc: OSError, where: Path) -> str:
+    if exc.errno == errno.ENOSPC:
+        return f"no space left on the device holding {where.parent} (set tmp_dir in the config)"
+    return f"{type(exc).__name__}: {exc.strerror or exc}"
+
+
+def run_batch(config: dict[str, Any], run_dir: Path, manifest_id: str, index: int,
+              status_file: Path, threads: int | None = None) -> list[dict[str, Any]]:
+    """Process batch ``index`` and write one JSON record per row to ``status_file`` (atomically)."""
+    entries = batch_entries(config, run_dir, manifest_id, index)
+    ctx = ImageContext(config, threads)
+    records = []
+    for entry in entries:
+        record = process_image(ctx, entry)
+        log.info("%s: %s%s (%.1f s)", entry.key, record["status"],
+                 f" at {record['step']}: {record['reason']}" if record["status"] == "failed" else "",
+                 record["seconds"])
+        for note in record.get("notes", []):
+            log.info("%s: note: %s", entry.key, note)
+        records.append(record)
+    status_file = Path(status_file)
+    status_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = status_file.with_name(status_file.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        for record in records:
+            fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, status_file)
+    return records
+
+
+def read_status_records(run_dir: Path, manifest_id: str) -> dict[str, dict[str, Any]]:
+    """All per-image records written so far for a manifest, by key."""
+    records: dict[str, dict[str, Any]] = {}
+    for path in sorted((Path(run_dir) / "status" / manifest_id).glob("batch-*.jsonl")):
+        with open(path, encoding="utf-8") as fh:
+            for line in fh:
+                if line.strip():
+                    record = json.loads(line)
+                    records[record["key"]] = record
+    return records

@@ -1,0 +1,155 @@
+"""``cog-pipeline``: a thin argparse layer over the package's typed functions."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import ImageError, PipelineError
+from .logs import configure_cli
+from .s3 import S3Settings
+
+log = logging.getLogger("cog_pipeline")
+
+
+def _add_s3_flags(parser: argparse.ArgumentParser, buckets: bool = True) -> None:
+    parser.add_argument("-a", "--access-key-file", help="file holding the S3 access key id")
+    parser.add_argument("-s", "--secret-key-file", help="file holding the S3 secret access key")
+    parser.add_argument("-e", "--endpoint", help="S3 endpoint: host name (HTTPS) or full URL, e.g. http://127.0.0.1:9000")
+    parser.add_argument("--region", default="us-east-1", help="S3 region (default: %(default)s)")
+    if buckets:
+        parser.add_argument("--input-bucket", required=True, help="bucket holding the GeoTIFFs and manifests")
+        parser.add_argument("--output-bucket", required=True, help="bucket receiving the COGs and JPEGs")
+        parser.add_argument("-p", "--pattern", default="*raw.csv",
+                            help="glob matched against full keys to find new manifests (default: %(default)s)")
+
+
+def _settings(args: argparse.Namespace) -> S3Settings:
+    return S3Settings(endpoint_url=args.endpoint, access_key_file=args.access_key_file,
+                      secret_key_file=args.secret_key_file, region=args.region)
+
+
+def cmd_tick(args: argparse.Namespace) -> int:
+    from .tick import TickOptions, tick
+
+    result = tick(TickOptions(input_bucket=args.input_bucket, output_bucket=args.output_bucket,
+                              settings=_settings(args), pattern=args.pattern, executor=args.executor,
+                              cores=args.cores, dry_run=args.dry_run, workdir=Path(args.workdir).resolve()))
+    _print_summaries(result.manifests)
+    return result.exit_code
+
+
+def _print_summaries(summaries: list[dict]) -> None:
+    for summary in summaries:
+        print(f"{summary['raw_key']}: {summary['processed']} processed, {summary['failed']} failed")
+        print(f"  processed rows: {summary['processed_key']}")
+        print(f"  failed rows:    {summary['failed_key']}")
+        print(f"  reasons:        {summary['errors_key']}")
+
+
+def cmd_drive(args: argparse.Namespace) -> int:
+    from .driver import drive
+
+    code, summaries = drive(Path(args.run_dir), executor=args.executor, cores=args.cores)
+    _print_summaries(summaries)
+    return code
+
+
+def cmd_aggregate(args: argparse.Namespace) -> int:
+    from .driver import finish
+
+    code, summaries = finish(Path(args.run_dir).resolve())
+    _print_summaries(summaries)
+    return code
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from .convert import CogOptions, JpegOptions, convert_file
+
+    cog = CogOptions(compress=args.compress, overview_resampling=args.overview_resampling,
+                     num_threads=str(args.threads))
+    try:
+        result = convert_file(args.input, args.cog, args.jpeg, cog, JpegOptions(quality=args.quality),
+                              expected_bands=args.bands)
+    except ImageError as exc:
+        print(f"error: {args.input}: {exc}", file=sys.stderr)
+        return 1
+    info = result.info
+    print(f"{args.input}: {info.width}x{info.height}, {info.count} bands {info.dtype} -> "
+          f"{args.cog} ({result.cog_bytes} bytes, valid COG, pixels verified), "
+          f"{args.jpeg} ({result.jpeg_bytes} bytes, bands {result.jpeg_bands})")
+    for note in result.notes:
+        print(f"note: {note}")
+    print("seconds: " + json.dumps({k: round(v, 2) for k, v in result.seconds.items()}))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(Path(args.workdir).resolve(), cores=args.cores)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cog-pipeline", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("tick", help="claim new manifests and process them (what the Crondor runs)")
+    _add_s3_flags(p)
+    p.add_argument("--executor", choices=["local", "htcondor"], default="local",
+                   help="local: run here in the foreground; htcondor: submit a driver job (default: %(default)s)")
+    p.add_argument("--cores", type=int, default=2, help="cores for the local executor (default: %(default)s)")
+    p.add_argument("--dry-run", action="store_true", help="print the plan; rename and write nothing")
+    p.add_argument("--workdir", default=".", help="where workflow-run-<TS>/ directories go (default: .)")
+    p.set_defaults(func=cmd_tick)
+
+    p = sub.add_parser("drive", help="run the workflow of a run directory, then its final aggregate")
+    p.add_argument("run_dir")
+    p.add_argument("--executor", choices=["local", "htcondor"], default="local")
+    p.add_argument("--cores", type=int, default=2)
+    p.set_defaults(func=cmd_drive)
+
+    p = sub.add_parser("aggregate", help="write the outcome CSVs of a run directory now (the final step)")
+    p.add_argument("--run-dir", required=True)
+    p.set_defaults(func=cmd_aggregate)
+
+    p = sub.add_parser("convert", help="convert one local GeoTIFF to a COG and a JPEG preview")
+    p.add_argument("input")
+    p.add_argument("--cog", required=True, help="output COG path")
+    p.add_argument("--jpeg", required=True, help="output JPEG path")
+    p.add_argument("--bands", type=int, help="expected band count (a mismatch is reported; the file wins)")
+    p.add_argument("--compress", default="LZW")
+    p.add_argument("--overview-resampling", default="average")
+    p.add_argument("--threads", default="ALL_CPUS")
+    p.add_argument("--quality", type=int, default=80)
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("demo", help="run the whole pipeline on sample images with a local S3 server")
+    p.add_argument("--workdir", default="demo-output", help="where results are written (default: %(default)s)")
+    p.add_argument("--cores", type=int, default=2)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: returns the process exit code (2 for errors the user must fix)."""
+    args = build_parser().parse_args(argv)
+    configure_cli(args.verbose)
+    try:
+        return int(args.func(args) or 0)
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

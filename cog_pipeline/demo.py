@@ -1,0 +1,141 @@
+"""``cog-pipeline demo``: the whole pipeline on sample GeoTIFFs, with S3 on loopback and local Snakemake."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.transform import from_origin
+
+from . import SAMPLES_DIR, s3
+from .local_s3 import LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY, local_s3_server
+from .manifest import jpeg_key, write_rows_csv
+from .tick import TickOptions, tick
+
+INPUT_BUCKET = "cog-demo-input"
+OUTPUT_BUCKET = "cog-demo-output"
+MANIFEST_KEY = "demo-raw.csv"
+
+#: Sample key -> local file (real rasters from rasterio's test data, see samples/README.md).
+SAMPLES = {
+    "imagery/landsat/RGB.byte.tif": "RGB.byte.tif",
+    "imagery/landsat/RGBA.byte.tif": "RGBA.byte.tif",
+    "imagery/hillshade/shade.tif": "shade.tif",
+    "imagery/small/byte.tif": "byte.tif",
+}
+
+
+def make_dem(path: Path, size: int = 512) -> None:
+    """A smooth synthetic uint16 elevation model (1 band), georeferenced in UTM."""
+    y, x = np.mgrid[0:size, 0:size].astype("float64") / size
+    elevation = 200 + 800 * (np.sin(3 * x) * np.cos(2 * y) + 1) + 30 * np.sin(40 * x * y)
+    profile = dict(driver="GTiff", width=size, height=size, count=1, dtype="uint16", crs="EPSG:32616",
+                   transform=from_origin(300000, 4800000, 10, 10))
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(elevation.astype("uint16"), 1)
+
+
+def make_paletted(path: Path, size: int = 256) -> None:
+    """A small land-use style raster with a colour table (1 paletted band)."""
+    classes = ((np.add.outer(np.arange(size), np.arange(size)) // 32) % 4).astype("uint8")
+    profile = dict(driver="GTiff", width=size, height=size, count=1, dtype="uint8", crs="EPSG:4326",
+                   transform=from_origin(-90, 45, 0.001, 0.001), photometric="palette")
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(classes, 1)
+        dst.write_colormap(1, {0: (34, 139, 34, 255), 1: (210, 180, 140, 255), 2: (70, 130, 180, 255),
+                               3: (220, 20, 60, 255)})
+
+
+def sample_files(scratch: Path) -> dict[str, Path]:
+    """Every demo input: key -> local path (real samples plus two generated ones)."""
+    files = {key: SAMPLES_DIR / name for key, name in SAMPLES.items()}
+    files["imagery/county scans/dem uint16.tif"] = scratch / "dem.tif"
+    make_dem(files["imagery/county scans/dem uint16.tif"])
+    files["imagery/landuse/paletted.tif"] = scratch / "paletted.tif"
+    make_paletted(files["imagery/landuse/paletted.tif"])
+    return files
+
+
+def write_key_files(directory: Path) -> tuple[Path, Path]:
+    """Key files for the local server (owner-only permissions, as real ones should have)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, value in (("access_key", LOCAL_ACCESS_KEY), ("secret_key", LOCAL_SECRET_KEY)):
+        path = directory / name
+        path.write_text(value + "\n", encoding="utf-8")
+        os.chmod(path, 0o600)
+        paths.append(path)
+    return paths[0], paths[1]
+
+
+def run_demo(workdir: Path, cores: int = 2) -> int:
+    """Seed a local S3 server, run one tick, fetch and check the results; 0 when every pair is valid."""
+    from rio_cogeo.cogeo import cog_validate
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    results = workdir / "results"
+    shutil.rmtree(results, ignore_errors=True)
+    access, secret = write_key_files(workdir / "keys")
+    with local_s3_server() as endpoint:
+        print(f"Local S3 server: {endpoint} (buckets {INPUT_BUCKET}, {OUTPUT_BUCKET})")
+        settings = s3.S3Settings(endpoint_url=endpoint, access_key_file=str(access), secret_key_file=str(secret))
+        client = s3.make_client(settings)
+        client.create_bucket(Bucket=INPUT_BUCKET)
+        client.create_bucket(Bucket=OUTPUT_BUCKET)
+        files = sample_files(_scratch(workdir))
+        for key, path in files.items():
+            client.upload_file(str(path), INPUT_BUCKET, key)
+        rows = []
+        for key, path in files.items():
+            with rasterio.open(path) as src:
+                rows.append((key, str(src.count)))
+        s3.put_bytes(client, INPUT_BUCKET, MANIFEST_KEY, write_rows_csv(rows))
+        print(f"Uploaded {len(files)} GeoTIFFs and {MANIFEST_KEY} ({len(rows)} rows)\n")
+
+        result = tick(TickOptions(input_bucket=INPUT_BUCKET, output_bucket=OUTPUT_BUCKET, settings=settings,
+                                  cores=cores, workdir=workdir))
+        ok = result.exit_code == 0 and bool(result.manifests)
+        print()
+        for summary in result.manifests:
+            print(f"{summary['raw_key']}: {summary['processed']} processed, {summary['failed']} failed")
+            for name in ("processed_key", "failed_key", "errors_key"):
+                key = summary[name]
+                dest = results / "outcome" / key
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                client.download_file(INPUT_BUCKET, key, str(dest))
+                print(f"  s3://{INPUT_BUCKET}/{key}")
+                for line in dest.read_text(encoding="utf-8").splitlines():
+                    print(f"      {line}")
+        print(f"\nOutputs in s3://{OUTPUT_BUCKET}/ (copied to {results / 'output'}):")
+        expected = [k for key, _ in rows for k in (key, jpeg_key(key))]
+        for key in expected:
+            dest = results / "output" / key
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if s3.head(client, OUTPUT_BUCKET, key) is None:
+                print(f"  MISSING  {key}")
+                ok = False
+                continue
+            client.download_file(OUTPUT_BUCKET, key, str(dest))
+            verdict = "JPEG"
+            if key.endswith(".tif"):
+                valid, errors, _warnings = cog_validate(str(dest), quiet=True)
+                verdict = "valid COG" if valid else f"INVALID COG: {errors}"
+                ok = ok and valid
+            print(f"  {verdict:9}  {key} ({dest.stat().st_size} bytes)")
+        for summary in result.manifests:
+            if s3.head(client, INPUT_BUCKET, summary["processing_key"]) is not None:
+                print(f"  NOT DELETED  {summary['processing_key']}")
+                ok = False
+    print(f"\nRun directory (logs, status, outcome): {result.run_dir}")
+    print(f"Results copied to: {results}")
+    print("Demo " + ("succeeded: every image has a valid COG and a JPEG." if ok else "FAILED: see above."))
+    return 0 if ok else 1
+
+
+def _scratch(workdir: Path) -> Path:
+    path = workdir / "generated-inputs"
+    path.mkdir(parents=True, exist_ok=True)
+    return path

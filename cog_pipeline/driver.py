@@ -1,0 +1,111 @@
+"""Drive one run directory to its end, like DAGMan: run Snakemake, then, whatever it returned,
+aggregate every manifest that the workflow did not (the FINAL node), so outcome CSVs always appear.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import WORKFLOW_DIR
+from .aggregate import aggregate_manifest
+from .errors import PipelineError
+from .naming import RUN_CONFIG, outcome_path
+
+log = logging.getLogger(__name__)
+
+SNAKEFILE = WORKFLOW_DIR / "Snakefile"
+DEFAULT_CONFIG = WORKFLOW_DIR / "config" / "config.yaml"
+
+
+def default_config() -> dict[str, Any]:
+    """The workflow's defaults (config/config.yaml)."""
+    return yaml.safe_load(DEFAULT_CONFIG.read_text(encoding="utf-8"))
+
+
+def load_run_config(run_dir: Path) -> dict[str, Any]:
+    """Defaults merged with the run's own run.yaml (run values win)."""
+    path = Path(run_dir) / RUN_CONFIG
+    if not path.is_file():
+        raise PipelineError(f"{path} not found: is {run_dir} a workflow-run directory?")
+    config = default_config()
+    config.update(yaml.safe_load(path.read_text(encoding="utf-8")))
+    return config
+
+
+def snakemake_command(run_dir: Path, executor: str, cores: int, extra: list[str] | None = None) -> list[str]:
+    """The Snakemake command line for a run directory (never carries secrets)."""
+    if not SNAKEFILE.is_file():
+        raise PipelineError(f"workflow not found at {WORKFLOW_DIR}: install cog-pipeline from its source tree "
+                            "(pip install -e .)")
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(SNAKEFILE), "--directory", str(run_dir),
+           "--cores", str(cores), "--keep-going", "--rerun-incomplete", "--nocolor"]
+    if executor == "htcondor":
+        from . import htcondor
+
+        config = load_run_config(run_dir)
+        cmd += htcondor.snakemake_args(Path(run_dir), config["run_id"], config.get("pattern", ""))
+    elif executor != "local":
+        raise PipelineError(f"unknown executor {executor!r} (use local or htcondor)")
+    return cmd + list(extra or [])
+
+
+def drive_argv(run_dir: Path, executor: str) -> list[str]:
+    """Arguments of ``cog-pipeline`` that drive this run directory (what an HTCondor driver job runs)."""
+    return ["drive", str(Path(run_dir).resolve()), "--executor", executor]
+
+
+def run_snakemake(run_dir: Path, executor: str, cores: int, extra: list[str] | None = None) -> int:
+    """Run Snakemake in the run directory, its output appended to logs/snakemake.log."""
+    cmd = snakemake_command(run_dir, executor, cores, extra)
+    log_path = Path(run_dir) / "logs" / "snakemake.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as out:
+        return subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=run_dir, check=False).returncode
+
+
+def finish(run_dir: Path) -> tuple[int, list[dict[str, Any]]]:
+    """Aggregate every manifest the workflow left without an outcome; return (exit code, summaries)."""
+    config = load_run_config(run_dir)
+    summaries, code = [], 0
+    for manifest in config.get("manifests", []):
+        path = outcome_path(run_dir, manifest["id"])
+        if not path.is_file():
+            log.info("aggregating %s after the workflow (final step)", manifest["raw_key"])
+            try:
+                aggregate_manifest(config, run_dir, manifest["id"])
+            except PipelineError as exc:
+                log.error("%s", exc)
+                code = 1
+                continue
+        summaries.append(json.loads(path.read_text(encoding="utf-8")))
+    return code, summaries
+
+
+def drive(run_dir: Path, executor: str = "local", cores: int = 2) -> tuple[int, list[dict[str, Any]]]:
+    """Run the workflow then the final aggregate; exit code 0 when every manifest has its outcome CSVs."""
+    run_dir = Path(run_dir).resolve()
+    status = run_snakemake(run_dir, executor, cores)
+    if status != 0:
+        log.warning("Snakemake exited with %d (see %s); aggregating what was done", status,
+                    run_dir / "logs" / "snakemake.log")
+    try:
+        code, summaries = finish(run_dir)
+    finally:
+        if executor == "htcondor":
+            from . import htcondor
+
+            htcondor.cleanup_run(load_run_config(run_dir)["run_id"])
+    return code, summaries
+
+
+def dry_run(run_dir: Path, executor: str = "local", cores: int = 2) -> int:
+    """Print Snakemake's job plan for the run directory without running anything."""
+    cmd = snakemake_command(run_dir, executor, cores, ["--dry-run", "--quiet", "rules"])
+    return subprocess.run(cmd, cwd=run_dir, check=False).returncode

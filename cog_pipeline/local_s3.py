@@ -1,0 +1,31 @@
+"""An S3 server on loopback (moto's ThreadedMotoServer) for the demo, the tests and the benchmarks."""
+
+from __future__ import annotations
+
+import urllib.request
+from contextlib import contextmanager
+from typing import Iterator
+
+#: Credentials the local server accepts (it accepts any); never real secrets.
+LOCAL_ACCESS_KEY = "local-access-key"
+LOCAL_SECRET_KEY = "local-secret-key"
+
+
+@contextmanager
+def local_s3_server() -> Iterator[str]:
+    """Start an S3 server on 127.0.0.1 at a free port; yields its endpoint URL."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
+def reset(endpoint: str) -> None:
+    """Forget every bucket and object on a local server (between tests)."""
+    request = urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST")
+    urllib.request.urlopen(request, timeout=10).close()

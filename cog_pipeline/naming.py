@@ -1,0 +1,88 @@
+"""Names of things: manifest keys through their life cycle, run directories, per-run files.
+
+``folder/X-raw.csv`` is claimed as ``folder/X-processing-<TS>.csv`` and ends as
+``folder/X-processed-<TS>.csv``, ``folder/X-failed-<TS>.csv`` and ``folder/X-errors-<TS>.csv``.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+TIMESTAMP_FORMAT = "%Y%m%d-%H%M%S"
+RUN_DIR_PREFIX = "workflow-run-"
+RUN_CONFIG = "run.yaml"
+#: Prefix of the pipeline's own state objects in the input bucket (claim markers).
+STATE_PREFIX = ".cog-pipeline/"
+
+_OWNED = re.compile(r"(processing|processed|failed|errors|report)-\d{8}-\d{6}\.(csv|html)$")
+
+
+def timestamp(now: float | None = None) -> str:
+    """UTC time as ``YYYYmmdd-HHMMSS``."""
+    return time.strftime(TIMESTAMP_FORMAT, time.gmtime(time.time() if now is None else now))
+
+
+def manifest_stem(raw_key: str) -> str:
+    """``folder/X-raw.csv`` -> ``folder/X-``; any other ``name.csv`` -> ``name-``."""
+    if raw_key.endswith("raw.csv"):
+        return raw_key[: -len("raw.csv")]
+    if raw_key.endswith(".csv"):
+        return raw_key[: -len(".csv")] + "-"
+    return raw_key + "-"
+
+
+def is_pipeline_object(key: str) -> bool:
+    """True for objects the pipeline itself writes: never to be taken as a new manifest."""
+    return key.startswith(STATE_PREFIX) or bool(_OWNED.search(key))
+
+
+@dataclass(frozen=True)
+class ManifestKeys:
+    """Every key one claimed manifest uses in the input bucket."""
+
+    raw: str
+    stem: str
+    ts: str
+
+    @property
+    def processing(self) -> str:
+        return f"{self.stem}processing-{self.ts}.csv"
+
+    @property
+    def processed(self) -> str:
+        return f"{self.stem}processed-{self.ts}.csv"
+
+    @property
+    def failed(self) -> str:
+        return f"{self.stem}failed-{self.ts}.csv"
+
+    @property
+    def errors(self) -> str:
+        return f"{self.stem}errors-{self.ts}.csv"
+
+    @classmethod
+    def for_raw(cls, raw_key: str, ts: str) -> "ManifestKeys":
+        return cls(raw=raw_key, stem=manifest_stem(raw_key), ts=ts)
+
+
+def claim_marker_key(raw_key: str, etag: str) -> str:
+    """The state object whose conditional creation claims one version of a raw manifest."""
+    return f"{STATE_PREFIX}claims/{raw_key}@{etag.strip(chr(34))}"
+
+
+def batch_id(index: int) -> str:
+    """Zero-padded batch number used in file names: 7 -> '00007'."""
+    return f"{index:05d}"
+
+
+def status_path(run_dir: Path, manifest_id: str, batch: str) -> Path:
+    """Per-batch JSON-lines file of per-image outcomes."""
+    return Path(run_dir) / "status" / manifest_id / f"batch-{batch}.jsonl"
+
+
+def outcome_path(run_dir: Path, manifest_id: str) -> Path:
+    """Summary the aggregate writes once the outcome CSVs are safely in the bucket."""
+    return Path(run_dir) / "outcome" / f"{manifest_id}.json"

@@ -1,0 +1,215 @@
+"""S3 access: endpoint and key-file handling, a configured boto3 client, listing, transfers, claims.
+
+Secrets are read from key *files* here and nowhere else; they never reach argv, logs or errors.
+Retries are boto3's own (``standard`` mode with a bounded attempt count), not hand-rolled loops.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import boto3
+import botocore.exceptions
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
+
+from .errors import PipelineError
+
+log = logging.getLogger(__name__)
+
+#: Objects above this size are uploaded/downloaded in parts, several at a time.
+MULTIPART_THRESHOLD = 64 * 1024 * 1024
+MULTIPART_CHUNKSIZE = 32 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class S3Settings:
+    """Where S3 is and how to authenticate; key files are paths, never key values."""
+
+    endpoint_url: str | None = None
+    access_key_file: str | None = None
+    secret_key_file: str | None = None
+    region: str = "us-east-1"
+    max_attempts: int = 8
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+    max_concurrency: int = 4
+
+    @classmethod
+    def from_config(cls, s3: dict[str, Any]) -> "S3Settings":
+        """Build from the ``s3:`` section of a run config (unknown keys are ignored)."""
+        names = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in s3.items() if k in names})
+
+
+def normalize_endpoint(endpoint: str | None) -> str | None:
+    """``s3.example.org`` -> ``https://s3.example.org`` (as the original tool); full URLs are kept."""
+    if not endpoint:
+        return None
+    endpoint = endpoint.strip()
+    if "://" in endpoint:
+        return endpoint.rstrip("/")
+    return "https://" + endpoint.rstrip("/")
+
+
+def resolve_key_file(path: str) -> Path:
+    """The key file at ``path``; on an HTCondor execute point, its transferred copy in the job's directory."""
+    candidate = Path(path).expanduser()
+    if candidate.is_file():
+        return candidate
+    transferred = Path.cwd() / candidate.name
+    if transferred.is_file():
+        return transferred
+    raise PipelineError(f"key file not found: {path}")
+
+
+def read_key_file(path: str) -> str:
+    """Return the single secret stored in a key file, warning when others may read it."""
+    resolved = resolve_key_file(path)
+    mode = resolved.stat().st_mode
+    if mode & (stat.S_IRGRP | stat.S_IROTH):
+        log.warning("key file %s is readable by other users; run: chmod 600 %s", resolved, resolved)
+    try:
+        value = resolved.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PipelineError(f"cannot read key file {resolved}: {type(exc).__name__}") from None
+    if not value or "\n" in value:
+        raise PipelineError(f"key file {resolved} must hold exactly one non-empty line")
+    return value
+
+
+def make_client(settings: S3Settings) -> Any:
+    """A boto3 S3 client with bounded retries/timeouts; credentials from key files if given."""
+    kwargs: dict[str, Any] = {}
+    if settings.access_key_file or settings.secret_key_file:
+        if not (settings.access_key_file and settings.secret_key_file):
+            raise PipelineError("give both an access key file (-a) and a secret key file (-s), or neither")
+        kwargs["aws_access_key_id"] = read_key_file(settings.access_key_file)
+        kwargs["aws_secret_access_key"] = read_key_file(settings.secret_key_file)
+    config = Config(
+        retries={"mode": "standard", "max_attempts": settings.max_attempts},
+        connect_timeout=settings.connect_timeout,
+        read_timeout=settings.read_timeout,
+        s3={"addressing_style": "path"},
+        signature_version="s3v4",
+    )
+    session = boto3.session.Session()
+    return session.client(
+        "s3",
+        endpoint_url=normalize_endpoint(settings.endpoint_url),
+        region_name=settings.region,
+        config=config,
+        **kwargs,
+    )
+
+
+def transfer_config(settings: S3Settings) -> TransferConfig:
+    """Multipart above MULTIPART_THRESHOLD, with ``max_concurrency`` parts in flight."""
+    return TransferConfig(
+        multipart_threshold=MULTIPART_THRESHOLD,
+        multipart_chunksize=MULTIPART_CHUNKSIZE,
+        max_concurrency=settings.max_concurrency,
+        use_threads=settings.max_concurrency > 1,
+    )
+
+
+def error_code(exc: BaseException) -> str:
+    """The S3 error code of a ClientError ('NoSuchKey', '404', 'PreconditionFailed', ...), else ''."""
+    if isinstance(exc, botocore.exceptions.ClientError):
+        return str(exc.response.get("Error", {}).get("Code", ""))
+    return ""
+
+
+def describe_error(exc: BaseException) -> str:
+    """A short user-facing description of an S3/botocore error (never includes credentials)."""
+    if isinstance(exc, botocore.exceptions.ClientError):
+        err = exc.response.get("Error", {})
+        op = getattr(exc, "operation_name", "request")
+        return f"{op} failed: {err.get('Code', '?')} {err.get('Message', '')}".strip()
+    if isinstance(exc, botocore.exceptions.EndpointConnectionError):
+        return f"cannot connect to the S3 endpoint {exc.kwargs.get('endpoint_url', '')}".strip()
+    if isinstance(exc, botocore.exceptions.NoCredentialsError):
+        return "no S3 credentials: give -a ACCESS_KEY_FILE -s SECRET_KEY_FILE"
+    if isinstance(exc, botocore.exceptions.BotoCoreError):
+        return f"{type(exc).__name__}: {exc}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def is_missing(exc: BaseException) -> bool:
+    """True when the error means 'no such object'."""
+    return error_code(exc) in {"NoSuchKey", "404", "NotFound"}
+
+
+def check_bucket(client: Any, bucket: str, role: str) -> None:
+    """Fail with a clear PipelineError unless ``bucket`` exists and these credentials can reach it."""
+    try:
+        client.head_bucket(Bucket=bucket)
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+        code = error_code(exc)
+        if code in {"404", "NoSuchBucket", "NotFound"}:
+            raise PipelineError(f"{role} bucket '{bucket}' does not exist") from None
+        if code in {"403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"}:
+            raise PipelineError(f"access to {role} bucket '{bucket}' denied: check the key files") from None
+        raise PipelineError(f"{role} bucket '{bucket}': {describe_error(exc)}") from None
+
+
+def iter_objects(client: Any, bucket: str, prefix: str = "", delimiter: str | None = None) -> Iterator[dict]:
+    """Every object under ``prefix`` (paginated ListObjectsV2, 1000 keys per request)."""
+    kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
+    if delimiter:
+        kwargs["Delimiter"] = delimiter
+    for page in client.get_paginator("list_objects_v2").paginate(**kwargs):
+        yield from page.get("Contents", [])
+
+
+def get_bytes(client: Any, bucket: str, key: str, if_match: str | None = None) -> bytes:
+    """The whole body of a small object (manifests); ``if_match`` pins the expected ETag."""
+    kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key}
+    if if_match:
+        kwargs["IfMatch"] = if_match
+    return client.get_object(**kwargs)["Body"].read()
+
+
+def put_bytes(client: Any, bucket: str, key: str, body: bytes, *, if_none_match: bool = False,
+              content_type: str = "text/csv") -> str:
+    """Write a small object in one request (atomic on S3); returns its ETag."""
+    kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key, "Body": body, "ContentType": content_type}
+    if if_none_match:
+        kwargs["IfNoneMatch"] = "*"
+    return client.put_object(**kwargs)["ETag"]
+
+
+def download_file(client: Any, bucket: str, key: str, dest: Path, settings: S3Settings) -> None:
+    """Download ``key`` to ``dest`` (multipart ranges for large objects)."""
+    client.download_file(bucket, key, str(dest), Config=transfer_config(settings))
+
+
+def upload_file(client: Any, bucket: str, key: str, src: Path, settings: S3Settings,
+                content_type: str, metadata: dict[str, str] | None = None) -> None:
+    """Upload ``src`` to ``key``: one PUT, or a multipart upload that boto3 aborts if any part fails."""
+    extra = {"ContentType": content_type, "Metadata": metadata or {}}
+    client.upload_file(str(src), bucket, key, ExtraArgs=extra, Config=transfer_config(settings))
+
+
+def head(client: Any, bucket: str, key: str) -> dict | None:
+    """HeadObject, or None when the object does not exist."""
+    try:
+        return client.head_object(Bucket=bucket, Key=key)
+    except botocore.exceptions.ClientError as exc:
+        if is_missing(exc):
+            return None
+        raise
+
+
+def quiet_boto_logs() -> None:
+    """Keep botocore's debug chatter (which can include signed headers) out of our logs."""
+    for name in ("botocore", "boto3", "s3transfer", "urllib3"):
+        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger(name).level))
+
+
+os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")  # never probe cloud metadata endpoints

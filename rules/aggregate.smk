@@ -1,0 +1,16 @@
+localrules:
+    all,
+    aggregate,
+
+
+rule aggregate:
+    """Sort the manifest's rows into processed/failed CSVs beside it, then delete its processing file."""
+    input:
+        manifest=manifest_csv,
+        statuses=batch_status_files,
+    output:
+        summary="outcome/{manifest}.json",
+    log:
+        "logs/aggregate/{manifest}.log",
+    script:
+        "../scripts/aggregate.py"

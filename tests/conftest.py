@@ -1,0 +1,84 @@
+"""Shared fixtures: one real S3 server (moto over HTTP on loopback) per session, reset per test,
+seeded through a separate boto3 client, as s3fs's tests do."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import boto3
+import pytest
+from botocore.config import Config
+
+from cog_pipeline import SAMPLES_DIR
+from cog_pipeline.local_s3 import LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY, local_s3_server, reset
+from cog_pipeline.s3 import S3Settings
+
+# Never let any code path reach a real cloud during tests.
+for _var in ("AWS_PROFILE", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
+    os.environ.pop(_var, None)
+os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
+os.environ["AWS_CONFIG_FILE"] = os.devnull
+os.environ["AWS_SHARED_CREDENTIALS_FILE"] = os.devnull
+
+INPUT_BUCKET = "test-input"
+OUTPUT_BUCKET = "test-output"
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    with local_s3_server() as endpoint:
+        yield endpoint
+
+
+@pytest.fixture
+def s3_server(s3_endpoint):
+    """The endpoint of a freshly reset server."""
+    reset(s3_endpoint)
+    return s3_endpoint
+
+
+@pytest.fixture
+def seed(s3_server):
+    """A separate boto3 client for seeding and inspecting buckets (not the code under test)."""
+    return boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1",
+                        aws_access_key_id="seed", aws_secret_access_key="seed",
+                        config=Config(s3={"addressing_style": "path"}))
+
+
+@pytest.fixture
+def key_files(tmp_path):
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    access, secret = keys / "access", keys / "secret"
+    access.write_text(LOCAL_ACCESS_KEY + "\n")
+    secret.write_text(LOCAL_SECRET_KEY + "\n")
+    access.chmod(0o600)
+    secret.chmod(0o600)
+    return access, secret
+
+
+@pytest.fixture
+def settings(s3_server, key_files):
+    return S3Settings(endpoint_url=s3_server, access_key_file=str(key_files[0]), secret_key_file=str(key_files[1]))
+
+
+@pytest.fixture
+def buckets(seed):
+    seed.create_bucket(Bucket=INPUT_BUCKET)
+    seed.create_bucket(Bucket=OUTPUT_BUCKET)
+    return INPUT_BUCKET, OUTPUT_BUCKET
+
+
+@pytest.fixture
+def samples() -> Path:
+    return SAMPLES_DIR
+
+
+def all_objects(client, bucket: str) -> dict[str, bytes]:
+    """Every object of a bucket with its bytes (small test buckets only)."""
+    out = {}
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        for obj in page.get("Contents", []):
+            out[obj["Key"]] = client.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read()
+    return out

@@ -1,0 +1,247 @@
+"""End to end: manifest in the input bucket -> tick (local Snakemake) -> outputs + outcome CSVs."""
+
+from __future__ import annotations
+
+import csv
+import io
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import rasterio
+from rio_cogeo.cogeo import cog_validate
+
+from cog_pipeline.errors import PipelineError
+from cog_pipeline.tick import TickOptions, tick
+from conftest import INPUT_BUCKET, OUTPUT_BUCKET, all_objects
+
+GOOD = {
+    "imagery/rgb.tif": "RGB.byte.tif",
+    "imagery/county scans/shade é.tif": "shade.tif",
+    "imagery/small/byte.tif": "byte.tif",
+}
+
+
+def upload_samples(seed, samples, mapping=GOOD):
+    for key, name in mapping.items():
+        seed.upload_file(str(samples / name), INPUT_BUCKET, key)
+
+
+def run_tick(settings, tmp_path, **kw):
+    opts = TickOptions(input_bucket=INPUT_BUCKET, output_bucket=OUTPUT_BUCKET, settings=settings,
+                       workdir=tmp_path / "work", **kw)
+    return tick(opts)
+
+
+def outcome_files(seed, stem="batch-"):
+    objs = all_objects(seed, INPUT_BUCKET)
+    def one(kind):
+        keys = [k for k in objs if k.startswith(stem + kind + "-")]
+        assert len(keys) == 1, (kind, sorted(objs))
+        return keys[0], objs[keys[0]].decode("utf-8")
+    return objs, one("processed"), one("failed"), one("errors")
+
+
+def rows(text):
+    return [r for r in csv.reader(io.StringIO(text)) if r]
+
+
+def test_mixed_batch_sorts_every_row_and_loses_nothing(seed, buckets, settings, samples, tmp_path):
+    upload_samples(seed, samples)
+    seed.put_object(Bucket=INPUT_BUCKET, Key="imagery/empty.tif", Body=b"")
+    seed.put_object(Bucket=INPUT_BUCKET, Key="imagery/notatiff.tif", Body=b"\x89PNG\r\n\x1a\nnot a tiff at all")
+    truncated = (samples / "shade.tif").read_bytes()[:200_000]
+    seed.put_object(Bucket=INPUT_BUCKET, Key="imagery/truncated.tif", Body=truncated)
+    manifest = (
+        "\ufeffkey,bands\r\n"
+        "imagery/rgb.tif,3\r\n"
+        "imagery/county scans/shade é.tif,1\r\n"
+        "\r\n"
+        "imagery/small/byte.tif,3\r\n"          # wrong band count: the file (1) wins, row processed
+        "/imagery/rgb.tif,3\r\n"                # leading slash
+        "imagery/rgb.png,3\r\n"                 # not .tif
+        "imagery/nobands.tif\r\n"               # missing band count
+        "imagery/x.tif,three\r\n"               # non-integer
+        "imagery/zero.tif,0\r\n"                # zero bands
+        "imagery/extra.tif,3,oops\r\n"          # extra column
+        "imagery/rgb.tif,3\r\n"                 # duplicate
+        "imagery/../../etc/passwd.tif,1\r\n"    # path traversal
+        "imagery/missing.tif,3\r\n"             # no such object
+        "imagery/empty.tif,1\r\n"               # zero-byte object
+        "imagery/notatiff.tif,1\r\n"            # not a TIFF
+        "imagery/truncated.tif,1\r\n"           # truncated TIFF
+    ).encode("utf-8")
+    seed.put_object(Bucket=INPUT_BUCKET, Key="batch-raw.csv", Body=manifest)
+    inputs_before = {k: v for k, v in all_objects(seed, INPUT_BUCKET).items() if k.endswith(".tif")}
+
+    result = run_tick(settings, tmp_path)
+
+    assert result.exit_code == 0
+    objs, (pkey, processed), (fkey, failed), (ekey, errors) = outcome_files(seed)
+    assert "batch-raw.csv" not in objs
+    assert not [k for k in objs if "processing" in k], "processing file must be deleted"
+    assert pkey.removeprefix("batch-processed-") == fkey.removeprefix("batch-failed-")
+    assert rows(processed) == [["imagery/rgb.tif", "3"], ["imagery/county scans/shade é.tif", "1"],
+                               ["imagery/small/byte.tif", "3"]]
+    reasons = {r[0]: r[2] for r in rows(errors)[1:]}
+    assert rows(errors)[0] == ["key", "bands", "reason"]
+    expected_reasons = {
+        "/imagery/rgb.tif": "/",
+        "imagery/rgb.png": ".tif",
+        "imagery/nobands.tif": "band",
+        "imagery/x.tif": "integer",
+        "imagery/zero.tif": "positive",
+        "imagery/extra.tif": "column",
+        "imagery/rgb.tif": "duplicate",
+        "imagery/../../etc/passwd.tif": "..",
+        "imagery/missing.tif": "not found",
+        "imagery/empty.tif": "empty",
+        "imagery/notatiff.tif": "TIFF",
+        "imagery/truncated.tif": "",
+    }
+    assert set(reasons) == set(expected_reasons)
+    for key, fragment in expected_reasons.items():
+        assert fragment in reasons[key], (key, reasons[key])
+    # Failed rows keep the original two columns, so the file can be renamed back to -raw.csv.
+    assert all(len(r) == 2 for r in rows(failed)) and len(rows(failed)) == len(expected_reasons)
+    # Union of processed + failed = every data row (blank line and header excluded).
+    data_lines = [l for l in manifest.decode("utf-8-sig").splitlines()[1:] if l.strip()]
+    assert len(rows(processed)) + len(rows(failed)) == len(data_lines)
+    # Inputs untouched; outputs only for the good rows, each a valid COG with the input's pixels.
+    after = all_objects(seed, INPUT_BUCKET)
+    assert all(after[k] == v for k, v in inputs_before.items())
+    out = all_objects(seed, OUTPUT_BUCKET)
+    assert sorted(out) == sorted([k for k in GOOD] + [k[:-4] + ".jpg" for k in GOOD])
+    for key, name in GOOD.items():
+        cog = tmp_path / "check.tif"
+        cog.write_bytes(out[key])
+        assert cog_validate(str(cog), quiet=True)[0]
+        with rasterio.open(cog) as c, rasterio.open(samples / name) as s:
+            assert np.array_equal(c.read(), s.read())
+            assert c.profile["compress"].lower() == "lzw"
+    # Nothing escaped the run's temp dirs.
+    assert not (tmp_path / "etc").exists()
+
+
+def test_rerun_of_same_manifest_skips_finished_images(seed, buckets, settings, samples, tmp_path):
+    upload_samples(seed, samples)
+    body = b"imagery/rgb.tif,3\nimagery/small/byte.tif,1\n"
+    seed.put_object(Bucket=INPUT_BUCKET, Key="batch-raw.csv", Body=body)
+    assert run_tick(settings, tmp_path).exit_code == 0
+    first = {o["Key"]: o["LastModified"] for o in seed.list_objects_v2(Bucket=OUTPUT_BUCKET)["Contents"]}
+
+    seed.put_object(Bucket=INPUT_BUCKET, Key="batch-raw.csv", Body=body)
+    second = run_tick(settings, tmp_path)
+    assert second.exit_code == 0 and second.manifests[0]["processed"] == 2
+    status = (second.run_dir / "status" / "m1" / "batch-00000.jsonl").read_text()
+    assert status.count('"status": "skipped"') == 2
+    again = {o["Key"]: o["LastModified"] for o in seed.list_objects_v2(Bucket=OUTPUT_BUCKET)["Contents"]}
+    assert again == first, "finished outputs must not be rewritten"
+
+
+def test_changed_input_is_converted_again(seed, buckets, settings, samples, tmp_path):
+    seed.upload_file(str(samples / "byte.tif"), INPUT_BUCKET, "a.tif")
+    seed.put_object(Bucket=INPUT_BUCKET, Key="batch-raw.csv", Body=b"a.tif,1\n")
+    run_tick(settings, tmp_path)
+    seed.upload_file(str(samples / "shade.tif"), INPUT_BUCKET, "a.tif")
+    seed.put_object(Bucket=INPUT_BUCKET, Key="batch-raw.csv", Body=b"a.tif,1\n")
+    result = run_tick(settings, tmp_path)
+    assert '"status": "ok"' in (result.run_dir / "status" / "m1" / "batch-00000.jsonl").read_text()
+    cog = tmp_path / "a.tif"
+    seed.download_file(OUTPUT_BUCKET, "a.tif", str(cog))
+    with rasterio.open(cog) as c:
+        assert (c.width, c.height) == (1024, 1024)
+
+
+def test_dry_run_changes_nothing(seed, buckets, settings, samples, tmp_path, capsys):
+    upload_samples(seed, samples)
+    seed.put_object(Bucket=INPUT_BUCKET, Key="batch-raw.csv", Body=b"imagery/rgb.tif,3\n/bad.tif,1\n")
+    before_in, before_out = all_objects(seed, INPUT_BUCKET), all_objects(seed, OUTPUT_BUCKET)
+
+    result = run_tick(settings, tmp_path, dry_run=True)
+
+    assert result.exit_code == 0
+    assert all_objects(seed, INPUT_BUCKET) == before_in
+    assert all_objects(seed, OUTPUT_BUCKET) == before_out
+    assert not list((tmp_path / "work").glob("workflow-run-*"))
+    out = capsys.readouterr().out
+    assert "Would claim batch-raw.csv" in out and "1 rows to convert in 1 batches, 1 rejected" in out
+    assert "convert_batch" in out  # Snakemake's own plan is printed
+
+
+def test_no_matching_manifest_does_nothing(seed, buckets, settings, tmp_path, capsys):
+    seed.put_object(Bucket=INPUT_BUCKET, Key="notes.txt", Body=b"x")
+    result = run_tick(settings, tmp_path)
+    assert result.run_dir is None and result.exit_code == 0
+    assert "nothing to do" in capsys.readouterr().out
+
+
+def test_pipeline_objects_are_never_taken_for_manifests(seed, buckets, settings, tmp_path):
+    for key in ("a-processed-20260101-000000.csv", "a-failed-20260101-000000.csv",
+                "a-errors-20260101-000000.csv", "a-processing-20260101-000000.csv",
+                ".cog-pipeline/claims/a-raw.csv@abc"):
+        seed.put_object(Bucket=INPUT_BUCKET, Key=key, Body=b"x.tif,1\n")
+    before = all_objects(seed, INPUT_BUCKET)
+    result = run_tick(settings, tmp_path, pattern="*")
+    assert result.run_dir is None
+    assert all_objects(seed, INPUT_BUCKET) == before
+
+
+def test_missing_output_bucket_fails_before_claiming(seed, settings, tmp_path):
+    seed.create_bucket(Bucket=INPUT_BUCKET)
+    seed.put_object(Bucket=INPUT_BUCKET, Key="batch-raw.csv", Body=b"a.tif,1\n")
+    with pytest.raises(PipelineError, match="output bucket 'test-output' does not exist"):
+        run_tick(settings, tmp_path)
+    assert list(all_objects(seed, INPUT_BUCKET)) == ["batch-raw.csv"]
+
+
+def test_unreachable_endpoint_is_a_clear_error(key_files, tmp_path):
+    from cog_pipeline.s3 import S3Settings
+
+    settings = S3Settings(endpoint_url="http://127.0.0.1:9", access_key_file=str(key_files[0]),
+                          secret_key_file=str(key_files[1]), max_attempts=1, connect_timeout=1)
+    with pytest.raises(PipelineError, match="cannot connect"):
+        run_tick(settings, tmp_path)
+
+
+def test_aggregate_runs_even_when_no_job_finished(seed, buckets, settings, samples, tmp_path):
+    """The final step (as the driver runs it after a failed Snakemake) accounts for every row."""
+    from cog_pipeline import driver
+
+    upload_samples(seed, samples)
+    seed.put_object(Bucket=INPUT_BUCKET, Key="batch-raw.csv", Body=b"imagery/rgb.tif,3\n/bad.tif,1\n")
+    real = driver.run_snakemake
+    driver.run_snakemake = lambda *a, **k: 1  # as if every job had died
+    try:
+        result = run_tick(settings, tmp_path)
+    finally:
+        driver.run_snakemake = real
+    assert result.exit_code == 0
+    _objs, (_, processed), (_, failed), (_, errors) = outcome_files(seed)
+    assert processed == ""
+    assert rows(failed) == [["imagery/rgb.tif", "3"], ["/bad.tif", "1"]]
+    assert "did not finish" in errors
+
+
+def test_cli_tick_runs_as_a_command(seed, buckets, settings, samples, tmp_path):
+    upload_samples(seed, samples, {"x/byte.tif": "byte.tif"})
+    seed.put_object(Bucket=INPUT_BUCKET, Key="x/run1-raw.csv", Body=b"x/byte.tif,1\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "cog_pipeline.cli", "tick", "-a", settings.access_key_file, "-s",
+         settings.secret_key_file, "-e", settings.endpoint_url, "--input-bucket", INPUT_BUCKET,
+         "--output-bucket", OUTPUT_BUCKET, "-p", "*raw.csv", "--workdir", str(tmp_path)],
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "x/run1-raw.csv: 1 processed, 0 failed" in proc.stdout
+    assert [k for k in all_objects(seed, INPUT_BUCKET) if k.startswith("x/run1-processed-")]
+
+
+def test_cli_reports_bad_bucket_without_traceback(settings, s3_server, tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "cog_pipeline.cli", "tick", "-a", settings.access_key_file, "-s",
+         settings.secret_key_file, "-e", s3_server, "--input-bucket", "nope-in", "--output-bucket", "nope-out",
+         "--workdir", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "input bucket 'nope-in' does not exist" in proc.stderr
+    assert "Traceback" not in proc.stderr
