@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import urllib.request
 from contextlib import contextmanager
 from typing import Iterator
@@ -16,6 +17,7 @@ def local_s3_server() -> Iterator[str]:
     """Start an S3 server on 127.0.0.1 at a free port; yields its endpoint URL."""
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no per-request access log
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()

@@ -1,0 +1,87 @@
+"""Key naming rules and S3 settings (endpoint, key files) without running a workflow."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from cog_pipeline import s3
+from cog_pipeline.errors import PipelineError
+from cog_pipeline.naming import ManifestKeys, claim_marker_key, is_pipeline_object, manifest_stem
+
+
+@pytest.mark.parametrize("raw,stem", [
+    ("X-raw.csv", "X-"),
+    ("folder/sub/county-raw.csv", "folder/sub/county-"),
+    ("folder/plain.csv", "folder/plain-"),
+    ("rawdata/raw.csv", "rawdata/"),
+])
+def test_manifest_stem(raw, stem):
+    assert manifest_stem(raw) == stem
+
+
+def test_manifest_keys_stay_in_the_same_folder():
+    keys = ManifestKeys.for_raw("a/b/X-raw.csv", "20261125-063000")
+    assert keys.processing == "a/b/X-processing-20261125-063000.csv"
+    assert keys.processed == "a/b/X-processed-20261125-063000.csv"
+    assert keys.failed == "a/b/X-failed-20261125-063000.csv"
+    assert keys.errors == "a/b/X-errors-20261125-063000.csv"
+
+
+@pytest.mark.parametrize("key,owned", [
+    ("X-processing-20261125-063000.csv", True),
+    ("a/X-processed-20261125-063000.csv", True),
+    ("X-failed-20261125-063000.csv", True),
+    ("X-errors-20261125-063000.csv", True),
+    ("X-report-20261125-063000.html", True),
+    (claim_marker_key("X-raw.csv", '"abc"'), True),
+    ("X-raw.csv", False),
+    ("failed-images-raw.csv", False),
+    ("X-failed-2026.csv", False),
+])
+def test_pipeline_objects_are_recognised(key, owned):
+    assert is_pipeline_object(key) is owned
+
+
+@pytest.mark.parametrize("given,url", [
+    ("s3.example.org", "https://s3.example.org"),
+    ("http://127.0.0.1:9000/", "http://127.0.0.1:9000"),
+    ("https://s3.example.org", "https://s3.example.org"),
+    (None, None),
+])
+def test_endpoint_normalisation(given, url):
+    assert s3.normalize_endpoint(given) == url
+
+
+def test_key_file_readable_by_others_warns(tmp_path, caplog):
+    path = tmp_path / "k"
+    path.write_text("value\n")
+    path.chmod(0o644)
+    with caplog.at_level(logging.WARNING):
+        assert s3.read_key_file(str(path)) == "value"
+    assert "readable by other users" in caplog.text and "value" not in caplog.text
+
+
+def test_key_file_problems_are_clear_and_secret_free(tmp_path):
+    with pytest.raises(PipelineError, match="key file not found"):
+        s3.read_key_file(str(tmp_path / "absent"))
+    two = tmp_path / "two"
+    two.write_text("SENTINEL-ONE\nSENTINEL-TWO\n")
+    two.chmod(0o600)
+    with pytest.raises(PipelineError) as err:
+        s3.read_key_file(str(two))
+    assert "SENTINEL" not in str(err.value)
+
+
+def test_transferred_key_file_is_found_in_the_job_directory(tmp_path, monkeypatch):
+    (tmp_path / "access").write_text("v\n")
+    monkeypatch.chdir(tmp_path)
+    assert s3.read_key_file("/submit/side/path/access") == "v"
+
+
+def test_one_key_file_without_the_other_is_refused(tmp_path):
+    path = tmp_path / "k"
+    path.write_text("v\n")
+    with pytest.raises(PipelineError, match="both"):
+        s3.make_client(s3.S3Settings(access_key_file=str(path)))
