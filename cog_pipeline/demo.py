@@ -42,7 +42,7 @@ def make_paletted(path: Path, size: int = 256) -> None:
     """A small land-use style raster with a colour table (1 paletted band)."""
     classes = ((np.add.outer(np.arange(size), np.arange(size)) // 32) % 4).astype("uint8")
     profile = dict(driver="GTiff", width=size, height=size, count=1, dtype="uint8", crs="EPSG:4326",
-                   transform=from_origin(-90, 45, 0.001, 0.001), photometric="palette")
+                   transform=from_origin(-90, 45, 0.001, 0.001))
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(classes, 1)
         dst.write_colormap(1, {0: (34, 139, 34, 255), 1: (210, 180, 140, 255), 2: (70, 130, 180, 255),

@@ -12,5 +12,7 @@ rule aggregate:
         summary="outcome/{manifest}.json",
     log:
         "logs/aggregate/{manifest}.log",
+    conda:
+        "../environment.yml"
     script:
         "../scripts/aggregate.py"

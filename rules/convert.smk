@@ -12,5 +12,7 @@ rule convert_batch:
         disk_mb=config["disk_mb_per_job"],
         htcondor_request_mem_mb=config["mem_mb_per_job"],
         htcondor_request_disk_mb=config["disk_mb_per_job"],
+    conda:
+        "../environment.yml"
     script:
         "../scripts/convert_batch.py"
