@@ -16,7 +16,6 @@ JPEG preview (the product spec)
       a single paletted band (colour map) is expanded to RGB through its colour map.
     * masking: a pixel of an output band is black (0) where GDAL's mask for that source band says
       "invalid" (nodata value, alpha band, or the file's internal mask) or where the value is NaN.
-      Colour-map entries with alpha 0 are black too.
     * uint8 values are used as they are. Any other type (uint16, int16, int32, float32, float64, ...)
       is stretched per band: the low and high percentiles (``JpegOptions.stretch_percentiles``,
       default 2 and 98) of the band's valid, finite pixels are estimated from a decimated read (at
@@ -357,13 +356,14 @@ def _has_mask(ds: rasterio.DatasetReader, bands: list[int]) -> bool:
 
 
 def _windows(width: int, height: int, bytes_per_pixel: int, align: int = 512,
-             budget: int = _WINDOW_BYTES) -> Iterator[Window]:
+             budget: int | None = None) -> Iterator[Window]:
     """Row-major windows covering the image, each about ``budget`` bytes at ``bytes_per_pixel``."""
+    budget = _WINDOW_BYTES if budget is None else budget
     row_bytes = max(1, width * bytes_per_pixel)
     rows = budget // row_bytes
     if rows >= 1:
         rows = min(rows, height)
-        if rows >= align:
+        if align <= rows < height:
             rows -= rows % align
         cols = width
     else:
@@ -547,7 +547,7 @@ def _compare_window(x: np.ndarray, y: np.ndarray, window: Window, is_float: bool
                 "verify",
                 f"band {band + 1} differs in window {_window_text(window)}: {int(bad.sum())} pixel(s) differ, "
                 f"first at row {int(window.row_off) + row}, col {int(window.col_off) + col} "
-                f"(source {x[band, row, col]!r}, COG {y[band, row, col]!r})")
+                f"(source {x[band, row, col].item()!r}, COG {y[band, row, col].item()!r})")
 
 
 # --------------------------------------------------------------------------------------------- JPEG
@@ -625,10 +625,8 @@ def _plan(ds: rasterio.DatasetReader, bands: list[int], palette: bool, options: 
         size = 256 if dtype.itemsize == 1 else 65536
         lut = np.zeros((size, 3), dtype=np.uint8)
         for index, rgba in cmap.items():
-            if 0 <= index < size:
-                r, g, b, *alpha = rgba
-                if not alpha or alpha[0] != 0:
-                    lut[index] = (r, g, b)
+            if 0 <= index < size:  # (GeoTIFF colour maps carry no alpha: GDAL reports 255)
+                lut[index] = rgba[:3]
         return _RenderPlan(bands, 3, lut, None, masked)
     stretch = None if dtype == np.uint8 else _stretch_params(ds, bands, options.stretch_percentiles, masked)
     return _RenderPlan(bands, len(bands), None, stretch, masked)
