@@ -172,6 +172,10 @@ def test_gdal_cache_is_set_in_bytes():
     with convert._gdal_env(64):
         assert rasterio.env.getenv()["GDAL_CACHEMAX"] == 64 * 1024 * 1024
         assert rasterio.env.getenv()["GDAL_PAM_ENABLED"] == "NO"
+        with convert._gdal_env():  # steps without options keep the caller's cache
+            assert rasterio.env.getenv()["GDAL_CACHEMAX"] == 64 * 1024 * 1024
+    with convert._gdal_env():  # standalone: the default 256 MB, not GDAL's 5% of RAM
+        assert rasterio.env.getenv()["GDAL_CACHEMAX"] == 256 * 1024 * 1024
 
 
 # --------------------------------------------------------------------------------------------- inspect
@@ -268,8 +272,8 @@ def test_tiff_bomb_is_refused_before_reading(tmp_path):
     with pytest.raises(ImageError) as err:
         inspect_input(bomb)
     assert err.value.step == "open"
-    assert "declared size 100000x100000x3" in err.value.message
-    assert "exceeds max_pixels 2,000,000,000" in err.value.message
+    assert err.value.message.startswith("declared size 100000x100000x3 exceeds max_pixels 2,000,000,000 "
+                                        "(30,000,000,000 values)")
     out = tmp_path / "out"
     out.mkdir()
     with pytest.raises(ImageError, match="declared size"):
@@ -278,7 +282,7 @@ def test_tiff_bomb_is_refused_before_reading(tmp_path):
 
 
 def test_max_pixels_option(tmp_path):
-    with pytest.raises(ImageError, match="declared size 20x20x1 .* exceeds max_pixels 399"):
+    with pytest.raises(ImageError, match="declared size 20x20x1 exceeds max_pixels 399 "):
         inspect_input(BYTE, CogOptions(max_pixels=399))
     assert inspect_input(BYTE, CogOptions(max_pixels=400)).width == 20
 
@@ -668,4 +672,22 @@ def test_convert_file_failure_in_jpeg_leaves_no_outputs(tmp_path):
     with pytest.raises(ImageError) as err:
         convert_file(src, out / "x.tif", out / "x.jpg")
     assert err.value.step == "jpeg" and "complex" in err.value.message
+    assert os.listdir(out) == []
+
+
+def test_truncated_input_in_later_steps(tmp_path):
+    """Steps called without inspect_input still report truncation clearly, and leave nothing behind."""
+    src = tmp_path / "cut.tif"
+    src.write_bytes(truncated_tiff(tmp_path))
+    good = make_tif(tmp_path / "good.tif", np.zeros((3, 300, 400), np.uint8))
+    out = tmp_path / "out"
+    out.mkdir()
+    for step, call in [("cog", lambda: write_cog(src, out / "c.tif")),
+                       ("verify", lambda: verify_pixels(src, good)),
+                       ("jpeg", lambda: write_jpeg(src, out / "p.jpg", tmp_dir=out))]:
+        with pytest.raises(ImageError) as err:
+            call()
+        assert err.value.step == step
+        assert err.value.message.startswith("input file is truncated or corrupt (GDAL: ")
+        assert "See previous exception" not in err.value.message
     assert os.listdir(out) == []
