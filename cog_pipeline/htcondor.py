@@ -100,8 +100,15 @@ def submit_value(value: str, what: str = "value") -> str:
 
 
 def classad_string(value: str, what: str = "value") -> str:
-    """A ClassAd string literal of ``value`` for a submit description (``+Attr = <this>``)."""
-    return submit_value(_classad().quote(_one_line(value, what)), what)
+    r"""A ClassAd string literal of ``value`` for a submit description (``+Attr = <this>``).
+
+    condor_submit reads these in the old ClassAd syntax: ``\"`` is a quote, any other backslash is
+    kept as is (so ``\\`` or ``\303`` escapes would be mangled): backslashes are refused, non-ASCII
+    text is written as UTF-8.
+    """
+    if "\\" in value:
+        raise PipelineError(f"{what} must not contain a backslash: {value!r}")
+    return submit_value('"' + _one_line(value, what).replace('"', '\\"') + '"', what)
 
 
 def classad_literal(value: str) -> str:

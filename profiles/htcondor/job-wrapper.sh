@@ -16,8 +16,11 @@
 set -u
 umask 077
 
-# Plugin 0.3.0 writes `environment = PATH="..."` (old syntax): the quotes become part of PATH.
-PATH=$(printf '%s' "${PATH:-}" | sed -e 's/^"//' -e 's/"$//')
+# Plugin 0.3.0 writes `environment = PATH="..."` (old syntax): the quotes become part of PATH,
+# breaking its first and last entries. Strip them with the shell alone (sed may not be found yet).
+PATH=${PATH:-}
+PATH=${PATH#\"}
+PATH=${PATH%\"}
 PATH="${PATH:+$PATH:}/usr/local/bin:/usr/bin:/bin"
 export PATH
 
