@@ -94,6 +94,41 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(Path(args.workdir).resolve(), cores=args.cores)
 
 
+def cmd_start(args: argparse.Namespace) -> int:
+    import shlex
+
+    from .htcondor import CRONDOR_BATCH_PREFIX, start_crondor
+    from .tick import TickOptions, connect
+
+    connect(TickOptions(input_bucket=args.input_bucket, output_bucket=args.output_bucket, settings=_settings(args)))
+    tick_argv = ["tick", "--input-bucket", args.input_bucket, "--output-bucket", args.output_bucket,
+                 "-p", args.pattern, "--region", args.region]
+    for flag, value in (("-a", args.access_key_file), ("-s", args.secret_key_file)):
+        if value:  # the FILE path: its contents never leave the S3 module
+            tick_argv += [flag, str(Path(value).expanduser().resolve())]
+    if args.endpoint:
+        tick_argv += ["-e", args.endpoint]
+    workdir = Path(args.workdir).resolve()
+    cluster = start_crondor(tick_argv=tick_argv, pattern=args.pattern, workdir=workdir, every_minutes=args.every,
+                            max_running=args.max_running)
+    print(f"Submitted the Crondor as HTCondor cluster {cluster} (batch name {CRONDOR_BATCH_PREFIX}{args.pattern}):")
+    print(f"  every {args.every} minutes it runs `cog-pipeline tick` in {workdir}")
+    print(f"  logs: {workdir}/crondor_{cluster}.log, .out, .err; runs: {workdir}/workflow-run-<TS>/")
+    print(f"Stop it and every job of this pipeline with: cog-pipeline stop -p {shlex.quote(args.pattern)}")
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    from .htcondor import stop_pipeline
+
+    removed = stop_pipeline(args.pattern)
+    if removed:
+        print(f"Removed {removed} job(s) of the pipeline watching {args.pattern!r} (Crondor, drivers, batch jobs).")
+    else:
+        print(f"No job of the pipeline watching {args.pattern!r} is in the queue.")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cog-pipeline", description=__doc__)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -134,6 +169,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", default="demo-output", help="where results are written (default: %(default)s)")
     p.add_argument("--cores", type=int, default=2)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("start", help="submit the Crondor: a tick every 15 minutes on an HTCondor access point")
+    _add_s3_flags(p)
+    p.add_argument("--every", type=int, default=15, metavar="MINUTES", help="minutes between ticks (default: %(default)s)")
+    p.add_argument("--max-running", type=int, metavar="N", help="at most N batch jobs of one run at a time "
+                   "(default: the profile's jobs)")
+    p.add_argument("--workdir", default=".", help="where the Crondor logs and workflow-run-<TS>/ go (default: .)")
+    p.set_defaults(func=cmd_start)
+
+    p = sub.add_parser("stop", help="remove the Crondor, the drivers and every job of the pipeline watching -p")
+    p.add_argument("-p", "--pattern", default="*raw.csv", help="the pattern given to start (default: %(default)s)")
+    p.set_defaults(func=cmd_stop)
     return parser
 
 
