@@ -694,3 +694,21 @@ def test_wrapper_missing_tarball_fails_without_hold(scratch):
     assert "was not transferred" in result.stderr
     assert (scratch / "status" / "m1" / "batch-00001.jsonl").is_file()
     assert stat.S_ISREG((scratch / "logs" / "convert" / "m1" / "batch-00001.log").stat().st_mode)
+
+
+# ---------------------------------------------------------------------------------------------
+# the command line (start / stop) without a schedd
+# ---------------------------------------------------------------------------------------------
+
+def test_cli_start_and_stop_without_schedd(buckets, s3_server, key_files, tmp_path, capsys):
+    from cog_pipeline.cli import main
+    from conftest import INPUT_BUCKET, OUTPUT_BUCKET
+
+    code = main(["start", "-a", str(key_files[0]), "-s", str(key_files[1]), "-e", s3_server,
+                 "--input-bucket", INPUT_BUCKET, "--output-bucket", OUTPUT_BUCKET, "--workdir", str(tmp_path),
+                 "--max-running", "5"])
+    err = capsys.readouterr().err
+    assert code == 2 and "error: No HTCondor schedd reachable" in err and "Traceback" not in err
+    assert main(["stop", "-p", PATTERN]) == 2
+    err = capsys.readouterr().err
+    assert "error: No HTCondor schedd reachable" in err and "Traceback" not in err
