@@ -712,3 +712,35 @@ def test_cli_start_and_stop_without_schedd(buckets, s3_server, key_files, tmp_pa
     assert main(["stop", "-p", PATTERN]) == 2
     err = capsys.readouterr().err
     assert "error: No HTCondor schedd reachable" in err and "Traceback" not in err
+
+
+# ---------------------------------------------------------------------------------------------
+# the driver's supervisor (its schedd calls fail here: reported, never fatal)
+# ---------------------------------------------------------------------------------------------
+
+def supervise(*command: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "cog_pipeline.htcondor", "supervise", "--run-id", RUN_ID,
+                             "--", *command], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=clean_env())
+
+
+def test_supervisor_returns_the_driver_status():
+    proc = supervise(sys.executable, "-c", "import sys; print('driving'); sys.exit(3)")
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 3
+    assert "driving" in out
+    assert "No HTCondor schedd reachable" in err and "Traceback" not in err  # clean-up attempted, reported
+
+
+def test_supervisor_forwards_sigterm_to_the_driver(tmp_path):
+    marker = tmp_path / "terminated"
+    child = (f"import signal, sys, time\n"
+             f"def bye(*_):\n    open({str(marker)!r}, 'w').close(); sys.exit(143)\n"
+             f"signal.signal(signal.SIGTERM, bye)\nprint('ready', flush=True)\ntime.sleep(60)\n")
+    proc = supervise(sys.executable, "-c", child)
+    assert proc.stdout.readline().strip() == "ready"
+    proc.terminate()  # what condor_rm does to a local-universe job
+    out, err = proc.communicate(timeout=60)
+    assert marker.exists()  # the driver got SIGTERM (and with it its Snakemake, same process group)
+    assert proc.returncode == 143
+    assert "Traceback" not in err
