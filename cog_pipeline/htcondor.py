@@ -5,8 +5,8 @@ Everything the pipeline queues carries custom attributes, so one constraint sele
 (``crondor``, ``driver`` or ``job``) and, for a run's driver and jobs, ``CogPipelineRun`` (the run id).
 
 Builders (:func:`crondor_submit`, :func:`driver_submit`, :func:`snakemake_args`, ...) need no schedd.
-Functions that talk to one (:func:`submit`, :func:`start_crondor`, :func:`stop_pipeline`,
-:func:`submit_driver`, :func:`cleanup_run`, :func:`apply_hold_policy`) raise
+Functions that talk to one (:func:`check_schedd`, :func:`submit`, :func:`start_crondor`,
+:func:`stop_pipeline`, :func:`submit_driver`, :func:`cleanup_run`, :func:`apply_hold_policy`) raise
 :class:`~cog_pipeline.errors.PipelineError` when none is reachable. Nothing here reads an S3 key
 file: only key *file paths* are handled, and only transferred to jobs by HTCondor.
 
@@ -346,6 +346,11 @@ def _schedd() -> Any:
         raise PipelineError(f"{NO_SCHEDD}: {_detail(exc)}") from None
 
 
+def check_schedd() -> None:
+    """Raise PipelineError unless a schedd answers (call before claiming work meant for the pool)."""
+    _query(_schedd(), "false", ["ClusterId"])
+
+
 def _query(schedd: Any, constraint: str, projection: list[str]) -> list[Any]:
     try:
         return list(schedd.query(constraint=constraint, projection=projection))
@@ -387,7 +392,7 @@ def start_crondor(*, tick_argv: list[str], pattern: str, workdir: Path, every_mi
     """Submit the Crondor for ``pattern`` (one per pattern); returns its cluster id."""
     description = crondor_submit(tick_argv=tick_argv, pattern=pattern, every_minutes=every_minutes,
                                  workdir=workdir, max_running=max_running)
-    load_settings()  # a broken settings file fails now, not at every tick
+    software_plan(load_settings().software)  # a broken settings file fails now, not at every tick
     schedd = _schedd()
     existing = _query(schedd, f"{pattern_constraint(pattern)} && {_role(ROLE_CRONDOR)} && JobStatus =!= {REMOVED}",
                       ["ClusterId"])

@@ -289,10 +289,11 @@ def test_driver_description(run_dir):
 # no schedd: clear errors, no traceback
 # ---------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", ["submit", "start_crondor", "stop_pipeline", "submit_driver", "cleanup_run",
+@pytest.mark.parametrize("name", ["check_schedd", "submit", "start_crondor", "stop_pipeline", "submit_driver", "cleanup_run",
                                   "apply_hold_policy"])
 def test_no_schedd_raises_pipeline_error(name, tmp_path, keys, run_dir):
     calls = {
+        "check_schedd": h.check_schedd,
         "submit": lambda: h.submit(htcondor2.Submit({"executable": "/bin/true"})),
         "start_crondor": lambda: h.start_crondor(tick_argv=tick_argv(keys), pattern=PATTERN, workdir=tmp_path),
         "stop_pipeline": lambda: h.stop_pipeline(PATTERN),
