@@ -732,6 +732,7 @@ def snakemake_args(run_dir: Path, run_id: str, pattern: str, *, jobs: int | None
     args = ["--profile", str(PROFILE_DIR),
             "--snakefile", str(stage / "Snakefile"),
             "--directory", ".",
+            "--nolock",  # one driver per run (submit_driver); a restarted driver must not trip on a stale lock
             "--htcondor-jobdir", str(fresh_jobdir(run_dir)),
             "--htcondor-held-timeout", str(profile_held_timeout()),
             "--default-resources", *[_resource_arg(k, v) for k, v in resources.items()]]

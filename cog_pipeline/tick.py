@@ -163,6 +163,10 @@ def tick(opts: TickOptions) -> TickResult:
         return TickResult()
     if opts.dry_run:
         return plan(client, opts, matches)
+    if opts.executor == "htcondor":
+        from . import htcondor
+
+        htcondor.check_schedd()  # before claiming: a claimed manifest needs a driver to finish it
 
     with local_lock(opts.workdir):
         ts, run_dir = new_run_dir(opts.workdir)

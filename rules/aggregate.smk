@@ -15,4 +15,4 @@ rule aggregate:
     conda:
         "../environment.yml"
     script:
-        "../scripts/aggregate.py"
+        os.path.join(workflow.basedir, "scripts", "aggregate.py")

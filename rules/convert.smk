@@ -15,4 +15,4 @@ rule convert_batch:
     conda:
         "../environment.yml"
     script:
-        "../scripts/convert_batch.py"
+        os.path.join(workflow.basedir, "scripts", "convert_batch.py")
