@@ -307,6 +307,24 @@ def _remove_temp(tmp: Path) -> None:
 
 
 @contextlib.contextmanager
+def _atomic_output(dst: Path, step: str) -> Iterator[Path]:
+    """Yield a temp path beside ``dst``, renamed to ``dst`` on success and removed on any failure."""
+    tmp = _temp_beside(dst)
+    try:
+        yield tmp
+        os.replace(tmp, dst)
+    except ImageError:
+        _remove_temp(tmp)
+        raise
+    except OSError as exc:
+        _remove_temp(tmp)
+        raise ImageError(step, _describe(exc)) from None
+    except BaseException:
+        _remove_temp(tmp)
+        raise
+
+
+@contextlib.contextmanager
 def _open_tiff(path: Path) -> Iterator[rasterio.DatasetReader]:
     """Open as GeoTIFF only, with user-facing errors; the absence of georeferencing is not a warning here."""
     path = Path(path)
@@ -457,24 +475,13 @@ def _cog_creation_options(ds: rasterio.DatasetReader, options: CogOptions) -> di
 def write_cog(src: str | Path, dst: str | Path, options: CogOptions = CogOptions()) -> None:
     """Write ``src`` as a COG at ``dst`` (GDAL COG driver; temp file beside ``dst`` renamed when complete)."""
     src, dst = Path(src), Path(dst)
-    tmp = _temp_beside(dst)
-    try:
+    with _atomic_output(dst, "cog") as tmp:
         with _gdal_env(options.gdal_cache_mb), _open_tiff(src) as ds:
             creation = _cog_creation_options(ds, options)
             try:
                 rasterio.shutil.copy(ds, str(tmp), driver="COG", **creation)
             except (RasterioError, CPLE_BaseError) as exc:
                 raise ImageError("cog", _describe(exc, src, what="input file")) from None
-        os.replace(tmp, dst)
-    except ImageError:
-        _remove_temp(tmp)
-        raise
-    except OSError as exc:
-        _remove_temp(tmp)
-        raise ImageError("cog", _describe(exc)) from None
-    except BaseException:
-        _remove_temp(tmp)
-        raise
 
 
 # --------------------------------------------------------------------------------------------- validate
@@ -575,10 +582,9 @@ def write_jpeg(src: str | Path, dst: str | Path, options: JpegOptions = JpegOpti
     ``tmp_dir`` holds the temporary 8-bit rendering when one is needed (default: ``dst``'s directory).
     """
     src, dst = Path(src), Path(dst)
-    tmp_jpeg = _temp_beside(dst)
     render: Path | None = None
     try:
-        with _gdal_env(), _open_tiff(src) as ds:
+        with _atomic_output(dst, "jpeg") as tmp_jpeg, _gdal_env(), _open_tiff(src) as ds:
             if ds.width > JPEG_MAX_SIDE or ds.height > JPEG_MAX_SIDE:
                 raise ImageError("jpeg", f"image is {ds.width}x{ds.height} pixels; the JPEG format is limited to "
                                          f"{JPEG_MAX_SIDE} pixels per side, so no full-resolution preview can be made")
@@ -602,17 +608,7 @@ def write_jpeg(src: str | Path, dst: str | Path, options: JpegOptions = JpegOpti
                                              QUALITY=str(options.quality))
             except (RasterioError, CPLE_BaseError) as exc:
                 raise ImageError("jpeg", _describe(exc, src, what="input file")) from None
-        os.replace(tmp_jpeg, dst)
         return bands
-    except ImageError:
-        _remove_temp(tmp_jpeg)
-        raise
-    except OSError as exc:
-        _remove_temp(tmp_jpeg)
-        raise ImageError("jpeg", _describe(exc)) from None
-    except BaseException:
-        _remove_temp(tmp_jpeg)
-        raise
     finally:
         if render is not None:
             _remove_temp(render)
