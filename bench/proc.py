@@ -28,6 +28,7 @@ def run(argv: list[str], *, cwd: Path | None = None, env: dict[str, str] | None 
         timeout: float = 1800, stdout_path: Path | None = None) -> dict[str, Any]:
     """Run ``argv``; returns wall seconds, peak RSS in MB, return code, output, load before/after."""
     load_before = load()
+    started_epoch = time.time()
     out = open(stdout_path, "wb") if stdout_path else subprocess.PIPE
     t0 = time.perf_counter()
     proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -48,6 +49,7 @@ def run(argv: list[str], *, cwd: Path | None = None, env: dict[str, str] | None 
         out.close()
     return {
         "wall": wall,
+        "started": started_epoch,
         "rss_mb": usage.ru_maxrss / 1024.0,
         "user": usage.ru_utime,
         "sys": usage.ru_stime,

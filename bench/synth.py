@@ -139,6 +139,7 @@ def write_raster(path: Path, kind: str, size: int, seed: int = 1) -> Path:
         profile.update(count=4, dtype="uint8", photometric="RGB", interleave="pixel")
     else:
         profile.update(count=1, dtype="uint16")
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".part")
     with rasterio.Env(GDAL_CACHEMAX=64):
         with rasterio.open(tmp, "w", **profile) as dst:
