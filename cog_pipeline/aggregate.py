@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from . import s3
+from .crash import crash_point
 from .batch import manifest_config, read_status_records
 from .errors import PipelineError
 from .manifest import jpeg_key, parse_manifest, write_errors_csv, write_rows_csv
@@ -98,6 +99,7 @@ def aggregate_manifest(config: dict[str, Any], run_dir: Path, manifest_id: str) 
         present = existing_keys(client, output_bucket, wanted)
     except Exception as exc:  # noqa: BLE001 - reported as a clear PipelineError
         raise PipelineError(f"cannot list output bucket '{output_bucket}': {s3.describe_error(exc)}") from None
+    crash_point("aggregate.listed")
     outcome = classify(manifest_bytes, read_status_records(run_dir, manifest_id), present)
 
     local_dir = run_dir / "outcome" / manifest_id
@@ -114,10 +116,12 @@ def aggregate_manifest(config: dict[str, Any], run_dir: Path, manifest_id: str) 
         except Exception as exc:  # noqa: BLE001
             raise PipelineError(f"cannot write {key} to '{input_bucket}': {s3.describe_error(exc)}; "
                                 f"{keys.processing} was left in place") from None
+        crash_point("aggregate.csv")
     try:
         client.delete_object(Bucket=input_bucket, Key=keys.processing)
     except Exception as exc:  # noqa: BLE001
         raise PipelineError(f"outcome written, but cannot delete {keys.processing}: {s3.describe_error(exc)}") from None
+    crash_point("aggregate.deleted")
 
     summary = {
         "manifest": manifest_id,

@@ -11,6 +11,7 @@ import errno
 import json
 import logging
 import os
+import secrets
 import shutil
 import tempfile
 import time
@@ -20,6 +21,7 @@ from typing import Any
 import botocore.exceptions
 
 from . import __version__, s3
+from .crash import crash_point
 from .convert import ConversionResult, convert_file, cog_options_from_config, jpeg_options_from_config
 from .errors import ImageError
 from .manifest import Entry, batch_slices, jpeg_key, parse_manifest
@@ -27,6 +29,8 @@ from .manifest import Entry, batch_slices, jpeg_key, parse_manifest
 log = logging.getLogger(__name__)
 
 SOURCE_ETAG_META = "cog-pipeline-source-etag"
+#: A random token per upload: tells an upload that landed from one that did not when its answer was lost.
+UPLOAD_META = "cog-pipeline-upload"
 
 
 def manifest_entries(run_dir: Path, manifest: dict[str, Any]) -> list[Entry]:
@@ -123,24 +127,45 @@ def _process(ctx: ImageContext, entry: Entry) -> dict[str, Any]:
             raise _s3_step("download", exc) from None
         except OSError as exc:
             raise ImageError("download", _os_reason(exc, workdir)) from None
+        crash_point("batch.downloaded")
         try:
             result = convert_file(local_in, local_cog, local_jpg, ctx.cog_options, ctx.jpeg_options,
                                   expected_bands=entry.bands, tmp_dir=workdir)
         except OSError as exc:
             raise ImageError("cog", _os_reason(exc, workdir)) from None
+        crash_point("batch.converted")
         metadata = {SOURCE_ETAG_META: etag, "cog-pipeline-version": __version__}
         try:
             # JPEG first: the COG (with the source ETag) is the "done" marker checked by reruns.
-            s3.upload_file(ctx.client, ctx.output_bucket, jpeg_key(entry.key), local_jpg, ctx.settings,
-                           "image/jpeg", metadata)
-            s3.upload_file(ctx.client, ctx.output_bucket, entry.key, local_cog, ctx.settings,
-                           "image/tiff; application=geotiff; profile=cloud-optimized", metadata)
+            _upload(ctx, jpeg_key(entry.key), local_jpg, "image/jpeg", metadata)
+            crash_point("batch.uploaded-jpeg")
+            _upload(ctx, entry.key, local_cog, "image/tiff; application=geotiff; profile=cloud-optimized", metadata)
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError,
                 s3.boto3.exceptions.S3UploadFailedError) as exc:
             raise _s3_step("upload", exc) from None
+        crash_point("batch.uploaded")
         return _result_fields(result, source["ContentLength"])
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _upload(ctx: ImageContext, key: str, path: Path, content_type: str, metadata: dict[str, str]) -> None:
+    """Upload one output; when boto3 gives up but the object did land (a lost answer to the last PUT or
+    CompleteMultipartUpload, after retries), recognise it by its upload token instead of failing."""
+    token = secrets.token_hex(8)
+    try:
+        s3.upload_file(ctx.client, ctx.output_bucket, key, path, ctx.settings, content_type,
+                       {**metadata, UPLOAD_META: token})
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError,
+            s3.boto3.exceptions.S3UploadFailedError) as exc:
+        try:
+            landed = s3.head(ctx.client, ctx.output_bucket, key)
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError):
+            landed = None
+        if (landed is None or landed.get("Metadata", {}).get(UPLOAD_META) != token
+                or landed.get("ContentLength") != path.stat().st_size):
+            raise
+        log.info("%s: the upload reported %s, but the object is there, complete", key, s3.describe_error(exc))
 
 
 def _result_fields(result: ConversionResult, input_bytes: int) -> dict[str, Any]:
@@ -196,6 +221,7 @@ def run_batch(config: dict[str, Any], run_dir: Path, manifest_id: str, index: in
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, status_file)
+    crash_point("batch.status")
     return records
 
 

@@ -6,15 +6,19 @@ Retries are boto3's own (``standard`` mode with a bounded attempt count), not ha
 
 from __future__ import annotations
 
+import email.utils
 import logging
 import os
+import random
 import stat
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 import boto3
 import botocore.exceptions
+import botocore.retries.standard
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 
@@ -39,6 +43,8 @@ class S3Settings:
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
     max_concurrency: int = 4
+    multipart_threshold: int = MULTIPART_THRESHOLD
+    multipart_chunksize: int = MULTIPART_CHUNKSIZE
 
     @classmethod
     def from_config(cls, s3: dict[str, Any]) -> "S3Settings":
@@ -99,20 +105,43 @@ def make_client(settings: S3Settings) -> Any:
         signature_version="s3v4",
     )
     session = boto3.session.Session()
-    return session.client(
+    client = session.client(
         "s3",
         endpoint_url=normalize_endpoint(settings.endpoint_url),
         region_name=settings.region,
         config=config,
         **kwargs,
     )
+    if NEEDS_429_SHIM:
+        client.meta.events.register("needs-retry.s3", _retry_429(settings.max_attempts))
+    return client
+
+
+#: botocore before its ThrottlingStatusCodeChecker (1.40 has none; boto3>=1.34 is allowed) only takes
+#: a 429 for throttling when the body names a code it knows.
+NEEDS_429_SHIM = not hasattr(botocore.retries.standard, "ThrottlingStatusCodeChecker")
+
+
+def _retry_429(max_attempts: int) -> Any:
+    """For such botocore only: retry HTTP 429 whatever its error code, as newer standard mode does.
+
+    S3-compatible stores answer 429 'TooManyRequests' (or no body at all, to a HEAD), which older
+    standard mode does not retry. Same full-jitter exponential backoff (cap 20 s) and bound: botocore's
+    ``max_attempts`` counts retries, so at most 1 + max_attempts requests.
+    """
+    def needs_retry(response: Any = None, attempts: int = 1, **_: Any) -> float | None:
+        if response is None or getattr(response[0], "status_code", None) != 429 or attempts > max_attempts:
+            return None
+        return min(random.random() * 2 ** (attempts - 1), 20.0)
+
+    return needs_retry
 
 
 def transfer_config(settings: S3Settings) -> TransferConfig:
     """Multipart above MULTIPART_THRESHOLD, with ``max_concurrency`` parts in flight."""
     return TransferConfig(
-        multipart_threshold=MULTIPART_THRESHOLD,
-        multipart_chunksize=MULTIPART_CHUNKSIZE,
+        multipart_threshold=settings.multipart_threshold,
+        multipart_chunksize=settings.multipart_chunksize,
         max_concurrency=settings.max_concurrency,
         use_threads=settings.max_concurrency > 1,
     )
@@ -143,6 +172,28 @@ def describe_error(exc: BaseException) -> str:
 def is_missing(exc: BaseException) -> bool:
     """True when the error means 'no such object'."""
     return error_code(exc) in {"NoSuchKey", "404", "NotFound"}
+
+
+#: Error codes of a conditional request (If-Match / If-None-Match) whose condition did not hold.
+PRECONDITION_CODES = frozenset({"PreconditionFailed", "412", "ConditionalRequestConflict"})
+
+
+def is_precondition_failed(exc: BaseException) -> bool:
+    """True when a conditional write or delete was refused because its condition did not hold."""
+    return error_code(exc) in PRECONDITION_CODES
+
+
+def server_age(response: dict) -> float:
+    """Seconds since ``response``'s object was last modified, by the server's own clock (its Date header)."""
+    now = time.time()
+    date = response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
+    if date:
+        try:
+            now = email.utils.parsedate_to_datetime(date).timestamp()
+        except (TypeError, ValueError):
+            pass
+    modified = response.get("LastModified")
+    return max(0.0, now - modified.timestamp()) if modified is not None else 0.0
 
 
 def check_bucket(client: Any, bucket: str, role: str) -> None:

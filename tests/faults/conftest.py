@@ -1,0 +1,45 @@
+"""Fixtures of the fault suite: the fault proxy in front of the session's S3 server, a World per test,
+and the figures collector that writes tests/.fault-figures.json at the end of the session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conftest import INPUT_BUCKET, OUTPUT_BUCKET
+from faults.harness import Figures, World
+from faults.proxy import FaultProxy
+
+FIGURES_FILE = Path(__file__).resolve().parent.parent / ".fault-figures.json"
+
+
+@pytest.fixture(scope="session")
+def figures():
+    collected = Figures()
+    yield collected
+    collected.write(FIGURES_FILE)
+
+
+@pytest.fixture(scope="session")
+def fault_proxy(s3_endpoint):
+    proxy = FaultProxy(s3_endpoint).start()
+    yield proxy
+    proxy.stop()
+
+
+@pytest.fixture
+def proxy(fault_proxy, s3_server, figures):
+    """The fault proxy with no rules (and a freshly reset server behind it)."""
+    fault_proxy.reset()
+    yield fault_proxy
+    figures.s3_faults_injected.update(fault_proxy.injected)
+    for kind in fault_proxy.kinds_injected():
+        figures.kind("s3", kind)
+    fault_proxy.reset()
+
+
+@pytest.fixture
+def world(seed, buckets, proxy, key_files, tmp_path, figures):
+    figures.tests += 1
+    return World(seed, proxy, key_files, tmp_path, figures, INPUT_BUCKET, OUTPUT_BUCKET)

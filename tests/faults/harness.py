@@ -1,0 +1,320 @@
+"""What every fault test needs: a scenario in the buckets, ticks (in process or as a killable
+process), and one strict check of the end state that also feeds the suite's figures."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+from rasterio.errors import NotGeoreferencedWarning
+from affine import Affine
+from rio_cogeo.cogeo import cog_validate
+
+from cog_pipeline.s3 import S3Settings
+from cog_pipeline.tick import TickOptions, tick
+
+TICKPROC = Path(__file__).with_name("tickproc.py")
+OUTCOME = re.compile(r"^(?P<stem>.*)(?P<kind>processed|failed|errors)-(?P<ts>\d{8}-\d{6})\.csv$", re.DOTALL)
+
+
+@dataclass
+class Figures:
+    """Counts accumulated over the whole fault suite (written to tests/.fault-figures.json)."""
+
+    fault_kinds: dict[str, set[str]] = field(default_factory=lambda: {k: set() for k in (
+        "s3", "crash", "concurrency", "resources", "input", "secrets")})
+    s3_faults_injected: Counter = field(default_factory=Counter)
+    runs: int = 0
+    rows_processed: int = 0
+    rows_failed: int = 0
+    rows_lost: int = 0
+    rows_duplicated: int = 0
+    input_objects_checked: int = 0
+    input_objects_changed: int = 0
+    outputs_checked: int = 0
+    partial_outputs: int = 0
+    incomplete_multipart_uploads: int = 0
+    secret_checks: int = 0
+    secret_leaks: int = 0
+    tests: int = 0
+
+    def kind(self, family: str, name: str) -> None:
+        self.fault_kinds[family].add(name)
+
+    def as_json(self) -> dict[str, Any]:
+        kinds = {k: sorted(v) for k, v in self.fault_kinds.items()}
+        return {
+            "fault_kinds_injected": sum(len(v) for v in kinds.values()),
+            "fault_kinds": kinds,
+            "s3_faults_injected": sum(self.s3_faults_injected.values()),
+            "s3_faults_by_operation_and_kind": {f"{op}/{kind}": n for (op, kind), n in
+                                                sorted(self.s3_faults_injected.items())},
+            "runs_executed": self.runs,
+            "rows_processed": self.rows_processed,
+            "rows_failed_with_reason": self.rows_failed,
+            "rows_lost": self.rows_lost,
+            "rows_accounted_twice": self.rows_duplicated,
+            "input_objects_checked": self.input_objects_checked,
+            "input_objects_changed": self.input_objects_changed,
+            "output_objects_checked": self.outputs_checked,
+            "partial_outputs_found": self.partial_outputs,
+            "incomplete_multipart_uploads_left": self.incomplete_multipart_uploads,
+            "secret_checks": self.secret_checks,
+            "secret_leaks_found": self.secret_leaks,
+            "tests": self.tests,
+        }
+
+    def write(self, path: Path) -> None:
+        data = self.as_json()
+        data["written"] = time.strftime("%Y-%m-%d %H:%M:%S")
+        path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+
+
+def rows(text: str) -> list[list[str]]:
+    return [r for r in csv.reader(io.StringIO(text)) if r]
+
+
+def make_tif(path: Path, width: int = 32, height: int = 32, count: int = 1, dtype: str = "uint8", seed: int = 0,
+             georef: bool = True, **extra: Any) -> Path:
+    """A small GeoTIFF with random pixels (distinct per seed)."""
+    rng = np.random.default_rng(seed)
+    data = rng.integers(0, 255, size=(count, height, width)).astype(dtype)
+    profile = dict(driver="GTiff", width=width, height=height, count=count, dtype=dtype, **extra)
+    if georef:
+        profile.update(crs="EPSG:32615", transform=Affine(1, 0, 500000, 0, -1, 5000000))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(path, "w", **profile) as dst:
+            dst.write(data)
+    return path
+
+
+class World:
+    """Buckets seeded through a separate client, the code under test talking through the fault proxy."""
+
+    def __init__(self, seed, proxy, key_files, tmp_path: Path, figures: Figures, input_bucket: str,
+                 output_bucket: str):
+        self.seed, self.proxy, self.figures = seed, proxy, figures
+        self.tmp = tmp_path
+        self.input_bucket, self.output_bucket = input_bucket, output_bucket
+        self.key_files = key_files
+        self.settings = S3Settings(endpoint_url=proxy.endpoint, access_key_file=str(key_files[0]),
+                                   secret_key_file=str(key_files[1]))
+        self.workdir = tmp_path / "work"
+        self.inputs: dict[str, tuple[str, str]] = {}
+        self.scratch = tmp_path / "scratch"
+        self.scratch.mkdir(exist_ok=True)
+
+    # -------------------------------------------------------------------------------- seeding
+    def put(self, key: str, data: bytes | Path) -> None:
+        body = data.read_bytes() if isinstance(data, Path) else data
+        self.seed.put_object(Bucket=self.input_bucket, Key=key, Body=body)
+
+    def image(self, key: str, **kw: Any) -> str:
+        """Upload a generated GeoTIFF at ``key``."""
+        path = make_tif(self.scratch / f"img-{len(list(self.scratch.iterdir()))}.tif", **kw)
+        self.put(key, path)
+        return key
+
+    def manifest(self, key: str, lines: list[str] | bytes) -> None:
+        body = lines if isinstance(lines, bytes) else ("\n".join(lines) + "\n").encode("utf-8")
+        self.put(key, body)
+
+    def snapshot(self) -> None:
+        """Remember every input object that is not a manifest (the images), to prove none changes."""
+        self.inputs = {}
+        for page in self.seed.get_paginator("list_objects_v2").paginate(Bucket=self.input_bucket):
+            for obj in page.get("Contents", []):
+                if not obj["Key"].endswith(".csv") and not obj["Key"].startswith(".cog-pipeline/"):
+                    body = self.seed.get_object(Bucket=self.input_bucket, Key=obj["Key"])["Body"].read()
+                    self.inputs[obj["Key"]] = (obj["ETag"], hashlib.sha256(body).hexdigest())
+
+    # -------------------------------------------------------------------------------- running
+    def options(self, **kw: Any) -> TickOptions:
+        overrides = kw.pop("overrides", {})
+        workdir = kw.pop("workdir", self.workdir)
+        settings = kw.pop("settings", self.settings)
+        return TickOptions(input_bucket=self.input_bucket, output_bucket=self.output_bucket, settings=settings,
+                           workdir=workdir, run_overrides=overrides, **kw)
+
+    def tick(self, **kw: Any):
+        self.figures.runs += 1
+        return tick(self.options(**kw))
+
+    def spawn(self, *, crash_at: str | None = None, workdir: Path | None = None, overrides: dict | None = None,
+              options: dict | None = None, env: dict | None = None, settings: S3Settings | None = None
+              ) -> subprocess.Popen:
+        """A tick in its own session (so a crash kills its whole process tree and nothing else)."""
+        settings = settings or self.settings
+        args = {"input_bucket": self.input_bucket, "output_bucket": self.output_bucket,
+                "settings": {"endpoint_url": settings.endpoint_url, "access_key_file": settings.access_key_file,
+                             "secret_key_file": settings.secret_key_file},
+                "workdir": str(workdir or self.workdir), "overrides": overrides or {}, "options": options or {}}
+        full_env = dict(os.environ, **(env or {}))
+        full_env.pop("COG_PIPELINE_CRASH_AT", None)
+        if crash_at:
+            full_env["COG_PIPELINE_CRASH_AT"] = crash_at
+        self.figures.runs += 1
+        return subprocess.Popen([sys.executable, str(TICKPROC), json.dumps(args)], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=full_env, start_new_session=True)
+
+    def run_proc(self, timeout: float = 240, **kw: Any) -> subprocess.CompletedProcess:
+        proc = self.spawn(**kw)
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            out, err = proc.communicate()
+            raise AssertionError(f"tick did not finish in {timeout} s:\n{err[-4000:]}")
+        return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+    # -------------------------------------------------------------------------------- checking
+    def objects(self, bucket: str) -> dict[str, dict]:
+        out = {}
+        for page in self.seed.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+            for obj in page.get("Contents", []):
+                out[obj["Key"]] = obj
+        return out
+
+    def body(self, bucket: str, key: str) -> bytes:
+        return self.seed.get_object(Bucket=bucket, Key=key)["Body"].read()
+
+    def outcomes(self) -> dict[str, list[dict[str, Any]]]:
+        """Outcome triples in the input bucket: stem -> [{ts, processed, failed, errors}, ...]."""
+        triples: dict[tuple[str, str], dict[str, Any]] = {}
+        for key in self.objects(self.input_bucket):
+            m = OUTCOME.match(key)
+            if m:
+                triple = triples.setdefault((m["stem"], m["ts"]), {"ts": m["ts"]})
+                triple[m["kind"]] = self.body(self.input_bucket, key).decode("utf-8")
+        out: dict[str, list[dict[str, Any]]] = {}
+        for (stem, _ts), triple in sorted(triples.items()):
+            out.setdefault(stem, []).append(triple)
+        return out
+
+    def check(self, expected: dict[str, dict[str, Any]], *, leftovers_ok: bool = False,
+              outputs: bool = True) -> dict[str, dict[str, Any]]:
+        """The end state, strictly: for each manifest stem exactly one outcome triple whose processed rows
+        are ``expected[stem]["processed"]`` (in order) and whose failed rows are the keys of
+        ``expected[stem]["failed"]`` with a reason containing the value; no processing object, raw
+        manifest or claim marker left; input images unchanged; every output object complete and
+        correct. Updates the figures; returns the outcome triples by stem."""
+        fig = self.figures
+        objs = self.objects(self.input_bucket)
+        outcomes = self.outcomes()
+        problems = []
+        if not leftovers_ok:
+            left = [k for k in objs if "processing-" in k or k.startswith(".cog-pipeline/")
+                    or any(k == stem + "raw.csv" for stem in expected)]
+            if left:
+                problems.append(f"left in the input bucket: {left}")
+        found: dict[str, dict[str, Any]] = {}
+        for stem, want in expected.items():
+            triples = outcomes.get(stem, [])
+            if len(triples) != 1:
+                problems.append(f"{stem}: {len(triples)} outcome triples (want exactly 1): {[t['ts'] for t in triples]}")
+                if not triples:
+                    fig.rows_lost += len(want.get("processed", [])) + len(want.get("failed", {}))
+                    continue
+            triple = triples[-1]
+            found[stem] = triple
+            if set(triple) != {"ts", "processed", "failed", "errors"}:
+                problems.append(f"{stem}: incomplete outcome triple {sorted(triple)}")
+                continue
+            processed = [r[0] for r in rows(triple["processed"])]
+            failed_rows = rows(triple["failed"])
+            errors = rows(triple["errors"])
+            if errors and errors[0] == ["key", "bands", "reason"]:
+                errors = errors[1:]
+            reasons = {r[0]: r[2] for r in errors}
+            want_processed = list(want.get("processed", []))
+            want_failed = dict(want.get("failed", {}))
+            if processed != want_processed:
+                problems.append(f"{stem}: processed {processed} != {want_processed}")
+            if sorted(r[0] for r in failed_rows) != sorted(want_failed):
+                problems.append(f"{stem}: failed {[r[0][:60] for r in failed_rows]} != {[k[:60] for k in want_failed]}")
+            if len(errors) != len(failed_rows):
+                problems.append(f"{stem}: {len(errors)} error rows for {len(failed_rows)} failed rows")
+            for key, fragment in want_failed.items():
+                if key in reasons and fragment not in reasons[key]:
+                    problems.append(f"{stem}: reason for {key[:60]!r} is {reasons[key][:200]!r}, want {fragment!r}")
+            accounted = Counter(processed) + Counter(r[0] for r in failed_rows)
+            wanted = Counter(want_processed) + Counter(list(want_failed))
+            fig.rows_lost += sum((wanted - accounted).values())
+            fig.rows_duplicated += sum((accounted - wanted).values())
+            fig.rows_processed += len(processed)
+            fig.rows_failed += len(failed_rows)
+        # Inputs untouched.
+        for key, (etag, digest) in self.inputs.items():
+            fig.input_objects_checked += 1
+            if key not in objs or objs[key]["ETag"] != etag or \
+                    hashlib.sha256(self.body(self.input_bucket, key)).hexdigest() != digest:
+                fig.input_objects_changed += 1
+                problems.append(f"input object changed or gone: {key}")
+        # Every output object complete, made from the current input, and the processed rows all have both.
+        out_objs = self.objects(self.output_bucket)
+        if outputs:
+            for key in out_objs:
+                fig.outputs_checked += 1
+                problem = self._check_output(key)
+                if problem:
+                    fig.partial_outputs += 1
+                    problems.append(f"output {key[:80]!r}: {problem}")
+            for stem, triple in found.items():
+                for key in (r[0] for r in rows(triple.get("processed", ""))):
+                    for k in (key, key[:-4] + ".jpg"):
+                        if k not in out_objs:
+                            problems.append(f"{stem}: processed row {key!r} has no {k!r} in the output bucket")
+        uploads = self.seed.list_multipart_uploads(Bucket=self.output_bucket).get("Uploads", [])
+        fig.incomplete_multipart_uploads += len(uploads)
+        assert not problems, "\n".join(problems)
+        return found
+
+    def _check_output(self, key: str) -> str | None:
+        data = self.body(self.output_bucket, key)
+        head = self.seed.head_object(Bucket=self.output_bucket, Key=key)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / ("out.tif" if key.endswith(".tif") else "out.jpg")
+            path.write_bytes(data)
+            source_key = key if key.endswith(".tif") else key[:-4] + ".tif"
+            try:
+                source = self.body(self.input_bucket, source_key)
+            except Exception:  # noqa: BLE001
+                return "no input object for it"
+            src = Path(tmp) / "src.tif"
+            src.write_bytes(source)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                try:
+                    if key.endswith(".tif"):
+                        if not cog_validate(str(path), quiet=True)[0]:
+                            return "not a valid COG"
+                        want = self.seed.head_object(Bucket=self.input_bucket, Key=source_key)["ETag"]
+                        if head["Metadata"].get("cog-pipeline-source-etag") != want:
+                            return "not made from the current input"
+                        with rasterio.open(path) as c, rasterio.open(src) as s:
+                            if not np.array_equal(c.read(), s.read(), equal_nan=c.dtypes[0].startswith("float")):
+                                return "pixels differ from the input"
+                    else:
+                        with rasterio.open(path, driver="JPEG") as j, rasterio.open(src) as s:
+                            j.read()
+                            if (j.width, j.height) != (s.width, s.height):
+                                return "JPEG size differs from the input"
+                except Exception as exc:  # noqa: BLE001
+                    return f"unreadable: {exc}"
+        return None

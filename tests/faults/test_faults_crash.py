@@ -1,0 +1,165 @@
+"""Crash at every step: the tick's whole process tree (tick, Snakemake, its jobs) is SIGKILLed at a named
+point (COG_PIPELINE_CRASH_AT), as if the host died there. The next tick must reach exactly the outcome
+of a run without the crash: every row once, nothing at an output key but complete objects, no input
+touched, no processing file, raw manifest or claim marker left behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from cog_pipeline import SAMPLES_DIR
+from cog_pipeline.tick import MAX_RESUMES, _busy, _process_cwds
+
+OVERRIDES = {"batch_size": 2}
+EXPECTED = {"crash/jobs-": {"processed": ["a/one.tif", "a/two.tif", "b/three.tif"],
+                            "failed": {"a/missing.tif": "not found", "/bad.tif": "starts with '/'"}}}
+
+#: step -> True when the claim was committed before the crash (the run directory is resumed).
+STEPS = {
+    "tick.listed": False,
+    "tick.run-dir": False,
+    "claim.marker": False,
+    "claim.downloaded": False,
+    "claim.journaled": False,
+    "claim.processing": False,
+    "claim.renamed": True,
+    "claim.done": True,
+    "tick.run-written": True,
+    "tick.launch": True,
+    "batch.downloaded": True,
+    "batch.converted:1": True,
+    "batch.converted:2": True,
+    "batch.uploaded-jpeg": True,
+    "batch.uploaded": True,
+    "batch.status": True,
+    "aggregate.listed": True,
+    "aggregate.csv:1": True,
+    "aggregate.csv:3": True,
+    "aggregate.deleted": True,
+}
+
+
+def scenario(world):
+    world.put("a/one.tif", SAMPLES_DIR / "byte.tif")
+    world.image("a/two.tif", seed=2)
+    world.image("b/three.tif", count=3, seed=3)
+    world.manifest("crash/jobs-raw.csv", ["a/one.tif,1", "a/two.tif,1", "b/three.tif,3", "a/missing.tif,1",
+                                          "/bad.tif,1"])
+    world.snapshot()
+
+
+def crash(world, step, **kw):
+    """Run a tick that dies at ``step``; wait until nothing of it is left."""
+    proc = world.run_proc(crash_at=step, overrides=OVERRIDES, **kw)
+    assert proc.returncode == -signal.SIGKILL, f"did not crash at {step}: rc={proc.returncode}\n{proc.stderr[-3000:]}"
+    world.figures.kind("crash", step.partition(":")[0])
+    deadline = time.monotonic() + 10
+    while any(_busy(d, _process_cwds()) for d in world.workdir.glob("workflow-run-*")):
+        assert time.monotonic() < deadline, "processes of the crashed tick still alive"
+        time.sleep(0.1)
+    return proc
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("step", list(STEPS))
+def test_crash_at_step_then_next_tick_reaches_the_same_outcome(world, step):
+    scenario(world)
+    crash(world, step)
+    runs_before = sorted(world.workdir.glob("workflow-run-*"))
+
+    result = world.tick(overrides=OVERRIDES)
+
+    assert result.exit_code == 0
+    world.check(EXPECTED)
+    if STEPS[step]:
+        assert [str(p) for p in result.resumed] == [str(p) for p in runs_before], "the crashed run is resumed"
+    else:
+        assert not result.resumed and result.run_dir is not None, "the manifest is claimed afresh"
+        assert [p for p in world.workdir.glob("workflow-run-*")] == [result.run_dir], \
+            "the crashed tick's run directory (nothing committed) is cleaned away"
+    again = world.tick(overrides=OVERRIDES)
+    assert again.run_dir is None and not again.resumed and not again.manifests, "nothing left to do"
+
+
+@pytest.mark.slow
+def test_crash_during_the_resume_too(world):
+    scenario(world)
+    crash(world, "batch.uploaded")
+    crash(world, "batch.converted:1")  # the resume dies as well (its first conversion)
+    assert world.tick(overrides=OVERRIDES).exit_code == 0
+    world.check(EXPECTED)
+
+
+@pytest.mark.slow
+def test_a_run_that_keeps_crashing_ends_with_every_row_accounted(world):
+    """A poison image that kills its job's host every time: after MAX_RESUMES resumes only the aggregate
+    runs, and every row is accounted for (the unfinished ones failed with the reason)."""
+    scenario(world)
+    for _ in range(1 + MAX_RESUMES):
+        crash(world, "batch.converted:1")
+    result = world.tick(overrides=OVERRIDES)
+    assert result.exit_code == 0 and len(result.resumed) == 1
+    unfinished = "did not finish"
+    world.check({"crash/jobs-": {"processed": [], "failed": {"a/one.tif": unfinished, "a/two.tif": unfinished,
+                                                             "b/three.tif": unfinished, "a/missing.tif": unfinished,
+                                                             "/bad.tif": "starts with '/'"}}})
+
+
+@pytest.mark.slow
+def test_snakemake_killed_alone_every_row_accounted_and_retry_completes(world):
+    """SIGKILL of Snakemake only (the tick survives): the tick writes the outcome at once with the rows
+    of unfinished batches failed ('did not finish'); renaming the failed file to -raw.csv retries them."""
+    scenario(world)
+    proc = world.spawn(overrides={"batch_size": 1})
+    deadline = time.monotonic() + 120
+    killed = False
+    while proc.poll() is None and time.monotonic() < deadline:
+        status = list(world.workdir.glob("workflow-run-*/status/m1/batch-*.jsonl"))
+        if status and not killed:
+            for pid in _snakemake_pids(world.workdir):
+                os.kill(pid, signal.SIGKILL)
+                killed = True
+        time.sleep(0.05)
+    out, err = proc.communicate(timeout=120)
+    assert killed and proc.returncode == 0, err[-3000:]
+    world.figures.kind("crash", "snakemake-killed")
+    outcome = world.outcomes()["crash/jobs-"][0]
+    from faults.harness import rows
+
+    processed = [r[0] for r in rows(outcome["processed"])]
+    failed = {r[0]: r[2] for r in rows(outcome["errors"])[1:]}
+    assert sorted(processed + list(failed)) == sorted(["a/one.tif", "a/two.tif", "b/three.tif", "a/missing.tif",
+                                                       "/bad.tif"]), "every row exactly once"
+    retry = [k for k, reason in failed.items() if "did not finish" in reason]
+    assert retry, "Snakemake was killed before every batch finished"
+    world.figures.rows_processed += len(processed)
+    world.figures.rows_failed += len(failed)
+    # The user's retry: the failed file renamed to -raw.csv (here: its rows that did not finish).
+    for key in list(world.objects(world.input_bucket)):
+        if key.startswith("crash/jobs-") and key.endswith(".csv"):
+            world.seed.delete_object(Bucket=world.input_bucket, Key=key)
+    bands = {"a/one.tif": "1", "a/two.tif": "1", "b/three.tif": "3", "a/missing.tif": "1"}
+    world.manifest("crash/retry-raw.csv", [f"{k},{bands[k]}" for k in retry])
+    time.sleep(1.1)  # a new timestamp for the outcome names
+    assert world.tick().exit_code == 0
+    want = [k for k in retry if k != "a/missing.tif"]
+    world.check({"crash/retry-": {"processed": want, "failed": {k: "not found" for k in retry if k not in want}}})
+
+
+def _snakemake_pids(workdir: Path) -> list[int]:
+    pids = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            argv = Path(f"/proc/{name}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"snakemake" in argv and any(str(workdir).encode() in a for a in argv) and b"-m" in argv:
+            pids.append(int(name))
+    return pids

@@ -1,0 +1,34 @@
+"""Run one tick in a process of its own, from JSON options (the fault tests start and SIGKILL it).
+
+``python tests/faults/tickproc.py '{"input_bucket": ..., "output_bucket": ..., "settings": {...},
+"workdir": ..., "overrides": {...}, "options": {...}}'`` prints the result as JSON on its last line.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+from cog_pipeline.errors import PipelineError
+from cog_pipeline.logs import configure_cli
+from cog_pipeline.s3 import S3Settings
+from cog_pipeline.tick import TickOptions, tick
+
+
+def main() -> int:
+    args = json.loads(sys.argv[1])
+    configure_cli()
+    opts = TickOptions(input_bucket=args["input_bucket"], output_bucket=args["output_bucket"],
+                       settings=S3Settings(**args["settings"]), workdir=Path(args["workdir"]),
+                       run_overrides=args.get("overrides", {}), **args.get("options", {}))
+    try:
+        result = tick(opts)
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({"run_dir": str(result.run_dir) if result.run_dir else None, "exit_code": result.exit_code,
+                      "manifests": result.manifests, "resumed": [str(p) for p in result.resumed]}))
+    return result.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
