@@ -7,6 +7,7 @@ Prints every figure with its target and ratio as it is measured, then writes
   python bench/run.py --quick             # smoke version: small images, few rows (~2 min)
   python bench/run.py --sections 1,6      # only some sections
   python bench/run.py --repeat 3          # best of 3 for the timed conversions (default 2, quick 1)
+  python bench/run.py --sections 7        # optional: proposed convert.py changes, measured (~4 min)
 
 Sections: 1 per-image conversion vs the original's gdal_translate path, 2 memory, 3 pipeline
 efficiency (tick vs a tight loop), 4 planning at scale (snakemake -n, tick --dry-run), 5 S3 request
@@ -49,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     cfg = dict(QUICK if args.quick else FULL)
+    cfg["quick"] = args.quick
     if args.repeat:
         cfg["repeats"] = args.repeat
     sections = {s.strip() for s in args.sections.split(",") if s.strip()}
@@ -100,6 +102,11 @@ def main(argv: list[str] | None = None) -> int:
 
         run("5", "S3 economy", sec_s3.section5, rep, work, cfg)
     run("6", "1 vs 2 threads", sec_convert.section6, rep, cache, work, cfg["size"], cfg["repeats"])
+    if "7" in sections:
+        import sec_whatif
+
+        run("7", "Proposed convert.py changes (what-if)", sec_whatif.section7, rep, cache, work, cfg["size"],
+            cfg["repeats"])
 
     path = rep.save()
     print("\n" + rep.markdown())

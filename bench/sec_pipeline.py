@@ -80,6 +80,17 @@ def run_tick(srv: CountingS3Server, client: Any, keys: tuple[Path, Path], rows: 
            "image_seconds": image_s, "convert_seconds": convert_s, "jobs": len(status_files),
            "snakemake_noop": noop["wall"], "counts": counts, "run_dir": str(run_dir)}
     out.update(timeline(res["started"], res["wall"], status_files, run_dir / "outcome" / "m1.json"))
+    m = re.search(r"^BENCH_TIMES (.*)$", res["output"], re.M)
+    if m:
+        times = json.loads(m.group(1))
+        t0 = res["started"]
+        out["phases"] = {
+            "cli_start_imports": times["imports_done"] - t0,
+            "claim_and_run_dir": times["snakemake_start"] - times["imports_done"],
+            "snakemake": times["snakemake_end"] - times["snakemake_start"],
+            "after_snakemake": (t0 + res["wall"]) - times["snakemake_end"],
+        }
+        out["snakemake_end_after_aggregate"] = times["snakemake_end"] - (run_dir / "outcome" / "m1.json").stat().st_mtime
     return out
 
 
@@ -156,7 +167,9 @@ def section3(rep: Report, work: Path, cfg: dict[str, Any]) -> None:
                       f"+ HEADs {s3_and_checks:.1f} s); before the first image {t['before_first_image']:.1f} s "
                       f"(CLI start, claim, Snakemake start-up + DAG: a no-op rerun takes {t['snakemake_noop']:.1f} s, "
                       f"first job start); between batch jobs {gap}; after the last batch "
-                      f"{t['after_last_batch']:.1f} s (aggregate job); requests {summarize(t['counts'])}"))
+                      f"{t['after_last_batch']:.1f} s (aggregate job done after {t['aggregate_done_after_last_batch']:.1f} s, "
+                      f"Snakemake exits {t.get('snakemake_end_after_aggregate', float('nan')):.1f} s after that); "
+                      f"requests {summarize(t['counts'])}"))
         rep.add("3", f"floor / pipeline, {label}", ratio, "", ">= 0.7", load=t["load"])
     rep.detail("section3", {"floors": [{k: v for k, v in f.items() if k != "output"} for f in floors],
                             "variants": variants, "ticks": ticks,

@@ -104,13 +104,16 @@ def profile_ours(src: str, cog: str, jpeg: str, bands: int, tmp_dir: str, out: s
 
 
 def whatif(src: str, cog: str, jpeg: str, bands: int, tmp_dir: str, jpeg_mode: str = "package",
-           parallel: bool = False, options: dict | None = None, verify_cache_mb: int | None = None) -> dict:
+           parallel: bool = False, options: dict | None = None, verify_cache_mb: int | None = None,
+           trim: bool = False, overlap: bool = False) -> dict:
     """convert_file rebuilt from the package's own steps with one change, to measure a proposed fix.
 
     jpeg_mode "vrt": an 8-bit source with no mask/palette is sent to GDAL's JPEG driver through a
     band-subset VRT (what gdal_translate -b does) instead of the windowed render to a temp GeoTIFF.
     parallel: pixel verification and the JPEG run at the same time in two threads (GDAL releases the
-    GIL). verify_cache_mb: GDAL cache during verification only.
+    GIL). verify_cache_mb: GDAL cache during verification only. trim: malloc_trim(0) before each step.
+    overlap: the JPEG (made from the source, so independent of the COG) runs in a second thread while
+    the COG is written, validated and verified.
     """
     import concurrent.futures
     import dataclasses
@@ -122,13 +125,21 @@ def whatif(src: str, cog: str, jpeg: str, bands: int, tmp_dir: str, jpeg_mode: s
     cog_options = dataclasses.replace(convert.CogOptions(), **(options or {}))
     src_p, cog_p, jpeg_p, tmp_p = Path(src), Path(cog), Path(jpeg), Path(tmp_dir)
     steps: dict[str, float] = {}
+    peaks: dict[str, float] = {}
 
     def timed(name, func, *args):
+        if trim:  # give freed heap memory back to the OS between steps (glibc keeps it otherwise)
+            import ctypes
+
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        if not (parallel or overlap):
+            _reset_peak_rss()
         t = time.perf_counter()
         try:
             return func(*args)
         finally:
             steps[name] = round(time.perf_counter() - t, 3)
+            peaks[name] = _peak_rss_mb()
 
     def do_jpeg():
         if jpeg_mode == "vrt":
@@ -151,6 +162,14 @@ def whatif(src: str, cog: str, jpeg: str, bands: int, tmp_dir: str, jpeg_mode: s
     t = time.perf_counter()
     with convert._gdal_env(cog_options.gdal_cache_mb):
         timed("inspect", convert.inspect_input, src_p, cog_options)
+        if overlap:
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                jpeg_future = pool.submit(timed, "jpeg", do_jpeg)
+                timed("cog", convert.write_cog, src_p, cog_p, cog_options)
+                timed("validate", convert.validate_cog, cog_p)
+                timed("verify", do_verify)
+                jpeg_future.result()
+            return {"seconds": time.perf_counter() - t, "steps": steps, "step_peak_rss_mb": peaks}
         timed("cog", convert.write_cog, src_p, cog_p, cog_options)
         timed("validate", convert.validate_cog, cog_p)
         if parallel:
@@ -161,7 +180,24 @@ def whatif(src: str, cog: str, jpeg: str, bands: int, tmp_dir: str, jpeg_mode: s
         else:
             timed("verify", do_verify)
             timed("jpeg", do_jpeg)
-    return {"seconds": time.perf_counter() - t, "steps": steps}
+    return {"seconds": time.perf_counter() - t, "steps": steps, "step_peak_rss_mb": peaks}
+
+
+def _reset_peak_rss() -> None:
+    """Reset this process's peak RSS (VmHWM) so the next step's own peak can be read."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:
+        pass
+
+
+def _peak_rss_mb() -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    return 0.0
 
 
 def floor(endpoint: str, access_key_file: str, secret_key_file: str, input_bucket: str, output_bucket: str,
