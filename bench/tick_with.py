@@ -14,6 +14,19 @@ T_START = time.time()
 from cog_pipeline import cli, driver, tick  # noqa: E402
 
 overrides = json.loads(sys.argv[1])
+# "__daemon_timers": run Snakemake through bench/snakemake_daemon_timers.py (what-if, see that file).
+if overrides.pop("__daemon_timers", False):
+    from pathlib import Path
+
+    _command = driver.snakemake_command
+    _wrapper = str(Path(__file__).with_name("snakemake_daemon_timers.py"))
+
+    def snakemake_command(*args, **kwargs):
+        cmd = _command(*args, **kwargs)
+        i = cmd.index("-m")
+        return cmd[:i] + [_wrapper] + cmd[i + 2:]
+
+    driver.snakemake_command = snakemake_command
 _original = tick.run_config
 
 
