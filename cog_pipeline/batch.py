@@ -133,6 +133,8 @@ def _process(ctx: ImageContext, entry: Entry) -> dict[str, Any]:
                                   expected_bands=entry.bands, tmp_dir=workdir)
         except OSError as exc:
             raise ImageError("cog", _os_reason(exc, workdir)) from None
+        except ImageError as exc:
+            raise _space_hint(exc, workdir, source["ContentLength"]) from None
         crash_point("batch.converted")
         metadata = {SOURCE_ETAG_META: etag, "cog-pipeline-version": __version__}
         try:
@@ -190,6 +192,28 @@ def _private_tmpdir(root: str | None) -> Path:
     except OSError as exc:
         raise ImageError("download", f"cannot create a temp dir in {root or tempfile.gettempdir()}: "
                                      f"{exc.strerror}") from None
+
+
+def _space_hint(exc: ImageError, where: Path, input_bytes: int) -> ImageError:
+    """``exc``, naming the likely cause when the temp dir is out of space.
+
+    GDAL's TIFF writer reports a full disk as e.g. 'TIFFRewriteDirectory: Error fetching directory
+    count' (the ENOSPC itself is printed to stderr by its compression threads, never raised). After
+    such a failure, a device with less room left than twice the input (the COG with its overviews,
+    then the JPEG) is the likely cause.
+    """
+    if "no space left" in exc.message.lower():
+        return exc
+    try:
+        free = shutil.disk_usage(where).free
+    except OSError:
+        return exc
+    if free >= 2 * input_bytes:
+        return exc
+    mib = 1024 * 1024
+    return ImageError(exc.step, f"{exc.message}; most likely no space left on the device holding {where.parent}: "
+                                f"{free / mib:.0f} MiB free for an input of {input_bytes / mib:.0f} MiB "
+                                "(set tmp_dir in the config to a larger disk)")
 
 
 def _os_reason(exc: OSError, where: Path) -> str:

@@ -137,3 +137,18 @@ def test_throttling_429_without_a_known_code_is_retried(world, monkeypatch):
     world.proxy.add("429", "head", nth=[1])
     with pytest.raises(Exception, match="429"):
         plain.head_object(Bucket=world.input_bucket, Key="k.tif")  # what the shim is for
+
+
+@pytest.mark.parametrize("op,key", [("put", ".cog-pipeline/claims/"), ("put", "processing-"),
+                                    ("delete", "s3/claim-raw.csv")])
+def test_lost_answer_to_a_claim_step_still_claims_the_manifest_once(world, op, key):
+    """The conditional marker / processing write or the conditional delete of the raw manifest is applied
+    but its answer is lost: boto3's retry then meets 412 (or 404). The tick must see its own write, not
+    'another tick', claim the manifest in this very tick, and leave no marker behind."""
+    world.image("a/one.tif", seed=1)
+    world.manifest("s3/claim-raw.csv", ["a/one.tif,1"])
+    world.snapshot()
+    world.proxy.add("reset-after", op, key_contains=key, nth=[1])
+    result = world.tick()
+    assert result.exit_code == 0 and result.run_dir is not None and world.proxy.total_injected() == 1
+    world.check({"s3/claim-": {"processed": ["a/one.tif"]}})

@@ -1,0 +1,163 @@
+"""Concurrency: ticks started at the same moment from different working directories (= hosts) on one
+bucket claim each manifest exactly once; several manifests in one tick; one image in two manifests;
+stale claims and orphaned processing files are taken over, live ones are left alone."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from cog_pipeline import SAMPLES_DIR, tick as tickmod
+from cog_pipeline.naming import claim_marker_key
+from faults.harness import rows
+
+
+def _claimed(proc) -> list[str]:
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    last = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else "{}"
+    result = json.loads(last) if last.startswith("{") else {"manifests": []}
+    return [m["raw_key"] for m in result["manifests"]]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ticks", [2, 3])
+def test_ticks_at_the_same_moment_on_two_hosts_claim_each_manifest_once(world, ticks):
+    manifests = {f"race/m{i}-raw.csv": f"race/img{i}.tif" for i in range(2 * ticks)}
+    for raw, image in manifests.items():
+        world.put(image, SAMPLES_DIR / "byte.tif")
+        world.manifest(raw, [f"{image},1", "shared/both.tif,1"])  # and one image in every manifest
+    world.put("shared/both.tif", SAMPLES_DIR / "byte.tif")
+    world.snapshot()
+    # Every tick lists before any claims; their first claim attempts hit the server together.
+    world.proxy.add("barrier", "list", nth=range(1, ticks + 1), parties=ticks, bucket=world.input_bucket)
+    world.proxy.add("barrier", "put", key_contains=".cog-pipeline/claims/", nth=range(1, ticks + 1), parties=ticks)
+    procs = [world.spawn(workdir=world.tmp / f"host{i}") for i in range(ticks)]
+    done = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=300)
+        done.append(type("P", (), {"returncode": proc.returncode, "stdout": out, "stderr": err}))
+    claimed = [_claimed(p) for p in done]
+    flat = [raw for c in claimed for raw in c]
+    assert sorted(flat) == sorted(manifests), f"each manifest claimed exactly once: {claimed}"
+    world.figures.kind("concurrency", f"{ticks}-ticks-same-moment")
+    world.check({raw[:-len("raw.csv")]: {"processed": [image, "shared/both.tif"]} for raw, image in manifests.items()})
+
+
+def test_two_manifests_in_one_tick_same_image_and_same_name_in_two_folders(world):
+    """Two manifests named alike in two folders (their run-directory copies must not collide), both listing
+    the same image: each gets its own, correct outcome."""
+    world.put("img/shared.tif", SAMPLES_DIR / "byte.tif")
+    world.image("img/only-a.tif", seed=1)
+    world.image("img/only-b.tif", seed=2)
+    world.manifest("a/x-raw.csv", ["img/shared.tif,1", "img/only-a.tif,1"])
+    world.manifest("b/x-raw.csv", ["img/only-b.tif,1", "img/shared.tif,1", "img/missing.tif,1"])
+    world.snapshot()
+    result = world.tick()
+    assert result.exit_code == 0 and len(result.manifests) == 2
+    world.figures.kind("concurrency", "two-manifests-one-tick")
+    world.figures.kind("concurrency", "same-image-two-manifests")
+    world.check({"a/x-": {"processed": ["img/shared.tif", "img/only-a.tif"]},
+                 "b/x-": {"processed": ["img/only-b.tif", "img/shared.tif"], "failed": {"img/missing.tif": "not found"}}})
+
+
+def test_live_claim_elsewhere_is_respected_and_a_stale_one_taken_over(world):
+    world.image("a/one.tif", seed=1)
+    world.manifest("s/stale-raw.csv", ["a/one.tif,1"])
+    world.snapshot()
+    etag = world.seed.head_object(Bucket=world.input_bucket, Key="s/stale-raw.csv")["ETag"]
+    marker = claim_marker_key("s/stale-raw.csv", etag)
+    other = {"host": "another-host", "pid": 4242, "token": "0123456789abcdef",
+             "claimed_as": "s/stale-processing-20200101-000000.csv"}
+    world.seed.put_object(Bucket=world.input_bucket, Key=marker, Body=json.dumps(other).encode())
+
+    first = world.tick()  # default lease (1 h): the claim in progress elsewhere is left alone
+    assert first.run_dir is None
+    assert "s/stale-raw.csv" in world.objects(world.input_bucket)
+
+    time.sleep(1.5)
+    second = world.tick(claim_lease=1.0)  # the other host has been silent longer than the lease
+    assert second.exit_code == 0 and second.run_dir is not None
+    world.figures.kind("concurrency", "stale-claim-marker")
+    world.check({"s/stale-": {"processed": ["a/one.tif"]}})
+
+
+def test_processing_file_whose_run_directory_is_gone_is_adopted(world):
+    """A tick claimed the manifest, then its run directory was lost (disk wiped): the next tick in the
+    same working directory adopts the processing file at once; the outcome keeps its timestamp."""
+    world.image("a/one.tif", seed=1)
+    world.manifest("s/lost-raw.csv", ["a/one.tif,1", "a/missing.tif,1"])
+    world.snapshot()
+    proc = world.run_proc(crash_at="tick.launch")
+    assert proc.returncode == -9
+    (run_dir,) = world.workdir.glob("workflow-run-*")
+    processing = [k for k in world.objects(world.input_bucket) if "processing-" in k]
+    import shutil
+
+    shutil.rmtree(run_dir)
+    result = world.tick()
+    assert result.exit_code == 0 and not result.resumed
+    world.figures.kind("crash", "run-directory-lost")
+    found = world.check({"s/lost-": {"processed": ["a/one.tif"], "failed": {"a/missing.tif": "not found"}}})
+    assert processing == [f"s/lost-processing-{found['s/lost-']['ts']}.csv"]
+
+
+def test_foreign_processing_file_is_adopted_only_after_its_heartbeat_stops(world):
+    world.image("a/one.tif", seed=1)
+    key = "s/far-processing-20260101-000000.csv"
+    world.seed.put_object(Bucket=world.input_bucket, Key=key, Body=b"a/one.tif,1\n",
+                          Metadata={tickmod.OWNER_META: "feedfacefeedface", tickmod.RUN_META: "workflow-run-x"})
+    world.snapshot()
+    assert world.tick().run_dir is None, "fresh: its owner may be running it"
+    time.sleep(1.5)
+    result = world.tick(adopt_after=1.0)
+    assert result.exit_code == 0 and result.run_dir is not None
+    world.figures.kind("concurrency", "orphaned-processing-file")
+    found = world.check({"s/far-": {"processed": ["a/one.tif"]}})
+    assert found["s/far-"]["ts"] == "20260101-000000"
+
+
+def test_heartbeat_refreshes_a_live_run_and_never_resurrects_a_finished_one(world, tmp_path):
+    key = "s/hb-processing-20260101-000000.csv"
+    world.seed.put_object(Bucket=world.input_bucket, Key=key, Body=b"a.tif,1\n", Metadata={tickmod.CLAIM_META: "t"})
+    run_dir = tmp_path / "workflow-run-20260101-000000"
+    (run_dir / "manifests").mkdir(parents=True)
+    (run_dir / "manifests" / "hb.csv").write_bytes(b"a.tif,1\n")
+    config = {"manifests": [{"id": "m1", "csv": "manifests/hb.csv", "key": key}]}
+    client = tickmod.s3.make_client(world.settings)
+    before = world.seed.head_object(Bucket=world.input_bucket, Key=key)
+    time.sleep(1.1)
+    tickmod._heartbeat(client, world.input_bucket, run_dir, config, every=0)
+    after = world.seed.head_object(Bucket=world.input_bucket, Key=key)
+    assert after["LastModified"] > before["LastModified"] and after["Metadata"][tickmod.CLAIM_META] == "t"
+    assert world.body(world.input_bucket, key) == b"a.tif,1\n"
+    # The aggregate deletes it between the heartbeat's HEAD and its write: the write must not bring it back.
+    real_head = tickmod.s3.head
+
+    def head_then_delete(c, bucket, k):
+        found = real_head(c, bucket, k)
+        world.seed.delete_object(Bucket=bucket, Key=k)
+        return found
+
+    tickmod.s3.head = head_then_delete
+    try:
+        tickmod._heartbeat(client, world.input_bucket, run_dir, config, every=0)
+    finally:
+        tickmod.s3.head = real_head
+    assert key not in world.objects(world.input_bucket)
+
+
+def test_outcome_rows_of_same_image_in_two_concurrent_ticks(world):
+    """The same image in two manifests claimed by two ticks at once: both rows processed, one valid COG."""
+    world.put("img/shared.tif", SAMPLES_DIR / "byte.tif")
+    world.manifest("c/one-raw.csv", ["img/shared.tif,1"])
+    world.manifest("c/two-raw.csv", ["img/shared.tif,1"])
+    world.snapshot()
+    world.proxy.add("barrier", "list", nth=[1, 2], parties=2, bucket=world.input_bucket)
+    procs = [world.spawn(workdir=world.tmp / f"host{i}") for i in range(2)]
+    for proc in procs:
+        _out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-3000:]
+    found = world.check({"c/one-": {"processed": ["img/shared.tif"]}, "c/two-": {"processed": ["img/shared.tif"]}})
+    assert all(rows(t["failed"]) == [] for t in found.values())
