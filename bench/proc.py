@@ -2,7 +2,8 @@
 
 ``ru_maxrss`` from ``wait4`` is the largest resident set of the child *or of any descendant it
 waited for* (Linux keeps the maximum, not a sum), so a CLI that starts Snakemake is measured by its
-biggest process.
+biggest process. Commands are started through ``bench/launch.py`` (a small process): a child's
+``ru_maxrss`` starts from the RSS of whoever forked it, and this benchmark process grows large.
 """
 
 from __future__ import annotations
@@ -27,11 +28,16 @@ def load() -> float:
 def run(argv: list[str], *, cwd: Path | None = None, env: dict[str, str] | None = None,
         timeout: float = 1800, stdout_path: Path | None = None) -> dict[str, Any]:
     """Run ``argv``; returns wall seconds, peak RSS in MB, return code, output, load before/after."""
+    import tempfile
+
     load_before = load()
     started_epoch = time.time()
     out = open(stdout_path, "wb") if stdout_path else subprocess.PIPE
+    fd, result_path = tempfile.mkstemp(prefix="bench-launch-", suffix=".json")
+    os.close(fd)
     t0 = time.perf_counter()
-    proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen([sys.executable, str(BENCH_DIR / "launch.py"), result_path, "--", *argv], cwd=cwd,
+                            env=env, stdout=out, stderr=subprocess.STDOUT)
     output = b""
     if stdout_path is None:
         # Drain the pipe while waiting (a full pipe would block the child).
@@ -42,19 +48,26 @@ def run(argv: list[str], *, cwd: Path | None = None, env: dict[str, str] | None 
                 break
             chunks.append(chunk)
         output = b"".join(chunks)
-    _pid, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)
+    proc.wait()
+    outer_wall = time.perf_counter() - t0
     if stdout_path:
         out.close()
+    try:
+        with open(result_path) as fh:
+            res = json.load(fh)
+    except (OSError, ValueError):
+        res = {"wall": outer_wall, "rss_mb": float("nan"), "user": 0.0, "sys": 0.0, "returncode": proc.returncode}
+    finally:
+        os.unlink(result_path)
+    wall = res["wall"]
     return {
         "wall": wall,
         "started": started_epoch,
-        "rss_mb": usage.ru_maxrss / 1024.0,
-        "user": usage.ru_utime,
-        "sys": usage.ru_stime,
-        "cpu_util": (usage.ru_utime + usage.ru_stime) / wall if wall else 0.0,
-        "returncode": proc.returncode,
+        "rss_mb": res["rss_mb"],
+        "user": res["user"],
+        "sys": res["sys"],
+        "cpu_util": (res["user"] + res["sys"]) / wall if wall else 0.0,
+        "returncode": res["returncode"],
         "output": output.decode("utf-8", "replace"),
         "load": max(load_before, load()),
     }

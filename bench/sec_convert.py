@@ -136,6 +136,15 @@ def section2(rep: Report, cache: Path, work: Path, size: int, big: int, s1: dict
     rep.add("2", f"peak RSS, ours, ortho {big}x{big} 4-band (generated on disk)", r["rss_mb"], "MB", "<= 1000",
             load=r["load"], note=f"{r['seconds']:.1f} s, steps {r.get('steps')}, input {src.stat().st_size / 2**30:.2f} GiB")
     rep.detail("section2.big", _strip([r]))
+    # What GDAL's JPEG driver alone needs (libjpeg here keeps whole-image coefficient buffers).
+    base = proc.run_task("import_cost")["rss_mb"]
+    for tile in (synth.cached_raster(cache, "ortho", size), src):
+        p = proc.run_task("jpeg_probe", src=str(tile), dst=str(w / "probe.jpg"), cache_mb=64)
+        per_px = (p["rss_mb"] - base - 64) * 2**20 / p["pixels"]
+        rep.add("2", f"GDAL JPEG driver alone, RGB preview of the {tile.stem.split('-')[1]}^2 tile (64 MB cache): "
+                     "peak RSS", p["rss_mb"], "MB", load=p["load"],
+                note=f"~{per_px:.1f} bytes/pixel above interpreter ({base:.0f} MB) + cache: full-image buffers in "
+                     "libjpeg 9 (JPEGMEM below that fails with 'Backing store not supported')")
     shutil.rmtree(w, ignore_errors=True)
 
 
