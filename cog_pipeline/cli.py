@@ -129,6 +129,29 @@ def cmd_stop(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    from .s3 import make_client
+    from .status import collect, render_json, render_text
+
+    client = make_client(_settings(args)) if args.input_bucket else None
+    state = collect(client, args.input_bucket, Path(args.workdir).resolve(), args.pattern)
+    print(render_json(state) if args.json else render_text(state))
+    return 0
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    from .s3 import make_client
+    from .retry import plan_retry, queue_retry
+
+    client = make_client(_settings(args))
+    plan = plan_retry(client, args.input_bucket, args.failed_key)
+    for reason in plan.left_out:
+        print(f"left out (fix the row, then upload it in a new manifest): {reason}")
+    queue_retry(client, args.input_bucket, plan)
+    print(f"Queued {len(plan.rows)} rows as s3://{args.input_bucket}/{plan.key}; the next tick picks it up.")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cog-pipeline", description=__doc__)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -181,6 +204,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("stop", help="remove the Crondor, the drivers and every job of the pipeline watching -p")
     p.add_argument("-p", "--pattern", default="*raw.csv", help="the pattern given to start (default: %(default)s)")
     p.set_defaults(func=cmd_stop)
+
+    p = sub.add_parser("status", help="manifests by state in the bucket, local runs, the pipeline's HTCondor jobs")
+    _add_s3_flags(p, buckets=False)
+    p.add_argument("--input-bucket", help="bucket holding the manifests (omit to show local runs and jobs only)")
+    p.add_argument("-p", "--pattern", default="*raw.csv", help="manifest pattern (default: %(default)s)")
+    p.add_argument("--workdir", default=".", help="where the workflow-run-* directories are (default: .)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("retry", help="re-queue the rows of a <name>failed-<TS>.csv as <name>retry-<TS>-raw.csv")
+    _add_s3_flags(p, buckets=False)
+    p.add_argument("--input-bucket", required=True)
+    p.add_argument("failed_key", help="key of the failed CSV in the input bucket")
+    p.set_defaults(func=cmd_retry)
     return parser
 
 

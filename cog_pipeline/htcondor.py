@@ -358,6 +358,20 @@ def _query(schedd: Any, constraint: str, projection: list[str]) -> list[Any]:
         raise PipelineError(f"{NO_SCHEDD}: query failed: {_detail(exc)}") from None
 
 
+JOB_STATUS = {1: "idle", 2: "running", 3: "removed", 4: "completed", 5: "held", 6: "transferring", 7: "suspended"}
+
+
+def pipeline_jobs() -> list[dict[str, Any]]:
+    """This pipeline's queued jobs (any pattern): cluster, batch name, role, run, status, hold reason."""
+    projection = ["ClusterId", "ProcId", "JobBatchName", "CogPipelineRole", "CogPipelineRun", "JobStatus",
+                  "HoldReason", "QDate"]
+    ads = _query(_schedd(), "CogPipeline =?= true", projection)
+    return [{"cluster": int(ad.get("ClusterId", 0)), "batch_name": str(ad.get("JobBatchName", "")),
+             "role": str(ad.get("CogPipelineRole", "")), "run": str(ad.get("CogPipelineRun", "")),
+             "status": JOB_STATUS.get(int(ad.get("JobStatus", 0)), "unknown"),
+             "hold_reason": str(ad.get("HoldReason", "")), "queued": int(ad.get("QDate", 0))} for ad in ads]
+
+
 def _job_ids(ads: Iterable[Any]) -> list[str]:
     return [f"{int(ad['ClusterId'])}.{int(ad['ProcId'])}" for ad in ads]
 
