@@ -224,25 +224,28 @@ def _os_reason(exc: OSError, where: Path) -> str:
 
 def run_batch(config: dict[str, Any], run_dir: Path, manifest_id: str, index: int,
               status_file: Path, threads: int | None = None) -> list[dict[str, Any]]:
-    """Process batch ``index`` and write one JSON record per row to ``status_file`` (atomically)."""
+    """Process batch ``index`` and write one JSON record per row to ``status_file`` (atomically).
+
+    Records are appended to ``<status_file>.tmp`` as images finish (progress can be followed there);
+    the file is renamed to ``status_file`` only once the whole batch is recorded.
+    """
     entries = batch_entries(config, run_dir, manifest_id, index)
     ctx = ImageContext(config, threads)
     records = []
-    for entry in entries:
-        record = process_image(ctx, entry)
-        log.info("%s: %s%s (%.1f s)", entry.key, record["status"],
-                 f" at {record['step']}: {record['reason']}" if record["status"] == "failed" else "",
-                 record["seconds"])
-        for note in record.get("notes", []):
-            log.info("%s: note: %s", entry.key, note)
-        records.append(record)
     status_file = Path(status_file)
     status_file.parent.mkdir(parents=True, exist_ok=True)
     tmp = status_file.with_name(status_file.name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as fh:
-        for record in records:
+        for entry in entries:
+            record = process_image(ctx, entry)
+            log.info("%s: %s%s (%.1f s)", entry.key, record["status"],
+                     f" at {record['step']}: {record['reason']}" if record["status"] == "failed" else "",
+                     record["seconds"])
+            for note in record.get("notes", []):
+                log.info("%s: note: %s", entry.key, note)
+            records.append(record)
             fh.write(json.dumps(record, ensure_ascii=False) + "\n")
-        fh.flush()
+            fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, status_file)
     crash_point("batch.status")

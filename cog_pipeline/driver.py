@@ -17,6 +17,7 @@ from . import WORKFLOW_DIR
 from .aggregate import aggregate_manifest
 from .errors import PipelineError
 from .naming import RUN_CONFIG, outcome_path
+from .progress import wait_with_progress
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,8 @@ def run_snakemake(run_dir: Path, executor: str, cores: int, extra: list[str] | N
     log_path = Path(run_dir) / "logs" / "snakemake.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as out:
-        return subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=run_dir, check=False).returncode
+        process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=run_dir)
+        return wait_with_progress(process, Path(run_dir))
 
 
 def finish(run_dir: Path) -> tuple[int, list[dict[str, Any]]]:

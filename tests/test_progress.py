@@ -1,0 +1,35 @@
+"""Progress of a foreground run, counted from the per-batch status files."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import yaml
+
+from cog_pipeline.progress import images_done, images_total, wait_with_progress
+
+
+def make_run(path):
+    (path / "manifests").mkdir(parents=True)
+    (path / "manifests" / "a.csv").write_text("a.tif,1\nb.tif,1\n/bad.tif,1\nc.tif,3\n")
+    (path / "run.yaml").write_text(yaml.safe_dump({"manifests": [{"id": "m1", "csv": "manifests/a.csv"}]}))
+    (path / "status" / "m1").mkdir(parents=True)
+    return path
+
+
+def test_counts_finished_and_in_progress_batches(tmp_path):
+    run = make_run(tmp_path)
+    assert images_total(run) == 3  # rejected rows are not converted
+    assert images_done(run) == 0
+    (run / "status" / "m1" / "batch-00000.jsonl").write_text('{"key": "a.tif"}\n{"key": "b.tif"}\n')
+    (run / "status" / "m1" / "batch-00001.jsonl.tmp").write_text('{"key": "c.tif"}\n')
+    assert images_done(run) == 3
+
+
+def test_waits_for_the_process_with_and_without_a_bar(tmp_path, capsys):
+    run = make_run(tmp_path)
+    for show in (True, False):
+        proc = subprocess.Popen([sys.executable, "-c", "import time, sys; time.sleep(1.2); sys.exit(3)"])
+        assert wait_with_progress(proc, run, show=show) == 3
+    assert "0/3" in capsys.readouterr().out  # the bar was drawn once, never when not asked
