@@ -25,6 +25,7 @@ from .crash import crash_point
 from .convert import ConversionResult, convert_file, cog_options_from_config, jpeg_options_from_config
 from .errors import ImageError
 from .manifest import Entry, batch_slices, jpeg_key, parse_manifest
+from .report import MAX_THUMBNAIL_LINE, thumbnail_data_uri
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +147,13 @@ def _process(ctx: ImageContext, entry: Entry) -> dict[str, Any]:
                 s3.boto3.exceptions.S3UploadFailedError) as exc:
             raise _s3_step("upload", exc) from None
         crash_point("batch.uploaded")
-        return _result_fields(result, source["ContentLength"])
+        fields = _result_fields(result, source["ContentLength"])
+        if entry.line <= MAX_THUMBNAIL_LINE:
+            try:
+                fields["thumbnail"] = thumbnail_data_uri(local_jpg)
+            except Exception as exc:  # noqa: BLE001 - a missing thumbnail never fails an image
+                log.warning("%s: no thumbnail for the report: %s", entry.key, exc)
+        return fields
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 

@@ -131,6 +131,8 @@ def run_demo(workdir: Path, cores: int = 2) -> int:
                 ok = False
     print(f"\nRun directory (logs, status, outcome): {result.run_dir}")
     print(f"Results copied to: {results}")
+    if result.run_dir:
+        print(f"Run report: {result.run_dir / 'report.html'}")
     print("Demo " + ("succeeded: every image has a valid COG and a JPEG." if ok else "FAILED: see above."))
     return 0 if ok else 1
 

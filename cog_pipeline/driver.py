@@ -16,7 +16,7 @@ import yaml
 from . import WORKFLOW_DIR
 from .aggregate import aggregate_manifest
 from .errors import PipelineError
-from .naming import RUN_CONFIG, outcome_path
+from .naming import RUN_CONFIG, ManifestKeys, outcome_path
 from .progress import wait_with_progress
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,24 @@ def finish(run_dir: Path) -> tuple[int, list[dict[str, Any]]]:
                 code = 1
                 continue
         summaries.append(json.loads(path.read_text(encoding="utf-8")))
+    if summaries:
+        publish_report(run_dir, config)
     return code, summaries
+
+
+def publish_report(run_dir: Path, config: dict[str, Any]) -> None:
+    """Write report.html and upload it beside each manifest's outcome CSVs (best effort: never fatal)."""
+    from . import s3
+    from .report import write_report
+
+    try:
+        report = write_report(run_dir).read_bytes()
+        client = s3.make_client(s3.S3Settings.from_config(config["s3"]))
+        for manifest in config.get("manifests", []):
+            keys = ManifestKeys(raw=manifest["raw_key"], stem=manifest["stem"], ts=manifest["timestamp"])
+            s3.put_bytes(client, config["s3"]["input_bucket"], keys.report, report, content_type="text/html")
+    except Exception as exc:  # noqa: BLE001 - the outcome CSVs are what counts
+        log.warning("run report not published: %s", s3.describe_error(exc))
 
 
 def drive(run_dir: Path, executor: str = "local", cores: int = 2) -> tuple[int, list[dict[str, Any]]]:

@@ -63,6 +63,10 @@ class ManifestKeys:
     def errors(self) -> str:
         return f"{self.stem}errors-{self.ts}.csv"
 
+    @property
+    def report(self) -> str:
+        return f"{self.stem}report-{self.ts}.html"
+
     @classmethod
     def for_raw(cls, raw_key: str, ts: str) -> "ManifestKeys":
         return cls(raw=raw_key, stem=manifest_stem(raw_key), ts=ts)
