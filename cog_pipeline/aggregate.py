@@ -88,7 +88,7 @@ def aggregate_manifest(config: dict[str, Any], run_dir: Path, manifest_id: str) 
     """Classify one manifest's rows, upload the outcome CSVs, delete its ``processing`` object."""
     run_dir = Path(run_dir)
     manifest = manifest_config(config, manifest_id)
-    keys = ManifestKeys(raw=manifest["raw_key"], stem=manifest["stem"], ts=manifest["timestamp"])
+    keys = ManifestKeys.from_run(manifest)
     manifest_bytes = (run_dir / manifest["csv"]).read_bytes()
     entries = parse_manifest(manifest_bytes).entries
     client = s3.make_client(s3.S3Settings.from_config(config["s3"]))

@@ -101,7 +101,7 @@ def publish_report(run_dir: Path, config: dict[str, Any]) -> None:
         report = write_report(run_dir).read_bytes()
         client = s3.make_client(s3.S3Settings.from_config(config["s3"]))
         for manifest in config.get("manifests", []):
-            keys = ManifestKeys(raw=manifest["raw_key"], stem=manifest["stem"], ts=manifest["timestamp"])
+            keys = ManifestKeys.from_run(manifest)
             s3.put_bytes(client, config["s3"]["input_bucket"], keys.report, report, content_type="text/html")
     except Exception as exc:  # noqa: BLE001 - the outcome CSVs are what counts
         log.warning("run report not published: %s", s3.describe_error(exc))
