@@ -164,7 +164,12 @@ def section3(rep: Report, work: Path, cfg: dict[str, Any]) -> None:
             label += " (defaults)"
         s3_and_checks = t["image_seconds"] - t["convert_seconds"]
         gaps = t["job_gaps"]
-        gap = f"{sorted(gaps)[len(gaps) // 2]:.2f} s median x {len(gaps)}" if gaps else "none (one job)"
+        if not gaps:
+            gap = "none (one job)"
+        elif min(gaps) < 0:
+            gap = "none: jobs overlap (two at a time)"
+        else:
+            gap = f"{sorted(gaps)[len(gaps) // 2]:.2f} s median x {len(gaps)}"
         rep.add("3", f"tick, {label}: {t['jobs']} batch jobs, wall", t["wall"], "s", load=t["load"],
                 note=(f"images {t['image_seconds']:.1f} s (convert_file {t['convert_seconds']:.1f} s, S3 transfers "
                       f"+ HEADs {s3_and_checks:.1f} s); before the first image {t['before_first_image']:.1f} s "
