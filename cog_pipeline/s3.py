@@ -117,7 +117,7 @@ def make_client(settings: S3Settings) -> Any:
     return client
 
 
-#: botocore before its ThrottlingStatusCodeChecker (1.40 has none; boto3>=1.34 is allowed) only takes
+#: botocore without ThrottlingStatusCodeChecker (1.40 has none, 1.44 has it; boto3>=1.34 allows both) only takes
 #: a 429 for throttling when the body names a code it knows.
 NEEDS_429_SHIM = not hasattr(botocore.retries.standard, "ThrottlingStatusCodeChecker")
 

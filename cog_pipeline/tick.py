@@ -12,7 +12,9 @@ Claiming one version (ETag) of ``X-raw.csv`` (docs/reliability.md has the full a
 5. delete ``X-raw.csv`` only if it is still that version (If-Match): **the commit point**;
 6. delete the marker.
 
-A crash before 5 leaves ``X-raw.csv`` in place: the next tick rolls back the provisional
+Before claiming, the tick checks once that the endpoint honours If-None-Match (a probe object):
+it warns if it is ignored (claims are then exclusive per working directory only) and stops if it is
+refused. A crash before 5 leaves ``X-raw.csv`` in place: the next tick rolls back the provisional
 processing object and claims it again. A crash after 5 leaves a committed claim in the journal:
 the next tick in this working directory writes the run's ``run.yaml`` from it and runs it.
 
@@ -29,6 +31,7 @@ without a heartbeat otherwise. Live runs refresh their processing objects (the h
 from __future__ import annotations
 
 import copy
+import dataclasses
 import fcntl
 import fnmatch
 import hashlib
@@ -408,8 +411,12 @@ def claim(client: Any, bucket: str, obj: dict[str, Any], keys: ManifestKeys, run
 @contextmanager
 def local_lock(workdir: Path) -> Iterator[None]:
     """Serialise ticks started in the same working directory on this host."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    with open(workdir / ".cog-pipeline-tick.lock", "w") as fh:
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        fh = open(workdir / ".cog-pipeline-tick.lock", "w")
+    except OSError as exc:
+        raise PipelineError(f"working directory {workdir} is not writable ({exc.strerror}); nothing was claimed") from None
+    with fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield
@@ -758,6 +765,33 @@ def check_local_resources(opts: TickOptions) -> None:
                                 f"{MIN_FREE_BYTES // 2**20} MiB needed); nothing was claimed")
 
 
+def check_conditional_writes(client: Any, bucket: str) -> bool:
+    """Whether the endpoint honours If-None-Match on PutObject, which claiming across hosts relies on:
+    True if so; False (and a warning) if it silently ignores it; PipelineError if it refuses it."""
+    key = f"{STATE_PREFIX}probe/{secrets.token_hex(8)}"
+    try:
+        for attempt in (1, 2):
+            try:
+                s3.put_bytes(client, bucket, key, b"probe", if_none_match=True, content_type="text/plain")
+            except botocore.exceptions.ClientError as exc:
+                if s3.is_precondition_failed(exc):
+                    if attempt == 2:
+                        return True
+                    continue  # a retried first write that had landed
+                if s3.error_code(exc) in {"NotImplemented", "501", "InvalidArgument", "InvalidRequest", "400"}:
+                    raise PipelineError(f"the S3 endpoint refuses conditional writes (If-None-Match on PutObject: "
+                                        f"{s3.describe_error(exc)}); claiming needs them; nothing was claimed") from None
+                raise
+        log.warning("the S3 endpoint ignores conditional writes (If-None-Match): claims are exclusive only between "
+                    "ticks of one working directory; run a single tick (one Crondor) per input bucket")
+        return False
+    finally:
+        try:
+            client.delete_object(Bucket=bucket, Key=key)
+        except S3_ERRORS:
+            pass
+
+
 def _has_unfinished_runs(workdir: Path) -> bool:
     return any(p.is_dir() and not (p / FINISHED).exists() for p in workdir.glob(f"{RUN_DIR_PREFIX}*"))
 
@@ -784,6 +818,12 @@ def tick(opts: TickOptions) -> TickResult:
         htcondor.check_schedd()  # before claiming: a claimed manifest needs a driver to finish it
     else:
         check_local_resources(opts)
+    if listing.matches or listing.processing:
+        try:
+            check_conditional_writes(client, opts.input_bucket)
+        except S3_ERRORS as exc:
+            raise PipelineError(f"cannot write to input bucket '{opts.input_bucket}': {s3.describe_error(exc)}; "
+                                "nothing was claimed") from None
 
     new: tuple[Path, RunLock, dict[str, Any]] | None = None
     with local_lock(opts.workdir):
@@ -902,8 +942,9 @@ def _drive_locked(run_dir: Path, lock: RunLock, opts: TickOptions, resumed: bool
                 code, summaries = driver.finish(run_dir)
                 result = TickResult(run_dir=run_dir, manifests=summaries, exit_code=code)
             else:
-                with _heartbeat_thread(opts, run_dir, config):
-                    result = launch(run_dir, config, opts)
+                with _heartbeat_thread(opts, run_dir, config):  # on the executor it was started with
+                    result = launch(run_dir, config, dataclasses.replace(opts, executor=config.get("executor",
+                                                                                                    opts.executor)))
         else:
             with _heartbeat_thread(opts, run_dir, config):
                 result = launch(run_dir, config, opts)

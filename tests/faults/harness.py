@@ -58,10 +58,11 @@ class Figures:
         self.fault_kinds[family].add(name)
 
     def as_json(self) -> dict[str, Any]:
-        kinds = {k: sorted(v) for k, v in self.fault_kinds.items()}
+        kinds = {k: sorted(v) for k, v in self.fault_kinds.items() if k != "secrets"}
         return {
             "fault_kinds_injected": sum(len(v) for v in kinds.values()),
             "fault_kinds": kinds,
+            "secret_channels_checked": sorted(self.fault_kinds["secrets"]),
             "s3_faults_injected": sum(self.s3_faults_injected.values()),
             "s3_faults_by_operation_and_kind": {f"{op}/{kind}": n for (op, kind), n in
                                                 sorted(self.s3_faults_injected.items())},

@@ -14,6 +14,10 @@ kind            what the client sees
                 know it succeeded and retries (lost response; tests idempotency)
 ``500-after``   applied upstream, then answered 500 (same ambiguity, with an answer)
 ``forbidden``   403 InvalidAccessKeyId (for requests signed with ``access_key``, or all)
+``ignore-if``   forwarded without its If-Match / If-None-Match headers: an endpoint without
+                conditional writes that silently ignores them
+``reject-if``   501 NotImplemented to a request carrying If-Match / If-None-Match: an endpoint that
+                refuses them
 ``delay``       answered normally after ``delay`` seconds
 ``barrier``     held until ``parties`` matching requests are waiting, then all forwarded together
 ==============  ===================================================================================
@@ -39,9 +43,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterable
 
-KINDS = ("500", "503", "429", "reset", "reset-after", "500-after", "forbidden", "delay", "barrier")
+KINDS = ("500", "503", "429", "reset", "reset-after", "500-after", "forbidden", "ignore-if", "reject-if", "delay",
+         "barrier")
 #: Kinds that are faults (counted as injected); delay and barrier only shape timing.
-FAULT_KINDS = KINDS[:7]
+FAULT_KINDS = KINDS[:9]
 
 _ERRORS = {
     "500": (500, "InternalError", "We encountered an internal error. Please try again."),
@@ -49,7 +54,9 @@ _ERRORS = {
     "503": (503, "SlowDown", "Please reduce your request rate."),
     "429": (429, "TooManyRequests", "Too many requests, slow down."),
     "forbidden": (403, "InvalidAccessKeyId", "The AWS Access Key Id you provided does not exist in our records."),
+    "reject-if": (501, "NotImplemented", "A header you provided implies functionality that is not implemented"),
 }
+_CONDITIONS = ("if-match", "if-none-match")
 _HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
                "transfer-encoding", "upgrade", "content-length"}
 _CREDENTIAL = re.compile(r"Credential=([^/,\s]+)/")
@@ -186,13 +193,16 @@ class FaultProxy:
     def total_injected(self) -> int:
         return sum(self.injected.values())
 
-    def _decide(self, op: str, bucket: str, key: str, access_key: str | None) -> Rule | None:
+    def _decide(self, op: str, bucket: str, key: str, access_key: str | None, conditional: bool = False
+                ) -> Rule | None:
         with self.lock:
             self.calls[op] += 1
             if access_key:
                 self.access_keys.add(access_key)
             for rule in self.rules:
                 if not rule.matches(op, bucket, key, access_key):
+                    continue
+                if rule.kind in ("ignore-if", "reject-if") and not conditional:
                     continue
                 rule.seen += 1
                 if rule.times is not None and rule.fired >= rule.times:
@@ -243,8 +253,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         op, bucket, key = classify(self.command, self.path, self.headers)
         match = _CREDENTIAL.search(self.headers.get("Authorization", ""))
         access_key = match.group(1) if match else None
-        rule = None if op == "moto-api" else self.owner._decide(op, bucket, key, access_key)
+        conditional = any(h.lower() in _CONDITIONS for h in self.headers.keys())
+        rule = None if op == "moto-api" else self.owner._decide(op, bucket, key, access_key, conditional)
         kind = rule.kind if rule else None
+        if kind == "reject-if":
+            return self._error(kind)
         if kind in ("500", "503", "429", "forbidden"):
             return self._error(kind)
         if kind == "reset":
@@ -253,7 +266,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             time.sleep(rule.delay)
         if kind == "barrier":
             self._barrier(rule)
-        status, reason, headers, data = self._forward(body)
+        status, reason, headers, data = self._forward(body, strip_conditions=kind == "ignore-if")
         if kind == "reset-after":
             return self._reset()
         if kind == "500-after":
@@ -278,10 +291,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 rule._released.set()
         rule._released.wait(timeout=30)
 
-    def _forward(self, body: bytes) -> tuple[int, str, list[tuple[str, str]], bytes]:
+    def _forward(self, body: bytes, strip_conditions: bool = False) -> tuple[int, str, list[tuple[str, str]], bytes]:
         conn = http.client.HTTPConnection(*self.owner.upstream, timeout=120)
         try:
-            headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
+            skip = _HOP_BY_HOP | (set(_CONDITIONS) if strip_conditions else set())
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in skip}
             if body or self.command in ("PUT", "POST"):
                 headers["Content-Length"] = str(len(body))
             conn.request(self.command, self.path, body=body or None, headers=headers)

@@ -161,3 +161,44 @@ def test_outcome_rows_of_same_image_in_two_concurrent_ticks(world):
         assert proc.returncode == 0, err[-3000:]
     found = world.check({"c/one-": {"processed": ["img/shared.tif"]}, "c/two-": {"processed": ["img/shared.tif"]}})
     assert all(rows(t["failed"]) == [] for t in found.values())
+
+
+def test_endpoint_refusing_conditional_writes_is_a_clear_error_before_claiming(world):
+    world.image("a/one.tif", seed=1)
+    world.manifest("e/refuse-raw.csv", ["a/one.tif,1"])
+    before = {k: o["ETag"] for k, o in world.objects(world.input_bucket).items()}
+    world.proxy.add("reject-if")
+    proc = world.run_proc()
+    assert proc.returncode == 2 and "refuses conditional writes" in proc.stderr and "nothing was claimed" in proc.stderr
+    assert {k: o["ETag"] for k, o in world.objects(world.input_bucket).items()} == before
+    world.figures.kind("concurrency", "endpoint-refuses-conditional-writes")
+
+
+@pytest.mark.slow
+def test_endpoint_ignoring_conditional_writes_is_warned_about_and_loses_nothing(world):
+    """The documented limit: where If-None-Match / If-Match are silently ignored, two hosts ticking at one
+    instant may both claim a manifest. The tick says so; nothing is lost or corrupted (outputs are
+    idempotent), at worst a manifest is processed twice and has two outcome triples."""
+    manifests = {f"e/m{i}-raw.csv": f"e/img{i}.tif" for i in range(3)}
+    for raw, image in manifests.items():
+        world.put(image, SAMPLES_DIR / "byte.tif")
+        world.manifest(raw, [f"{image},1"])
+    world.snapshot()
+    world.proxy.add("ignore-if")
+    world.proxy.add("barrier", "list", nth=[1, 2], parties=2, bucket=world.input_bucket)
+    world.proxy.add("barrier", "put", key_contains=".cog-pipeline/claims/", nth=[1, 2], parties=2)
+    procs = [world.spawn(workdir=world.tmp / f"host{i}") for i in range(2)]
+    claimed = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-3000:]
+        assert "ignores conditional writes" in err
+        claimed += json.loads(out.strip().splitlines()[-1])["manifests"]
+    outcomes = world.outcomes()
+    for raw, image in manifests.items():
+        triples = outcomes[raw[:-len("raw.csv")]]
+        assert triples and all(rows(t["processed"]) == [[image, "1"]] and rows(t["failed"]) == [] for t in triples)
+    world.figures.kind("concurrency", "endpoint-ignores-conditional-writes")
+    world.figures.bounds["duplicate_claims_without_conditional_writes"] = {
+        "manifests": len(manifests), "claims": len(claimed)}
+    world.check({}, leftovers_ok=False)

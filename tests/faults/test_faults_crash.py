@@ -163,3 +163,35 @@ def _snakemake_pids(workdir: Path) -> list[int]:
         if b"snakemake" in argv and any(str(workdir).encode() in a for a in argv) and b"-m" in argv:
             pids.append(int(name))
     return pids
+
+
+@pytest.mark.slow
+def test_crash_in_the_middle_of_a_multipart_upload_leaves_no_partial_object(world):
+    """The host dies while the COG's parts are being uploaded: nothing appears at its key (an upload
+    that is never completed is invisible), and the next tick uploads it whole."""
+    world.image("big/multi.tif", width=1900, height=1100, count=3, seed=3)  # ~6 MB: 2 parts of 5 MiB
+    world.manifest("crash/mp-raw.csv", ["big/multi.tif,3"])
+    world.snapshot()
+    mib = 1024 * 1024
+    overrides = {"s3": {"multipart_threshold": 5 * mib, "multipart_chunksize": 5 * mib}}
+    world.proxy.add("delay", "upload_part", bucket=world.output_bucket, delay=1.0)
+    proc = world.spawn(overrides=overrides)
+    deadline = time.monotonic() + 120
+    while world.proxy.calls["upload_part"] == 0 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, "the tick ended before uploading"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate()
+    world.figures.kind("crash", "multipart-upload")
+    time.sleep(1.5)  # parts in flight reach the server
+    assert "big/multi.tif" not in world.objects(world.output_bucket), "no partial object at the key"
+    assert world.seed.list_multipart_uploads(Bucket=world.output_bucket).get("Uploads"), "an upload was in flight"
+    world.proxy.clear_rules()
+    deadline = time.monotonic() + 10
+    while any(_busy(d, _process_cwds()) for d in world.workdir.glob("workflow-run-*")):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+
+    result = world.tick(overrides=overrides)
+    assert result.exit_code == 0 and len(result.resumed) == 1
+    world.check({"crash/mp-": {"processed": ["big/multi.tif"]}})

@@ -156,3 +156,14 @@ def test_unreachable_endpoint(world):
     assert proc.returncode == 2 and "cannot connect to the S3 endpoint" in proc.stderr, proc.stderr
     unchanged(world, before)
     world.figures.kind("resources", "endpoint-unreachable")
+
+
+def test_read_only_credentials(world):
+    """Credentials that may read but not write the input bucket: refused before any claim (they could
+    never rename a manifest), not 'could not claim' on every tick."""
+    before = prepare(world)
+    world.proxy.add("forbidden", ["put", "delete"], bucket=world.input_bucket)
+    proc = world.run_proc()
+    assert proc.returncode == 2 and "cannot write to input bucket 'test-input'" in proc.stderr, proc.stderr
+    unchanged(world, before)
+    world.figures.kind("resources", "read-only-credentials")

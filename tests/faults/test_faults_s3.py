@@ -120,7 +120,7 @@ def test_throttling_429_without_a_known_code_is_retried(world, monkeypatch):
     ThrottlingStatusCodeChecker, or by s3's shim where botocore predates it."""
     world.put("k.tif", b"x")
     for shim in (False, True):
-        if shim:  # as with botocore < 1.4x: no status-code check, only known codes
+        if shim:  # as with botocore 1.40: no status-code check, only known codes
             monkeypatch.setattr(botocore.retries.standard.ThrottlingStatusCodeChecker, "is_retryable",
                                 lambda self, context: False)
             monkeypatch.setattr(s3, "NEEDS_429_SHIM", True)
