@@ -93,8 +93,9 @@ def test_lost_answer_to_the_last_upload_attempt_is_recognised(world):
     result = world.tick()
     assert result.exit_code == 0
     world.check({"s3/lost-": {"processed": ["a/lost.tif"]}})
-    log = (result.run_dir / "logs" / "convert" / "m1" / "batch-00000.log").read_text()
-    assert "the object is there, complete" in log
+    logs = "".join(p.read_text(errors="replace") for d in ("logs", "status") for p in (result.run_dir / d).rglob("*")
+                   if p.is_file())
+    assert "the object is there, complete" in logs
 
 
 def test_output_listing_denied_then_the_next_tick_finishes_the_run(world):
