@@ -25,6 +25,7 @@ from .crash import crash_point
 from .convert import ConversionResult, convert_file, cog_options_from_config, jpeg_options_from_config
 from .errors import ImageError
 from .manifest import Entry, batch_slices, jpeg_key, parse_manifest
+from .imagelogs import capture as capture_image_log
 from .report import MAX_THUMBNAIL_LINE, thumbnail_data_uri
 
 log = logging.getLogger(__name__)
@@ -91,13 +92,14 @@ def process_image(ctx: ImageContext, entry: Entry) -> dict[str, Any]:
     """Convert one manifest row end to end; returns its outcome record (never raises for image faults)."""
     record: dict[str, Any] = {"key": entry.key, "line": entry.line, "bands": entry.bands_text}
     started = time.monotonic()
-    try:
-        record.update(_process(ctx, entry))
-    except ImageError as exc:
-        record.update(status="failed", step=exc.step, reason=exc.message)
-    except Exception as exc:  # noqa: BLE001 - one image must never take the batch down
-        log.exception("unexpected error on %s", entry.key)
-        record.update(status="failed", step="internal", reason=f"{type(exc).__name__}: {exc}")
+    with capture_image_log(record):  # this image's log lines -> record["log"] (logs/images/ at the end)
+        try:
+            record.update(_process(ctx, entry))
+        except ImageError as exc:
+            record.update(status="failed", step=exc.step, reason=exc.message)
+        except Exception as exc:  # noqa: BLE001 - one image must never take the batch down
+            log.exception("unexpected error on %s", entry.key)
+            record.update(status="failed", step="internal", reason=f"{type(exc).__name__}: {exc}")
     record["seconds"] = round(time.monotonic() - started, 3)
     return record
 
@@ -150,7 +152,7 @@ def _process(ctx: ImageContext, entry: Entry) -> dict[str, Any]:
         fields = _result_fields(result, source["ContentLength"])
         if entry.line <= MAX_THUMBNAIL_LINE:
             try:
-                fields["thumbnail"] = thumbnail_data_uri(local_jpg)
+                fields["thumbnail"] = thumbnail_data_uri(local_cog, options=ctx.jpeg_options)  # from its overviews
             except Exception as exc:  # noqa: BLE001 - a missing thumbnail never fails an image
                 log.warning("%s: no thumbnail for the report: %s", entry.key, exc)
         return fields

@@ -93,12 +93,13 @@ def finish(run_dir: Path) -> tuple[int, list[dict[str, Any]]]:
 
 
 def publish_report(run_dir: Path, config: dict[str, Any]) -> None:
-    """Write report.html and upload it beside each manifest's outcome CSVs (best effort: never fatal)."""
+    """Write report.html and logs/images/ (one log per image), and upload the report beside each manifest's
+    outcome CSVs (best effort: never fatal)."""
     from . import s3
     from .report import write_report
 
     try:
-        report = write_report(run_dir).read_bytes()
+        report = write_report(run_dir, config).read_bytes()
         client = s3.make_client(s3.S3Settings.from_config(config["s3"]))
         for manifest in config.get("manifests", []):
             keys = ManifestKeys.from_run(manifest)

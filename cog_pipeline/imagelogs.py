@@ -1,0 +1,200 @@
+"""Per-image logs: one file per image, named after it, in ``workflow-run-<TS>/logs/images/``.
+
+While a batch job converts an image, :func:`capture` collects every log line written meanwhile into
+the image's status record (so the lines come back with the record even from an HTCondor execute
+point, where only the batch's declared files are transferred). At the end of the run, on the machine
+holding the run directory, :func:`write_image_logs` writes ``logs/images/<key without .tif>.log`` for
+every manifest row: the key, the manifest line, the outcome, the failing step and reason, **what to
+do about it**, sizes, timings, notes and the captured lines.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from .logs import FORMAT
+
+log = logging.getLogger(__name__)
+
+IMAGE_LOG_DIR = Path("logs") / "images"
+#: At most this many captured lines per image go into its status record.
+MAX_LINES = 200
+_MAX_PART_BYTES = 200
+_BAD_NAME_CHAR = re.compile(r"[\x00-\x1f\x7f\\]")
+
+
+class _Collector(logging.Handler):
+    def __init__(self, lines: list[str]):
+        super().__init__(logging.INFO)
+        self.lines = lines
+        self.dropped = 0
+        self.setFormatter(logging.Formatter(FORMAT))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if len(self.lines) >= MAX_LINES:
+            self.dropped += 1
+            return
+        try:
+            self.lines.append(self.format(record))
+        except Exception:  # noqa: BLE001 - a log line must never fail an image
+            self.dropped += 1
+
+
+@contextmanager
+def capture(record: dict[str, Any]) -> Iterator[None]:
+    """Collect the log lines written while one image is processed into ``record["log"]``."""
+    lines: list[str] = []
+    handler = _Collector(lines)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        if handler.dropped:
+            lines.append(f"... {handler.dropped} more line(s) in the batch log")
+        if lines:
+            record["log"] = lines
+
+
+def log_name(key: str) -> str:
+    """The image log's path under ``logs/images/`` for a key: ``a/b/tile.tif`` -> ``a/b/tile.log``.
+
+    Never leaves the directory (no empty, ``.`` or ``..`` parts, no control characters) and keeps
+    every part within file-name limits.
+    """
+    name = key[: -len(".tif")] if key.endswith(".tif") else key
+    parts = []
+    for part in name.split("/"):
+        if part in ("", ".", ".."):
+            continue
+        part = _BAD_NAME_CHAR.sub("_", part)
+        raw = part.encode("utf-8", "surrogateescape")
+        if len(raw) > _MAX_PART_BYTES:
+            digest = hashlib.sha1(raw).hexdigest()[:12]
+            part = raw[:100].decode("utf-8", "ignore") + "~" + digest
+        parts.append(part)
+    return "/".join(parts or ["_"]) + ".log"
+
+
+def image_log_path(key: str) -> str:
+    """The image log of ``key``, relative to the run directory."""
+    return f"{IMAGE_LOG_DIR.as_posix()}/{log_name(key)}"
+
+
+# ----------------------------------------------------------------------------------- what to do
+
+_ADVICE: list[tuple[re.Pattern[str], str]] = [(re.compile(p, re.IGNORECASE | re.DOTALL), a) for p, a in [
+    (r"input object not found", "upload the image to the input bucket under exactly this key, then run "
+                                "`cog-pipeline retry` on the failed CSV"),
+    (r"input object is empty|file is empty", "the object in the input bucket has 0 bytes: upload the complete "
+                                             "file again, then retry the failed rows"),
+    (r"not a TIFF file", "only GeoTIFFs are accepted: export the image as GeoTIFF (e.g. gdal_translate -of GTiff), "
+                         "upload it under this key, then retry"),
+    (r"truncated or corrupt", "the upload is incomplete or damaged: upload the file again (check it opens with "
+                              "gdalinfo first), then retry"),
+    (r"exceeds max_pixels", "if the image is genuine, raise cog.max_pixels in config/config.yaml (and the job's "
+                            "memory), or split it into tiles; then retry"),
+    (r"no space left|not enough space|disk full", "the job's temp disk is full: set tmp_dir to a larger disk or raise "
+                                                  "disk_mb_per_job in the config, then retry"),
+    (r"JPEG format is limited", "the image is too large for a single JPEG preview: split it into tiles, then upload "
+                                "those with a new manifest"),
+    (r"AccessDenied|Forbidden|InvalidAccessKeyId|SignatureDoesNotMatch",
+     "the pipeline's S3 keys may not read the input or write the output bucket: ask the storage admin, then retry"),
+    (r"^(download|upload|check-output):", "S3 failed for this image (network or server): retry the failed rows; "
+                                          "if it keeps failing, check the endpoint and buckets"),
+    (r"no outcome recorded", "the batch job stopped before this image finished (killed, out of memory or time): "
+                             "see the batch log named in this image's log, raise mem_mb_per_job if it ran out of "
+                             "memory, then retry"),
+    (r"output missing from the output bucket", "the outputs disappeared after conversion (deleted or lost on "
+                                               "upload): retry the failed rows"),
+    (r"^(validate|verify|internal):", "this should not happen with a readable GeoTIFF: keep the input, and report "
+                                      "it with this log file to the pipeline's maintainers"),
+    (r"^(open|cog|jpeg):", "GDAL could not read or convert the file: check it with gdalinfo, fix or re-export it, "
+                           "upload it again, then retry"),
+    (r"^line \d+:", "the manifest row itself is wrong: fix the row as the reason says and upload it in a new "
+                    "manifest (cog-pipeline retry leaves such rows out)"),
+]]
+
+
+def advice(reason: str) -> str:
+    """What an operator should do about a failed row, from its reason (``step: message`` or ``line N: ...``)."""
+    for pattern, text in _ADVICE:
+        if pattern.search(reason or ""):
+            return text
+    return "see this image's log for details; fix the cause, then retry the failed rows"
+
+
+# ----------------------------------------------------------------------------------- writing
+
+def _size(n: Any) -> str:
+    if not isinstance(n, (int, float)) or isinstance(n, bool):
+        return "?"
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return "?"
+
+
+def render_image_log(row: dict[str, Any], config: dict[str, Any]) -> str:
+    """The text of one image's log section (``row`` as made by report.report_rows)."""
+    s3cfg = config.get("s3", {})
+    lines = [f"image:      {row['key']}",
+             f"manifest:   {row.get('manifest', '?')}" + (f", line {row['line']}" if row.get("line") else ""),
+             f"run:        {config.get('run_id', '?')}"]
+    if row["outcome"] == "failed":
+        step = row.get("step") or ("manifest row" if str(row.get("reason", "")).startswith("line ") else "?")
+        lines += [f"outcome:    FAILED at step '{step}'",
+                  f"reason:     {row.get('reason', '')}",
+                  f"what to do: {advice(str(row.get('reason', '')))}"]
+    else:
+        lines.append(f"outcome:    {row['outcome']}")
+        if row.get("reason"):
+            lines.append(f"notes:      {row['reason']}")
+    if row.get("width"):
+        lines.append(f"input:      {_size(row.get('input_bytes'))}, {row['width']}x{row['height']} px, "
+                     f"{row.get('file_bands', '?')} band(s) {row.get('dtype', '?')} (manifest said {row['bands']})")
+    if row["outcome"] != "failed":
+        from .manifest import jpeg_key
+
+        bucket = s3cfg.get("output_bucket", "?")
+        cog = f" ({_size(row['cog_bytes'])})" if row.get("cog_bytes") else ""
+        lines.append(f"outputs:    s3://{bucket}/{row['key']}{cog}, s3://{bucket}/{jpeg_key(row['key'])}")
+    if row.get("seconds") is not None:
+        steps = ", ".join(f"{k} {v:.2f}" for k, v in (row.get("step_seconds") or {}).items())
+        lines.append(f"seconds:    {row['seconds']}" + (f" ({steps})" if steps else ""))
+    if row.get("batch_log"):
+        lines.append(f"batch log:  {row['batch_log']}")
+    captured = row.get("log") or []
+    if captured:
+        lines.append("--- log ---")
+        lines += [str(line) for line in captured]
+    return "\n".join(lines) + "\n"
+
+
+def write_image_logs(run_dir: Path, rows: list[dict[str, Any]], config: dict[str, Any]) -> Path:
+    """Write ``logs/images/<name>.log`` for every row (sections appended when a key occurs twice)."""
+    base = Path(run_dir) / IMAGE_LOG_DIR
+    sections: dict[str, list[str]] = {}
+    for row in rows:
+        sections.setdefault(log_name(row["key"]), []).append(render_image_log(row, config))
+    for name, texts in sections.items():
+        text = "\n".join(texts)
+        path = base / name
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8", errors="backslashreplace")
+        except OSError as exc:  # e.g. a key that is both a folder and a file name: fall back to a flat name
+            flat = base / "_other" / (hashlib.sha1(name.encode("utf-8", "surrogateescape")).hexdigest()[:16] + ".log")
+            try:
+                flat.parent.mkdir(parents=True, exist_ok=True)
+                flat.write_text(text, encoding="utf-8", errors="backslashreplace")
+            except OSError:
+                log.warning("cannot write the image log %s: %s", path, exc)
+    return base
