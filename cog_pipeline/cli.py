@@ -40,6 +40,9 @@ def cmd_tick(args: argparse.Namespace) -> int:
                               settings=_settings(args), pattern=args.pattern, executor=args.executor,
                               cores=args.cores, dry_run=args.dry_run, workdir=Path(args.workdir).resolve()))
     _print_summaries(result.manifests)
+    report = result.run_dir / "report.html" if result.run_dir else None
+    if report is not None and report.is_file():
+        print(f"Run report: {report}  (one log per image in {result.run_dir / 'logs' / 'images'}/)")
     return result.exit_code
 
 
@@ -91,7 +94,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return run_demo(Path(args.workdir).resolve(), cores=args.cores)
+    return run_demo(Path(args.workdir).resolve(), cores=args.cores, serve=args.serve)
 
 
 def cmd_start(args: argparse.Namespace) -> int:
@@ -145,10 +148,18 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
     client = make_client(_settings(args))
     plan = plan_retry(client, args.input_bucket, args.failed_key)
+    if plan is None:
+        print(f"Nothing to retry: {args.failed_key} has no rows (every row of that manifest was processed).")
+        return 0
     for reason in plan.left_out:
         print(f"left out (fix the row, then upload it in a new manifest): {reason}")
+    if args.dry_run:
+        print(f"Would queue {len(plan.rows)} row(s) as s3://{args.input_bucket}/{plan.key}:")
+        print(plan.body.decode("utf-8", "replace"), end="")
+        return 0
     queue_retry(client, args.input_bucket, plan)
-    print(f"Queued {len(plan.rows)} rows as s3://{args.input_bucket}/{plan.key}; the next tick picks it up.")
+    print(f"Queued {len(plan.rows)} row(s) as s3://{args.input_bucket}/{plan.key}; the next tick picks it up "
+          "(`cog-pipeline status` shows it waiting).")
     return 0
 
 
@@ -191,6 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="run the whole pipeline on sample images with a local S3 server")
     p.add_argument("--workdir", default="demo-output", help="where results are written (default: %(default)s)")
     p.add_argument("--cores", type=int, default=2)
+    p.add_argument("--serve", action="store_true",
+                   help="keep the local S3 server up until Ctrl-C, to try `status` and `retry` on it")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("start", help="submit the Crondor: a tick every 15 minutes on an HTCondor access point")
@@ -217,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_s3_flags(p, buckets=False)
     p.add_argument("--input-bucket", required=True)
     p.add_argument("failed_key", help="key of the failed CSV in the input bucket")
+    p.add_argument("--dry-run", action="store_true", help="print the rows that would be queued; write nothing")
     p.set_defaults(func=cmd_retry)
     return parser
 

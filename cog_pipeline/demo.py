@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
+import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import rasterio
@@ -13,7 +16,7 @@ from rasterio.transform import from_origin
 from . import SAMPLES_DIR, s3
 from .local_s3 import LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY, local_s3_server
 from .manifest import jpeg_key, write_rows_csv
-from .tick import TickOptions, tick
+from .tick import TickOptions, TickResult, tick
 
 INPUT_BUCKET = "cog-demo-input"
 OUTPUT_BUCKET = "cog-demo-output"
@@ -71,8 +74,34 @@ def write_key_files(directory: Path) -> tuple[Path, Path]:
     return paths[0], paths[1]
 
 
-def run_demo(workdir: Path, cores: int = 2) -> int:
-    """Seed a local S3 server, run one tick, fetch and check the results; 0 when every pair is valid."""
+def operator_commands(endpoint: str, access: Path, secret: Path, workdir: Path, failed_key: str | None) -> list[str]:
+    """Ready-to-paste ``status`` and ``retry`` commands against the demo's server."""
+    creds = f"-a {shlex.quote(str(access))} -s {shlex.quote(str(secret))} -e {endpoint}"
+    commands = [f"cog-pipeline status {creds} --input-bucket {INPUT_BUCKET} --workdir {shlex.quote(str(workdir))}"]
+    if failed_key:
+        commands.append(f"cog-pipeline retry {creds} --input-bucket {INPUT_BUCKET} --dry-run {shlex.quote(failed_key)}")
+    return commands
+
+
+def serve_until_interrupted(commands: list[str]) -> None:
+    """Keep the demo's S3 server up (the caller's context) until Ctrl-C, showing what to try meanwhile."""
+    print("\nThe local S3 server stays up until Ctrl-C. In another shell (same directory, venv active), try:")
+    for command in commands:
+        print(f"  {command}")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("\nStopping the local S3 server.")
+
+
+def run_demo(workdir: Path, cores: int = 2, serve: bool = False,
+             after: Callable[[s3.S3Settings, TickResult], None] | None = None) -> int:
+    """Seed a local S3 server, run one tick, fetch and check the results; 0 when every pair is valid.
+
+    While the server is still up, ``after(settings, tick result)`` is called if given, and with
+    ``serve`` the server stays up until Ctrl-C so that ``status`` and ``retry`` can be tried on it.
+    """
     from rio_cogeo.cogeo import cog_validate
 
     workdir.mkdir(parents=True, exist_ok=True)
@@ -129,11 +158,19 @@ def run_demo(workdir: Path, cores: int = 2) -> int:
             if s3.head(client, INPUT_BUCKET, summary["processing_key"]) is not None:
                 print(f"  NOT DELETED  {summary['processing_key']}")
                 ok = False
-    print(f"\nRun directory (logs, status, outcome): {result.run_dir}")
-    print(f"Results copied to: {results}")
-    if result.run_dir:
-        print(f"Run report: {result.run_dir / 'report.html'}")
-    print("Demo " + ("succeeded: every image has a valid COG and a JPEG." if ok else "FAILED: see above."))
+        print(f"\nRun directory (logs, status, outcome): {result.run_dir}")
+        print(f"Results copied to: {results}")
+        if result.run_dir:
+            print(f"Run report: {result.run_dir / 'report.html'}  "
+                  f"(per-image logs: {result.run_dir / 'logs' / 'images'}/)")
+        print("Demo " + ("succeeded: every image has a valid COG and a JPEG." if ok else "FAILED: see above."))
+        if after is not None:
+            after(settings, result)
+        if serve:
+            failed = next((m["failed_key"] for m in result.manifests if m["failed"]), None)
+            serve_until_interrupted(operator_commands(endpoint, access, secret, workdir, failed))
+        else:
+            print("To try `cog-pipeline status` and `retry` on the demo's bucket: cog-pipeline demo --serve")
     return 0 if ok else 1
 
 

@@ -1,8 +1,10 @@
 """``cog-pipeline retry``: put the failed rows of a finished manifest back in the queue.
 
 The rows of ``X-failed-<TS>.csv`` become a new manifest ``X-retry-<NOW>-raw.csv`` that the next
-tick claims. Rows that cannot succeed as written (bad key, bad band count) are left out and listed;
-the retry is refused while any input object of the remaining rows is still missing.
+tick claims (a retry of a retry is named ``X-retry-<NOW>-raw.csv`` again, not ``X-retry-..-retry-..``).
+Rows that cannot succeed as written (bad key, bad band count) are left out and listed; the retry is
+refused while any input object of the remaining rows is still missing, and when the same rows are
+already waiting in the queue.
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ from .manifest import parse_manifest, write_rows_csv
 from .naming import timestamp
 
 FAILED_KEY = re.compile(r"^(?P<stem>.*)failed-(?P<ts>\d{8}-\d{6})\.csv$", re.DOTALL)
+_RETRY_STEM = re.compile(r"retry-\d{8}-\d{6}-$")
+#: At most this many missing keys are listed in the refusal.
+SHOW_MISSING = 20
 
 
 @dataclass
@@ -27,33 +32,78 @@ class RetryPlan:
     rows: list[tuple[str, str]] = field(default_factory=list)
     left_out: list[str] = field(default_factory=list)
 
+    @property
+    def body(self) -> bytes:
+        return write_rows_csv(self.rows)
 
-def plan_retry(client: Any, bucket: str, failed_key: str) -> RetryPlan:
-    """Read a failed CSV and decide what to re-queue; PipelineError if inputs are still missing."""
+
+def retry_stem(stem: str) -> str:
+    """``X-`` -> ``X-retry-``; ``X-retry-<TS>-`` (a retry's own stem) -> ``X-retry-`` as well."""
+    return _RETRY_STEM.sub("", stem) + "retry-"
+
+
+def plan_retry(client: Any, bucket: str, failed_key: str) -> RetryPlan | None:
+    """Read a failed CSV and decide what to re-queue: None when it has no row at all (nothing failed).
+
+    Raises PipelineError (with what to do) when no row can be retried as written, when inputs are
+    still missing, or when the same rows already wait in the queue.
+    """
     match = FAILED_KEY.match(failed_key)
     if not match:
-        raise PipelineError(f"{failed_key} is not a failed-rows file (expected <name>failed-<YYYYmmdd-HHMMSS>.csv)")
+        raise PipelineError(f"{failed_key} is not a failed-rows file (expected <name>failed-<YYYYmmdd-HHMMSS>.csv, "
+                            "as written beside the manifest when a run ends)")
     try:
         body = s3.get_bytes(client, bucket, failed_key)
     except Exception as exc:  # noqa: BLE001
-        raise PipelineError(f"cannot read {failed_key} from '{bucket}': {s3.describe_error(exc)}") from None
+        hint = " (check the key: `cog-pipeline status` lists the failed CSVs)" if s3.is_missing(exc) else ""
+        raise PipelineError(f"cannot read {failed_key} from '{bucket}': {s3.describe_error(exc)}{hint}") from None
     manifest = parse_manifest(body)
+    if not manifest.entries and not manifest.rejected:
+        return None
     if not manifest.entries:
-        raise PipelineError(f"{failed_key} has no row that can be retried as written"
-                            + "".join(f"\n  {r.reason}" for r in manifest.rejected))
-    missing = [e.key for e in manifest.entries if s3.head(client, bucket, e.key) is None]
+        raise PipelineError(f"no row of {failed_key} can be retried as written: fix these rows and upload them in a "
+                            "new manifest" + "".join(f"\n  {r.reason}" for r in manifest.rejected))
+    missing = []
+    for entry in manifest.entries:
+        try:
+            if s3.head(client, bucket, entry.key) is None:
+                missing.append(entry.key)
+        except Exception as exc:  # noqa: BLE001
+            raise PipelineError(f"cannot check input {entry.key} in '{bucket}': {s3.describe_error(exc)}") from None
     if missing:
-        shown = "\n  ".join(missing[:20]) + (f"\n  ... and {len(missing) - 20} more" if len(missing) > 20 else "")
-        raise PipelineError(f"not retrying: {len(missing)} input object(s) are still missing from '{bucket}' "
-                            f"(upload them first, then run retry again):\n  {shown}")
-    return RetryPlan(key=f"{match['stem']}retry-{timestamp()}-raw.csv",
-                     rows=[(e.key, e.bands_text) for e in manifest.entries],
+        shown = "\n  ".join(missing[:SHOW_MISSING])
+        if len(missing) > SHOW_MISSING:
+            shown += f"\n  ... and {len(missing) - SHOW_MISSING} more"
+        raise PipelineError(f"not retrying: {len(missing)} of {len(manifest.entries)} input object(s) are still missing "
+                            f"from bucket '{bucket}'. Upload them under exactly these keys, then run the same retry "
+                            f"command again:\n  {shown}")
+    stem = retry_stem(match["stem"])
+    plan = RetryPlan(key=f"{stem}{timestamp()}-raw.csv", rows=[(e.key, e.bands_text) for e in manifest.entries],
                      left_out=[r.reason for r in manifest.rejected])
+    queued = _already_queued(client, bucket, stem, plan.body)
+    if queued:
+        raise PipelineError(f"these rows are already queued as {queued}: the next tick picks them up "
+                            "(`cog-pipeline status` shows it waiting or processing)")
+    return plan
+
+
+def _already_queued(client: Any, bucket: str, stem: str, body: bytes) -> str | None:
+    """The key of a retry manifest with exactly these rows still waiting (raw) or being processed."""
+    pending = re.compile(re.escape(stem) + r"\d{8}-\d{6}-(raw|processing-\d{8}-\d{6})\.csv", re.DOTALL)
+    for obj in s3.iter_objects(client, bucket, prefix=stem):
+        key = obj["Key"]
+        if pending.fullmatch(key):
+            try:
+                if s3.get_bytes(client, bucket, key) == body:
+                    return key
+            except Exception:  # noqa: BLE001 - gone meanwhile: not queued
+                continue
+    return None
 
 
 def queue_retry(client: Any, bucket: str, plan: RetryPlan) -> None:
     """Upload the retry manifest (never overwriting an existing object)."""
     try:
-        s3.put_bytes(client, bucket, plan.key, write_rows_csv(plan.rows), if_none_match=True)
+        s3.put_bytes(client, bucket, plan.key, plan.body, if_none_match=True)
     except Exception as exc:  # noqa: BLE001
         raise PipelineError(f"cannot write {plan.key} to '{bucket}': {s3.describe_error(exc)}") from None

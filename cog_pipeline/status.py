@@ -1,12 +1,20 @@
-"""``cog-pipeline status``: manifests by state in the bucket, local runs, and the pipeline's HTCondor jobs."""
+"""``cog-pipeline status``: manifests by state in the bucket, local runs, and the pipeline's HTCondor jobs.
+
+Read-only and cheap: one listing of the input bucket (as a tick does), one small GET per recent
+outcome to count its rows, the run directories' own files, and one schedd query when a schedd is
+reachable. Works on an empty bucket, without a working directory and without HTCondor.
+"""
 
 from __future__ import annotations
 
 import calendar
+import fcntl
 import fnmatch
 import json
 import re
+import shlex
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -14,34 +22,57 @@ from . import s3
 from .errors import PipelineError
 from .naming import RUN_CONFIG, RUN_DIR_PREFIX, TIMESTAMP_FORMAT, is_pipeline_object, outcome_path
 
-_STATE_KEY = re.compile(r"^(?P<stem>.*)(?P<state>processing|processed|failed)-(?P<ts>\d{8}-\d{6})\.csv$", re.DOTALL)
+_STATE_KEY = re.compile(r"^(?P<stem>.*)(?P<state>processing|processed|failed|report)-(?P<ts>\d{8}-\d{6})"
+                        r"\.(?P<ext>csv|html)$", re.DOTALL)
+#: A processing object not refreshed for this long has probably lost its run (live runs refresh it
+#: every tick.HEARTBEAT seconds, 30 min).
+STALE_AFTER = 2 * 1800.0
 
 
-def _age(ts: str, now: float) -> float:
-    """Seconds since a UTC ``YYYYmmdd-HHMMSS`` timestamp."""
-    return now - calendar.timegm(time.strptime(ts, TIMESTAMP_FORMAT))
+def _epoch(ts: str) -> float:
+    """Seconds since the epoch of a UTC ``YYYYmmdd-HHMMSS`` timestamp."""
+    return calendar.timegm(time.strptime(ts, TIMESTAMP_FORMAT))
+
+
+def ago(seconds: float | None) -> str:
+    """``42 s``, ``3 min``, ``2 h 5 min``, ``3 d 4 h``."""
+    if seconds is None:
+        return "?"
+    seconds = int(max(0, seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min"
+    if seconds < 86400:
+        return f"{seconds // 3600} h {seconds % 3600 // 60} min"
+    return f"{seconds // 86400} d {seconds % 86400 // 3600} h"
 
 
 def bucket_state(client: Any, bucket: str, pattern: str = "*raw.csv", recent: int = 20) -> dict[str, Any]:
-    """Manifests waiting (raw), in progress (processing, with age), and the ``recent`` latest outcomes."""
+    """Manifests waiting (raw), in progress (processing: since when, last refreshed, stale?), and the
+    ``recent`` latest outcomes with their processed / failed row counts."""
     raw, processing, outcomes = [], [], {}
     now = time.time()
     for obj in s3.iter_objects(client, bucket):
         key = obj["Key"]
         match = _STATE_KEY.match(key)
-        if match and match["state"] == "processing":
-            processing.append({"key": key, "since": match["ts"], "age_s": round(_age(match["ts"], now))})
-        elif match:
+        if match and match["state"] == "processing" and match["ext"] == "csv":
+            touched = now - obj["LastModified"].timestamp()
+            processing.append({"key": key, "since": match["ts"], "age_s": round(now - _epoch(match["ts"])),
+                               "last_refresh_s": round(touched), "stale": touched > STALE_AFTER})
+        elif match and (match["ext"] == "html") == (match["state"] == "report"):
             entry = outcomes.setdefault((match["stem"], match["ts"]), {"stem": match["stem"], "ts": match["ts"]})
             entry[match["state"]] = key
         elif fnmatch.fnmatchcase(key, pattern) and not is_pipeline_object(key):
-            raw.append({"key": key, "uploaded": obj["LastModified"].isoformat()})
-    latest = sorted(outcomes.values(), key=lambda e: e["ts"], reverse=True)[:recent]
+            raw.append({"key": key, "uploaded": obj["LastModified"].isoformat(),
+                        "age_s": round(now - obj["LastModified"].timestamp())})
+    latest = sorted((e for e in outcomes.values() if "processed" in e or "failed" in e),
+                    key=lambda e: e["ts"], reverse=True)[:recent]
     for entry in latest:
         for state in ("processed", "failed"):
             key = entry.get(state)
             entry[f"{state}_rows"] = _count_rows(client, bucket, key) if key else None
-    return {"raw": raw, "processing": processing, "finished": latest}
+    return {"name": bucket, "pattern": pattern, "raw": raw, "processing": processing, "finished": latest}
 
 
 def _count_rows(client: Any, bucket: str, key: str) -> int | None:
@@ -51,63 +82,124 @@ def _count_rows(client: Any, bucket: str, key: str) -> int | None:
         return None
 
 
-def local_runs(workdir: Path) -> list[dict[str, Any]]:
-    """Every ``workflow-run-*`` directory of ``workdir``: per-run done / failed / pending and elapsed time."""
+def _locked(run_dir: Path) -> bool:
+    """True when a live process holds the run's lock (it is being driven on this host)."""
+    from .tick import RUN_LOCK
+
+    try:
+        with open(run_dir / RUN_LOCK, "rb") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(fh, fcntl.LOCK_UN)
+    except OSError:
+        return False
+    return False
+
+
+def _run_state(run_dir: Path, config: dict[str, Any], finished: bool, pool: dict[str, Any]) -> str:
+    if finished:
+        return "finished"
+    if _locked(run_dir):
+        return "running"
+    if config.get("executor") == "htcondor":
+        if not pool.get("reachable"):
+            return "unfinished (pool run; no schedd to ask)"
+        jobs = [j for j in pool["jobs"] if j.get("run") == str(config.get("run_id"))]
+        if any(j["status"] == "held" for j in jobs):
+            return "held on the pool"
+        if jobs:
+            return "running on the pool"
+    return "stalled (nothing drives it; the next tick in this directory resumes it)"
+
+
+def local_runs(workdir: Path, pool: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Every ``workflow-run-*`` directory of ``workdir``: state, done / failed / pending, elapsed time."""
     import yaml
 
-    from .batch import manifest_entries, read_status_records
+    from .batch import manifest_entries
+    from .progress import count_records
 
+    pool = pool or {"reachable": False}
     runs = []
-    for run_dir in sorted(Path(workdir).glob(f"{RUN_DIR_PREFIX}*")):
+    now = time.time()
+    for run_dir in sorted(p for p in Path(workdir).glob(f"{RUN_DIR_PREFIX}*") if p.is_dir()):
         config_path = run_dir / RUN_CONFIG
-        if not config_path.is_file():
-            runs.append({"run_dir": str(run_dir), "state": "incomplete (no run.yaml)"})
+        try:
+            config = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError, UnicodeDecodeError):
+            runs.append({"run_dir": str(run_dir), "state": "incomplete (no readable run.yaml: a tick died while "
+                                                            "claiming; the next tick repairs it)"})
             continue
-        config = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
-        done = failed = total = 0
-        finished = True
-        last = config_path.stat().st_mtime
+        total = 0
+        recorded, failed = count_records(run_dir)  # finished batches and the ones in progress
+        done = recorded - failed
+        finished = bool(config.get("manifests"))
+        ends = []
         for manifest in config.get("manifests", []):
-            total += len(manifest_entries(run_dir, manifest))
-            for record in read_status_records(run_dir, manifest["id"]).values():
-                if record["status"] == "failed":
-                    failed += 1
-                else:
-                    done += 1
+            try:
+                total += len(manifest_entries(run_dir, manifest))
+            except OSError:
+                pass
             outcome = outcome_path(run_dir, manifest["id"])
             finished = finished and outcome.is_file()
             if outcome.is_file():
-                last = max(last, outcome.stat().st_mtime)
-        started = config_path.stat().st_mtime
-        runs.append({"run_dir": str(run_dir), "state": "finished" if finished else "unfinished",
-                     "manifests": [m["raw_key"] for m in config.get("manifests", [])],
+                ends.append(outcome.stat().st_mtime)
+        try:
+            started = _epoch(str(config.get("run_id")))
+        except ValueError:
+            started = config_path.stat().st_mtime
+        end = max(ends) if finished and ends else now
+        report = run_dir / "report.html"
+        runs.append({"run_dir": str(run_dir), "run_id": config.get("run_id"),
+                     "executor": config.get("executor", "local"),
+                     "state": _run_state(run_dir, config, finished, pool),
+                     "manifests": [m.get("raw_key") for m in config.get("manifests", [])],
                      "done": done, "failed": failed, "pending": max(total - done - failed, 0),
-                     "elapsed_s": round((last if finished else time.time()) - started)})
+                     "elapsed_s": round(end - started),
+                     "report": str(report) if report.is_file() else None})
     return runs
 
 
 def pool_jobs() -> dict[str, Any]:
-    """The pipeline's HTCondor jobs, or why they cannot be shown."""
+    """The pipeline's HTCondor jobs, grouped by batch name, or why they cannot be shown."""
     try:
         from . import htcondor
 
-        return {"reachable": True, "jobs": htcondor.pipeline_jobs()}
+        jobs = htcondor.pipeline_jobs()
     except PipelineError as exc:
         return {"reachable": False, "reason": str(exc)}
     except ImportError as exc:
         return {"reachable": False, "reason": f"HTCondor bindings not installed: {exc}"}
+    except Exception as exc:  # noqa: BLE001 - status must always answer
+        return {"reachable": False, "reason": f"cannot query the schedd: {type(exc).__name__}: {exc}"}
+    groups: dict[str, dict[str, Any]] = {}
+    for job in jobs:
+        group = groups.setdefault(job["batch_name"], {"batch_name": job["batch_name"], "roles": set(),
+                                                      "runs": set(), "states": Counter(), "held": []})
+        group["roles"].add(job["role"])
+        if job["run"]:
+            group["runs"].add(job["run"])
+        group["states"][job["status"]] += 1
+        if job["hold_reason"]:
+            group["held"].append({"job": job["cluster"], "reason": job["hold_reason"]})
+    by_batch = [{**g, "roles": sorted(g["roles"]), "runs": sorted(g["runs"]), "states": dict(g["states"])}
+                for g in sorted(groups.values(), key=lambda g: g["batch_name"])]
+    return {"reachable": True, "jobs": jobs, "by_batch_name": by_batch}
 
 
 def collect(client: Any | None, bucket: str | None, workdir: Path, pattern: str = "*raw.csv") -> dict[str, Any]:
     """Everything ``status`` shows, as one JSON-friendly dict."""
-    state: dict[str, Any] = {"workdir": str(workdir)}
+    state: dict[str, Any] = {"checked_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                             "workdir": str(workdir)}
     if client is not None and bucket:
         try:
-            state["bucket"] = {"name": bucket, **bucket_state(client, bucket, pattern)}
+            state["bucket"] = bucket_state(client, bucket, pattern)
         except Exception as exc:  # noqa: BLE001
             raise PipelineError(f"cannot list bucket '{bucket}': {s3.describe_error(exc)}") from None
-    state["runs"] = local_runs(workdir)
     state["htcondor"] = pool_jobs()
+    state["runs"] = local_runs(workdir, state["htcondor"])
     return state
 
 
@@ -116,30 +208,64 @@ def render_text(state: dict[str, Any]) -> str:
     out = []
     bucket = state.get("bucket")
     if bucket:
-        out.append(f"Bucket {bucket['name']}:")
-        out.append(f"  waiting (raw): {len(bucket['raw'])}" + "".join(f"\n    {r['key']}" for r in bucket["raw"]))
-        out.append(f"  processing: {len(bucket['processing'])}" + "".join(
-            f"\n    {p['key']} (since {p['since']} UTC, {p['age_s'] // 60} min)" for p in bucket["processing"]))
-        out.append(f"  finished (latest {len(bucket['finished'])}):")
+        stale = sum(1 for p in bucket["processing"] if p["stale"])
+        failing = sum(1 for f in bucket["finished"] if f.get("failed_rows"))
+        out.append(f"Input bucket {bucket['name']} (manifests matching {bucket['pattern']!r}):")
+        out.append(f"  waiting (raw):  {len(bucket['raw'])}")
+        for r in bucket["raw"]:
+            out.append(f"    {r['key']}  (uploaded {ago(r['age_s'])} ago)")
+        out.append(f"  processing:     {len(bucket['processing'])}" + (f"  ({stale} STALE)" if stale else ""))
+        for p in bucket["processing"]:
+            line = f"    {p['key']}  (since {_show_ts(p['since'])}, {ago(p['age_s'])} ago"
+            if p["stale"]:
+                line += (f"; STALE: not refreshed for {ago(p['last_refresh_s'])}, its run may have died: a tick in "
+                         "its working directory resumes it, any tick adopts it after 6 h")
+            out.append(line + ")")
+        out.append(f"  finished:       {len(bucket['finished'])} most recent" +
+                   (f"  ({failing} with failed rows)" if failing else ""))
         for f in bucket["finished"]:
-            out.append(f"    {f['stem']}*-{f['ts']}: {f.get('processed_rows')} processed, {f.get('failed_rows')} failed"
-                       + (f"  -> {f['failed']}" if f.get("failed_rows") else ""))
-    out.append(f"Runs in {state['workdir']}: {len(state['runs'])}")
-    for run in state["runs"]:
+            counts = f"{_count(f.get('processed_rows'))} processed, {_count(f.get('failed_rows'))} failed"
+            out.append(f"    {f['stem']}…-{f['ts']}  {counts}")
+            if f.get("failed_rows"):
+                out.append(f"      failed rows: {f['failed']}  (once fixed: cog-pipeline retry -a KEY -s KEY -e HOST "
+                           f"--input-bucket {shlex.quote(bucket['name'])} {shlex.quote(f['failed'])})")
+            if f.get("report"):
+                out.append(f"      report: {f['report']}")
+        if not (bucket["raw"] or bucket["processing"] or bucket["finished"]):
+            out.append("  (no manifest in this bucket yet: upload the images, then <name>-raw.csv)")
+    runs = state["runs"]
+    out.append(f"Runs in {state['workdir']}: {len(runs)}")
+    for run in runs:
+        name = Path(run["run_dir"]).name
         if "done" not in run:
-            out.append(f"  {Path(run['run_dir']).name}: {run['state']}")
+            out.append(f"  {name}  {run['state']}")
             continue
-        out.append(f"  {Path(run['run_dir']).name}: {run['state']}, {run['done']} done, {run['failed']} failed, "
-                   f"{run['pending']} pending, {run['elapsed_s']} s")
+        took = "took" if run["state"] == "finished" else "for"
+        out.append(f"  {name}  {run['state']}: {run['done']} done, {run['failed']} failed, {run['pending']} pending"
+                   f", {took} {ago(run['elapsed_s'])}")
+        if run.get("report"):
+            out.append(f"      report: {run['report']}")
     pool = state["htcondor"]
     if pool["reachable"]:
-        out.append(f"HTCondor jobs of this pipeline: {len(pool['jobs'])}")
-        for job in pool["jobs"]:
-            out.append(f"  {job['cluster']} {job['batch_name']} {job['role']} {job['status']}"
-                       + (f" ({job['hold_reason']})" if job["hold_reason"] else ""))
+        groups = pool["by_batch_name"]
+        out.append(f"HTCondor jobs of this pipeline: {len(pool['jobs'])}" + ("" if groups else " (none queued)"))
+        for group in groups:
+            states = ", ".join(f"{n} {s}" for s, n in sorted(group["states"].items()))
+            runs_text = f" runs {', '.join(group['runs'])}" if group["runs"] else ""
+            out.append(f"  {group['batch_name']}  ({'/'.join(group['roles'])}{runs_text}): {states}")
+            for held in group["held"][:5]:
+                out.append(f"      held {held['job']}: {held['reason']}")
     else:
         out.append(f"HTCondor: {pool['reason']}")
     return "\n".join(out)
+
+
+def _count(n: int | None) -> str:
+    return "?" if n is None else str(n)
+
+
+def _show_ts(ts: str) -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(_epoch(ts)))
 
 
 def render_json(state: dict[str, Any]) -> str:

@@ -7,7 +7,7 @@ import sys
 
 import yaml
 
-from cog_pipeline.progress import images_done, images_total, wait_with_progress
+from cog_pipeline.progress import count_records, images_done, images_total, wait_with_progress
 
 
 def make_run(path):
@@ -22,14 +22,20 @@ def test_counts_finished_and_in_progress_batches(tmp_path):
     run = make_run(tmp_path)
     assert images_total(run) == 3  # rejected rows are not converted
     assert images_done(run) == 0
-    (run / "status" / "m1" / "batch-00000.jsonl").write_text('{"key": "a.tif"}\n{"key": "b.tif"}\n')
-    (run / "status" / "m1" / "batch-00001.jsonl.tmp").write_text('{"key": "c.tif"}\n')
-    assert images_done(run) == 3
+    (run / "status" / "m1" / "batch-00000.jsonl").write_text(
+        '{"key": "a.tif", "status": "ok"}\n{"key": "b.tif", "status": "failed", "reason": "x"}\n')
+    (run / "status" / "m1" / "batch-00001.jsonl.tmp").write_text('{"key": "c.tif", "status": "ok"}\n')
+    assert images_done(run) == 3 and count_records(run) == (3, 1)
 
 
 def test_waits_for_the_process_with_and_without_a_bar(tmp_path, capsys):
     run = make_run(tmp_path)
+    script = ("import time, sys, pathlib; time.sleep(1.5); "
+              f"pathlib.Path({str(run / 'status' / 'm1' / 'batch-00000.jsonl.tmp')!r}).write_text("
+              "'{\"key\": \"a.tif\", \"status\": \"failed\"}\\n'); time.sleep(1.5); sys.exit(3)")
     for show in (True, False):
-        proc = subprocess.Popen([sys.executable, "-c", "import time, sys; time.sleep(1.2); sys.exit(3)"])
+        proc = subprocess.Popen([sys.executable, "-c", script])
         assert wait_with_progress(proc, run, show=show) == 3
-    assert "0/3" in capsys.readouterr().out  # the bar was drawn once, never when not asked
+    out = capsys.readouterr().out
+    assert out.count("1/3") == 1, "the bar is drawn once (when asked), never when not"
+    assert "1 failed" in out and "img/" in out and "ETA" in out

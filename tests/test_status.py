@@ -1,4 +1,4 @@
-"""`cog-pipeline status` and `cog-pipeline retry` against the real local S3 server."""
+"""`cog-pipeline status` against the real local S3 server, local run directories and a fake schedd."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ import json
 
 import pytest
 
+from cog_pipeline import status as status_module
 from cog_pipeline.cli import main
+from cog_pipeline.demo import run_demo
 from cog_pipeline.errors import PipelineError
-from cog_pipeline.retry import plan_retry, queue_retry
-from cog_pipeline.s3 import make_client
-from cog_pipeline.tick import TickOptions, tick
+from cog_pipeline.tick import RunLock, TickOptions, tick
 from conftest import INPUT_BUCKET, OUTPUT_BUCKET, all_objects
 
 
@@ -18,15 +18,32 @@ def s3_flags(settings):
     return ["-a", settings.access_key_file, "-s", settings.secret_key_file, "-e", settings.endpoint_url]
 
 
-def test_status_on_an_empty_bucket_and_no_schedd(buckets, settings, tmp_path, capsys, monkeypatch):
+@pytest.fixture
+def no_schedd(monkeypatch):
     monkeypatch.setenv("CONDOR_CONFIG", "/dev/null")
+
+
+def test_status_on_an_empty_bucket_and_no_schedd(buckets, settings, tmp_path, capsys, no_schedd):
     assert main(["status", *s3_flags(settings), "--input-bucket", INPUT_BUCKET, "--workdir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "waiting (raw): 0" in out and "processing: 0" in out and "Runs in" in out
+    assert "waiting (raw):  0" in out and "processing:     0" in out and "Runs in" in out
+    assert "no manifest in this bucket yet" in out
     assert "No HTCondor schedd reachable" in out
 
+    assert main(["status", *s3_flags(settings), "--input-bucket", INPUT_BUCKET, "--workdir", str(tmp_path),
+                 "--json"]) == 0
+    state = json.loads(capsys.readouterr().out)
+    assert state["bucket"]["raw"] == [] and state["runs"] == [] and state["htcondor"]["reachable"] is False
 
-def test_status_counts_manifests_and_runs(seed, buckets, settings, samples, tmp_path, capsys):
+
+def test_status_without_a_bucket_and_with_a_missing_one(settings, s3_server, tmp_path, capsys, no_schedd):
+    assert main(["status", "--workdir", str(tmp_path)]) == 0
+    assert "Input bucket" not in capsys.readouterr().out
+    assert main(["status", *s3_flags(settings), "--input-bucket", "no-such-bucket", "--workdir", str(tmp_path)]) == 2
+    assert "cannot list bucket 'no-such-bucket'" in capsys.readouterr().err
+
+
+def test_status_counts_manifests_and_runs(seed, buckets, settings, samples, tmp_path, capsys, no_schedd):
     seed.upload_file(str(samples / "byte.tif"), INPUT_BUCKET, "a.tif")
     seed.put_object(Bucket=INPUT_BUCKET, Key="set1-raw.csv", Body=b"a.tif,1\nmissing.tif,1\n")
     work = tmp_path / "work"
@@ -39,38 +56,103 @@ def test_status_counts_manifests_and_runs(seed, buckets, settings, samples, tmp_
     state = json.loads(capsys.readouterr().out)
     assert [r["key"] for r in state["bucket"]["raw"]] == ["set2-raw.csv"]
     assert [p["key"] for p in state["bucket"]["processing"]] == ["set3-processing-20260101-000000.csv"]
-    assert state["bucket"]["processing"][0]["age_s"] > 0
+    assert state["bucket"]["processing"][0]["age_s"] > 0 and state["bucket"]["processing"][0]["stale"] is False
     finished = state["bucket"]["finished"]
     assert len(finished) == 1 and finished[0]["processed_rows"] == 1 and finished[0]["failed_rows"] == 1
+    assert finished[0]["report"].startswith("set1-report-") and finished[0]["failed"].startswith("set1-failed-")
     run = state["runs"][0]
     assert (run["state"], run["done"], run["failed"], run["pending"]) == ("finished", 1, 1, 0)
+    assert run["report"].endswith("report.html") and run["manifests"] == ["set1-raw.csv"]
+
+    assert main(["status", *s3_flags(settings), "--input-bucket", INPUT_BUCKET, "--workdir", str(work)]) == 0
+    text = capsys.readouterr().out
+    assert "set1-…-" in text and "1 processed, 1 failed" in text and "(1 with failed rows)" in text
+    assert f"cog-pipeline retry -a KEY -s KEY -e HOST --input-bucket {INPUT_BUCKET} {finished[0]['failed']}" in text
+    assert "finished: 1 done, 1 failed, 0 pending, took" in text
 
 
-def test_retry_requeues_failed_rows_once_inputs_exist(seed, buckets, settings, samples, tmp_path, capsys):
-    seed.upload_file(str(samples / "byte.tif"), INPUT_BUCKET, "a.tif")
-    seed.put_object(Bucket=INPUT_BUCKET, Key="set-raw.csv", Body=b"a.tif,1\nlate.tif,1\n/bad.tif,1\n")
-    tick(TickOptions(input_bucket=INPUT_BUCKET, output_bucket=OUTPUT_BUCKET, settings=settings,
-                     workdir=tmp_path / "work"))
-    failed_key = next(k for k in all_objects(seed, INPUT_BUCKET) if k.startswith("set-failed-"))
-    client = make_client(settings)
-
-    with pytest.raises(PipelineError, match="still missing.*\n  late.tif"):
-        plan_retry(client, INPUT_BUCKET, failed_key)
-    assert main(["retry", *s3_flags(settings), "--input-bucket", INPUT_BUCKET, failed_key]) == 2
-    assert not [k for k in all_objects(seed, INPUT_BUCKET) if "retry" in k]
-
-    seed.upload_file(str(samples / "byte.tif"), INPUT_BUCKET, "late.tif")
-    plan = plan_retry(client, INPUT_BUCKET, failed_key)
-    assert plan.rows == [("late.tif", "1")] and "starts with '/'" in plan.left_out[0]
-    queue_retry(client, INPUT_BUCKET, plan)
-    assert all_objects(seed, INPUT_BUCKET)[plan.key] == b"late.tif,1\n"
-    assert plan.key.startswith("set-retry-") and plan.key.endswith("-raw.csv")
-
-    result = tick(TickOptions(input_bucket=INPUT_BUCKET, output_bucket=OUTPUT_BUCKET, settings=settings,
-                              workdir=tmp_path / "work"))
-    assert [m["processed"] for m in result.manifests] == [1]
+def test_a_processing_manifest_without_heartbeat_is_flagged_stale(seed, buckets, settings, monkeypatch, tmp_path,
+                                                                  capsys, no_schedd):
+    seed.put_object(Bucket=INPUT_BUCKET, Key="old-processing-20260101-000000.csv", Body=b"a.tif,1\n")
+    monkeypatch.setattr(status_module, "STALE_AFTER", -1.0)
+    assert main(["status", *s3_flags(settings), "--input-bucket", INPUT_BUCKET, "--workdir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "processing:     1  (1 STALE)" in out and "its run may have died" in out
 
 
-def test_retry_refuses_a_key_that_is_not_a_failed_csv(buckets, settings):
-    with pytest.raises(PipelineError, match="not a failed-rows file"):
-        plan_retry(make_client(settings), INPUT_BUCKET, "set-processed-20260101-000000.csv")
+def unfinished_run(workdir, run_id="20260102-030405", executor="local"):
+    import yaml
+
+    run = workdir / f"workflow-run-{run_id}"
+    (run / "manifests").mkdir(parents=True)
+    (run / "manifests" / "m1.csv").write_text("a.tif,1\nb.tif,1\nc.tif,1\n")
+    (run / "status" / "m1").mkdir(parents=True)
+    (run / "status" / "m1" / "batch-00000.jsonl").write_text(
+        '{"key": "a.tif", "status": "ok"}\n{"key": "b.tif", "status": "failed"}\n')
+    (run / "run.yaml").write_text(yaml.safe_dump({
+        "run_id": run_id, "executor": executor,
+        "manifests": [{"id": "m1", "csv": "manifests/m1.csv", "raw_key": "x-raw.csv"}]}))
+    return run
+
+
+def test_local_runs_say_running_or_stalled(tmp_path, no_schedd):
+    run = unfinished_run(tmp_path)
+    lock = RunLock.acquire(run)
+    try:
+        [shown] = status_module.local_runs(tmp_path)
+        assert (shown["state"], shown["done"], shown["failed"], shown["pending"]) == ("running", 1, 1, 1)
+    finally:
+        lock.release()
+    [shown] = status_module.local_runs(tmp_path)
+    assert shown["state"].startswith("stalled") and "next tick" in shown["state"]
+    assert shown["elapsed_s"] > 0 and shown["report"] is None
+
+
+def test_pool_jobs_are_grouped_by_batch_name(tmp_path, monkeypatch, capsys):
+    from cog_pipeline import htcondor
+
+    jobs = [
+        {"cluster": 10, "batch_name": "COG-Pipeline-Crondor-*raw.csv", "role": "crondor", "run": "",
+         "status": "idle", "hold_reason": "", "queued": 0},
+        {"cluster": 11, "batch_name": "COG-Pipeline-DAG-*raw.csv", "role": "driver", "run": "20260102-030405",
+         "status": "running", "hold_reason": "", "queued": 0},
+        {"cluster": 12, "batch_name": "COG-Pipeline-DAG-*raw.csv", "role": "batch", "run": "20260102-030405",
+         "status": "held", "hold_reason": "Memory usage exceeded request_memory", "queued": 0},
+    ]
+    monkeypatch.setattr(htcondor, "pipeline_jobs", lambda: jobs)
+    unfinished_run(tmp_path, executor="htcondor")
+    assert main(["status", "--workdir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "HTCondor jobs of this pipeline: 3" in out
+    assert "COG-Pipeline-Crondor-*raw.csv  (crondor): 1 idle" in out
+    assert "COG-Pipeline-DAG-*raw.csv  (batch/driver runs 20260102-030405): 1 held, 1 running" in out
+    assert "held 12: Memory usage exceeded request_memory" in out
+    assert "held on the pool" in out
+
+    monkeypatch.setattr(htcondor, "pipeline_jobs", lambda: (_ for _ in ()).throw(PipelineError("no schedd here")))
+    assert main(["status", "--workdir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "HTCondor: no schedd here" in out and "pool run; no schedd to ask" in out
+
+
+def test_status_and_retry_work_against_the_demo_bucket(tmp_path, capsys, no_schedd):
+    """The demo's own S3 server, while it is still up (what `cog-pipeline demo --serve` offers)."""
+    seen = {}
+
+    def operate(settings, result):
+        flags = ["-a", settings.access_key_file, "-s", settings.secret_key_file, "-e", settings.endpoint_url,
+                 "--input-bucket", "cog-demo-input"]
+        capsys.readouterr()
+        seen["status"] = main(["status", *flags, "--workdir", str(tmp_path), "--json"])
+        seen["state"] = json.loads(capsys.readouterr().out)
+        seen["retry"] = main(["retry", *flags, result.manifests[0]["failed_key"]])
+        seen["retry_out"] = capsys.readouterr().out
+
+    assert run_demo(tmp_path, after=operate) == 0
+    assert seen["status"] == 0 and seen["retry"] == 0
+    [finished] = seen["state"]["bucket"]["finished"]
+    assert (finished["processed_rows"], finished["failed_rows"]) == (6, 0) and seen["state"]["bucket"]["raw"] == []
+    [run] = seen["state"]["runs"]
+    assert (run["state"], run["done"], run["failed"], run["pending"]) == ("finished", 6, 0, 0)
+    assert "Nothing to retry" in seen["retry_out"]
+    assert len(list((tmp_path).glob("workflow-run-*/logs/images/imagery/*/*.log"))) == 6

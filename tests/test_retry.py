@@ -1,0 +1,77 @@
+"""`cog-pipeline retry`: failed rows back in the queue, refused while inputs are missing or already queued."""
+
+from __future__ import annotations
+
+import pytest
+
+from cog_pipeline.cli import main
+from cog_pipeline.errors import PipelineError
+from cog_pipeline.retry import plan_retry, queue_retry, retry_stem
+from cog_pipeline.s3 import make_client
+from cog_pipeline.tick import TickOptions, tick
+from conftest import INPUT_BUCKET, OUTPUT_BUCKET, all_objects
+
+
+def s3_flags(settings):
+    return ["-a", settings.access_key_file, "-s", settings.secret_key_file, "-e", settings.endpoint_url,
+            "--input-bucket", INPUT_BUCKET]
+
+
+def failed_run(seed, settings, samples, tmp_path):
+    seed.upload_file(str(samples / "byte.tif"), INPUT_BUCKET, "folder/a.tif")
+    seed.put_object(Bucket=INPUT_BUCKET, Key="folder/set-raw.csv",
+                    Body=b"folder/a.tif,1\nfolder/late.tif,1\n/bad.tif,1\n")
+    tick(TickOptions(input_bucket=INPUT_BUCKET, output_bucket=OUTPUT_BUCKET, settings=settings,
+                     workdir=tmp_path / "work"))
+    return next(k for k in all_objects(seed, INPUT_BUCKET) if k.startswith("folder/set-failed-"))
+
+
+def test_retry_requeues_failed_rows_once_inputs_exist(seed, buckets, settings, samples, tmp_path, capsys):
+    failed_key = failed_run(seed, settings, samples, tmp_path)
+    client = make_client(settings)
+
+    with pytest.raises(PipelineError, match=r"1 of 1 input object\(s\) are still missing.*\n  folder/late.tif"):
+        plan_retry(client, INPUT_BUCKET, failed_key)
+    assert main(["retry", *s3_flags(settings), failed_key]) == 2
+    assert "Upload them under exactly these keys" in capsys.readouterr().err
+    assert not [k for k in all_objects(seed, INPUT_BUCKET) if "retry" in k]
+
+    seed.upload_file(str(samples / "byte.tif"), INPUT_BUCKET, "folder/late.tif")
+    assert main(["retry", *s3_flags(settings), "--dry-run", failed_key]) == 0
+    out = capsys.readouterr().out
+    assert "Would queue 1 row(s)" in out and "folder/late.tif,1" in out and "starts with '/'" in out
+    assert not [k for k in all_objects(seed, INPUT_BUCKET) if "retry" in k]
+
+    plan = plan_retry(client, INPUT_BUCKET, failed_key)
+    assert plan.rows == [("folder/late.tif", "1")] and "starts with '/'" in plan.left_out[0]
+    assert plan.key.startswith("folder/set-retry-") and plan.key.endswith("-raw.csv")
+    queue_retry(client, INPUT_BUCKET, plan)
+    assert all_objects(seed, INPUT_BUCKET)[plan.key] == b"folder/late.tif,1\n"
+
+    with pytest.raises(PipelineError, match="already queued as folder/set-retry-"):
+        plan_retry(client, INPUT_BUCKET, failed_key)
+
+    result = tick(TickOptions(input_bucket=INPUT_BUCKET, output_bucket=OUTPUT_BUCKET, settings=settings,
+                              workdir=tmp_path / "work"))
+    assert [(m["raw_key"], m["processed"], m["failed"]) for m in result.manifests] == [(plan.key, 1, 0)]
+
+
+def test_nothing_to_retry_and_wrong_keys(seed, buckets, settings, capsys):
+    seed.put_object(Bucket=INPUT_BUCKET, Key="set-failed-20260101-000000.csv", Body=b"")
+    assert main(["retry", *s3_flags(settings), "set-failed-20260101-000000.csv"]) == 0
+    assert "Nothing to retry" in capsys.readouterr().out
+
+    client = make_client(settings)
+    with pytest.raises(PipelineError, match="not a failed-rows file"):
+        plan_retry(client, INPUT_BUCKET, "set-processed-20260101-000000.csv")
+    with pytest.raises(PipelineError, match="cannot read set-failed-20990101-000000.csv.*cog-pipeline status"):
+        plan_retry(client, INPUT_BUCKET, "set-failed-20990101-000000.csv")
+    seed.put_object(Bucket=INPUT_BUCKET, Key="bad-failed-20260101-000000.csv", Body=b"/x.tif,1\ny.png,0\n")
+    with pytest.raises(PipelineError, match=r"no row .* can be retried as written.*\n  line 1.*\n  line 2"):
+        plan_retry(client, INPUT_BUCKET, "bad-failed-20260101-000000.csv")
+
+
+def test_a_retry_of_a_retry_keeps_a_short_name():
+    assert retry_stem("county-") == "county-retry-"
+    assert retry_stem("county-retry-20261125-101010-") == "county-retry-"
+    assert retry_stem("a/b/county-retry-") == "a/b/county-retry-retry-"  # only a timestamped retry is folded
