@@ -621,10 +621,13 @@ def software_plan(software: Software) -> SoftwarePlan:
 # --------------------------------------------------------------------------------------------
 
 _IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "samples", "*.egg-info")
+#: Files of the checkout's top level that the rules refer to (besides the Snakefile).
+STAGED_FILES = ("environment.yml",)
 
 
 def stage_workflow(run_dir: Path) -> Path:
-    """Copy the workflow (Snakefile, rules, scripts, config, package, job wrapper) into ``run_dir/workflow``.
+    """Copy the workflow (Snakefile, environment.yml, rules, scripts, config, package, job wrapper) into
+    ``run_dir/workflow``.
 
     With ``shared-fs-usage: none`` the plugin transfers workflow files by their path relative to the
     run directory, so they must live inside it. An existing copy is kept: a run keeps its version.
@@ -638,6 +641,11 @@ def stage_workflow(run_dir: Path) -> Path:
     try:
         tmp.mkdir(parents=True)
         shutil.copy2(WORKFLOW_DIR / "Snakefile", tmp / "Snakefile")
+        # The rules' `conda: "../environment.yml"`: Snakemake opens it on the access point to record
+        # each finished job's metadata (seen on a pool: without it every job "fails" after succeeding).
+        for name in STAGED_FILES:
+            if (WORKFLOW_DIR / name).is_file():
+                shutil.copy2(WORKFLOW_DIR / name, tmp / name)
         for sub in ("rules", "scripts", "config"):
             if (WORKFLOW_DIR / sub).is_dir():
                 shutil.copytree(WORKFLOW_DIR / sub, tmp / sub, ignore=_IGNORE)
@@ -794,13 +802,56 @@ def _watch_holds(run_id: str, policy: HoldPolicy, stop: threading.Event) -> None
             log.warning("%s", exc)
 
 
+def own_job_id() -> tuple[int, int] | None:
+    """(ClusterId, ProcId) of the HTCondor job this process runs in, from the starter's job ad; None outside one."""
+    path = os.environ.get("_CONDOR_JOB_AD")
+    if not path:
+        return None
+    try:
+        text = Path(path).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    ids: dict[str, int] = {}
+    for line in text.splitlines():
+        name, sep, value = line.partition("=")
+        if sep and name.strip() in ("ClusterId", "ProcId"):
+            try:
+                ids[name.strip()] = int(value.strip())
+            except ValueError:
+                pass
+    return (ids["ClusterId"], ids["ProcId"]) if len(ids) == 2 else None
+
+
+def driver_removed(job: tuple[int, int] | None) -> bool:
+    """Whether the SIGTERM a driver got means "remove this run" rather than "the schedd is going away".
+
+    condor_rm (and ``cog-pipeline stop``) marks the driver's job Removed before signalling it; a schedd
+    shutdown or restart signals it while the job stays Running, and the schedd reconnects to the run's
+    running batch jobs afterwards. Removing those then orphans their claims: seen on a real pool, the
+    starter of a removed job kept its slot for the job lease (40 min) and the restarted driver's jobs
+    idled behind it. Outside HTCondor (``job`` None: run by hand, Ctrl-C) a signal means stop.
+    """
+    if job is None:
+        return True
+    try:
+        ads = _query(_schedd(), f"ClusterId == {int(job[0])} && ProcId == {int(job[1])}", ["JobStatus"])
+    except PipelineError:
+        return False  # no schedd answering: it is shutting down; leave running jobs to be reconnected
+    return not ads or any(int(ad.get("JobStatus", 0)) == REMOVED for ad in ads)
+
+
 def supervise(run_id: str, command: list[str]) -> int:
-    """Run ``command`` (the driver), keep the hold policy on the run's jobs, then remove leftovers."""
+    """Run ``command`` (the driver), keep the hold policy on the run's jobs, then remove leftovers.
+
+    Leftovers are the run's idle and held jobs; running ones too only when the driver itself was
+    removed (:func:`driver_removed`), not when the schedd shuts down or restarts.
+    """
     try:
         policy: HoldPolicy | None = load_settings().hold_policy
     except PipelineError as exc:
         log.error("%s; running without the hold policy", exc)
         policy = None
+    job = own_job_id()  # read now: the starter may delete its scratch directory before we are done
     terminated = threading.Event()
     child = subprocess.Popen(command, start_new_session=True)
 
@@ -822,8 +873,14 @@ def supervise(run_id: str, command: list[str]) -> int:
     stop.set()
     if watcher is not None:
         watcher.join(timeout=10)
+    include_running = False
+    if terminated.is_set():
+        include_running = driver_removed(job)
+        log.info("driver %s: %s", "removed" if include_running else "stopped by the schedd (shutdown, restart "
+                 "or eviction)", "removing the run's running jobs too" if include_running else
+                 "leaving the run's running jobs to finish")
     try:
-        removed = cleanup_run(run_id, include_running=terminated.is_set())
+        removed = cleanup_run(run_id, include_running=include_running)
         if removed:
             log.info("removed %d job(s) of run %s left in the queue", removed, run_id)
     except PipelineError as exc:

@@ -16,6 +16,7 @@ import os
 import select
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -78,17 +79,16 @@ class Page:
     def __init__(self, browser: str, profile: Path, width: int = 1400, height: int = 900):
         to_browser_r, self._w = os.pipe()
         self._r, from_browser_w = os.pipe()
-
-        def fds() -> None:  # runs in the child: the protocol pipes must be fds 3 and 4
-            a, b = os.dup(to_browser_r), os.dup(from_browser_w)
-            os.dup2(a, 3)
-            os.dup2(b, 4)
-
+        # The protocol pipes must be the browser's fds 3 and 4: a tiny exec shim moves them there.
+        remap = ("import os, sys; a, b = os.dup(int(sys.argv[1])), os.dup(int(sys.argv[2])); "
+                 "os.dup2(a, 3); os.dup2(b, 4); os.set_inheritable(3, True); os.set_inheritable(4, True); "
+                 "os.execv(sys.argv[3], sys.argv[3:])")
         self.proc = subprocess.Popen(
-            [browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--no-default-browser-check",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             "--disable-extensions", f"--user-data-dir={profile}", "--remote-debugging-pipe", "about:blank"],
-            pass_fds=(3, 4), preexec_fn=fds, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [sys.executable, "-c", remap, str(to_browser_r), str(from_browser_w), browser, "--headless",
+             "--no-sandbox", "--disable-gpu", "--no-first-run", "--no-default-browser-check", "--disable-background-networking", "--disable-component-update",
+             "--disable-sync", "--disable-extensions", f"--user-data-dir={profile}", "--remote-debugging-pipe",
+             "about:blank"],
+            pass_fds=(to_browser_r, from_browser_w), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         os.close(to_browser_r)
         os.close(from_browser_w)
         self._buf, self._id, self.events = b"", 0, []

@@ -14,6 +14,7 @@ import ast
 import json
 import math
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -442,6 +443,22 @@ def test_stage_workflow(run_dir):
     assert (stage / "Snakefile").read_text() == "# this run's own version\n"  # a run keeps its copy
 
 
+def test_staged_rules_refer_only_to_staged_files(run_dir):
+    """Every relative path a staged rule file names (``conda: "../environment.yml"``) exists in the stage.
+
+    Seen on a real pool: without environment.yml in the run's copy, Snakemake could not record the
+    metadata of a batch job that had succeeded, reported it as failed and exited 1.
+    """
+    stage = h.stage_workflow(run_dir)
+    named = []
+    for rule_file in sorted((stage / "rules").glob("*.smk")):
+        for rel in re.findall(r"""["'](\.\./[^"']+)["']""", rule_file.read_text()):
+            named.append(rel)
+            assert (rule_file.parent / rel).resolve().is_relative_to(stage), (rule_file.name, rel)
+            assert (rule_file.parent / rel).exists(), (rule_file.name, rel)
+    assert "../environment.yml" in named
+
+
 def test_snakemake_args(run_dir, keys):
     args = h.snakemake_args(run_dir, RUN_ID, PATTERN)
     stage = run_dir.resolve() / "workflow"
@@ -669,9 +686,20 @@ def test_wrapper_failure_leaves_placeholders(scratch, tmp_path):
     assert f"PYTHONPATH={scratch}/workflow" in ran
     assert "-rw-------" in ran  # key file made private before Python started
     assert not (scratch / "access.key").exists()  # and deleted afterwards
-    for out in ("logs/convert/m1/batch-00001.log", "status/m1/batch-00001.jsonl"):
-        assert (scratch / out).is_file() and (scratch / out).stat().st_size == 0
+    assert (scratch / "status/m1/batch-00001.jsonl").read_bytes() == b""  # discarded by Snakemake anyway
+    # the batch log (where the failed rows' reason points) says why
+    assert "snakemake exited with status 3" in (scratch / "logs/convert/m1/batch-00001.log").read_text()
     assert "placeholder" in result.stderr
+
+
+def test_wrapper_failure_appends_to_an_existing_batch_log(scratch, tmp_path):
+    (scratch / "logs/convert/m1").mkdir(parents=True)
+    (scratch / "logs/convert/m1/batch-00001.log").write_text("converting...\n")
+    py = fake_python(tmp_path / "bin" / "python", code=137)
+    result = run_wrapper(scratch, {"COG_PIPELINE_SOFTWARE": "shared", "COG_PIPELINE_PYTHON": str(py)})
+    assert result.returncode == 137
+    text = (scratch / "logs/convert/m1/batch-00001.log").read_text()
+    assert text.startswith("converting...\n") and "snakemake exited with status 137" in text
 
 
 def test_wrapper_success_from_tarball(scratch, tmp_path):
@@ -695,6 +723,7 @@ def test_wrapper_missing_tarball_fails_without_hold(scratch):
     assert "was not transferred" in result.stderr
     assert (scratch / "status" / "m1" / "batch-00001.jsonl").is_file()
     assert stat.S_ISREG((scratch / "logs" / "convert" / "m1" / "batch-00001.log").stat().st_mode)
+    assert "was not transferred" in (scratch / "logs" / "convert" / "m1" / "batch-00001.log").read_text()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -745,3 +774,50 @@ def test_supervisor_forwards_sigterm_to_the_driver(tmp_path):
     assert marker.exists()  # the driver got SIGTERM (and with it its Snakemake, same process group)
     assert proc.returncode == 143
     assert "Traceback" not in err
+
+
+def test_own_job_id_reads_the_starters_job_ad(tmp_path, monkeypatch):
+    ad = tmp_path / ".job.ad"
+    ad.write_text('Cmd = "/x"\nClusterId = 39\nProcId = 0\nJobUniverse = 12\n')
+    monkeypatch.setenv("_CONDOR_JOB_AD", str(ad))
+    assert h.own_job_id() == (39, 0)
+    monkeypatch.setenv("_CONDOR_JOB_AD", str(tmp_path / "missing"))
+    assert h.own_job_id() is None
+    monkeypatch.delenv("_CONDOR_JOB_AD")
+    assert h.own_job_id() is None
+
+
+@pytest.mark.parametrize("status, removed", [(h.REMOVED, True), (h.RUNNING, False), (None, True)])
+def test_driver_removed_only_when_its_job_was_removed(monkeypatch, status, removed):
+    """A schedd restart SIGTERMs the driver too: its running batch jobs must then stay (seen on a pool:
+    removing them orphaned their claims for the 40-minute job lease)."""
+    asked = []
+
+    def query(schedd, constraint, projection):
+        asked.append(constraint)
+        return [] if status is None else [{"JobStatus": status}]
+
+    monkeypatch.setattr(h, "_schedd", lambda: object())
+    monkeypatch.setattr(h, "_query", query)
+    assert h.driver_removed((39, 0)) is removed
+    assert asked == ["ClusterId == 39 && ProcId == 0"]
+    assert h.driver_removed(None) is True  # run by hand: a signal means stop
+
+
+def test_driver_not_removed_when_no_schedd_answers(no_schedd):
+    assert h.driver_removed((39, 0)) is False  # the schedd is shutting down: jobs will be reconnected
+
+
+def test_supervisor_in_a_job_leaves_running_jobs_when_the_schedd_goes_away(tmp_path):
+    ad = tmp_path / ".job.ad"
+    ad.write_text("ClusterId = 39\nProcId = 0\n")
+    child = "import signal, sys, time\nsignal.signal(signal.SIGTERM, lambda *_: sys.exit(143))\n" \
+            "print('ready', flush=True)\ntime.sleep(60)\n"
+    proc = subprocess.Popen([sys.executable, "-m", "cog_pipeline.htcondor", "supervise", "--run-id", RUN_ID,
+                             "--", sys.executable, "-c", child], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=clean_env(_CONDOR_JOB_AD=str(ad)))
+    assert proc.stdout.readline().strip() == "ready"
+    proc.terminate()
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143
+    assert "leaving the run's running jobs to finish" in err and "Traceback" not in err

@@ -12,7 +12,8 @@
 #    PYTHONPATH;
 # 4. if Snakemake fails, creates every missing output HTCondor must transfer back (empty files),
 #    so that the failure reaches Snakemake as an exit code instead of a hold (missing output
-#    files hold a job under shared-fs-usage none), and exits with Snakemake's status.
+#    files hold a job under shared-fs-usage none), writes the reason into the batch's .log, and
+#    exits with Snakemake's status.
 set -u
 umask 077
 
@@ -40,7 +41,9 @@ remove_private_files() {
     for f in $COG_PIPELINE_PRIVATE_FILES; do rm -f "$f"; done
 }
 
-# Create each missing file named in the job ad's TransferOutput (comma separated).
+# Create each missing file named in the job ad's TransferOutput (comma separated), and write the
+# reason ($1) into those ending in .log: the batch log (logs/convert/<manifest>/batch-<b>.log) is
+# where the failed rows' reason points, and it comes back to the access point.
 leave_placeholders() {
     ad=${_CONDOR_JOB_AD:-.job.ad}
     [ -f "$ad" ] || return 0
@@ -49,17 +52,21 @@ leave_placeholders() {
     IFS=,
     for p in $outputs; do
         p=$(printf '%s' "$p" | sed -e 's/^ *//' -e 's/ *$//')
-        if [ -n "$p" ] && [ ! -e "$p" ]; then
+        [ -n "$p" ] || continue
+        if [ ! -e "$p" ]; then
             mkdir -p "$(dirname "$p")" && : > "$p"
             echo "job-wrapper: left an empty placeholder for missing output $p" >&2
         fi
+        case "$p" in
+            *.log) printf 'job-wrapper on %s: %s\n' "$(hostname 2>/dev/null || echo '?')" "$1" >> "$p" ;;
+        esac
     done
     IFS=$old_ifs
 }
 
 fail() {
     echo "job-wrapper: $*" >&2
-    leave_placeholders
+    leave_placeholders "$*"
     remove_private_files
     exit 1
 }
@@ -102,7 +109,7 @@ export PYTHONPATH
 status=$?
 if [ "$status" -ne 0 ]; then
     echo "job-wrapper: snakemake exited with status $status" >&2
-    leave_placeholders
+    leave_placeholders "snakemake exited with status $status (the job's .err in logs/htcondor/ has its output)"
 fi
 remove_private_files
 exit "$status"
