@@ -92,8 +92,9 @@ def _per_tick(rep: Report, srv: CountingS3Server, client: Any, keys: tuple[Path,
 
 
 def _aggregate(rep: Report, srv: CountingS3Server, client: Any, keys: tuple[Path, Path], w: Path, n: int,
-               folders: int, previous: int) -> None:
-    """aggregate_manifest for N rows whose outputs all exist, in a bucket holding ``previous`` older outputs."""
+               folders: int, previous: int, interleaved: bool = False) -> None:
+    """aggregate_manifest for N rows whose outputs all exist, in a bucket holding ``previous`` older outputs
+    (in other folders, or ``interleaved`` with the new tiles in the same folders: the listing's worst case)."""
     from cog_pipeline import driver
     from cog_pipeline.aggregate import aggregate_manifest
     from cog_pipeline.manifest import jpeg_key
@@ -106,6 +107,9 @@ def _aggregate(rep: Report, srv: CountingS3Server, client: Any, keys: tuple[Path
             for i in range(n)]
     outputs = [k for key, _ in rows for k in (key, jpeg_key(key))]
     older = [f"county-a/2025/f{i % 50:03d}/tile_{i:06d}.{'tif' if i % 2 else 'jpg'}" for i in range(previous)]
+    if interleaved:  # older tiles of the same folders, sorting between the new ones
+        older = [f"{key[:-4]}-{j:02d}-2025.{ext}" for key, _ in rows for j in range(previous // (2 * n))
+                 for ext in ("tif", "jpg")]
     srv.seed(common.OUTPUT_BUCKET, outputs + older)
     run_dir = w / f"agg-{n}-{folders}"
     data = "".join(f"{k},{b}\n" for k, b in rows).encode()
@@ -125,22 +129,12 @@ def _aggregate(rep: Report, srv: CountingS3Server, client: Any, keys: tuple[Path
     list_head = groups.get("list", 0) + groups.get("head", 0)
     limit = n / 1000 + 10
     layout = f"{folders} folder{'s' if folders > 1 else ''}"
-    rep.add("5", f"aggregate, {n:,} rows in {layout}, bucket also holding {previous:,} older outputs: "
-                 f"list + head calls", list_head, "calls", f"<= {limit:g}",
-            note=f"{counts['counts']}; processed {summary['processed']}/{n}; a page holds up to 1000 keys and "
-                 "each row has 2 outputs (COG + JPEG)")
-    # Proposed fix, same bucket: skip-scan listing (bench/whatif_s3.py).
-    from whatif_s3 import skip_scan_existing
-
-    srv.reset_counts()
-    found = skip_scan_existing(client, common.OUTPUT_BUCKET, outputs)
-    skip = srv.counts()
-    if found != set(outputs):
-        raise RuntimeError(f"skip-scan found {len(found)} of {len(outputs)} outputs")
-    rep.add("5", f"what-if skip-scan listing (proposed existing_keys), same {n:,} rows / {layout}: list calls",
-            summarize(skip).get("list", 0), "calls", f"<= {limit:g}",
-            note=f"floor for verifying 2 outputs per row by listing: ceil(2N/1000) = {math.ceil(2 * n / 1000)}")
-    rep.detail(f"section5.aggregate.{n}.{folders}", {"package": counts, "skip_scan": skip})
+    where = "interleaved with the new ones" if interleaved else "in other folders"
+    rep.add("5", f"aggregate, {n:,} rows in {layout}, bucket also holding {len(older):,} older outputs {where}: "
+                 f"list + head calls", list_head, "calls", f"<= {limit:g}" if not interleaved else "",
+            note=f"{counts['counts']}; processed {summary['processed']}/{n}; skip-scan listing; floor for checking 2 "
+                 f"outputs per row by listing (1000 keys a page): ceil(2N/1000) = {math.ceil(2 * n / 1000)}")
+    rep.detail(f"section5.aggregate.{n}.{folders}", {"package": counts})
 
 
 def original_post(client: Any, output_bucket: str, input_bucket: str, processing_key: str,
@@ -237,6 +231,9 @@ def section5(rep: Report, work: Path, cfg: dict[str, Any]) -> None:
                 t = time.time()
                 _aggregate(rep, srv, client, keys, w, n, folders, previous)
                 print(f"   aggregate {n} rows, {folders} folders: {time.time() - t:.0f} s", flush=True)
+        t = time.time()
+        _aggregate(rep, srv, client, keys, w, cfg["agg_rows"][0], 60, previous, interleaved=True)
+        print(f"   aggregate, older outputs interleaved: {time.time() - t:.0f} s", flush=True)
         t = time.time()
         _original(rep, srv, client, 30, 900)
         print(f"   original post script: {time.time() - t:.0f} s", flush=True)

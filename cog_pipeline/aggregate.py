@@ -2,18 +2,17 @@
 
 A row is processed when its conversion was recorded as done (``ok`` or ``skipped``) *and* both the
 COG and the JPEG are in the output bucket; otherwise it is failed, with a reason. Existence is
-checked with paginated listings (one per output folder, or one over the common prefix), not one
-request per row. The ``processing`` manifest is deleted only after the three outcome CSVs are written.
+checked with one skip-scan listing over the wanted keys (see :func:`existing_keys`), not one request
+per row. The ``processing`` manifest is deleted only after the three outcome CSVs are written.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from . import s3
 from .crash import crash_point
@@ -24,10 +23,6 @@ from .naming import ManifestKeys, outcome_path
 
 log = logging.getLogger(__name__)
 
-#: Above this many distinct output folders, list their common prefix once instead of each folder.
-MAX_FOLDER_LISTINGS = 10
-
-
 @dataclass
 class Outcome:
     """Rows of one manifest sorted by outcome, in manifest order."""
@@ -37,22 +32,8 @@ class Outcome:
     notes: list[str] = field(default_factory=list)
 
 
-def existing_keys(client: Any, bucket: str, wanted: Iterable[str]) -> set[str]:
-    """Which of ``wanted`` exist in ``bucket``, found with as few paginated listings as possible."""
-    wanted = set(wanted)
-    if not wanted:
-        return set()
-    folders = {key.rpartition("/")[0] + "/" if "/" in key else "" for key in wanted}
-    if len(folders) <= MAX_FOLDER_LISTINGS:
-        listings = [(folder, "/") for folder in sorted(folders)]
-    else:
-        listings = [(os.path.commonprefix(sorted(wanted)), None)]
-    found: set[str] = set()
-    for prefix, delimiter in listings:
-        for obj in s3.iter_objects(client, bucket, prefix=prefix, delimiter=delimiter):
-            if obj["Key"] in wanted:
-                found.add(obj["Key"])
-    return found
+#: Which of a set of keys exist (one skip-scan listing; it lives in s3.py, batches use it too).
+existing_keys = s3.existing_keys
 
 
 def classify(manifest_bytes: bytes, records: dict[str, dict[str, Any]], present: set[str]) -> Outcome:

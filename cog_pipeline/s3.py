@@ -6,6 +6,7 @@ Retries are boto3's own (``standard`` mode with a bounded attempt count), not ha
 
 from __future__ import annotations
 
+import bisect
 import email.utils
 import logging
 import os
@@ -14,13 +15,14 @@ import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import boto3
 import botocore.exceptions
 import botocore.retries.standard
-from boto3.s3.transfer import TransferConfig
+from boto3.s3.transfer import TransferConfig, create_transfer_manager
 from botocore.config import Config
+from s3transfer.subscribers import BaseSubscriber
 
 from .errors import PipelineError
 
@@ -29,6 +31,8 @@ log = logging.getLogger(__name__)
 #: Objects above this size are uploaded/downloaded in parts, several at a time.
 MULTIPART_THRESHOLD = 64 * 1024 * 1024
 MULTIPART_CHUNKSIZE = 32 * 1024 * 1024
+#: Keys per ListObjectsV2 page (S3's maximum).
+LIST_PAGE_SIZE = 1000
 
 
 @dataclass(frozen=True)
@@ -218,6 +222,48 @@ def iter_objects(client: Any, bucket: str, prefix: str = "", delimiter: str | No
         yield from page.get("Contents", [])
 
 
+def _just_before(key: str) -> str:
+    """A string sorting before ``key`` (and after nearly everything else that does): ``key`` minus its last character."""
+    return key[:-1]
+
+
+def existing_keys(client: Any, bucket: str, wanted: Iterable[str], page_size: int = LIST_PAGE_SIZE) -> set[str]:
+    """Which of ``wanted`` exist in ``bucket``: one skip-scan over the sorted wanted keys.
+
+    Each ListObjectsV2 call (``Prefix`` = the wanted keys' common prefix) starts right before the first
+    wanted key not yet settled (``StartAfter``) and returns up to ``page_size`` keys; every wanted key up
+    to the page's last key is settled (listed or absent). Keys between two runs of wanted keys (older
+    deliveries, other folders) are jumped over instead of paged through. Calls: at most one per
+    ``page_size`` keys of the range from the first to the last wanted key (never more than paging
+    through that range), and about ``ceil(present / page_size)`` + the number of gaps between runs of
+    wanted keys. S3 lists in UTF-8 byte order, which is Python's order of ``str``.
+    """
+    todo = sorted(set(wanted))
+    if not todo:
+        return set()
+    targets = set(todo)
+    prefix = os.path.commonprefix([todo[0], todo[-1]])  # of a sorted list: the common prefix of all
+    found: set[str] = set()
+    i = 0
+    kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": page_size,
+                              "StartAfter": _just_before(todo[0])}
+    while True:
+        page = client.list_objects_v2(**kwargs)
+        contents = page.get("Contents", [])
+        found.update(obj["Key"] for obj in contents if obj["Key"] in targets)
+        if not page.get("IsTruncated"):
+            return found  # the listing reached the end of the prefix: every other wanted key is absent
+        kwargs.pop("ContinuationToken", None)
+        if not contents:  # (a server may page without keys) carry on where it stopped
+            kwargs["ContinuationToken"] = page["NextContinuationToken"]
+            continue
+        last = contents[-1]["Key"]
+        i = bisect.bisect_right(todo, last, lo=i)
+        if i == len(todo):
+            return found
+        kwargs["StartAfter"] = max(last, _just_before(todo[i]))
+
+
 def get_bytes(client: Any, bucket: str, key: str, if_match: str | None = None) -> bytes:
     """The whole body of a small object (manifests); ``if_match`` pins the expected ETag."""
     kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key}
@@ -235,9 +281,31 @@ def put_bytes(client: Any, bucket: str, key: str, body: bytes, *, if_none_match:
     return client.put_object(**kwargs)["ETag"]
 
 
-def download_file(client: Any, bucket: str, key: str, dest: Path, settings: S3Settings) -> None:
-    """Download ``key`` to ``dest`` (multipart ranges for large objects)."""
-    client.download_file(bucket, key, str(dest), Config=transfer_config(settings))
+class _KnownObject(BaseSubscriber):
+    """Tells s3transfer the object's size and ETag, so that it sends no HeadObject of its own (its GETs
+    then carry ``If-Match: <etag>``: the bytes downloaded are those of that very object version)."""
+
+    def __init__(self, size: int, etag: str | None):
+        self._size, self._etag = size, etag
+
+    def on_queued(self, future: Any, **kwargs: Any) -> None:
+        future.meta.provide_transfer_size(self._size)
+        if self._etag and hasattr(future.meta, "provide_object_etag"):
+            future.meta.provide_object_etag(self._etag)
+
+
+def download_file(client: Any, bucket: str, key: str, dest: Path, settings: S3Settings,
+                  size: int | None = None, etag: str | None = None) -> None:
+    """Download ``key`` to ``dest`` (ranged GETs, several at a time, for large objects).
+
+    ``size`` and ``etag`` (from a HeadObject the caller already made) save the HeadObject s3transfer
+    would send, and pin the download to that object (a replaced object fails with PreconditionFailed).
+    """
+    if size is None:
+        client.download_file(bucket, key, str(dest), Config=transfer_config(settings))
+        return
+    with create_transfer_manager(client, transfer_config(settings)) as manager:
+        manager.download(bucket, key, str(dest), subscribers=[_KnownObject(size, etag)]).result()
 
 
 def upload_file(client: Any, bucket: str, key: str, src: Path, settings: S3Settings,

@@ -1,0 +1,103 @@
+"""The aggregate's existence check (skip-scan listing) against the moto server: exact answers and
+the number of ListObjectsV2 calls it makes."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+
+from cog_pipeline import s3
+from cog_pipeline.s3 import existing_keys
+
+from conftest import OUTPUT_BUCKET
+
+
+@pytest.fixture
+def client(settings, buckets):
+    return s3.make_client(settings)
+
+
+def counting(client) -> dict[str, int]:
+    """Count the requests ``client`` makes, by operation."""
+    counts: dict[str, int] = {}
+
+    def count(model, **_):
+        counts[model.name] = counts.get(model.name, 0) + 1
+
+    client.meta.events.register("before-call.s3", count)
+    return counts
+
+
+def put_all(seed, keys) -> None:
+    for key in keys:
+        seed.put_object(Bucket=OUTPUT_BUCKET, Key=key, Body=b"x")
+
+
+def brute_force(seed, wanted) -> set[str]:
+    listed = {o["Key"] for page in seed.get_paginator("list_objects_v2").paginate(Bucket=OUTPUT_BUCKET)
+              for o in page.get("Contents", [])}
+    return listed & set(wanted)
+
+
+def test_rows_spread_over_many_folders_cost_pages_not_folders(seed, client):
+    """60 folders, older outputs beside them: calls = pages of wanted keys + a few, not one per folder."""
+    rows = [f"county-{'ab'[i % 2]}/2026/f{i % 60:03d}/tile_{i:04d}.tif" for i in range(300)]
+    wanted = [k for key in rows for k in (key, key[:-4] + ".jpg")]
+    older = [f"county-a/2025/f{i % 50:03d}/tile_{i:04d}.tif" for i in range(150)]
+    put_all(seed, wanted + older)
+    counts = counting(client)
+    assert existing_keys(client, OUTPUT_BUCKET, wanted, page_size=50) == set(wanted)
+    pages = math.ceil(len(wanted) / 50)
+    assert counts == {"ListObjectsV2": pages}  # the older outputs sort before and are never listed
+
+
+def test_gaps_between_runs_are_jumped_not_paged(seed, client):
+    """Two wanted runs with 400 unwanted keys between them: one jump, not 8 pages of strangers."""
+    first = [f"a/x{i:03d}.tif" for i in range(30)]
+    between = [f"a/y{i:03d}.tif" for i in range(400)]
+    last = [f"a/z{i:03d}.tif" for i in range(30)]
+    put_all(seed, first + between + last)
+    counts = counting(client)
+    assert existing_keys(client, OUTPUT_BUCKET, first + last, page_size=50) == set(first + last)
+    assert counts["ListObjectsV2"] <= 3
+
+
+def test_missing_keys_are_reported_missing_and_pagination_settles_every_key(seed, client):
+    present = [f"p/k{i:03d}.tif" for i in range(0, 120, 2)]
+    absent = [f"p/k{i:03d}.tif" for i in range(1, 120, 2)] + ["p/zzz.tif", "a.tif", "p/k000.tif.jpg"]
+    put_all(seed, present + ["p/k001.tif.aux.xml", "p/k0011.tif"])
+    counts = counting(client)
+    assert existing_keys(client, OUTPUT_BUCKET, present + absent, page_size=7) == set(present)
+    assert counts["ListObjectsV2"] <= math.ceil(len(present) * 2 / 7) + 3
+
+
+def test_special_characters_in_keys(seed, client):
+    keys = ["imagery/county scans/shade é.tif", "imagery/county scans/shade é.jpg", "日本/画像.tif", "日本/画像.jpg",
+            "a+b/c%20d.tif", "a+b/c%20d.jpg", "q?/h#.tif", "sp ace/ .tif", "é/z.tif", "z/é.tif", "~/x.tif",
+            "a/b\u00a0c.tif", "a/emoji-\U0001F600.tif", "x/a.tif", "x/a.tif.jpg"]
+    put_all(seed, keys[::2])
+    assert existing_keys(client, OUTPUT_BUCKET, keys, page_size=3) == set(keys[::2])
+    assert existing_keys(client, OUTPUT_BUCKET, keys) == set(keys[::2])
+
+
+def test_matches_a_full_listing_on_random_buckets(seed, client):
+    """Property check against a brute-force listing: random keys (shared prefixes, non-ASCII, special
+    characters), random present / wanted subsets, small pages."""
+    rng = random.Random(5)
+    alphabet = ["a", "b", "/", ".", "-", " ", "é", "z", "0", "9", "+", "日"]
+    universe = sorted({"".join(rng.choice(alphabet) for _ in range(rng.randint(1, 6))).lstrip("/") or "k"
+                       for _ in range(400)})
+    present = [k for k in universe if rng.random() < 0.5]
+    put_all(seed, present)
+    for trial in range(6):
+        wanted = [k for k in universe if rng.random() < (0.05, 0.3, 0.9)[trial % 3]]
+        page = (1, 4, 25)[trial % 3]
+        assert existing_keys(client, OUTPUT_BUCKET, wanted, page_size=page) == brute_force(seed, wanted), trial
+
+
+def test_empty_wanted_makes_no_request(client):
+    counts = counting(client)
+    assert existing_keys(client, OUTPUT_BUCKET, []) == set()
+    assert counts == {}
