@@ -3,6 +3,10 @@
 A bad image never fails the batch: every row gets a JSON record (``ok``, ``skipped`` or ``failed``
 with the step and reason), so the aggregate always runs. A row whose outputs are already in the
 output bucket, converted from the same input object (ETag kept in the COG's metadata), is skipped.
+
+S3 requests per image: one HeadObject of the input (existence, size, ETag), its GET(s) and the two
+PUTs; the skip-if-done check lists the batch's output keys once (one ListObjectsV2 per batch) and
+sends a HeadObject only for a COG that is already there (to read the source ETag it was made from).
 """
 
 from __future__ import annotations
@@ -74,6 +78,17 @@ class ImageContext:
         self.cog_options = cog_options_from_config(cog_cfg)
         self.jpeg_options = jpeg_options_from_config(config.get("jpeg", {}))
         self.tmp_root = config.get("tmp_dir") or None
+        #: Output keys found by the batch's one listing (None: not listed, ask per image).
+        self.listed_outputs: set[str] | None = None
+
+    def list_outputs(self, entries: list[Entry]) -> None:
+        """List the batch's output keys once, so that images whose COG is absent need no HeadObject."""
+        try:
+            self.listed_outputs = s3.existing_keys(
+                self.client, self.output_bucket, [k for e in entries for k in (e.key, jpeg_key(e.key))])
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+            log.info("cannot list the batch's outputs (%s); checking each image's instead", s3.describe_error(exc))
+            self.listed_outputs = None
 
 
 def _s3_step(step: str, exc: BaseException) -> ImageError:
@@ -81,10 +96,20 @@ def _s3_step(step: str, exc: BaseException) -> ImageError:
 
 
 def already_done(ctx: ImageContext, entry: Entry, source_etag: str) -> bool:
-    """True when both outputs exist and the COG was made from this very input object."""
+    """True when both outputs exist and the COG was made from this very input object.
+
+    With the batch's listing, a COG or JPEG not listed means "not done" without a request; a listed
+    COG is still read (HeadObject) for its source ETag. Outputs that appeared since the listing are
+    converted again (as a concurrent run would), which loses nothing.
+    """
+    listed = ctx.listed_outputs
+    if listed is not None and (entry.key not in listed or jpeg_key(entry.key) not in listed):
+        return False
     cog_head = s3.head(ctx.client, ctx.output_bucket, entry.key)
     if cog_head is None or cog_head.get("Metadata", {}).get(SOURCE_ETAG_META) != source_etag:
         return False
+    if listed is not None:
+        return True
     return s3.head(ctx.client, ctx.output_bucket, jpeg_key(entry.key)) is not None
 
 
@@ -125,8 +150,12 @@ def _process(ctx: ImageContext, entry: Entry) -> dict[str, Any]:
     try:
         local_in, local_cog, local_jpg = workdir / "input.tif", workdir / "cog.tif", workdir / "preview.jpg"
         try:
-            s3.download_file(ctx.client, ctx.input_bucket, entry.key, local_in, ctx.settings)
+            s3.download_file(ctx.client, ctx.input_bucket, entry.key, local_in, ctx.settings,
+                             size=source["ContentLength"], etag=etag)
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+            if s3.is_precondition_failed(exc):
+                raise ImageError("download", "input object was replaced while it was being downloaded; "
+                                             "retry the failed rows") from None
             raise _s3_step("download", exc) from None
         except OSError as exc:
             raise ImageError("download", _os_reason(exc, workdir)) from None
@@ -240,6 +269,8 @@ def run_batch(config: dict[str, Any], run_dir: Path, manifest_id: str, index: in
     """
     entries = batch_entries(config, run_dir, manifest_id, index)
     ctx = ImageContext(config, threads)
+    if entries:
+        ctx.list_outputs(entries)
     records = []
     status_file = Path(status_file)
     status_file.parent.mkdir(parents=True, exist_ok=True)

@@ -245,3 +245,50 @@ def test_cli_reports_bad_bucket_without_traceback(settings, s3_server, tmp_path)
     assert proc.returncode == 2
     assert "input bucket 'nope-in' does not exist" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_batch_requests_per_image_and_skip_if_done(seed, buckets, settings, samples, tmp_path, monkeypatch):
+    """One batch: one listing of its outputs, then per image one HeadObject (the input) and no
+    HeadObject for outputs that do not exist yet; a rerun skips every image (HeadObject of the COG
+    for its source ETag), and an input replaced since is converted again."""
+    import json
+
+    from cog_pipeline import batch, s3
+
+    upload_samples(seed, samples)
+    run_dir = tmp_path / "run"
+    (run_dir / "manifests").mkdir(parents=True)
+    (run_dir / "manifests" / "m.csv").write_bytes("".join(f"{k},1\n" for k in GOOD).encode())
+    config = {"batch_size": 20, "cog": {}, "jpeg": {},
+              "s3": {"endpoint_url": settings.endpoint_url, "access_key_file": settings.access_key_file,
+                     "secret_key_file": settings.secret_key_file, "input_bucket": INPUT_BUCKET,
+                     "output_bucket": OUTPUT_BUCKET},
+              "manifests": [{"id": "m1", "csv": "manifests/m.csv", "key": "m-processing-20261125-000000.csv",
+                             "raw_key": "m-raw.csv", "stem": "m-", "timestamp": "20261125-000000"}]}
+    counts: dict[str, int] = {}
+    real = s3.make_client
+
+    def counting_client(*args, **kwargs):
+        client = real(*args, **kwargs)
+        client.meta.events.register(
+            "before-call.s3", lambda model, **_: counts.__setitem__(model.name, counts.get(model.name, 0) + 1))
+        return client
+
+    monkeypatch.setattr(s3, "make_client", counting_client)
+    first = batch.run_batch(config, run_dir, "m1", 0, run_dir / "status" / "b0.jsonl", threads=1)
+    assert [r["status"] for r in first] == ["ok"] * 3
+    assert counts["ListObjectsV2"] == 1 and counts["HeadObject"] == 3, counts
+    assert counts["PutObject"] == 6 and counts["GetObject"] == 3, counts
+
+    counts.clear()
+    again = batch.run_batch(config, run_dir, "m1", 0, run_dir / "status" / "b1.jsonl", threads=1)
+    assert [r["status"] for r in again] == ["skipped"] * 3
+    assert counts == {"ListObjectsV2": 1, "HeadObject": 6}, counts
+
+    seed.upload_file(str(samples / "byte.tif"), INPUT_BUCKET, "imagery/rgb.tif")  # a new input object
+    third = batch.run_batch(config, run_dir, "m1", 0, run_dir / "status" / "b2.jsonl", threads=1)
+    assert [r["status"] for r in third] == ["ok", "skipped", "skipped"]
+    etag = seed.head_object(Bucket=INPUT_BUCKET, Key="imagery/rgb.tif")["ETag"]
+    cog = seed.head_object(Bucket=OUTPUT_BUCKET, Key="imagery/rgb.tif")
+    assert cog["Metadata"][batch.SOURCE_ETAG_META] == etag
+    assert json.loads((run_dir / "status" / "b2.jsonl").read_text().splitlines()[0])["file_bands"] == 1

@@ -63,3 +63,14 @@ def test_invalid_config_is_refused_with_a_clear_message(tmp_path):
     proc = snakemake(run, "-n", "--cores", "1")
     assert proc.returncode != 0
     assert "WINZIP" in proc.stdout + proc.stderr
+
+
+def test_shipped_config_and_schema_defaults_agree():
+    """config/config.yaml and the schema's defaults state the same job sizing (one core per batch job,
+    20 images per batch: see docs/performance.md)."""
+    config = yaml.safe_load((WORKFLOW_DIR / "config" / "config.yaml").read_text())
+    schema = yaml.safe_load((WORKFLOW_DIR / "config" / "config.schema.yaml").read_text())
+    defaults = {k: v["default"] for k, v in schema["properties"].items() if "default" in v}
+    assert {k: config[k] for k in defaults} == defaults
+    assert (config["threads_per_job"], config["batch_size"]) == (1, 20)
+
