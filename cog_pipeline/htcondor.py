@@ -888,6 +888,24 @@ def supervise(run_id: str, command: list[str]) -> int:
     return 128 + signal.SIGTERM if terminated.is_set() and code < 0 else code
 
 
+#: The supervisor's messages, appended in the run's logs/ (HTCondor truncates driver_<cluster>.err
+#: when a schedd restart re-runs the driver job, so the messages of the first start would be lost).
+SUPERVISOR_LOG = "supervisor.log"
+
+
+def _append_log_to(path: Path) -> None:
+    """Also append this process's log records to ``path`` when its directory exists (the run's logs/)."""
+    if not path.parent.is_dir():
+        return
+    try:
+        handler = logging.FileHandler(path, mode="a", encoding="utf-8")
+    except OSError as exc:
+        log.warning("cannot append to %s: %s", path, exc.strerror)
+        return
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s pid %(process)d: %(message)s"))
+    logging.getLogger().addHandler(handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m cog_pipeline.htcondor``: the driver's supervisor and helpers for manual use."""
     parser = argparse.ArgumentParser(prog="python -m cog_pipeline.htcondor", description=__doc__.split("\n")[0])
@@ -908,6 +926,7 @@ def main(argv: list[str] | None = None) -> int:
             cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
             if not cmd:
                 parser.error("supervise needs -- COMMAND")
+            _append_log_to(Path("logs") / SUPERVISOR_LOG)
             return supervise(args.run_id, cmd)
         run_dir = Path(getattr(args, "run_dir", ".")).resolve()
         if args.command == "hold-policy":

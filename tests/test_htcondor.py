@@ -645,7 +645,7 @@ def test_plugin_transfers_only_paths_inside_the_run(plugin_description, run_dir)
 # ---------------------------------------------------------------------------------------------
 
 FAKE_PYTHON = """#!/bin/sh
-{{ echo "ARGS=$*"; echo "PATH=$PATH"; echo "PYTHONPATH=$PYTHONPATH"; ls -l access.key; }} > "$SCRATCH/ran.txt"
+{{ echo "ARGS=$*"; echo "PATH=$PATH"; echo "PYTHONPATH=$PYTHONPATH"; echo "CONDOR_CONFIG=$CONDOR_CONFIG"; ls -l access.key; }} > "$SCRATCH/ran.txt"
 exit {code}
 """
 
@@ -684,6 +684,7 @@ def test_wrapper_failure_leaves_placeholders(scratch, tmp_path):
     assert "ARGS=-m snakemake --snakefile workflow/Snakefile --cores 2" in ran
     assert "PATH=/usr/bin:/bin:" in ran and '"' not in ran.split("PATH=")[1].splitlines()[0]
     assert f"PYTHONPATH={scratch}/workflow" in ran
+    assert "CONDOR_CONFIG=/dev/null" in ran  # no "CONDOR_CONFIG is unset" warning from htcondor2 in the job
     assert "-rw-------" in ran  # key file made private before Python started
     assert not (scratch / "access.key").exists()  # and deleted afterwards
     assert (scratch / "status/m1/batch-00001.jsonl").read_bytes() == b""  # discarded by Snakemake anyway
@@ -821,3 +822,22 @@ def test_supervisor_in_a_job_leaves_running_jobs_when_the_schedd_goes_away(tmp_p
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143
     assert "leaving the run's running jobs to finish" in err and "Traceback" not in err
+
+
+def test_supervisor_messages_survive_a_restarted_driver(tmp_path):
+    """HTCondor truncates driver_<cluster>.err when the driver job is re-run (seen after a schedd
+    restart on a pool): the supervisor also appends its messages to logs/supervisor.log."""
+    (tmp_path / "logs").mkdir()
+    ad = tmp_path / ".job.ad"
+    ad.write_text("ClusterId = 39\nProcId = 0\n")
+    child = "import signal, sys, time\nsignal.signal(signal.SIGTERM, lambda *_: sys.exit(143))\n" \
+            "print('ready', flush=True)\ntime.sleep(60)\n"
+    for _start in range(2):
+        proc = subprocess.Popen([sys.executable, "-m", "cog_pipeline.htcondor", "supervise", "--run-id", RUN_ID,
+                                 "--", sys.executable, "-c", child], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, cwd=tmp_path, env=clean_env(_CONDOR_JOB_AD=str(ad)))
+        assert proc.stdout.readline().strip() == "ready"
+        proc.terminate()
+        proc.communicate(timeout=60)
+    text = (tmp_path / "logs" / h.SUPERVISOR_LOG).read_text()
+    assert text.count("leaving the run's running jobs to finish") == 2

@@ -24,6 +24,10 @@ PATH=${PATH#\"}
 PATH=${PATH%\"}
 PATH="${PATH:+$PATH:}/usr/local/bin:/usr/bin:/bin"
 export PATH
+# A batch job never talks to a schedd: say so, or the htcondor2 module the plugin imports warns
+# about a missing condor_config in every job's .err (seen on a pool).
+CONDOR_CONFIG=${CONDOR_CONFIG:-/dev/null}
+export CONDOR_CONFIG
 
 COG_PIPELINE_SOFTWARE=shared
 COG_PIPELINE_PYTHON=
