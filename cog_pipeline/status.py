@@ -48,6 +48,16 @@ def ago(seconds: float | None) -> str:
     return f"{seconds // 86400} d {seconds % 86400 // 3600} h"
 
 
+def _stem_matches(stem: str, pattern: str) -> bool:
+    """Whether a manifest stem (``X-`` of ``X-processing-<TS>.csv``) came from a raw key matching ``pattern``.
+
+    The raw key is ``<stem>raw.csv`` or, for a manifest not named ``...raw.csv``, ``<stem minus "-">.csv``
+    (:func:`~cog_pipeline.naming.manifest_stem`); either matching is enough.
+    """
+    candidates = [stem + "raw.csv"] + ([stem[:-1] + ".csv"] if stem.endswith("-") else [])
+    return any(fnmatch.fnmatchcase(c, pattern) for c in candidates)
+
+
 def bucket_state(client: Any, bucket: str, pattern: str = "*raw.csv", recent: int = 20) -> dict[str, Any]:
     """Manifests waiting (raw), in progress (processing: since when, last refreshed, stale?), and the
     ``recent`` latest outcomes with their processed / failed row counts."""
@@ -56,6 +66,8 @@ def bucket_state(client: Any, bucket: str, pattern: str = "*raw.csv", recent: in
     for obj in s3.iter_objects(client, bucket):
         key = obj["Key"]
         match = _STATE_KEY.match(key)
+        if match and not _stem_matches(match["stem"], pattern):
+            continue  # another pipeline's manifest (another -p pattern on the same bucket)
         if match and match["state"] == "processing" and match["ext"] == "csv":
             touched = now - obj["LastModified"].timestamp()
             processing.append({"key": key, "since": match["ts"], "age_s": round(now - _epoch(match["ts"])),

@@ -156,3 +156,25 @@ def test_status_and_retry_work_against_the_demo_bucket(tmp_path, capsys, no_sche
     assert (run["state"], run["done"], run["failed"], run["pending"]) == ("finished", 6, 0, 0)
     assert "Nothing to retry" in seen["retry_out"]
     assert len(list((tmp_path).glob("workflow-run-*/logs/images/imagery/*/*.log"))) == 6
+
+
+def test_status_shows_only_the_manifests_of_its_pattern(seed, buckets, settings, tmp_path, capsys, no_schedd):
+    """Two pipelines can watch one bucket with different -p patterns (seen on a pool: the other
+    pattern's finished manifests were listed too)."""
+    for key in ("c1-processed-20260101-000000.csv", "v1-processed-20260101-000000.csv",
+                "c2-processing-20260101-000000.csv", "v2-processing-20260101-000000.csv",
+                "in-processed-20260101-000000.csv"):
+        seed.put_object(Bucket=INPUT_BUCKET, Key=key, Body=b"a.tif,1\n")
+    seed.put_object(Bucket=INPUT_BUCKET, Key="c3-raw.csv", Body=b"a.tif,1\n")
+    seed.put_object(Bucket=INPUT_BUCKET, Key="v3-raw.csv", Body=b"a.tif,1\n")
+
+    def state(pattern):
+        assert main(["status", *s3_flags(settings), "--input-bucket", INPUT_BUCKET, "--workdir", str(tmp_path),
+                     "-p", pattern, "--json"]) == 0
+        bucket = json.loads(capsys.readouterr().out)["bucket"]
+        return ([r["key"] for r in bucket["raw"]], [p["key"] for p in bucket["processing"]],
+                sorted(f["stem"] for f in bucket["finished"]))
+
+    assert state("c*raw.csv") == (["c3-raw.csv"], ["c2-processing-20260101-000000.csv"], ["c1-"])
+    assert state("*raw.csv")[2] == ["c1-", "in-", "v1-"]
+    assert state("in.csv") == ([], [], ["in-"])  # a manifest not named ...raw.csv: in.csv -> in-processed-...
