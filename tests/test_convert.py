@@ -117,7 +117,7 @@ def leftovers(directory: Path, keep: set[str]) -> list[str]:
 def test_config_sections_give_the_defaults():
     cog = cog_options_from_config({"compress": "LZW", "predictor": "NO", "level": None, "blocksize": 512,
                                    "overview_resampling": "average", "num_threads": "ALL_CPUS",
-                                   "gdal_cache_mb": 256, "max_pixels": 2000000000})
+                                   "gdal_cache_mb": 128, "max_pixels": 2000000000})
     assert cog == CogOptions()
     assert jpeg_options_from_config({"quality": 80, "stretch_percentiles": [2, 98]}) == JpegOptions()
     assert cog_options_from_config({}) == CogOptions()
@@ -174,8 +174,8 @@ def test_gdal_cache_is_set_in_bytes():
         assert rasterio.env.getenv()["GDAL_PAM_ENABLED"] == "NO"
         with convert._gdal_env():  # steps without options keep the caller's cache
             assert rasterio.env.getenv()["GDAL_CACHEMAX"] == 64 * 1024 * 1024
-    with convert._gdal_env():  # standalone: the default 256 MB, not GDAL's 5% of RAM
-        assert rasterio.env.getenv()["GDAL_CACHEMAX"] == 256 * 1024 * 1024
+    with convert._gdal_env():  # standalone: the default 128 MB, not GDAL's 5% of RAM
+        assert rasterio.env.getenv()["GDAL_CACHEMAX"] == 128 * 1024 * 1024
 
 
 # --------------------------------------------------------------------------------------------- inspect
@@ -420,6 +420,26 @@ def test_verify_finds_a_changed_pixel(tmp_path):
                                         "first at row 250, col 333")
 
 
+@pytest.mark.parametrize("threads", ["1", "ALL_CPUS"])
+def test_verify_with_the_preview_finds_a_changed_pixel_and_makes_no_jpeg(tmp_path, threads, monkeypatch):
+    """The one-pass check + preview of convert_file: same verdict as verify_pixels, with several
+    strips (the changed pixel is in the last one) and with the COG decoded in threads."""
+    data = gradient(300, 400, 0, 255, np.uint8)[None].repeat(4, 0)
+    src = make_tif(tmp_path / "src.tif", data)
+    same = make_tif(tmp_path / "same.tif", data, tiled=True, blockxsize=128, blockysize=128)
+    changed = data.copy()
+    changed[3, 290, 333] ^= 4  # band 4 is not in the preview, and is still checked
+    other = make_tif(tmp_path / "other.tif", changed, tiled=True, blockxsize=128, blockysize=128)
+    monkeypatch.setattr(convert, "_WINDOW_BYTES", 100_000)
+    assert convert.verify_and_write_jpeg(src, same, tmp_path / "ok.jpg", num_threads=threads) == [1, 2, 3]
+    check_jpeg(tmp_path / "ok.jpg", 3, 400, 300)
+    with pytest.raises(ImageError) as err:
+        convert.verify_and_write_jpeg(src, other, tmp_path / "bad.jpg", num_threads=threads)
+    assert err.value.step == "verify" and "band 4 differs" in err.value.message
+    assert "first at row 290, col 333" in err.value.message
+    assert not (tmp_path / "bad.jpg").exists() and leftovers(tmp_path, {"src.tif", "same.tif", "other.tif", "ok.jpg"}) == []
+
+
 def test_verify_nan_and_shape_and_dtype(tmp_path):
     data = np.full((2, 40, 50), np.nan, np.float32)
     data[:, :, :10] = 1.5
@@ -612,17 +632,28 @@ def test_jpeg_quality_changes_size(tmp_path):
     assert (tmp_path / "high.jpg").stat().st_size > 1.5 * (tmp_path / "low.jpg").stat().st_size
 
 
-def test_jpeg_windowed_rendering_is_identical(tmp_path, monkeypatch):
+def decoded(path: Path) -> np.ndarray:
+    """A JPEG's pixels as Pillow decodes them, (rows, cols[, 3])."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return np.asarray(im)
+
+
+def test_jpeg_in_many_strips_decodes_as_one(tmp_path, monkeypatch):
+    """Strip size changes the bytes (restart intervals), never the pixels."""
     data = np.random.default_rng(4).normal(1000, 300, (4, 203, 157)).astype(np.float32)
     data[:, 50:60, 50:60] = np.nan
     src = make_tif(tmp_path / "src.tif", data)
     write_jpeg(src, tmp_path / "one.jpg")
-    monkeypatch.setattr(convert, "_WINDOW_BYTES", 3000)  # many windows, split within rows
+    monkeypatch.setattr(convert, "_WINDOW_BYTES", 3000)  # one MCU row (16 rows) per strip
     render_dir = tmp_path / "render"
     render_dir.mkdir()
     write_jpeg(src, tmp_path / "many.jpg", tmp_dir=render_dir)
-    assert (tmp_path / "one.jpg").read_bytes() == (tmp_path / "many.jpg").read_bytes()
-    assert os.listdir(render_dir) == []  # the temp rendering is removed
+    assert (tmp_path / "one.jpg").read_bytes() != (tmp_path / "many.jpg").read_bytes()
+    assert np.array_equal(decoded(tmp_path / "one.jpg"), decoded(tmp_path / "many.jpg"))
+    assert np.array_equal(check_jpeg(tmp_path / "one.jpg", 3, 157, 203), check_jpeg(tmp_path / "many.jpg", 3, 157, 203))
+    assert os.listdir(render_dir) == []  # nothing temporary
 
 
 def test_jpeg_of_samples(tmp_path):
