@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO))
 
 from report import Report  # noqa: E402
 
-FULL = dict(size=8000, big=20000, repeats=2, images=200, image_size=512, batch_sizes=[20, 50, 200],
+FULL = dict(size=8000, big=20000, repeats=2, images=200, image_size=512, batch_sizes=[20, 200],
             plan_rows=[10_000, 100_000], agg_rows=[1_000, 10_000])
 QUICK = dict(size=2000, big=6000, repeats=1, images=30, image_size=256, batch_sizes=[10, 30],
              plan_rows=[1_000, 10_000], agg_rows=[1_000])

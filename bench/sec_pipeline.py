@@ -138,8 +138,10 @@ def section3(rep: Report, work: Path, cfg: dict[str, Any]) -> None:
     defaults = driver.default_config()
     default_bs = int(defaults["batch_size"])
     variants = [{"batch_size": bs} for bs in sorted(set(cfg["batch_sizes"]) | {default_bs})]
-    # Two one-thread jobs at a time instead of one two-thread job (overheads overlap with work).
-    variants.append({"batch_size": default_bs, "threads_per_job": 1})
+    # The other job shape: one two-thread job at a time instead of two one-thread jobs (the default
+    # since threads_per_job 1: overheads of one job overlap with the other's work).
+    other_threads = 2 if int(defaults["threads_per_job"]) == 1 else 1
+    variants.append({"batch_size": default_bs, "threads_per_job": other_threads})
     # Snakemake exiting without waiting for its 1 s rate-limiter timer (bench/snakemake_daemon_timers.py).
     variants.append({"batch_size": default_bs, "__daemon_timers": True})
     with CountingS3Server(w / "server") as srv:
