@@ -18,8 +18,8 @@ from . import s3
 from .crash import crash_point
 from .batch import manifest_config, read_status_records
 from .errors import PipelineError
-from .manifest import jpeg_key, parse_manifest, write_errors_csv, write_rows_csv
-from .naming import ManifestKeys, outcome_path
+from .manifest import batch_slices, jpeg_key, parse_manifest, write_errors_csv, write_rows_csv
+from .naming import ManifestKeys, batch_id, outcome_path
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +36,12 @@ class Outcome:
 existing_keys = s3.existing_keys
 
 
-def classify(manifest_bytes: bytes, records: dict[str, dict[str, Any]], present: set[str]) -> Outcome:
-    """Sort every row of the manifest; no row is dropped (blank and header lines are not rows)."""
+def classify(manifest_bytes: bytes, records: dict[str, dict[str, Any]], present: set[str],
+             unfinished: dict[str, str] | None = None) -> Outcome:
+    """Sort every row of the manifest; no row is dropped (blank and header lines are not rows).
+
+    ``unfinished`` maps a key to the reason its batch job did not finish (:func:`unfinished_reasons`).
+    """
     manifest = parse_manifest(manifest_bytes)
     outcome = Outcome(notes=list(manifest.notes))
     rows: list[tuple[int, str, str, str | None]] = []
@@ -46,7 +50,8 @@ def classify(manifest_bytes: bytes, records: dict[str, dict[str, Any]], present:
     for entry in manifest.entries:
         record = records.get(entry.key)
         if record is None:
-            reason = "no outcome recorded: the conversion job for this row did not finish (see logs/convert/)"
+            reason = (unfinished or {}).get(entry.key) or \
+                "no outcome recorded: the conversion job for this row did not finish (see logs/convert/)"
         elif record["status"] == "failed":
             reason = f"{record.get('step', '?')}: {record.get('reason', 'unknown error')}"
         elif entry.key not in present or jpeg_key(entry.key) not in present:
@@ -65,6 +70,32 @@ def classify(manifest_bytes: bytes, records: dict[str, dict[str, Any]], present:
     return outcome
 
 
+#: Lines the job wrapper (profiles/htcondor/job-wrapper.sh) appends to a batch log when a job fails.
+WRAPPER_LINE_PREFIX = "job-wrapper on "
+
+
+def unfinished_reasons(run_dir: Path, manifest_id: str, keys: list[str], batch_size: int,
+                       recorded: set[str]) -> dict[str, str]:
+    """For each key without an outcome record: which batch job did not finish, the job wrapper's
+    reason when its batch log has one, and that log's path."""
+    reasons: dict[str, str] = {}
+    for index, (start, stop) in enumerate(batch_slices(len(keys), batch_size)):
+        missing = [k for k in keys[start:stop] if k not in recorded]
+        if not missing:
+            continue
+        log_path = f"logs/convert/{manifest_id}/batch-{batch_id(index)}.log"
+        why = ""
+        try:
+            lines = (Path(run_dir) / log_path).read_text(encoding="utf-8", errors="replace").splitlines()
+            wrapper = [line for line in lines if line.startswith(WRAPPER_LINE_PREFIX)]
+            why = f": {wrapper[-1]}" if wrapper else ""
+        except OSError:
+            pass
+        reason = f"no outcome recorded: batch job batch-{batch_id(index)} did not finish{why} (see {log_path})"
+        reasons.update((k, reason) for k in missing)
+    return reasons
+
+
 def aggregate_manifest(config: dict[str, Any], run_dir: Path, manifest_id: str) -> dict[str, Any]:
     """Classify one manifest's rows, upload the outcome CSVs, delete its ``processing`` object."""
     run_dir = Path(run_dir)
@@ -81,7 +112,10 @@ def aggregate_manifest(config: dict[str, Any], run_dir: Path, manifest_id: str) 
     except Exception as exc:  # noqa: BLE001 - reported as a clear PipelineError
         raise PipelineError(f"cannot list output bucket '{output_bucket}': {s3.describe_error(exc)}") from None
     crash_point("aggregate.listed")
-    outcome = classify(manifest_bytes, read_status_records(run_dir, manifest_id), present)
+    records = read_status_records(run_dir, manifest_id)
+    unfinished = unfinished_reasons(run_dir, manifest_id, [e.key for e in entries], int(config["batch_size"]),
+                                    set(records))
+    outcome = classify(manifest_bytes, records, present, unfinished)
 
     local_dir = run_dir / "outcome" / manifest_id
     local_dir.mkdir(parents=True, exist_ok=True)

@@ -109,7 +109,7 @@ _ADVICE: list[tuple[re.Pattern[str], str]] = [(re.compile(p, re.IGNORECASE | re.
     (r"^(download|upload|check-output):", "S3 failed for this image (network or server): retry the failed rows; "
                                           "if it keeps failing, check the endpoint and buckets"),
     (r"no outcome recorded", "the batch job stopped before this image finished (killed, out of memory or time): "
-                             "see the batch log named in this image's log, raise mem_mb_per_job if it ran out of "
+                             "see the batch log named in the reason, raise mem_mb_per_job if it ran out of "
                              "memory, then retry"),
     (r"output missing from the output bucket", "the outputs disappeared after conversion (deleted or lost on "
                                                "upload): retry the failed rows"),

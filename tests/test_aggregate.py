@@ -101,3 +101,29 @@ def test_empty_wanted_makes_no_request(client):
     counts = counting(client)
     assert existing_keys(client, OUTPUT_BUCKET, []) == set()
     assert counts == {}
+
+
+def test_rows_of_an_unfinished_batch_name_their_batch_and_the_wrappers_reason(tmp_path):
+    """Seen on a pool: a batch job whose Python was missing failed every row with a generic reason;
+    the job wrapper's line in the batch log says why, and the reason now carries it."""
+    from cog_pipeline.aggregate import classify, unfinished_reasons
+
+    log_dir = tmp_path / "logs" / "convert" / "m1"
+    log_dir.mkdir(parents=True)
+    (log_dir / "batch-00001.log").write_text(
+        "converting c.tif\njob-wrapper on ep7: Python interpreter '/x/python3' not found on ep7 (software mode shared)\n")
+    keys = ["a.tif", "b.tif", "c.tif", "d.tif", "e.tif"]
+    reasons = unfinished_reasons(tmp_path, "m1", keys, batch_size=2, recorded={"a.tif", "b.tif", "c.tif"})
+    assert set(reasons) == {"d.tif", "e.tif"}  # c.tif has a record; batch 0 is complete
+    assert reasons["d.tif"] == ("no outcome recorded: batch job batch-00001 did not finish: job-wrapper on ep7: "
+                                "Python interpreter '/x/python3' not found on ep7 (software mode shared) "
+                                "(see logs/convert/m1/batch-00001.log)")
+    assert reasons["e.tif"] == ("no outcome recorded: batch job batch-00002 did not finish "
+                                "(see logs/convert/m1/batch-00002.log)")  # no log came back at all
+
+    manifest = "".join(f"{k},1\n" for k in keys).encode()
+    records = {k: {"key": k, "status": "ok"} for k in ("a.tif", "b.tif", "c.tif")}
+    present = {k for r in records for k in (r, r[:-4] + ".jpg")}
+    outcome = classify(manifest, records, present, reasons)
+    assert [k for k, _ in outcome.processed] == ["a.tif", "b.tif", "c.tif"]
+    assert [(k, r) for k, _, r in outcome.failed] == [(k, reasons[k]) for k in ("d.tif", "e.tif")]
