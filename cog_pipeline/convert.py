@@ -619,13 +619,28 @@ def verify_and_write_jpeg(src: str | Path, cog: str | Path, dst: str | Path, opt
 
     ``seconds`` gets the time spent on each (``verify``: reading the COG and comparing; ``jpeg``:
     rendering and encoding; reading the source is counted in ``verify``). ``num_threads`` other than 1
-    decodes the COG's compressed blocks in that many threads.
+    decodes the COG's compressed blocks in that many threads. When one MCU row (16 rows) of every band
+    of source and COG would exceed 4 window budgets (very wide images with many bands), the check runs
+    first in its own smaller windows and the preview then reads only its bands.
     """
     src, cog, dst = Path(src), Path(cog), Path(dst)
     with _atomic_output(dst, "jpeg") as tmp_jpeg, _gdal_env(), _open_tiff(src) as a, \
             _open_tiff(cog, num_threads) as b:
         check = _VerifyPass(a, b, src, cog)
-        return _preview_pass(a, src, tmp_jpeg, options, check, seconds)
+        if 16 * a.width * a.count * np.dtype(a.dtypes[0]).itemsize * 2 <= 4 * _WINDOW_BYTES:
+            return _preview_pass(a, src, tmp_jpeg, options, check, seconds)
+        started = time.perf_counter()
+        for window in _windows(a.width, a.height, a.count * np.dtype(a.dtypes[0]).itemsize, align=check.block_rows):
+            try:
+                x = a.read(window=window)
+            except (RasterioError, CPLE_BaseError) as exc:
+                raise ImageError("verify", _describe(exc, src, what="input file")) from None
+            check.window(x, window)
+        checked = time.perf_counter() - started
+        bands = _preview_pass(a, src, tmp_jpeg, options, None, seconds)
+        if seconds is not None:
+            seconds["verify"] = checked
+        return bands
 
 
 def _preview_pass(ds: rasterio.DatasetReader, src: Path, jpeg_path: Path, options: JpegOptions,

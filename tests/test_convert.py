@@ -440,6 +440,27 @@ def test_verify_with_the_preview_finds_a_changed_pixel_and_makes_no_jpeg(tmp_pat
     assert not (tmp_path / "bad.jpg").exists() and leftovers(tmp_path, {"src.tif", "same.tif", "other.tif", "ok.jpg"}) == []
 
 
+def test_verify_with_the_preview_on_rows_too_wide_for_one_pass(tmp_path, monkeypatch):
+    """When 16 rows of every band would not fit the budget, the check runs in its own (column-split)
+    windows first: same verdicts, same preview pixels."""
+    data = gradient(40, 300, 0, 255, np.uint8)[None].repeat(4, 0)
+    src = make_tif(tmp_path / "src.tif", data)
+    same = make_tif(tmp_path / "same.tif", data, tiled=True, blockxsize=64, blockysize=64)
+    convert.verify_and_write_jpeg(src, same, tmp_path / "one-pass.jpg")
+    changed = data.copy()
+    changed[3, 30, 250] ^= 1
+    other = make_tif(tmp_path / "other.tif", changed, tiled=True, blockxsize=64, blockysize=64)
+    monkeypatch.setattr(convert, "_WINDOW_BYTES", 2000)  # 16 x 300 x 4 x 2 bytes > 4 x 2000
+    seconds: dict[str, float] = {}
+    assert convert.verify_and_write_jpeg(src, same, tmp_path / "two-pass.jpg", seconds=seconds) == [1, 2, 3]
+    assert set(seconds) == {"verify", "jpeg"}
+    assert np.array_equal(check_jpeg(tmp_path / "one-pass.jpg", 3, 300, 40),
+                          check_jpeg(tmp_path / "two-pass.jpg", 3, 300, 40))
+    with pytest.raises(ImageError) as err:
+        convert.verify_and_write_jpeg(src, other, tmp_path / "bad.jpg")
+    assert err.value.step == "verify" and "band 4 differs" in err.value.message and "col 250" in err.value.message
+
+
 def test_verify_nan_and_shape_and_dtype(tmp_path):
     data = np.full((2, 40, 50), np.nan, np.float32)
     data[:, :, :10] = 1.5
