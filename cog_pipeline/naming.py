@@ -17,6 +17,9 @@ RUN_CONFIG = "run.yaml"
 #: Prefix of the pipeline's own state objects in the input bucket (claim markers).
 STATE_PREFIX = ".cog-pipeline/"
 
+#: A processing object: ``<stem>processing-<TS>.csv``.
+PROCESSING_KEY = re.compile(r"^(?P<stem>.*)processing-(?P<ts>\d{8}-\d{6})\.csv$", re.DOTALL)
+
 _OWNED = re.compile(r"(processing|processed|failed|errors|report)-\d{8}-\d{6}\.(csv|html)$")
 
 

@@ -10,7 +10,8 @@ from cog_pipeline import status as status_module
 from cog_pipeline.cli import main
 from cog_pipeline.demo import run_demo
 from cog_pipeline.errors import PipelineError
-from cog_pipeline.tick import RunLock, TickOptions, tick
+from cog_pipeline.rundirs import RunLock
+from cog_pipeline.tick import TickOptions, tick
 from conftest import INPUT_BUCKET, OUTPUT_BUCKET, all_objects
 
 

@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from cog_pipeline import SAMPLES_DIR, tick as tickmod
+from cog_pipeline import SAMPLES_DIR, recovery, s3
+from cog_pipeline.claims import CLAIM_META, OWNER_META, RUN_META
 from cog_pipeline.naming import claim_marker_key
 from faults.harness import rows
 
@@ -107,7 +108,7 @@ def test_foreign_processing_file_is_adopted_only_after_its_heartbeat_stops(world
     world.image("a/one.tif", seed=1)
     key = "s/far-processing-20260101-000000.csv"
     world.seed.put_object(Bucket=world.input_bucket, Key=key, Body=b"a/one.tif,1\n",
-                          Metadata={tickmod.OWNER_META: "feedfacefeedface", tickmod.RUN_META: "workflow-run-x"})
+                          Metadata={OWNER_META: "feedfacefeedface", RUN_META: "workflow-run-x"})
     world.snapshot()
     assert world.tick().run_dir is None, "fresh: its owner may be running it"
     time.sleep(1.5)
@@ -120,31 +121,31 @@ def test_foreign_processing_file_is_adopted_only_after_its_heartbeat_stops(world
 
 def test_heartbeat_refreshes_a_live_run_and_never_resurrects_a_finished_one(world, tmp_path):
     key = "s/hb-processing-20260101-000000.csv"
-    world.seed.put_object(Bucket=world.input_bucket, Key=key, Body=b"a.tif,1\n", Metadata={tickmod.CLAIM_META: "t"})
+    world.seed.put_object(Bucket=world.input_bucket, Key=key, Body=b"a.tif,1\n", Metadata={CLAIM_META: "t"})
     run_dir = tmp_path / "workflow-run-20260101-000000"
     (run_dir / "manifests").mkdir(parents=True)
     (run_dir / "manifests" / "hb.csv").write_bytes(b"a.tif,1\n")
     config = {"manifests": [{"id": "m1", "csv": "manifests/hb.csv", "key": key}]}
-    client = tickmod.s3.make_client(world.settings)
+    client = s3.make_client(world.settings)
     before = world.seed.head_object(Bucket=world.input_bucket, Key=key)
     time.sleep(1.1)
-    tickmod._heartbeat(client, world.input_bucket, run_dir, config, every=0)
+    recovery.heartbeat(client, world.input_bucket, run_dir, config, every=0)
     after = world.seed.head_object(Bucket=world.input_bucket, Key=key)
-    assert after["LastModified"] > before["LastModified"] and after["Metadata"][tickmod.CLAIM_META] == "t"
+    assert after["LastModified"] > before["LastModified"] and after["Metadata"][CLAIM_META] == "t"
     assert world.body(world.input_bucket, key) == b"a.tif,1\n"
     # The aggregate deletes it between the heartbeat's HEAD and its write: the write must not bring it back.
-    real_head = tickmod.s3.head
+    real_head = s3.head
 
     def head_then_delete(c, bucket, k):
         found = real_head(c, bucket, k)
         world.seed.delete_object(Bucket=bucket, Key=k)
         return found
 
-    tickmod.s3.head = head_then_delete
+    s3.head = head_then_delete
     try:
-        tickmod._heartbeat(client, world.input_bucket, run_dir, config, every=0)
+        recovery.heartbeat(client, world.input_bucket, run_dir, config, every=0)
     finally:
-        tickmod.s3.head = real_head
+        s3.head = real_head
     assert key not in world.objects(world.input_bucket)
 
 

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from cog_pipeline import SAMPLES_DIR
-from cog_pipeline.tick import MAX_RESUMES, _busy, _process_cwds
+from cog_pipeline.processes import busy, process_cwds
+from cog_pipeline.tick import MAX_RESUMES
 
 OVERRIDES = {"batch_size": 2}
 EXPECTED = {"crash/jobs-": {"processed": ["a/one.tif", "a/two.tif", "b/three.tif"],
@@ -59,7 +60,7 @@ def crash(world, step, **kw):
     assert proc.returncode == -signal.SIGKILL, f"did not crash at {step}: rc={proc.returncode}\n{proc.stderr[-3000:]}"
     world.figures.kind("crash", step.partition(":")[0])
     deadline = time.monotonic() + 10
-    while any(_busy(d, _process_cwds()) for d in world.workdir.glob("workflow-run-*")):
+    while any(busy(d, process_cwds()) for d in world.workdir.glob("workflow-run-*")):
         assert time.monotonic() < deadline, "processes of the crashed tick still alive"
         time.sleep(0.1)
     return proc
@@ -188,7 +189,7 @@ def test_crash_in_the_middle_of_a_multipart_upload_leaves_no_partial_object(worl
     assert world.seed.list_multipart_uploads(Bucket=world.output_bucket).get("Uploads"), "an upload was in flight"
     world.proxy.clear_rules()
     deadline = time.monotonic() + 10
-    while any(_busy(d, _process_cwds()) for d in world.workdir.glob("workflow-run-*")):
+    while any(busy(d, process_cwds()) for d in world.workdir.glob("workflow-run-*")):
         assert time.monotonic() < deadline
         time.sleep(0.1)
 

@@ -1,0 +1,264 @@
+"""Claiming a manifest in S3: claim markers, the processing object and its metadata, the local claim
+journal, and rolling back a claim that was not committed.
+
+Claiming one version (ETag) of ``X-raw.csv`` (docs/reliability.md has the full argument):
+
+1. create the claim marker ``.cog-pipeline/claims/X-raw.csv@<etag>`` with a conditional write
+   (If-None-Match: *): one tick, on any host, gets it. A marker whose writer is dead (same host) or
+   older than the claim lease (any host) is taken over; one this tick wrote itself (its response
+   was lost and boto3 retried) is recognised by its token;
+2. read the manifest pinned to that ETag (If-Match);
+3. journal the claim in the run directory (the CSV and ``claims/<n>-<token>.json``, fsynced);
+4. write ``X-processing-<TS>.csv`` (If-None-Match), tagged with the claim token and its owner;
+5. delete ``X-raw.csv`` only if it is still that version (If-Match): **the commit point**;
+6. delete the marker.
+
+A crash before 5 leaves ``X-raw.csv`` in place: the next tick rolls back the provisional processing
+object and claims it again. A crash after 5 leaves a committed claim in the journal, which
+``recovery`` turns into the run's ``run.yaml``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import time
+import urllib.parse
+from pathlib import Path
+from typing import Any
+
+import botocore.exceptions
+
+from . import s3
+from .crash import crash_point
+from .naming import PROCESSING_KEY, ManifestKeys, claim_marker_key
+from .options import TickOptions
+from .processes import holder_dead, owner_id, process_identity
+from .rundirs import CLAIMS_DIR, write_synced
+
+log = logging.getLogger(__name__)
+
+#: What a boto3 call raises when S3 fails (after boto3's own retries).
+S3_ERRORS = (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError)
+
+# User metadata of a processing object.
+CLAIM_META = "cog-pipeline-claim"
+OWNER_META = "cog-pipeline-owner"
+RUN_META = "cog-pipeline-run"
+RAW_META = "cog-pipeline-raw-key"
+RAW_ETAG_META = "cog-pipeline-raw-etag"
+HEARTBEAT_META = "cog-pipeline-heartbeat"
+
+
+# ------------------------------------------------------------------------------------------ markers
+
+def read_state_object(client: Any, bucket: str, key: str) -> tuple[dict[str, Any], str, float] | None:
+    """(JSON body, ETag, age by the server's clock) of a small state object, None if it does not exist."""
+    try:
+        resp = client.get_object(Bucket=bucket, Key=key)
+    except botocore.exceptions.ClientError as exc:
+        if s3.is_missing(exc):
+            return None
+        raise
+    try:
+        record = json.loads(resp["Body"].read())
+    except ValueError:
+        record = {}
+    return (record if isinstance(record, dict) else {}), resp["ETag"], s3.server_age(resp)
+
+
+def take_marker(client: Any, bucket: str, key: str, record: dict[str, Any],
+                lease: float) -> tuple[str, dict[str, Any] | None] | None:
+    """Create the marker ``key`` holding ``record``; returns (its ETag, the stale record it replaced or
+    None), or None when a live claim holds it."""
+    body = json.dumps(record).encode()
+    stale = None
+    for _ in range(3):
+        try:
+            return s3.put_bytes(client, bucket, key, body, if_none_match=True, content_type="application/json"), stale
+        except botocore.exceptions.ClientError as exc:
+            if not s3.is_precondition_failed(exc):
+                raise
+        held = read_state_object(client, bucket, key)
+        if held is None:
+            continue  # released meanwhile: try again
+        other, etag, age = held
+        if other.get("token") == record["token"]:
+            return etag, stale  # our own write: its response was lost and boto3 retried it
+        if not (holder_dead(other) or age > lease):
+            return None
+        log.warning("taking over a stale claim marker %s (written by host %s pid %s, %.0f s ago)", key,
+                    other.get("host", "?"), other.get("pid", "?"), age)
+        stale = other
+        try:
+            client.delete_object(Bucket=bucket, Key=key, IfMatch=etag)
+        except botocore.exceptions.ClientError as exc:
+            if not (s3.is_missing(exc) or s3.is_precondition_failed(exc)):
+                raise
+    return None
+
+
+def release_marker(client: Any, bucket: str, key: str, etag: str) -> None:
+    """Delete our marker (only if it is still ours); a failure only leaves a marker that goes stale."""
+    try:
+        client.delete_object(Bucket=bucket, Key=key, IfMatch=etag)
+    except botocore.exceptions.ClientError as exc:
+        if not (s3.is_missing(exc) or s3.is_precondition_failed(exc)):
+            log.warning("could not delete claim marker %s: %s", key, s3.describe_error(exc))
+    except botocore.exceptions.BotoCoreError as exc:
+        log.warning("could not delete claim marker %s: %s", key, s3.describe_error(exc))
+
+
+# ------------------------------------------------------------------------------------------ processing objects
+
+def roll_back(client: Any, bucket: str, key: str | None, token: str | None) -> bool:
+    """Delete the processing object ``key`` if claim ``token`` wrote it; True if it is gone now."""
+    if not key or not token:
+        return False
+    try:
+        head = s3.head(client, bucket, key)
+        if head is None or head.get("Metadata", {}).get(CLAIM_META) != token:
+            return head is None
+        client.delete_object(Bucket=bucket, Key=key, IfMatch=head["ETag"])
+        log.info("rolled back the unfinished claim %s", key)
+        return True
+    except S3_ERRORS as exc:
+        log.warning("could not roll back %s: %s (the next tick retries)", key, s3.describe_error(exc))
+        return False
+
+
+def _quoted(value: str, limit: int = 1024) -> str | None:
+    text = urllib.parse.quote(value, safe="/")
+    return text if len(text) <= limit else None
+
+
+def processing_metadata(token: str, owner: str, run_name: str, raw_key: str, raw_etag: str) -> dict[str, str]:
+    """User metadata of a processing object: who claimed it, for which run, from which raw version."""
+    meta = {CLAIM_META: token, OWNER_META: owner, RUN_META: run_name, RAW_ETAG_META: raw_etag.strip('"'),
+            HEARTBEAT_META: str(int(time.time()))}
+    raw = _quoted(raw_key)
+    if raw is not None:
+        meta[RAW_META] = raw
+    return meta
+
+
+def raw_key_of(processing_key: str, meta: dict[str, str]) -> str:
+    """The raw manifest a processing object was claimed from (its metadata, else its name)."""
+    if RAW_META in meta:
+        return urllib.parse.unquote(meta[RAW_META])
+    return PROCESSING_KEY.match(processing_key).group("stem") + "raw.csv"
+
+
+class ClaimConflict(Exception):
+    """The processing key exists and another claim wrote it."""
+
+
+def _put_processing(client: Any, bucket: str, key: str, data: bytes, meta: dict[str, str]) -> None:
+    try:
+        client.put_object(Bucket=bucket, Key=key, Body=data, ContentType="text/csv", Metadata=meta, IfNoneMatch="*")
+    except botocore.exceptions.ClientError as exc:
+        if not s3.is_precondition_failed(exc):
+            raise
+        head = s3.head(client, bucket, key)
+        if head is None or head.get("Metadata", {}).get(CLAIM_META) != meta[CLAIM_META]:
+            raise ClaimConflict(f"{key} already exists (another claim in the same second)") from None
+        # else: our own write, whose response was lost
+
+
+# ------------------------------------------------------------------------------------------ journal
+
+def journal_claim(run_dir: Path, keys: ManifestKeys, etag: str, token: str, marker: str, data: bytes) -> Path:
+    """Record a claim in the run directory before it is committed (what recovery reads after a crash)."""
+    claims = run_dir / CLAIMS_DIR
+    claims.mkdir(exist_ok=True)
+    seq = len(list(claims.glob("*-*.json"))) + 1
+    base = keys.processing.rpartition("/")[2]
+    csv = f"manifests/{base}"
+    if (run_dir / csv).exists():  # same base name in another folder: keep both
+        csv = f"manifests/{seq:05d}-{base}"
+    write_synced(run_dir / csv, data)
+    record = {"raw_key": keys.raw, "etag": etag, "processing_key": keys.processing, "stem": keys.stem,
+              "timestamp": keys.ts, "token": token, "marker": marker, "csv": csv}
+    path = claims / f"{seq:05d}-{token}.json"
+    write_synced(path, json.dumps(record, ensure_ascii=False).encode("utf-8"))
+    return path
+
+
+def _unjournal(run_dir: Path, journal: Path) -> None:
+    try:
+        record = json.loads(journal.read_text(encoding="utf-8"))
+        (run_dir / record["csv"]).unlink(missing_ok=True)
+        journal.unlink(missing_ok=True)
+    except (OSError, ValueError, KeyError):
+        pass
+
+
+def journal_entries(run_dir: Path) -> list[Path]:
+    """The run directory's claim journal entries, oldest first."""
+    return sorted((run_dir / CLAIMS_DIR).glob("*-*.json"))
+
+
+# ------------------------------------------------------------------------------------------ claim
+
+def claim(client: Any, bucket: str, obj: dict[str, Any], keys: ManifestKeys, run_dir: Path,
+          opts: TickOptions) -> bytes | None:
+    """Claim one listed manifest into ``run_dir`` (journaled there); returns its bytes, or None if
+    another tick has it or it changed."""
+    workdir, lease = opts.workdir, opts.claim_lease
+    etag = obj["ETag"]
+    token = secrets.token_hex(8)
+    marker = claim_marker_key(keys.raw, etag)
+    record = {**process_identity(), "owner": owner_id(workdir), "token": token, "claimed_as": keys.processing,
+              "run": run_dir.name, "time": time.time()}
+    taken = take_marker(client, bucket, marker, record, lease)
+    if taken is None:
+        log.info("%s is being claimed by another tick; skipping", keys.raw)
+        return None
+    marker_etag, stale = taken
+    started = time.monotonic()
+    crash_point("claim.marker")
+    journal: Path | None = None
+    provisional = committed = False
+    try:
+        try:
+            data = s3.get_bytes(client, bucket, keys.raw, if_match=etag)
+        except botocore.exceptions.ClientError as exc:
+            if s3.is_missing(exc) or s3.is_precondition_failed(exc):
+                log.info("%s changed or vanished since it was listed; skipping", keys.raw)
+                return None
+            raise
+        crash_point("claim.downloaded")
+        if stale:  # the stale claimant never committed (the raw manifest is still this version)
+            roll_back(client, bucket, stale.get("claimed_as"), stale.get("token"))
+        journal = journal_claim(run_dir, keys, etag, token, marker, data)
+        crash_point("claim.journaled")
+        meta = processing_metadata(token, record["owner"], run_dir.name, keys.raw, etag)
+        try:
+            _put_processing(client, bucket, keys.processing, data, meta)
+        except ClaimConflict as exc:
+            log.warning("%s; %s is left for the next tick", exc, keys.raw)
+            return None
+        provisional = True
+        crash_point("claim.processing")
+        if time.monotonic() - started > lease / 2:
+            log.warning("claiming %s took longer than half the claim lease; rolled back", keys.raw)
+            return None
+        try:
+            client.delete_object(Bucket=bucket, Key=keys.raw, IfMatch=etag)
+        except botocore.exceptions.ClientError as exc:
+            if s3.is_precondition_failed(exc):
+                log.info("%s was replaced since it was read; the new version is left for the next tick", keys.raw)
+                return None
+            if not s3.is_missing(exc):  # missing: our first delete succeeded and its answer was lost
+                raise
+        committed = True
+        crash_point("claim.renamed")
+        return data
+    finally:
+        if not committed:
+            if provisional:
+                roll_back(client, bucket, keys.processing, token)
+            if journal is not None:
+                _unjournal(run_dir, journal)
+        release_marker(client, bucket, marker, marker_etag)

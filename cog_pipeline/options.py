@@ -1,0 +1,35 @@
+"""What a tick is asked to do (``TickOptions``, mirroring the command-line flags) and its timing defaults."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import s3
+
+#: A claim marker older than this is stale whoever wrote it; a claim is abandoned past half of it.
+CLAIM_LEASE = 3600.0
+#: A processing object claimed elsewhere is adopted after this long without a heartbeat.
+ADOPT_AFTER = 6 * 3600.0
+#: Live runs refresh their processing objects when older than this.
+HEARTBEAT = 1800.0
+
+
+@dataclass(frozen=True)
+class TickOptions:
+    """Everything a tick needs; mirrors the command-line flags."""
+
+    input_bucket: str
+    output_bucket: str
+    settings: s3.S3Settings = field(default_factory=s3.S3Settings)
+    pattern: str = "*raw.csv"
+    executor: str = "local"
+    cores: int = 2
+    dry_run: bool = False
+    workdir: Path = field(default_factory=Path.cwd)
+    #: Config values written into run.yaml (they win over config/config.yaml), e.g. batch_size, tmp_dir.
+    run_overrides: dict[str, Any] = field(default_factory=dict)
+    claim_lease: float = CLAIM_LEASE
+    adopt_after: float = ADOPT_AFTER
+    heartbeat: float = HEARTBEAT

@@ -1,0 +1,257 @@
+"""Nothing claimed is forgotten: resume the unfinished run directories of a working directory, adopt
+processing objects whose run directory is gone, and keep live runs' processing objects fresh.
+
+Every tick first looks at the run directories of its working directory (for the same endpoint and
+input bucket). One that is unfinished, whose run lock is free, in which no process works (and, for
+HTCondor runs, of which no job is queued) is resumed. A run directory a crash left while claiming
+(no ``run.yaml``) is repaired from its claim journal. A ``processing`` object whose run directory
+does not exist here is adopted into a new run directory: at once if it was claimed from this working
+directory, after ``adopt_after`` seconds without a heartbeat otherwise. Live runs refresh their
+processing objects (the heartbeat).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import logging
+import secrets
+import shutil
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import botocore.exceptions
+
+from . import s3
+from .claims import (CLAIM_META, HEARTBEAT_META, OWNER_META, RAW_ETAG_META, RUN_META, S3_ERRORS, journal_entries,
+                     processing_metadata, raw_key_of, read_state_object, release_marker, roll_back, take_marker)
+from .naming import PROCESSING_KEY, RUN_CONFIG, RUN_DIR_PREFIX, ManifestKeys, claim_marker_key, outcome_path
+from .options import TickOptions
+from .processes import busy, owner_id, process_cwds, process_identity
+from .rundirs import CLAIMS_DIR, FINISHED, PENDING_CONFIG, RUN_LOCK, RunLock, is_finished, read_yaml, write_run
+
+log = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------------------------ heartbeat
+
+def heartbeat(client: Any, bucket: str, run_dir: Path, config: dict[str, Any], every: float) -> None:
+    """Refresh the processing objects of a live run that are older than ``every`` (a conditional rewrite:
+    a processing object deleted meanwhile is not brought back)."""
+    for manifest in config.get("manifests", []):
+        if outcome_path(run_dir, manifest["id"]).is_file():
+            continue
+        try:
+            head = s3.head(client, bucket, manifest["key"])
+            if head is None or s3.server_age(head) < every:
+                continue
+            meta = dict(head.get("Metadata", {}))
+            meta[HEARTBEAT_META] = str(int(time.time()))
+            client.put_object(Bucket=bucket, Key=manifest["key"], Body=(run_dir / manifest["csv"]).read_bytes(),
+                              ContentType="text/csv", Metadata=meta, IfMatch=head["ETag"])
+        except (OSError, *S3_ERRORS) as exc:
+            log.info("heartbeat of %s skipped: %s", manifest["key"], s3.describe_error(exc))
+
+
+@contextmanager
+def heartbeat_while_driven(opts: TickOptions, run_dir: Path, config: dict[str, Any]) -> Iterator[None]:
+    """While a run is driven in the foreground, keep its processing objects fresh (a thread)."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        client = s3.make_client(opts.settings)
+        while not stop.wait(opts.heartbeat):
+            heartbeat(client, opts.input_bucket, run_dir, config, opts.heartbeat)
+
+    thread = threading.Thread(target=beat, name="cog-pipeline-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+
+
+# ------------------------------------------------------------------------------------------ resume
+
+def _same_source(config: dict[str, Any], opts: TickOptions) -> bool:
+    s3cfg = config.get("s3") or {}
+    return (s3cfg.get("input_bucket") == opts.input_bucket
+            and s3cfg.get("endpoint_url") == s3.normalize_endpoint(opts.settings.endpoint_url))
+
+
+def _queued_on_pool(run_id: str) -> bool:
+    """True when the pool still has a job of this run, or when that cannot be known."""
+    try:
+        from . import htcondor
+
+        constraint = f"{htcondor.run_constraint(run_id)} && JobStatus =!= {htcondor.REMOVED} " \
+                     f"&& JobStatus =!= {htcondor.COMPLETED}"
+        return bool(htcondor._query(htcondor._schedd(), constraint, ["ClusterId"]))
+    except Exception as exc:  # noqa: BLE001 - unknown means "do not touch"
+        log.info("cannot ask the pool about run %s (%s); not resuming it now", run_id, exc)
+        return True
+
+
+def repair(client: Any, opts: TickOptions, run_dir: Path) -> dict[str, Any] | None:
+    """A run directory left without run.yaml by a crash while claiming: keep its committed claims, roll
+    back the others; returns the config written (None when nothing was committed)."""
+    pending = read_yaml(run_dir / PENDING_CONFIG)
+    journals = journal_entries(run_dir)
+    if pending is None or not journals:
+        return None
+    bucket = opts.input_bucket
+    manifests, data = [], {}
+    for path in journals:
+        try:
+            rec = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        head = s3.head(client, bucket, rec["processing_key"])
+        ours = head is not None and head.get("Metadata", {}).get(CLAIM_META) == rec["token"]
+        if ours:
+            raw = s3.head(client, bucket, rec["raw_key"])
+            if raw is not None and raw["ETag"] == rec["etag"]:  # never committed
+                ours = not roll_back(client, bucket, rec["processing_key"], rec["token"])
+        held = read_state_object(client, bucket, rec["marker"])
+        if held is not None and held[0].get("token") == rec["token"]:
+            release_marker(client, bucket, rec["marker"], held[1])
+        if not ours:
+            log.info("%s: the claim of %s was not committed; it is left for claiming", run_dir.name, rec["raw_key"])
+            continue
+        mid = f"m{len(manifests) + 1}"
+        data[mid] = (run_dir / rec["csv"]).read_bytes()
+        manifests.append({"id": mid, "csv": rec["csv"], "key": rec["processing_key"], "raw_key": rec["raw_key"],
+                          "stem": rec["stem"], "timestamp": rec["timestamp"]})
+        log.info("%s: recovered the committed claim %s -> %s", run_dir.name, rec["raw_key"], rec["processing_key"])
+    if not manifests:
+        return None
+    pending["manifests"] = manifests
+    write_run(run_dir, pending, data)
+    return pending
+
+
+def recover(client: Any, opts: TickOptions) -> list[tuple[Path, RunLock]]:
+    """Unfinished run directories of this working directory that nobody drives any more, each locked
+    for this tick; also repairs the ones a crash left while claiming and refreshes live ones."""
+    todo: list[tuple[Path, RunLock]] = []
+    cwds: set[str] | None = None
+    for run_dir in sorted(p for p in opts.workdir.glob(f"{RUN_DIR_PREFIX}*") if p.is_dir()):
+        if (run_dir / FINISHED).exists():
+            continue
+        config = read_yaml(run_dir / RUN_CONFIG) or read_yaml(run_dir / PENDING_CONFIG)
+        if config is not None and not _same_source(config, opts):
+            continue  # another pipeline's run: its own ticks look after it
+        try:
+            lock = RunLock.acquire(run_dir)
+        except OSError as exc:
+            log.warning("cannot lock %s: %s", run_dir, exc.strerror)
+            continue
+        if lock is None:
+            if config and (run_dir / RUN_CONFIG).exists():
+                heartbeat(client, opts.input_bucket, run_dir, config, opts.heartbeat)
+            continue
+        keep = False
+        try:
+            if config is None:
+                if not any(run_dir.iterdir()) or {p.name for p in run_dir.iterdir()} <= {RUN_LOCK, "claims",
+                                                                                       "manifests", "logs"}:
+                    if not list(run_dir.glob(f"{CLAIMS_DIR}/*.json")):
+                        shutil.rmtree(run_dir, ignore_errors=True)
+                continue
+            cwds = process_cwds() if cwds is None else cwds
+            pool_run = config.get("executor") == "htcondor"
+            if busy(run_dir, cwds) or (pool_run and _queued_on_pool(str(config.get("run_id")))):
+                if (run_dir / RUN_CONFIG).exists():
+                    heartbeat(client, opts.input_bucket, run_dir, config, opts.heartbeat)
+                continue
+            if not (run_dir / RUN_CONFIG).exists():
+                config = repair(client, opts, run_dir)
+                if config is None:
+                    log.info("%s: a tick died there before committing any claim; removed", run_dir.name)
+                    shutil.rmtree(run_dir, ignore_errors=True)
+                    continue
+            if is_finished(run_dir, config):
+                (run_dir / FINISHED).touch()
+                continue
+            log.warning("%s is unfinished and nothing drives it any more: resuming it", run_dir.name)
+            todo.append((run_dir, lock))
+            keep = True
+        except S3_ERRORS as exc:
+            log.error("cannot recover %s now: %s (the next tick retries)", run_dir.name, s3.describe_error(exc))
+        finally:
+            if not keep:
+                lock.release()
+    return todo
+
+
+# ------------------------------------------------------------------------------------------ adopt
+
+def find_orphans(client: Any, opts: TickOptions, processing: list[dict[str, Any]]) -> list[tuple[dict, dict]]:
+    """Processing objects (with their HEAD) that no run directory of this working directory covers and
+    that are ours to adopt; leftovers of finished or uncommitted claims are deleted on the way."""
+    owner = owner_id(opts.workdir)
+    out = []
+    for obj in processing:
+        key = obj["Key"]
+        try:
+            head = s3.head(client, opts.input_bucket, key)
+            if head is None:
+                continue
+            meta = head.get("Metadata", {})
+            mine = meta.get(OWNER_META) == owner
+            run_name = meta.get(RUN_META, "")
+            if mine and run_name.startswith(RUN_DIR_PREFIX) and (opts.workdir / run_name).is_dir():
+                if (opts.workdir / run_name / FINISHED).exists():
+                    log.info("%s belongs to a finished run; deleting the leftover", key)
+                    client.delete_object(Bucket=opts.input_bucket, Key=key, IfMatch=head["ETag"])
+                continue  # its run directory is here: recover() looks after it
+            raw_key = raw_key_of(key, meta)
+            if not fnmatch.fnmatchcase(raw_key, opts.pattern):
+                continue  # another pipeline's manifest
+            if not mine and s3.server_age(head) < opts.adopt_after:
+                continue
+            if RAW_ETAG_META in meta:
+                raw = s3.head(client, opts.input_bucket, raw_key)
+                if raw is not None and raw["ETag"].strip('"') == meta[RAW_ETAG_META]:
+                    roll_back(client, opts.input_bucket, key, meta.get(CLAIM_META))  # never committed
+                    continue
+            out.append((obj, head))
+        except S3_ERRORS as exc:
+            log.warning("cannot check %s now: %s", key, s3.describe_error(exc))
+    return out
+
+
+def adopt(client: Any, opts: TickOptions, obj: dict, head: dict, run_dir: Path) -> tuple[ManifestKeys, bytes] | None:
+    """Take over an orphaned processing object: it becomes a manifest of ``run_dir`` (same timestamp,
+    so the same outcome keys)."""
+    key, bucket = obj["Key"], opts.input_bucket
+    match = PROCESSING_KEY.match(key)
+    meta = dict(head.get("Metadata", {}))
+    raw_key = raw_key_of(key, meta)
+    keys = ManifestKeys(raw=raw_key, stem=match.group("stem"), ts=match.group("ts"))
+    token = secrets.token_hex(8)
+    marker = claim_marker_key(key, head["ETag"])
+    record = {**process_identity(), "owner": owner_id(opts.workdir), "token": token, "adopting": key,
+              "time": time.time()}
+    taken = take_marker(client, bucket, marker, record, opts.claim_lease)
+    if taken is None:
+        return None
+    try:
+        try:
+            data = s3.get_bytes(client, bucket, key, if_match=head["ETag"])
+            meta.update(processing_metadata(token, record["owner"], run_dir.name, raw_key, meta.get(RAW_ETAG_META, "")))
+            client.put_object(Bucket=bucket, Key=key, Body=data, ContentType="text/csv", Metadata=meta,
+                              IfMatch=head["ETag"])
+        except botocore.exceptions.ClientError as exc:
+            if s3.is_missing(exc) or s3.is_precondition_failed(exc):
+                return None  # finished or changed meanwhile
+            raise
+        log.warning("adopted %s (claimed %s, no live run found for it)", key,
+                    "from this working directory" if head.get("Metadata", {}).get(OWNER_META) == record["owner"]
+                    else "elsewhere, no heartbeat for %.0f s" % s3.server_age(head))
+        return keys, data
+    finally:
+        release_marker(client, bucket, marker, taken[0])
