@@ -46,16 +46,21 @@ def seed(s3_server):
                         config=Config(s3={"addressing_style": "path"}))
 
 
+def write_key_files(folder: Path, access_key: str, secret_key: str, names: tuple[str, str] = ("access", "secret"),
+                    mode: int = 0o600) -> tuple[Path, Path]:
+    """Create ``folder`` with two one-line key files (access, secret) of permissions ``mode``."""
+    folder.mkdir()
+    paths = (folder / names[0], folder / names[1])
+    for path, value in zip(paths, (access_key, secret_key)):
+        path.write_text(value + "\n")
+        path.chmod(mode)
+    return paths
+
+
 @pytest.fixture
 def key_files(tmp_path):
-    keys = tmp_path / "keys"
-    keys.mkdir()
-    access, secret = keys / "access", keys / "secret"
-    access.write_text(LOCAL_ACCESS_KEY + "\n")
-    secret.write_text(LOCAL_SECRET_KEY + "\n")
-    access.chmod(0o600)
-    secret.chmod(0o600)
-    return access, secret
+    """Key files for the local S3 server."""
+    return write_key_files(tmp_path / "keys", LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY)
 
 
 @pytest.fixture

@@ -129,14 +129,9 @@ def no_schedd(monkeypatch):
 
 @pytest.fixture
 def keys(tmp_path):
-    d = tmp_path / "keys"
-    d.mkdir()
-    access, secret = d / "access.key", d / "secret.key"
-    access.write_text(ACCESS_SENTINEL + "\n")
-    secret.write_text(SECRET_SENTINEL + "\n")
-    access.chmod(0o600)
-    secret.chmod(0o600)
-    return access, secret
+    from conftest import write_key_files
+
+    return write_key_files(tmp_path / "keys", ACCESS_SENTINEL, SECRET_SENTINEL, names=("access.key", "secret.key"))
 
 
 @pytest.fixture

@@ -38,6 +38,16 @@ def unchanged(world, before):
     assert after == before, "nothing may be claimed, renamed or written"
 
 
+def assert_refused(world, before, proc, *messages: str, kind: str | None = None) -> None:
+    """The tick exited 2 with every message (and no traceback) on stderr and changed nothing; ``kind``
+    is counted in the fault figures."""
+    assert proc.returncode == 2, proc.stderr
+    assert all(m in proc.stderr for m in messages) and "Traceback" not in proc.stderr, proc.stderr
+    unchanged(world, before)
+    if kind:
+        world.figures.kind("resources", kind)
+
+
 def prepare(world):
     world.put("a/one.tif", SAMPLES_DIR / "byte.tif")
     world.manifest("r/jobs-raw.csv", ["a/one.tif,1"])
@@ -57,19 +67,15 @@ def test_working_directory_on_a_full_disk(world):
     before = prepare(world)
     with tmpfs(world.tmp / "full", "1m") as full:
         proc = cli(world, workdir=full / "work")
-    assert proc.returncode == 2 and "MiB free in the working directory" in proc.stderr, proc.stderr
-    assert "nothing was claimed" in proc.stderr and "Traceback" not in proc.stderr
-    unchanged(world, before)
-    world.figures.kind("resources", "disk-full-before-claim")
+    assert_refused(world, before, proc, "MiB free in the working directory", "nothing was claimed",
+                   kind="disk-full-before-claim")
 
 
 def test_unwritable_temp_dir(world):
     before = prepare(world)
     with tmpfs(world.tmp / "ro", "4m", readonly=True) as ro:
         proc = world.run_proc(overrides={"tmp_dir": str(ro)})
-    assert proc.returncode == 2 and "temp dir (tmp_dir)" in proc.stderr and "not writable" in proc.stderr, proc.stderr
-    unchanged(world, before)
-    world.figures.kind("resources", "unwritable-temp-dir")
+    assert_refused(world, before, proc, "temp dir (tmp_dir)", "not writable", kind="unwritable-temp-dir")
 
 
 def test_temp_dir_that_is_not_a_directory(world):
@@ -77,8 +83,7 @@ def test_temp_dir_that_is_not_a_directory(world):
     not_a_dir = world.tmp / "file"
     not_a_dir.write_text("x")
     proc = world.run_proc(overrides={"tmp_dir": str(not_a_dir)})
-    assert proc.returncode == 2 and "not writable (Not a directory)" in proc.stderr, proc.stderr
-    unchanged(world, before)
+    assert_refused(world, before, proc, "not writable (Not a directory)")
 
 
 @pytest.mark.slow
@@ -105,10 +110,7 @@ def test_missing_output_bucket(world):
     before = prepare(world)
     world.seed.delete_bucket(Bucket=world.output_bucket)
     proc = cli(world)
-    assert proc.returncode == 2 and "output bucket 'test-output' does not exist" in proc.stderr
-    assert "Traceback" not in proc.stderr
-    unchanged(world, before)
-    world.figures.kind("resources", "output-bucket-missing")
+    assert_refused(world, before, proc, "output bucket 'test-output' does not exist", kind="output-bucket-missing")
 
 
 def test_wrong_credentials(world):
@@ -118,11 +120,9 @@ def test_wrong_credentials(world):
     wrong.chmod(0o600)
     world.proxy.add("forbidden", access_key="WRONGACCESSKEY000000")  # as a real S3 answers an unknown key
     proc = cli(world, access=wrong)
-    assert proc.returncode == 2, proc.stderr
-    assert "access to input bucket 'test-input' denied: check the key files" in proc.stderr
-    assert "Traceback" not in proc.stderr and "WRONGACCESSKEY000000" not in proc.stderr + proc.stdout
-    unchanged(world, before)
-    world.figures.kind("resources", "wrong-credentials")
+    assert "WRONGACCESSKEY000000" not in proc.stderr + proc.stdout
+    assert_refused(world, before, proc, "access to input bucket 'test-input' denied: check the key files",
+                   kind="wrong-credentials")
 
 
 @pytest.mark.parametrize("content,message", [(None, "key file not found"),
@@ -135,9 +135,7 @@ def test_missing_or_malformed_key_file(world, content, message):
         path.write_text(content)
         path.chmod(0o600)
     proc = cli(world, secret=path)
-    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
-    unchanged(world, before)
-    world.figures.kind("resources", "bad-key-file")
+    assert_refused(world, before, proc, message, kind="bad-key-file")
 
 
 def test_unwritable_working_directory(world):
@@ -145,17 +143,13 @@ def test_unwritable_working_directory(world):
     blocker = world.tmp / "blocker"
     blocker.write_text("x")
     proc = cli(world, workdir=blocker / "work")
-    assert proc.returncode == 2 and "working directory" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
-    unchanged(world, before)
-    world.figures.kind("resources", "unwritable-working-directory")
+    assert_refused(world, before, proc, "working directory", kind="unwritable-working-directory")
 
 
 def test_unreachable_endpoint(world):
     before = prepare(world)
     proc = cli(world, endpoint="http://127.0.0.1:9")
-    assert proc.returncode == 2 and "cannot connect to the S3 endpoint" in proc.stderr, proc.stderr
-    unchanged(world, before)
-    world.figures.kind("resources", "endpoint-unreachable")
+    assert_refused(world, before, proc, "cannot connect to the S3 endpoint", kind="endpoint-unreachable")
 
 
 def test_read_only_credentials(world):
@@ -164,6 +158,4 @@ def test_read_only_credentials(world):
     before = prepare(world)
     world.proxy.add("forbidden", ["put", "delete"], bucket=world.input_bucket)
     proc = world.run_proc()
-    assert proc.returncode == 2 and "cannot write to input bucket 'test-input'" in proc.stderr, proc.stderr
-    unchanged(world, before)
-    world.figures.kind("resources", "read-only-credentials")
+    assert_refused(world, before, proc, "cannot write to input bucket 'test-input'", kind="read-only-credentials")

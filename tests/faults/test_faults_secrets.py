@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from cog_pipeline import SAMPLES_DIR
+from conftest import write_key_files
 
 ACCESS = "AKIASENTINEL7ACCESS42"
 SECRET = "SeNtInEl/secret+Key=9f8e7d6c5b4a3210XYZ"
@@ -75,14 +76,7 @@ def scan_buckets(world) -> tuple[int, list[str]]:
 
 @pytest.fixture
 def sentinel_keys(tmp_path):
-    keys = tmp_path / "sentinel-keys"
-    keys.mkdir()
-    access, secret = keys / "access", keys / "secret"
-    access.write_text(ACCESS + "\n")
-    secret.write_text(SECRET + "\n")
-    access.chmod(0o644)  # readable by others: warned about
-    secret.chmod(0o644)
-    return access, secret
+    return write_key_files(tmp_path / "sentinel-keys", ACCESS, SECRET, mode=0o644)  # readable by others: warned about
 
 
 def cli_tick(world, keys, sampler_runs: list) -> subprocess.CompletedProcess:
