@@ -30,7 +30,8 @@ from .convert import ConversionResult, convert_file, cog_options_from_config, jp
 from .errors import ImageError
 from .manifest import Entry, batch_slices, jpeg_key, parse_manifest
 from .imagelogs import capture as capture_image_log
-from .report import MAX_THUMBNAIL_LINE, thumbnail_data_uri
+from .report import MAX_THUMBNAIL_LINE
+from .thumbnail import thumbnail_data_uri
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ import yaml
 
 from .imagelogs import advice, image_log_path, write_image_logs
 from .naming import RUN_CONFIG, TIMESTAMP_FORMAT, ManifestKeys, outcome_path
-from .thumbnail import DATA_URI_PREFIX, THUMBNAIL_SIDE, thumbnail_data_uri  # noqa: F401 - used by batch
+from .thumbnail import DATA_URI_PREFIX, THUMBNAIL_SIDE
 
 #: Rows up to this manifest line get a thumbnail (keeps status files and the page small).
 MAX_THUMBNAIL_LINE = 1000

@@ -21,12 +21,13 @@ from typing import Any
 from . import s3
 from .errors import PipelineError
 from .naming import RUN_CONFIG, RUN_DIR_PREFIX, TIMESTAMP_FORMAT, is_pipeline_object, outcome_path
+from .options import HEARTBEAT
 
 _STATE_KEY = re.compile(r"^(?P<stem>.*)(?P<state>processing|processed|failed|report)-(?P<ts>\d{8}-\d{6})"
                         r"\.(?P<ext>csv|html)$", re.DOTALL)
 #: A processing object not refreshed for this long has probably lost its run (live runs refresh it
-#: every tick.HEARTBEAT seconds, 30 min).
-STALE_AFTER = 2 * 1800.0
+#: every options.HEARTBEAT seconds).
+STALE_AFTER = 2 * HEARTBEAT
 
 
 def _epoch(ts: str) -> float:

@@ -35,7 +35,7 @@ from .rundirs import (FINISHED, PENDING_CONFIG, RESUMES, RUN_LOCK, RunLock, is_f
                       new_run_dir, run_config, unfinished_runs_exist, write_run, write_synced)
 
 __all__ = [
-    "MAX_RESUMES", "Listing", "TickResult", "find_manifests", "launch", "plan", "scan", "tick",
+    "MAX_RESUMES", "Listing", "TickResult", "launch", "plan", "scan", "tick",
     # defined elsewhere, imported from here by cli, demo, status, bench and tests (bench/tick_with.py
     # replaces tick.run_config, which _claim_new and plan look up here):
     "RUN_LOCK", "RunLock", "TickOptions", "connect", "run_config", "write_run",
@@ -80,11 +80,6 @@ def scan(client: Any, bucket: str, pattern: str) -> Listing:
         elif fnmatch.fnmatchcase(key, pattern) and not is_pipeline_object(key):
             listing.matches.append(obj)
     return listing
-
-
-def find_manifests(client: Any, bucket: str, pattern: str) -> list[dict[str, Any]]:
-    """Objects whose full key matches ``pattern`` (fnmatch), excluding the pipeline's own objects."""
-    return scan(client, bucket, pattern).matches
 
 
 # ------------------------------------------------------------------------------------------ the tick

@@ -12,7 +12,7 @@ from cog_pipeline.demo import run_demo
 from cog_pipeline.errors import PipelineError
 from cog_pipeline.rundirs import RunLock
 from cog_pipeline.tick import TickOptions, tick
-from conftest import INPUT_BUCKET, OUTPUT_BUCKET, all_objects
+from conftest import INPUT_BUCKET, OUTPUT_BUCKET
 
 
 def s3_flags(settings):

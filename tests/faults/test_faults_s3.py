@@ -12,7 +12,6 @@ from botocore.config import Config
 
 from cog_pipeline import s3
 from cog_pipeline.errors import PipelineError
-from faults.harness import make_tif
 
 MiB = 1024 * 1024
 #: Every S3 operation the pipeline makes (the proxy's names); it makes no CopyObject call.
