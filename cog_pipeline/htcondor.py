@@ -26,6 +26,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -361,15 +362,38 @@ def _query(schedd: Any, constraint: str, projection: list[str]) -> list[Any]:
 JOB_STATUS = {1: "idle", 2: "running", 3: "removed", 4: "completed", 5: "held", 6: "transferring", 7: "suspended"}
 
 
+#: Status shown for a Crondor between ticks: HTCondor keeps a deferred job Running while its starter
+#: waits for ``DeferralTime`` (seen on a pool), which would read as "a tick is running".
+WAITING = "waiting for its next tick"
+
+
+def _job_status(ad: Any, now: float) -> tuple[str, int | None]:
+    """(status text, next start as epoch seconds or None) of a job ad."""
+    status = JOB_STATUS.get(int(ad.get("JobStatus", 0)), "unknown")
+    try:
+        deferral = int(ad.get("DeferralTime"))
+    except (TypeError, ValueError):
+        return status, None
+    if status in ("idle", "running") and deferral > now:
+        return WAITING, deferral
+    return status, None
+
+
 def pipeline_jobs() -> list[dict[str, Any]]:
-    """This pipeline's queued jobs (any pattern): cluster, batch name, role, run, status, hold reason."""
+    """This pipeline's queued jobs (any pattern): cluster, batch name, role, run, status, hold reason,
+    and for a Crondor between ticks the time of its next one (``next_run``)."""
     projection = ["ClusterId", "ProcId", "JobBatchName", "CogPipelineRole", "CogPipelineRun", "JobStatus",
-                  "HoldReason", "QDate"]
+                  "HoldReason", "QDate", "DeferralTime"]
     ads = _query(_schedd(), "CogPipeline =?= true", projection)
-    return [{"cluster": int(ad.get("ClusterId", 0)), "batch_name": str(ad.get("JobBatchName", "")),
-             "role": str(ad.get("CogPipelineRole", "")), "run": str(ad.get("CogPipelineRun", "")),
-             "status": JOB_STATUS.get(int(ad.get("JobStatus", 0)), "unknown"),
-             "hold_reason": str(ad.get("HoldReason", "")), "queued": int(ad.get("QDate", 0))} for ad in ads]
+    now = time.time()
+    jobs = []
+    for ad in ads:
+        status, next_run = _job_status(ad, now)
+        jobs.append({"cluster": int(ad.get("ClusterId", 0)), "batch_name": str(ad.get("JobBatchName", "")),
+                     "role": str(ad.get("CogPipelineRole", "")), "run": str(ad.get("CogPipelineRun", "")),
+                     "status": status, "next_run": next_run, "hold_reason": str(ad.get("HoldReason", "")),
+                     "queued": int(ad.get("QDate", 0))})
+    return jobs
 
 
 def _job_ids(ads: Iterable[Any]) -> list[str]:

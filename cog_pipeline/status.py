@@ -197,6 +197,8 @@ def pool_jobs() -> dict[str, Any]:
         group["states"][job["status"]] += 1
         if job["hold_reason"]:
             group["held"].append({"job": job["cluster"], "reason": job["hold_reason"]})
+        if job.get("next_run"):
+            group["next_run"] = min(group.get("next_run") or job["next_run"], job["next_run"])
     by_batch = [{**g, "roles": sorted(g["roles"]), "runs": sorted(g["runs"]), "states": dict(g["states"])}
                 for g in sorted(groups.values(), key=lambda g: g["batch_name"])]
     return {"reachable": True, "jobs": jobs, "by_batch_name": by_batch}
@@ -265,7 +267,9 @@ def render_text(state: dict[str, Any]) -> str:
         for group in groups:
             states = ", ".join(f"{n} {s}" for s, n in sorted(group["states"].items()))
             runs_text = f" runs {', '.join(group['runs'])}" if group["runs"] else ""
-            out.append(f"  {group['batch_name']}  ({'/'.join(group['roles'])}{runs_text}): {states}")
+            when = (f" (next at {time.strftime('%H:%M:%S UTC', time.gmtime(group['next_run']))})"
+                    if group.get("next_run") else "")
+            out.append(f"  {group['batch_name']}  ({'/'.join(group['roles'])}{runs_text}): {states}{when}")
             for held in group["held"][:5]:
                 out.append(f"      held {held['job']}: {held['reason']}")
     else:

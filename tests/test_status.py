@@ -114,7 +114,7 @@ def test_pool_jobs_are_grouped_by_batch_name(tmp_path, monkeypatch, capsys):
 
     jobs = [
         {"cluster": 10, "batch_name": "COG-Pipeline-Crondor-*raw.csv", "role": "crondor", "run": "",
-         "status": "idle", "hold_reason": "", "queued": 0},
+         "status": "waiting for its next tick", "next_run": 1767323100, "hold_reason": "", "queued": 0},
         {"cluster": 11, "batch_name": "COG-Pipeline-DAG-*raw.csv", "role": "driver", "run": "20260102-030405",
          "status": "running", "hold_reason": "", "queued": 0},
         {"cluster": 12, "batch_name": "COG-Pipeline-DAG-*raw.csv", "role": "batch", "run": "20260102-030405",
@@ -125,7 +125,7 @@ def test_pool_jobs_are_grouped_by_batch_name(tmp_path, monkeypatch, capsys):
     assert main(["status", "--workdir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "HTCondor jobs of this pipeline: 3" in out
-    assert "COG-Pipeline-Crondor-*raw.csv  (crondor): 1 idle" in out
+    assert "COG-Pipeline-Crondor-*raw.csv  (crondor): 1 waiting for its next tick (next at 03:05:00 UTC)" in out
     assert "COG-Pipeline-DAG-*raw.csv  (batch/driver runs 20260102-030405): 1 held, 1 running" in out
     assert "held 12: Memory usage exceeded request_memory" in out
     assert "held on the pool" in out
@@ -179,3 +179,22 @@ def test_status_shows_only_the_manifests_of_its_pattern(seed, buckets, settings,
     assert state("c*raw.csv") == (["c3-raw.csv"], ["c2-processing-20260101-000000.csv"], ["c1-"])
     assert state("*raw.csv")[2] == ["c1-", "in-", "v1-"]
     assert state("in.csv") == ([], [], ["in-"])  # a manifest not named ...raw.csv: in.csv -> in-processed-...
+
+
+@pytest.mark.parametrize("ad, shown", [
+    ({"JobStatus": 2, "DeferralTime": 10_060}, ("waiting for its next tick", 10_060)),  # starter waiting
+    ({"JobStatus": 1, "DeferralTime": 10_060}, ("waiting for its next tick", 10_060)),
+    ({"JobStatus": 2, "DeferralTime": 9_940}, ("running", None)),  # the tick itself runs
+    ({"JobStatus": 2}, ("running", None)),  # not a deferred job
+    ({"JobStatus": 5, "DeferralTime": 10_060}, ("held", None)),
+])
+def test_a_crondor_between_ticks_is_shown_waiting(monkeypatch, ad, shown):
+    """Seen on a pool: a Crondor stays Running (its starter waits for DeferralTime) between ticks."""
+    from cog_pipeline import htcondor
+
+    base = {"ClusterId": 7, "ProcId": 0, "JobBatchName": "COG-Pipeline-Crondor-*raw.csv", "CogPipelineRole": "crondor"}
+    monkeypatch.setattr(htcondor, "_schedd", lambda: object())
+    monkeypatch.setattr(htcondor, "_query", lambda schedd, constraint, projection: [{**base, **ad}])
+    monkeypatch.setattr(htcondor.time, "time", lambda: 10_000.0)
+    [job] = htcondor.pipeline_jobs()
+    assert (job["status"], job["next_run"]) == shown
