@@ -14,8 +14,10 @@ import dataclasses
 import fnmatch
 import json
 import logging
+import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -128,13 +130,29 @@ def tick(opts: TickOptions) -> TickResult:
 
     result = TickResult(run_dir=new[0] if new else None, resumed=[d for d, _ in resumable])
     for run_dir, lock in resumable:
-        print(f"Resuming {run_dir}")
+        _announce(opts.workdir, f"Resuming {run_dir}")
         _absorb(result, _drive_locked(run_dir, lock, opts, resumed=True))
     if new is not None:
         run_dir, lock, _config = new
-        print(f"Run directory: {run_dir}")
+        _announce(opts.workdir, f"Run directory: {run_dir}")
         _absorb(result, _drive_locked(run_dir, lock, opts, resumed=False))
     return result
+
+
+#: One line per thing a tick did (claim, adoption, resume, run directory, driver), appended in the
+#: working directory: crondor_<cluster>.out only keeps the latest tick's output.
+TICKS_LOG = "ticks.log"
+
+
+def _announce(workdir: Path, message: str) -> None:
+    """Print ``message`` and append it, timestamped, to the working directory's :data:`TICKS_LOG`."""
+    print(message)
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+    try:
+        with open(Path(workdir) / TICKS_LOG, "a", encoding="utf-8") as fh:
+            fh.write(f"{stamp} pid {os.getpid()}: {message}\n")
+    except OSError as exc:
+        log.warning("cannot append to %s: %s", Path(workdir) / TICKS_LOG, exc.strerror)
 
 
 def _absorb(result: TickResult, part: TickResult) -> None:
@@ -171,7 +189,7 @@ def _claim_new(client: Any, opts: TickOptions, matches: list[dict[str, Any]],
             csv = f"manifests/{len(manifests) + 1:05d}-adopted-{keys.processing.rpartition('/')[2]}"
             write_synced(run_dir / csv, body)
             add(keys, body, csv)
-            print(f"Adopted {keys.processing}")
+            _announce(opts.workdir, f"Adopted {keys.processing}")
     for obj in matches:
         keys = ManifestKeys.for_raw(obj["Key"], ts)
         try:
@@ -183,7 +201,7 @@ def _claim_new(client: Any, opts: TickOptions, matches: list[dict[str, Any]],
             continue
         journals = journal_entries(run_dir)
         add(keys, body, json.loads(journals[-1].read_text(encoding="utf-8"))["csv"])
-        print(f"Claimed {keys.raw} -> {keys.processing}")
+        _announce(opts.workdir, f"Claimed {keys.raw} -> {keys.processing}")
         crash_point("claim.done")
     if not manifests:
         lock.release()
@@ -238,7 +256,8 @@ def launch(run_dir: Path, config: dict[str, Any], opts: TickOptions) -> TickResu
 
         argv = driver.drive_argv(run_dir, executor="htcondor")
         cluster = htcondor.submit_driver(run_dir, opts.pattern, config["run_id"], argv)
-        print(f"Submitted the run's driver as HTCondor cluster {cluster} (batch name COG-Pipeline-DAG-{opts.pattern})")
+        _announce(opts.workdir, f"Submitted the run's driver as HTCondor cluster {cluster} "
+                                f"(batch name COG-Pipeline-DAG-{opts.pattern})")
         return TickResult(run_dir=run_dir)
     code, summaries = driver.drive(run_dir, executor=opts.executor, cores=opts.cores)
     return TickResult(run_dir=run_dir, manifests=summaries, exit_code=code)

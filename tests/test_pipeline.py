@@ -139,6 +139,12 @@ def test_rerun_of_same_manifest_skips_finished_images(seed, buckets, settings, s
     again = {o["Key"]: o["LastModified"] for o in seed.list_objects_v2(Bucket=OUTPUT_BUCKET)["Contents"]}
     assert again == first, "finished outputs must not be rewritten"
 
+    # every tick that claimed something left a line in ticks.log (crondor_<cluster>.out keeps only the last tick)
+    lines = (tmp_path / "work" / "ticks.log").read_text().splitlines()
+    claimed = [line for line in lines if ": Claimed batch-raw.csv -> batch-processing-" in line]
+    assert len(claimed) == 2 and all(line.endswith(".csv") and " UTC pid " in line for line in claimed)
+    assert sum(f"Run directory: {second.run_dir}" in line for line in lines) == 1
+
 
 def test_changed_input_is_converted_again(seed, buckets, settings, samples, tmp_path):
     seed.upload_file(str(samples / "byte.tif"), INPUT_BUCKET, "a.tif")
@@ -175,6 +181,7 @@ def test_no_matching_manifest_does_nothing(seed, buckets, settings, tmp_path, ca
     result = run_tick(settings, tmp_path)
     assert result.run_dir is None and result.exit_code == 0
     assert "nothing to do" in capsys.readouterr().out
+    assert not (tmp_path / "work" / "ticks.log").exists()  # a tick that did nothing leaves no line
 
 
 def test_pipeline_objects_are_never_taken_for_manifests(seed, buckets, settings, tmp_path):
