@@ -2,8 +2,8 @@
 
 A row is processed when its conversion was recorded as done (``ok`` or ``skipped``) *and* both the
 COG and the JPEG are in the output bucket; otherwise it is failed, with a reason. Existence is
-checked with one skip-scan listing over the wanted keys (see :func:`existing_keys`), not one request
-per row. The ``processing`` manifest is deleted only after the three outcome CSVs are written.
+checked with one skip-scan listing over the wanted keys (:func:`cog_pipeline.s3.existing_keys`), not
+one request per row. The ``processing`` manifest is deleted only after the three outcome CSVs are written.
 """
 
 from __future__ import annotations
@@ -31,9 +31,6 @@ class Outcome:
     failed: list[tuple[str, str, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
-
-#: Which of a set of keys exist (one skip-scan listing; it lives in s3.py, batches use it too).
-existing_keys = s3.existing_keys
 
 
 def classify(manifest_bytes: bytes, records: dict[str, dict[str, Any]], present: set[str],
@@ -108,7 +105,7 @@ def aggregate_manifest(config: dict[str, Any], run_dir: Path, manifest_id: str) 
 
     wanted = [k for e in entries for k in (e.key, jpeg_key(e.key))]
     try:
-        present = existing_keys(client, output_bucket, wanted)
+        present = s3.existing_keys(client, output_bucket, wanted)
     except Exception as exc:  # noqa: BLE001 - reported as a clear PipelineError
         raise PipelineError(f"cannot list output bucket '{output_bucket}': {s3.describe_error(exc)}") from None
     crash_point("aggregate.listed")

@@ -132,14 +132,15 @@ def advice(reason: str) -> str:
 
 # ----------------------------------------------------------------------------------- writing
 
-def _size(n: Any) -> str:
+def format_size(n: Any, unknown: str = "?") -> str:
+    """A byte count as text (``736 B``, ``1.2 MB``); ``unknown`` when ``n`` is not a number."""
     if not isinstance(n, (int, float)) or isinstance(n, bool):
-        return "?"
+        return unknown
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1024 or unit == "GB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
-    return "?"
+    return unknown
 
 
 def render_image_log(row: dict[str, Any], config: dict[str, Any]) -> str:
@@ -158,13 +159,13 @@ def render_image_log(row: dict[str, Any], config: dict[str, Any]) -> str:
         if row.get("reason"):
             lines.append(f"notes:      {row['reason']}")
     if row.get("width"):
-        lines.append(f"input:      {_size(row.get('input_bytes'))}, {row['width']}x{row['height']} px, "
+        lines.append(f"input:      {format_size(row.get('input_bytes'))}, {row['width']}x{row['height']} px, "
                      f"{row.get('file_bands', '?')} band(s) {row.get('dtype', '?')} (manifest said {row['bands']})")
     if row["outcome"] != "failed":
         from .manifest import jpeg_key
 
         bucket = s3cfg.get("output_bucket", "?")
-        cog = f" ({_size(row['cog_bytes'])})" if row.get("cog_bytes") else ""
+        cog = f" ({format_size(row['cog_bytes'])})" if row.get("cog_bytes") else ""
         lines.append(f"outputs:    s3://{bucket}/{row['key']}{cog}, s3://{bucket}/{jpeg_key(row['key'])}")
     if row.get("seconds") is not None:
         steps = ", ".join(f"{k} {v:.2f}" for k, v in (row.get("step_seconds") or {}).items())

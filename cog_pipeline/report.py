@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from .imagelogs import advice, image_log_path, write_image_logs
+from .imagelogs import advice, format_size, image_log_path, write_image_logs
 from .naming import RUN_CONFIG, TIMESTAMP_FORMAT, ManifestKeys, outcome_path
 from .thumbnail import DATA_URI_PREFIX, THUMBNAIL_SIDE
 
@@ -76,16 +76,6 @@ def report_rows(run_dir: Path, config: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def _size(n: Any) -> str:
-    if not isinstance(n, (int, float)) or isinstance(n, bool):
-        return ""
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return ""
-
-
 def _duration(seconds: float) -> str:
     seconds = int(round(seconds))
     if seconds < 60:
@@ -127,7 +117,8 @@ def _row_html(r: dict[str, Any], show_manifest: bool) -> str:
     if show_manifest:
         cells.append(esc(str(r.get("manifest", ""))))
     cells += [f'<span class="outcome">{esc(str(r["outcome"]))}</span>', reason, dims, bands,
-              esc(str(r.get("dtype", ""))), _size(r.get("input_bytes")), _size(r.get("cog_bytes")), ratio, seconds,
+              esc(str(r.get("dtype", ""))), format_size(r.get("input_bytes"), ""),
+              format_size(r.get("cog_bytes"), ""), ratio, seconds,
               f'<code>{esc(str(r.get("log_path", "")))}</code>']
     return f'<tr class="{"failed" if failed else "ok"}">' + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"
 
@@ -208,8 +199,8 @@ img {{ display: block; min-width: 48px; max-width: {THUMBNAIL_SIDE}px; max-heigh
 <div class="count">processed<b id="processed-count">{len(done)}</b></div>
 <div class="count">of which already done<b id="skipped-count">{skipped}</b></div>
 <div class="count{' bad' if failed else ''}">failed<b id="failed-count">{len(failed)}</b></div>
-<div class="count">input converted<b>{_size(total_in) or '0 B'}</b></div>
-<div class="count">COGs written<b>{_size(total_cog) or '0 B'}</b></div>
+<div class="count">input converted<b>{format_size(total_in, '') or '0 B'}</b></div>
+<div class="count">COGs written<b>{format_size(total_cog, '') or '0 B'}</b></div>
 </div>
 {retry}
 {more}
