@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import os
 import sys
+import shutil
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 INPUT_BUCKET = "bench-input"
 OUTPUT_BUCKET = "bench-output"
+
+
+def fresh_dir(path: Path) -> Path:
+    """``path`` emptied (removed if it exists, created again); returns it."""
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path
 
 
 def key_files(directory: Path) -> tuple[Path, Path]:

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+import common
 import proc
 import synth
 from report import Report
@@ -79,8 +80,7 @@ def section1(rep: Report, cache: Path, work: Path, size: int, repeats: int) -> d
     for kind, bands in KINDS.items():
         src = synth.cached_raster(cache, kind, size)
         w = work / f"s1-{kind}"
-        shutil.rmtree(w, ignore_errors=True)
-        w.mkdir(parents=True)
+        common.fresh_dir(w)
         orig_runs, our_runs = [], []
         for i in range(repeats):  # alternate the order so drift does not favour one side
             if i % 2 == 0:
@@ -122,8 +122,7 @@ def _strip(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def section2(rep: Report, cache: Path, work: Path, size: int, big: int, s1: dict[str, Any] | None) -> None:
     """Peak RSS of one conversion (fresh process) on the 8000 tile and on a big tile made on disk."""
     w = work / "s2"
-    shutil.rmtree(w, ignore_errors=True)
-    w.mkdir(parents=True)
+    common.fresh_dir(w)
     if s1 and "ortho" in s1:
         r, o = s1["ortho"]["ours"], s1["ortho"]["original"]
     else:
@@ -151,8 +150,7 @@ def section2(rep: Report, cache: Path, work: Path, size: int, big: int, s1: dict
 def section6(rep: Report, cache: Path, work: Path, size: int, repeats: int) -> None:
     """convert_file with CogOptions(num_threads=1) vs 2 on the ortho tile."""
     w = work / "s6"
-    shutil.rmtree(w, ignore_errors=True)
-    w.mkdir(parents=True)
+    common.fresh_dir(w)
     src = synth.cached_raster(cache, "ortho", size)
     runs: dict[str, list[dict[str, Any]]] = {"1": [], "2": []}
     for i in range(repeats):

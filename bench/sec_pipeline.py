@@ -128,8 +128,7 @@ def run_floor(srv: CountingS3Server, client: Any, keys: tuple[Path, Path], rows:
 
 def section3(rep: Report, work: Path, cfg: dict[str, Any]) -> None:
     w = work / "s3"
-    shutil.rmtree(w, ignore_errors=True)
-    w.mkdir(parents=True)
+    common.fresh_dir(w)
     keys = common.key_files(w / "keys")
     n, size = cfg["images"], cfg["image_size"]
     images = make_images(w / "images", 10, size)

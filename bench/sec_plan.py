@@ -34,8 +34,7 @@ def snakemake_dry_run(run_dir: Path) -> dict[str, Any]:
 
 def section4(rep: Report, work: Path, cfg: dict[str, Any]) -> None:
     w = work / "s4"
-    shutil.rmtree(w, ignore_errors=True)
-    w.mkdir(parents=True)
+    common.fresh_dir(w)
     keys = common.key_files(w / "keys")
     from cog_pipeline import driver
 

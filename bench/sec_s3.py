@@ -7,9 +7,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import math
-import re
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -215,8 +213,7 @@ def _multipart(rep: Report, srv: CountingS3Server, client: Any, keys: tuple[Path
 def section5(rep: Report, work: Path, cfg: dict[str, Any]) -> None:
     rep = _LoadReport(rep)  # type: ignore[assignment]
     w = work / "s5"
-    shutil.rmtree(w, ignore_errors=True)
-    w.mkdir(parents=True)
+    common.fresh_dir(w)
     keys = common.key_files(w / "keys")
     with CountingS3Server(w / "server") as srv:
         client = common.client(srv.endpoint, keys)

@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import common
 import proc
 import synth
 from report import Report
@@ -34,8 +35,7 @@ def section7(rep: Report, cache: Path, work: Path, size: int, repeats: int) -> N
     for kind, bands in KINDS.items():
         src = synth.cached_raster(cache, kind, size)
         w = work / f"s7-{kind}"
-        shutil.rmtree(w, ignore_errors=True)
-        w.mkdir(parents=True)
+        common.fresh_dir(w)
         runs: dict[str, list[dict[str, Any]]] = {name: [] for name in VARIANTS}
         origs = []
         for i in range(repeats):
