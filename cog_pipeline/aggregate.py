@@ -19,7 +19,7 @@ from .crash import crash_point
 from .batch import manifest_config, read_status_records
 from .errors import PipelineError
 from .manifest import batch_slices, jpeg_key, parse_manifest, write_errors_csv, write_rows_csv
-from .naming import ManifestKeys, batch_id, outcome_path
+from .naming import ManifestKeys, batch_id, batch_log_path, outcome_path
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ def unfinished_reasons(run_dir: Path, manifest_id: str, keys: list[str], batch_s
         missing = [k for k in keys[start:stop] if k not in recorded]
         if not missing:
             continue
-        log_path = f"logs/convert/{manifest_id}/batch-{batch_id(index)}.log"
+        log_path = batch_log_path(manifest_id, batch_id(index))
         why = ""
         try:
             lines = (Path(run_dir) / log_path).read_text(encoding="utf-8", errors="replace").splitlines()

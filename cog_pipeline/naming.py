@@ -95,6 +95,11 @@ def status_path(run_dir: Path, manifest_id: str, batch: str) -> Path:
     return Path(run_dir) / "status" / manifest_id / f"batch-{batch}.jsonl"
 
 
+def batch_log_path(manifest_id: str, batch: str) -> str:
+    """The batch's log, relative to the run directory (the ``log:`` of rules/convert.smk)."""
+    return f"logs/convert/{manifest_id}/batch-{batch}.log"
+
+
 def outcome_path(run_dir: Path, manifest_id: str) -> Path:
     """Summary the aggregate writes once the outcome CSVs are safely in the bucket."""
     return Path(run_dir) / "outcome" / f"{manifest_id}.json"

@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 from .imagelogs import advice, format_size, image_log_path, write_image_logs
-from .naming import RUN_CONFIG, TIMESTAMP_FORMAT, ManifestKeys, outcome_path
+from .naming import RUN_CONFIG, TIMESTAMP_FORMAT, ManifestKeys, batch_log_path, outcome_path
 from .thumbnail import DATA_URI_PREFIX, THUMBNAIL_SIDE
 
 #: Rows up to this manifest line get a thumbnail (keeps status files and the page small).
@@ -43,7 +43,7 @@ def _records(run_dir: Path, manifest_id: str) -> dict[str, dict[str, Any]]:
     """Per-image records of a manifest by key, each with the path of the batch log that has its lines."""
     records: dict[str, dict[str, Any]] = {}
     for path in sorted((run_dir / "status" / manifest_id).glob("batch-*.jsonl")):
-        batch_log = f"logs/convert/{manifest_id}/{path.stem}.log"
+        batch_log = batch_log_path(manifest_id, path.stem.removeprefix("batch-"))
         with open(path, encoding="utf-8") as fh:
             for line in fh:
                 if line.strip():
