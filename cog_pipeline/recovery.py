@@ -87,9 +87,7 @@ def _queued_on_pool(run_id: str) -> bool:
     try:
         from . import htcondor
 
-        constraint = f"{htcondor.run_constraint(run_id)} && JobStatus =!= {htcondor.REMOVED} " \
-                     f"&& JobStatus =!= {htcondor.COMPLETED}"
-        return bool(htcondor._query(htcondor._schedd(), constraint, ["ClusterId"]))
+        return htcondor.run_has_jobs(run_id)
     except Exception as exc:  # noqa: BLE001 - unknown means "do not touch"
         log.info("cannot ask the pool about run %s (%s); not resuming it now", run_id, exc)
         return True

@@ -428,7 +428,7 @@ def test_stage_workflow(run_dir):
     stage = h.stage_workflow(run_dir)
     assert stage == run_dir.resolve() / "workflow"
     for rel in ("Snakefile", "rules", "scripts", "config/config.yaml", "config/config.schema.yaml",
-                "cog_pipeline/__init__.py", "cog_pipeline/htcondor.py"):
+                "cog_pipeline/__init__.py", "cog_pipeline/htcondor/__main__.py"):
         assert (stage / rel).exists(), rel
     assert os.access(stage / "job-wrapper.sh", os.X_OK)
     assert not (stage / "cog_pipeline" / "samples").exists()
@@ -793,8 +793,8 @@ def test_driver_removed_only_when_its_job_was_removed(monkeypatch, status, remov
         asked.append(constraint)
         return [] if status is None else [{"JobStatus": status}]
 
-    monkeypatch.setattr(h, "_schedd", lambda: object())
-    monkeypatch.setattr(h, "_query", query)
+    monkeypatch.setattr(h.schedd, "connect", lambda: object())
+    monkeypatch.setattr(h.schedd, "query", query)
     assert h.driver_removed((39, 0)) is removed
     assert asked == ["ClusterId == 39 && ProcId == 0"]
     assert h.driver_removed(None) is True  # run by hand: a signal means stop
@@ -802,6 +802,25 @@ def test_driver_removed_only_when_its_job_was_removed(monkeypatch, status, remov
 
 def test_driver_not_removed_when_no_schedd_answers(no_schedd):
     assert h.driver_removed((39, 0)) is False  # the schedd is shutting down: jobs will be reconnected
+
+
+@pytest.mark.parametrize("ads, queued", [([], False), ([{"ClusterId": 41}], True)])
+def test_a_stalled_pool_run_is_resumed_only_when_none_of_its_jobs_is_queued(monkeypatch, ads, queued):
+    """Recovery asks the queue before resuming a pool run (a run whose driver is queued is not stalled)."""
+    from cog_pipeline import recovery
+
+    asked = []
+    monkeypatch.setattr(h.schedd, "connect", lambda: object())
+    monkeypatch.setattr(h.schedd, "query", lambda schedd, constraint, projection: asked.append(constraint) or ads)
+    assert h.run_has_jobs(RUN_ID) is queued
+    assert recovery._queued_on_pool(RUN_ID) is queued
+    assert asked[0] == f"{h.run_constraint(RUN_ID)} && JobStatus =!= {h.REMOVED} && JobStatus =!= {h.COMPLETED}"
+
+
+def test_a_pool_run_is_left_alone_when_no_schedd_answers(no_schedd):
+    from cog_pipeline import recovery
+
+    assert recovery._queued_on_pool(RUN_ID) is True  # unknown means "do not touch"
 
 
 def test_supervisor_in_a_job_leaves_running_jobs_when_the_schedd_goes_away(tmp_path):

@@ -193,8 +193,8 @@ def test_a_crondor_between_ticks_is_shown_waiting(monkeypatch, ad, shown):
     from cog_pipeline import htcondor
 
     base = {"ClusterId": 7, "ProcId": 0, "JobBatchName": "COG-Pipeline-Crondor-*raw.csv", "CogPipelineRole": "crondor"}
-    monkeypatch.setattr(htcondor, "_schedd", lambda: object())
-    monkeypatch.setattr(htcondor, "_query", lambda schedd, constraint, projection: [{**base, **ad}])
-    monkeypatch.setattr(htcondor.time, "time", lambda: 10_000.0)
+    monkeypatch.setattr(htcondor.schedd, "connect", lambda: object())
+    monkeypatch.setattr(htcondor.schedd, "query", lambda schedd, constraint, projection: [{**base, **ad}])
+    monkeypatch.setattr(htcondor.schedd.time, "time", lambda: 10_000.0)
     [job] = htcondor.pipeline_jobs()
     assert (job["status"], job["next_run"]) == shown
