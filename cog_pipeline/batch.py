@@ -27,7 +27,7 @@ import botocore.exceptions
 from . import __version__, s3
 from .crash import crash_point
 from .convert import ConversionResult, convert_file, cog_options_from_config, jpeg_options_from_config
-from .errors import ImageError
+from .errors import ImageError, PipelineError
 from .manifest import Entry, batch_slices, jpeg_key, parse_manifest
 from .imagelogs import capture as capture_image_log
 from .report import MAX_THUMBNAIL_LINE
@@ -87,7 +87,7 @@ class ImageContext:
         try:
             self.listed_outputs = s3.existing_keys(
                 self.client, self.output_bucket, [k for e in entries for k in (e.key, jpeg_key(e.key))])
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, PipelineError) as exc:
             log.info("cannot list the batch's outputs (%s); checking each image's instead", s3.describe_error(exc))
             self.listed_outputs = None
 

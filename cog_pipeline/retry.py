@@ -90,14 +90,17 @@ def plan_retry(client: Any, bucket: str, failed_key: str) -> RetryPlan | None:
 def _already_queued(client: Any, bucket: str, stem: str, body: bytes) -> str | None:
     """The key of a retry manifest with exactly these rows still waiting (raw) or being processed."""
     pending = re.compile(re.escape(stem) + r"\d{8}-\d{6}-(raw|processing-\d{8}-\d{6})\.csv", re.DOTALL)
-    for obj in s3.iter_objects(client, bucket, prefix=stem):
-        key = obj["Key"]
-        if pending.fullmatch(key):
-            try:
-                if s3.get_bytes(client, bucket, key) == body:
-                    return key
-            except Exception:  # noqa: BLE001 - gone meanwhile: not queued
-                continue
+    try:
+        candidates = [o["Key"] for o in s3.iter_objects(client, bucket, prefix=stem) if pending.fullmatch(o["Key"])]
+    except Exception as exc:  # noqa: BLE001
+        raise PipelineError(f"cannot list '{bucket}' for retries of these rows already queued: "
+                            f"{s3.describe_error(exc)}") from None
+    for key in candidates:
+        try:
+            if s3.get_bytes(client, bucket, key) == body:
+                return key
+        except Exception:  # noqa: BLE001 - gone meanwhile: not queued
+            continue
     return None
 
 

@@ -253,15 +253,37 @@ def existing_keys(client: Any, bucket: str, wanted: Iterable[str], page_size: in
         found.update(obj["Key"] for obj in contents if obj["Key"] in targets)
         if not page.get("IsTruncated"):
             return found  # the listing reached the end of the prefix: every other wanted key is absent
+        token = page.get("NextContinuationToken")
+        if not token:
+            raise PipelineError(f"listing '{bucket}': the S3 server returned a truncated page without a "
+                                "continuation token")
         kwargs.pop("ContinuationToken", None)
         if not contents:  # (a server may page without keys) carry on where it stopped
-            kwargs["ContinuationToken"] = page["NextContinuationToken"]
+            kwargs["ContinuationToken"] = token
             continue
         last = contents[-1]["Key"]
         i = bisect.bisect_right(todo, last, lo=i)
         if i == len(todo):
             return found
-        kwargs["StartAfter"] = max(last, _just_before(todo[i]))
+        start_after = max(last, _just_before(todo[i]))
+        if start_after <= kwargs["StartAfter"]:
+            # The server does not honour StartAfter (the same page would come back forever): page on.
+            return found | _paged_on(client, kwargs, token, targets)
+        kwargs["StartAfter"] = start_after
+
+
+def _paged_on(client: Any, kwargs: dict[str, Any], token: str, targets: set[str]) -> set[str]:
+    """The rest of a listing through continuation tokens only: the keys of ``targets`` it holds."""
+    found: set[str] = set()
+    kwargs = {k: v for k, v in kwargs.items() if k != "StartAfter"}
+    while token:
+        page = client.list_objects_v2(**kwargs, ContinuationToken=token)
+        found.update(obj["Key"] for obj in page.get("Contents", []) if obj["Key"] in targets)
+        token = page.get("NextContinuationToken") if page.get("IsTruncated") else None
+        if page.get("IsTruncated") and not token:
+            raise PipelineError(f"listing '{kwargs['Bucket']}': the S3 server returned a truncated page "
+                                "without a continuation token")
+    return found
 
 
 def get_bytes(client: Any, bucket: str, key: str, if_match: str | None = None) -> bytes:

@@ -97,6 +97,39 @@ def test_matches_a_full_listing_on_random_buckets(seed, client):
         assert existing_keys(client, OUTPUT_BUCKET, wanted, page_size=page) == brute_force(seed, wanted), trial
 
 
+class IgnoresStartAfter:
+    """A client whose server ignores StartAfter (some S3-compatible stores): every call lists from the start."""
+
+    def __init__(self, client, truncate_without_token=False):
+        self.client, self.calls, self.truncate_without_token = client, 0, truncate_without_token
+
+    def list_objects_v2(self, **kwargs):
+        self.calls += 1
+        assert self.calls < 100, "the listing does not move forward"
+        kwargs.pop("StartAfter", None)
+        page = self.client.list_objects_v2(**kwargs)
+        if self.truncate_without_token:
+            page.pop("NextContinuationToken", None)
+        return page
+
+
+def test_a_server_ignoring_start_after_is_paged_through_not_looped(seed, client):
+    keys = [f"d/k{i:03d}.tif" for i in range(40)]
+    put_all(seed, keys[::2] + [f"c/older{i}.tif" for i in range(10)])
+    stub = IgnoresStartAfter(client)
+    assert existing_keys(stub, OUTPUT_BUCKET, keys, page_size=7) == set(keys[::2])
+    assert stub.calls <= math.ceil(20 / 7) + 2
+
+
+def test_a_truncated_page_without_a_token_is_a_clear_error(seed, client):
+    from cog_pipeline.errors import PipelineError
+
+    keys = [f"d/k{i:03d}.tif" for i in range(20)]
+    put_all(seed, keys)
+    with pytest.raises(PipelineError, match="truncated page without a continuation token"):
+        existing_keys(IgnoresStartAfter(client, truncate_without_token=True), OUTPUT_BUCKET, keys, page_size=5)
+
+
 def test_empty_wanted_makes_no_request(client):
     counts = counting(client)
     assert existing_keys(client, OUTPUT_BUCKET, []) == set()

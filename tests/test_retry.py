@@ -75,3 +75,25 @@ def test_a_retry_of_a_retry_keeps_a_short_name():
     assert retry_stem("county-") == "county-retry-"
     assert retry_stem("county-retry-20261125-101010-") == "county-retry-"
     assert retry_stem("a/b/county-retry-") == "a/b/county-retry-retry-"  # only a timestamped retry is folded
+
+
+def test_a_listing_error_is_a_clear_message_not_a_traceback(seed, buckets, settings, samples, tmp_path,
+                                                            monkeypatch, capsys):
+    """Checking for an identical retry already queued lists the bucket: ListBucket denied must read as such."""
+    import botocore.exceptions
+
+    from cog_pipeline import s3
+
+    failed_key = failed_run(seed, settings, samples, tmp_path)
+    seed.upload_file(str(samples / "byte.tif"), INPUT_BUCKET, "folder/late.tif")
+
+    def denied(*args, **kwargs):
+        raise botocore.exceptions.ClientError({"Error": {"Code": "AccessDenied", "Message": "Access Denied"}},
+                                              "ListObjectsV2")
+
+    monkeypatch.setattr(s3, "iter_objects", denied)
+    assert main(["retry", *s3_flags(settings), failed_key]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot list '{INPUT_BUCKET}'" in err
+    assert "AccessDenied" in err and "Traceback" not in err
+    assert not [k for k in all_objects(seed, INPUT_BUCKET) if "retry" in k]
