@@ -35,8 +35,7 @@ def original(src: Path, work: Path, bands: int) -> dict[str, Any]:
 
 def ours(src: Path, work: Path, bands: int, options: dict | None = None) -> dict[str, Any]:
     cog, jpg = work / "ours.tif", work / "ours.jpg"
-    r = proc.run_task("ours", src=str(src), cog=str(cog), jpeg=str(jpg), bands=bands, tmp_dir=str(work),
-                      options=options)
+    r = proc.run_task("ours", src=str(src), cog=str(cog), jpeg=str(jpg), bands=bands, options=options)
     r["cog"] = str(cog)
     return r
 

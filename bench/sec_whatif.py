@@ -45,7 +45,7 @@ def section7(rep: Report, cache: Path, work: Path, size: int, repeats: int) -> N
                 kw = dict(VARIANTS[name])
                 extra_env = kw.pop("extra_env", None)
                 runs[name].append(proc.run_task("whatif", src=str(src), cog=str(w / "v.tif"), jpeg=str(w / "v.jpg"),
-                                                bands=bands, tmp_dir=str(w), extra_env=extra_env, **kw))
+                                                bands=bands, extra_env=extra_env, **kw))
         o = min(origs, key=lambda r: r["seconds"])
         rep.add("7", f"{kind} {size}: original, best of {repeats}", o["seconds"], "s", load=o["load"],
                 note=f"steps {o['steps']}")

@@ -71,7 +71,7 @@ def _band_vrt(ds, path: str, bands: list[int]) -> str:
     return "".join(parts)
 
 
-def ours(src: str, cog: str, jpeg: str, bands: int, tmp_dir: str, options: dict | None = None) -> dict:
+def ours(src: str, cog: str, jpeg: str, bands: int, options: dict | None = None) -> dict:
     """cog_pipeline.convert.convert_file with default options (validation + pixel check included);
     ``options`` overrides CogOptions fields (e.g. num_threads) for the sweeps."""
     import dataclasses
@@ -81,7 +81,7 @@ def ours(src: str, cog: str, jpeg: str, bands: int, tmp_dir: str, options: dict 
     cog_options = dataclasses.replace(convert.CogOptions(), **(options or {}))
     t = time.perf_counter()
     result = convert.convert_file(Path(src), Path(cog), Path(jpeg), cog_options, convert.JpegOptions(),
-                                  expected_bands=bands, tmp_dir=Path(tmp_dir))
+                                  expected_bands=bands)
     out = {"seconds": time.perf_counter() - t}
     steps = getattr(result, "seconds", None)
     if isinstance(steps, dict):
@@ -90,20 +90,20 @@ def ours(src: str, cog: str, jpeg: str, bands: int, tmp_dir: str, options: dict 
     return out
 
 
-def profile_ours(src: str, cog: str, jpeg: str, bands: int, tmp_dir: str, out: str,
+def profile_ours(src: str, cog: str, jpeg: str, bands: int, out: str,
                  options: dict | None = None) -> dict:
-    """``ours`` under cProfile (stats dumped to ``out``), for the report when a target fails."""
+    """``ours`` under cProfile (stats dumped to ``out``); by hand: ``python bench/tasks.py profile_ours '{JSON args}'``."""
     import cProfile
 
     prof = cProfile.Profile()
     prof.enable()
-    result = ours(src, cog, jpeg, bands, tmp_dir, options)
+    result = ours(src, cog, jpeg, bands, options)
     prof.disable()
     prof.dump_stats(out)
     return result
 
 
-def whatif(src: str, cog: str, jpeg: str, bands: int, tmp_dir: str, jpeg_mode: str = "package",
+def whatif(src: str, cog: str, jpeg: str, bands: int, jpeg_mode: str = "package",
            parallel: bool = False, options: dict | None = None, verify_cache_mb: int | None = None,
            trim: bool = False, overlap: bool = False) -> dict:
     """convert_file rebuilt from the package's own steps with one change, to measure a proposed fix.
@@ -123,7 +123,7 @@ def whatif(src: str, cog: str, jpeg: str, bands: int, tmp_dir: str, jpeg_mode: s
     from cog_pipeline import convert
 
     cog_options = dataclasses.replace(convert.CogOptions(), **(options or {}))
-    src_p, cog_p, jpeg_p, tmp_p = Path(src), Path(cog), Path(jpeg), Path(tmp_dir)
+    src_p, cog_p, jpeg_p = Path(src), Path(cog), Path(jpeg)
     steps: dict[str, float] = {}
     peaks: dict[str, float] = {}
 
@@ -150,7 +150,7 @@ def whatif(src: str, cog: str, jpeg: str, bands: int, tmp_dir: str, jpeg_mode: s
                     source = ds if ds.count in (1, 3) else _band_vrt(ds, str(src_p), convert._jpeg_bands(ds.count))
                     rasterio.shutil.copy(source, str(jpeg_p), driver="JPEG", QUALITY=str(convert.JpegOptions().quality))
                     return
-        convert.write_jpeg(src_p, jpeg_p, convert.JpegOptions(), tmp_p)
+        convert.write_jpeg(src_p, jpeg_p, convert.JpegOptions())
 
     def do_verify():
         if verify_cache_mb:
@@ -226,7 +226,7 @@ def floor(endpoint: str, access_key_file: str, secret_key_file: str, input_bucke
         t1 = time.perf_counter()
         s3.download_file(client, input_bucket, key, local_in, settings)
         t2 = time.perf_counter()
-        convert_file(local_in, cog, jpg, cog_options, jpeg_options, expected_bands=bands, tmp_dir=work)
+        convert_file(local_in, cog, jpg, cog_options, jpeg_options, expected_bands=bands)
         t3 = time.perf_counter()
         meta = {"cog-pipeline-source-etag": "floor"}
         s3.upload_file(client, output_bucket, jpeg_key(key), jpg, settings, "image/jpeg", meta)

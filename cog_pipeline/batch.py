@@ -163,7 +163,7 @@ def _process(ctx: ImageContext, entry: Entry) -> dict[str, Any]:
         crash_point("batch.downloaded")
         try:
             result = convert_file(local_in, local_cog, local_jpg, ctx.cog_options, ctx.jpeg_options,
-                                  expected_bands=entry.bands, tmp_dir=workdir)
+                                  expected_bands=entry.bands)
         except OSError as exc:
             raise ImageError("cog", _os_reason(exc, workdir)) from None
         except ImageError as exc:

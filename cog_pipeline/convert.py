@@ -600,12 +600,10 @@ class _RenderPlan:
     masked: bool
 
 
-def write_jpeg(src: str | Path, dst: str | Path, options: JpegOptions = JpegOptions(),
-               tmp_dir: str | Path | None = None) -> list[int]:
+def write_jpeg(src: str | Path, dst: str | Path, options: JpegOptions = JpegOptions()) -> list[int]:
     """Write the 8-bit JPEG preview of ``src`` at ``dst``; returns the source bands used (1-based).
 
-    ``tmp_dir`` is accepted for compatibility and unused: the preview is encoded strip by strip
-    (:mod:`cog_pipeline.jpegstrips`), with no temporary rendering.
+    The preview is encoded strip by strip (:mod:`cog_pipeline.jpegstrips`), with no temporary rendering.
     """
     src, dst = Path(src), Path(dst)
     with _atomic_output(dst, "jpeg") as tmp_jpeg, _gdal_env(), _open_tiff(src) as ds:
@@ -776,7 +774,7 @@ def _render_window(data: np.ndarray, valid: np.ndarray | None, plan: _RenderPlan
 
 def convert_file(src: str | Path, cog_dst: str | Path, jpeg_dst: str | Path,
                  cog_options: CogOptions = CogOptions(), jpeg_options: JpegOptions = JpegOptions(),
-                 expected_bands: int | None = None, tmp_dir: str | Path | None = None) -> ConversionResult:
+                 expected_bands: int | None = None) -> ConversionResult:
     """inspect -> COG -> validate -> verify -> JPEG (from the source) for one local GeoTIFF.
 
     Both outputs are made under temporary names and moved to ``cog_dst`` and ``jpeg_dst`` only when

@@ -118,7 +118,8 @@ class StripJpegWriter:
             if marker == _SOF0:
                 seg = seg[:5] + struct.pack(">H", self._height) + seg[7:]
             elif marker == _SOS:
-                out.append(b"\xff\xdd" + struct.pack(">HH", 4, min(self._interval, MAX_RESTART_INTERVAL)))
+                if self._rows < self._height:  # one strip has no restart markers: no interval either
+                    out.append(b"\xff\xdd" + struct.pack(">HH", 4, self._interval))
             elif marker not in (0xDB, _DHT) and not 0xE0 <= marker <= 0xEF:
                 raise ValueError(f"unexpected JPEG marker 0x{marker:02X} in the encoder output")
             out.append(seg)

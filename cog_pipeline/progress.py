@@ -44,11 +44,6 @@ def count_records(run_dir: Path) -> tuple[int, int]:
     return done, failed
 
 
-def images_done(run_dir: Path) -> int:
-    """Per-image records written so far (finished batches plus the ones in progress)."""
-    return count_records(run_dir)[0]
-
-
 def _columns() -> list[Any]:
     from rich.progress import (BarColumn, MofNCompleteColumn, ProgressColumn, TextColumn, TimeElapsedColumn,
                                TimeRemainingColumn)

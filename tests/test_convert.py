@@ -245,7 +245,7 @@ def test_bad_inputs_are_refused_with_a_clear_message(tmp_path, content, text):
     out = tmp_path / "out"
     out.mkdir()
     with pytest.raises(ImageError) as err:
-        convert_file(src, out / "cog.tif", out / "preview.jpg", tmp_dir=out)
+        convert_file(src, out / "cog.tif", out / "preview.jpg")
     assert err.value.step == "open" and text in err.value.message
     assert os.listdir(out) == []
     assert os.listdir(src_dir) == ["input.tif"]  # no .aux.xml or other side files
@@ -668,13 +668,11 @@ def test_jpeg_in_many_strips_decodes_as_one(tmp_path, monkeypatch):
     src = make_tif(tmp_path / "src.tif", data)
     write_jpeg(src, tmp_path / "one.jpg")
     monkeypatch.setattr(convert, "_WINDOW_BYTES", 3000)  # one MCU row (16 rows) per strip
-    render_dir = tmp_path / "render"
-    render_dir.mkdir()
-    write_jpeg(src, tmp_path / "many.jpg", tmp_dir=render_dir)
+    write_jpeg(src, tmp_path / "many.jpg")
     assert (tmp_path / "one.jpg").read_bytes() != (tmp_path / "many.jpg").read_bytes()
     assert np.array_equal(decoded(tmp_path / "one.jpg"), decoded(tmp_path / "many.jpg"))
     assert np.array_equal(check_jpeg(tmp_path / "one.jpg", 3, 157, 203), check_jpeg(tmp_path / "many.jpg", 3, 157, 203))
-    assert os.listdir(render_dir) == []  # nothing temporary
+    assert sorted(os.listdir(tmp_path)) == ["many.jpg", "one.jpg", "src.tif"]  # nothing temporary left
 
 
 def test_jpeg_of_samples(tmp_path):
@@ -700,7 +698,7 @@ def test_convert_file_samples(tmp_path, sample, count):
     out = tmp_path / "out"
     out.mkdir()
     cog, jpg = out / "x.tif", out / "x.jpg"
-    result = convert_file(sample, cog, jpg, expected_bands=count, tmp_dir=tmp_path)
+    result = convert_file(sample, cog, jpg, expected_bands=count)
     assert isinstance(result, ConversionResult)
     assert result.info.count == count and result.info.crs == "EPSG:32618"
     assert result.jpeg_bands == [1, 2, 3]
@@ -736,7 +734,7 @@ def test_truncated_input_in_later_steps(tmp_path):
     out.mkdir()
     for step, call in [("cog", lambda: write_cog(src, out / "c.tif")),
                        ("verify", lambda: verify_pixels(src, good)),
-                       ("jpeg", lambda: write_jpeg(src, out / "p.jpg", tmp_dir=out))]:
+                       ("jpeg", lambda: write_jpeg(src, out / "p.jpg"))]:
         with pytest.raises(ImageError) as err:
             call()
         assert err.value.step == step

@@ -103,6 +103,12 @@ def test_headers_give_the_full_height_and_the_restart_interval():
     assert data.endswith(b"\xff\xd9") and data.count(b"\xff\xd8") == 1
 
 
+def test_a_single_strip_has_no_restart_interval():
+    """One strip has no RSTn markers, so it must not declare an interval (over 65535 MCUs it could not)."""
+    found = markers(strips(image(40, 40, 3), 48))
+    assert not [m for m, p in found if m == 0xDD or 0xD0 <= m <= 0xD7]
+
+
 def test_quality_is_the_encoders():
     pixels = image(64, 64, 3)
     assert len(strips(pixels, 16, quality=30)) < len(strips(pixels, 16, quality=95)) / 1.5
