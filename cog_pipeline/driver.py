@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -62,13 +63,24 @@ def drive_argv(run_dir: Path, executor: str) -> list[str]:
     return ["drive", str(Path(run_dir).resolve()), "--executor", executor]
 
 
+def snakemake_env(executor: str) -> dict[str, str]:
+    """Snakemake's environment: this one, plus ``CONDOR_CONFIG=/dev/null`` for a local run on a machine
+    without HTCondor (Snakemake loads every installed executor plugin, and the htcondor bindings
+    otherwise warn that no HTCondor configuration was found)."""
+    env = dict(os.environ)
+    if executor == "local" and "CONDOR_CONFIG" not in env:
+        env["CONDOR_CONFIG"] = os.devnull
+    return env
+
+
 def run_snakemake(run_dir: Path, executor: str, cores: int, extra: list[str] | None = None) -> int:
     """Run Snakemake in the run directory, its output appended to logs/snakemake.log."""
     cmd = snakemake_command(run_dir, executor, cores, extra)
     log_path = Path(run_dir) / "logs" / "snakemake.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as out:
-        process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=run_dir)
+        process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=run_dir,
+                                   env=snakemake_env(executor))
         return wait_with_progress(process, Path(run_dir))
 
 
@@ -128,4 +140,4 @@ def drive(run_dir: Path, executor: str = "local", cores: int = 2) -> tuple[int, 
 def dry_run(run_dir: Path, executor: str = "local", cores: int = 2) -> int:
     """Print Snakemake's job plan for the run directory without running anything."""
     cmd = snakemake_command(run_dir, executor, cores, ["--dry-run", "--quiet", "rules"])
-    return subprocess.run(cmd, cwd=run_dir, check=False).returncode
+    return subprocess.run(cmd, cwd=run_dir, check=False, env=snakemake_env(executor)).returncode

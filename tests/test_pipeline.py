@@ -160,7 +160,8 @@ def test_changed_input_is_converted_again(seed, buckets, settings, samples, tmp_
         assert (c.width, c.height) == (1024, 1024)
 
 
-def test_dry_run_changes_nothing(seed, buckets, settings, samples, tmp_path, capfd):
+def test_dry_run_changes_nothing(seed, buckets, settings, samples, tmp_path, capfd, monkeypatch):
+    monkeypatch.delenv("CONDOR_CONFIG", raising=False)  # a machine without HTCondor
     upload_samples(seed, samples)
     seed.put_object(Bucket=INPUT_BUCKET, Key="batch-raw.csv", Body=b"imagery/rgb.tif,3\n/bad.tif,1\n")
     before_in, before_out = all_objects(seed, INPUT_BUCKET), all_objects(seed, OUTPUT_BUCKET)
@@ -171,9 +172,11 @@ def test_dry_run_changes_nothing(seed, buckets, settings, samples, tmp_path, cap
     assert all_objects(seed, INPUT_BUCKET) == before_in
     assert all_objects(seed, OUTPUT_BUCKET) == before_out
     assert not list((tmp_path / "work").glob("workflow-run-*"))
-    out = capfd.readouterr().out
+    captured = capfd.readouterr()
+    out = captured.out
     assert "Would claim batch-raw.csv" in out and "1 rows to convert in 1 batches, 1 rejected" in out
     assert "convert_batch" in out  # Snakemake's own plan is printed
+    assert "CONDOR_CONFIG" not in out + captured.err  # no HTCondor warning in a local plan
 
 
 def test_no_matching_manifest_does_nothing(seed, buckets, settings, tmp_path, capsys):
