@@ -18,7 +18,8 @@ from .supervisor import SUPERVISOR_LOG, append_log_to, supervise
 def main(argv: list[str] | None = None) -> int:
     """Run one subcommand; returns the exit status (2 with a one-line error on PipelineError)."""
     parser = argparse.ArgumentParser(prog="python -m cog_pipeline.htcondor",
-                                     description="The driver's supervisor, and helpers for a run directory on the pool.")
+                                     description="The driver's supervisor, and helpers for a run directory "
+                                                 "on the pool.")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("supervise", help="run a driver command with the hold policy, then clean the run up")
     p.add_argument("--run-id", required=True)

@@ -173,6 +173,10 @@ def role_constraint(role: str) -> str:
     return f"CogPipelineRole =?= {classad_literal(role)}"
 
 
+#: Jobs still in the queue for good: neither removed nor completed.
+STILL_QUEUED = f"JobStatus =!= {REMOVED} && JobStatus =!= {COMPLETED}"
+
+
 # --------------------------------------------------------------------------------------------
 # Submit descriptions (no schedd needed)
 # --------------------------------------------------------------------------------------------

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
 from ..errors import PipelineError
-from .descriptions import (COMPLETED, CRONDOR_BATCH_PREFIX, DRIVER_BATCH_PREFIX, HELD, IDLE, REMOVED,
-                           ROLE_CRONDOR, ROLE_DRIVER, RUNNING, SUSPENDED, TRANSFERRING, bindings, check_pattern,
+from .descriptions import (CRONDOR_BATCH_PREFIX, DRIVER_BATCH_PREFIX, HELD, IDLE, REMOVED, ROLE_CRONDOR,
+                           ROLE_DRIVER, RUNNING, STILL_QUEUED, SUSPENDED, TRANSFERRING, bindings, check_pattern,
                            classad_literal, crondor_submit, driver_submit, exception_text, pattern_constraint,
                            role_constraint, run_constraint)
 from .settings import load_settings, software_plan
@@ -109,7 +109,7 @@ def _remove(schedd: Any, constraint: str) -> int:
 
 def run_has_jobs(run_id: str) -> bool:
     """Whether the queue still holds a job of the run (its driver or a batch job) not removed or completed."""
-    constraint = f"{run_constraint(run_id)} && JobStatus =!= {REMOVED} && JobStatus =!= {COMPLETED}"
+    constraint = f"{run_constraint(run_id)} && {STILL_QUEUED}"
     return bool(query(connect(), constraint, ["ClusterId"]))
 
 
@@ -171,8 +171,8 @@ def submit_driver(run_dir: Path, pattern: str, run_id: str, drive_argv: list[str
     (run_dir / "logs").mkdir(parents=True, exist_ok=True)
     description = driver_submit(run_dir=run_dir, pattern=pattern, run_id=run_id, drive_argv=drive_argv)
     schedd = connect()
-    existing = query(schedd, f"{run_constraint(run_id)} && {role_constraint(ROLE_DRIVER)} && JobStatus =!= {REMOVED} "
-                              f"&& JobStatus =!= {COMPLETED}", ["ClusterId"])
+    existing = query(schedd, f"{run_constraint(run_id)} && {role_constraint(ROLE_DRIVER)} && {STILL_QUEUED}",
+                     ["ClusterId"])
     if existing:
         cluster = int(existing[0]["ClusterId"])
         log.warning("run %s already has a driver (cluster %d); not submitting another", run_id, cluster)

@@ -14,7 +14,7 @@ from typing import Any
 
 from ..errors import PipelineError
 from . import schedd
-from .descriptions import COMPLETED, REMOVED, ROLE_JOB, exception_text, role_constraint, run_constraint
+from .descriptions import REMOVED, ROLE_JOB, STILL_QUEUED, exception_text, role_constraint, run_constraint
 from .settings import HoldPolicy, load_settings
 
 log = logging.getLogger(__name__)
@@ -27,8 +27,8 @@ def apply_hold_policy(run_id: str, policy: HoldPolicy | None = None) -> int:
     """
     policy = policy or load_settings().hold_policy
     conn = schedd.connect()
-    constraint = (f"{run_constraint(run_id)} && {role_constraint(ROLE_JOB)} && CogPipelineHoldPolicy =!= true "
-                  f"&& JobStatus =!= {REMOVED} && JobStatus =!= {COMPLETED}")
+    constraint = (f"{run_constraint(run_id)} && {role_constraint(ROLE_JOB)} && CogPipelineHoldPolicy =!= true"
+                  f" && {STILL_QUEUED}")
     ads = schedd.query(conn, constraint, ["ClusterId", "ProcId"])
     ids = schedd.job_ids(ads)
     if not ids:
