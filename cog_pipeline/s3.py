@@ -251,12 +251,9 @@ def existing_keys(client: Any, bucket: str, wanted: Iterable[str], page_size: in
         page = client.list_objects_v2(**kwargs)
         contents = page.get("Contents", [])
         found.update(obj["Key"] for obj in contents if obj["Key"] in targets)
-        if not page.get("IsTruncated"):
+        token = _next_token(page, bucket)
+        if token is None:
             return found  # the listing reached the end of the prefix: every other wanted key is absent
-        token = page.get("NextContinuationToken")
-        if not token:
-            raise PipelineError(f"listing '{bucket}': the S3 server returned a truncated page without a "
-                                "continuation token")
         kwargs.pop("ContinuationToken", None)
         if not contents:  # (a server may page without keys) carry on where it stopped
             kwargs["ContinuationToken"] = token
@@ -272,6 +269,17 @@ def existing_keys(client: Any, bucket: str, wanted: Iterable[str], page_size: in
         kwargs["StartAfter"] = start_after
 
 
+def _next_token(page: dict[str, Any], bucket: str) -> str | None:
+    """The continuation token of a ListObjectsV2 page; None when the listing is complete."""
+    if not page.get("IsTruncated"):
+        return None
+    token = page.get("NextContinuationToken")
+    if not token:
+        raise PipelineError(f"listing '{bucket}': the S3 server returned a truncated page without a "
+                            "continuation token")
+    return token
+
+
 def _paged_on(client: Any, kwargs: dict[str, Any], token: str, targets: set[str]) -> set[str]:
     """The rest of a listing through continuation tokens only: the keys of ``targets`` it holds."""
     found: set[str] = set()
@@ -279,10 +287,7 @@ def _paged_on(client: Any, kwargs: dict[str, Any], token: str, targets: set[str]
     while token:
         page = client.list_objects_v2(**kwargs, ContinuationToken=token)
         found.update(obj["Key"] for obj in page.get("Contents", []) if obj["Key"] in targets)
-        token = page.get("NextContinuationToken") if page.get("IsTruncated") else None
-        if page.get("IsTruncated") and not token:
-            raise PipelineError(f"listing '{kwargs['Bucket']}': the S3 server returned a truncated page "
-                                "without a continuation token")
+        token = _next_token(page, kwargs["Bucket"])
     return found
 
 
