@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import s3
+from . import endpoint, s3
 from .crash import crash_point
 from .batch import manifest_config, read_status_records
 from .errors import PipelineError
@@ -130,7 +130,7 @@ def aggregate_manifest(config: dict[str, Any], run_dir: Path, manifest_id: str) 
                                 f"{keys.processing} was left in place") from None
         crash_point("aggregate.csv")
     try:
-        client.delete_object(Bucket=input_bucket, Key=keys.processing)
+        endpoint.delete_owned(client, input_bucket, keys.processing)
     except Exception as exc:  # noqa: BLE001
         raise PipelineError(f"outcome written, but cannot delete {keys.processing}: {s3.describe_error(exc)}") from None
     crash_point("aggregate.deleted")

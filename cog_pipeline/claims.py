@@ -10,8 +10,10 @@ Claiming one version (ETag) of ``X-raw.csv`` (docs/reliability.md has the full a
 2. read the manifest pinned to that ETag (If-Match);
 3. journal the claim in the run directory (the CSV and ``claims/<n>-<token>.json``, fsynced);
 4. write ``X-processing-<TS>.csv`` (If-None-Match), tagged with the claim token and its owner;
-5. delete ``X-raw.csv`` only if it is still that version (If-Match): **the commit point**;
-6. delete the marker.
+5. delete exactly that version of ``X-raw.csv``: **the commit point** (by its VersionId on a versioned
+   bucket, else with If-Match, else, where the server ignores If-Match and the operator opted in,
+   right after a HEAD shows it unchanged: ``endpoint.Semantics.commit``);
+6. delete the marker (on a versioned bucket, its version: no noncurrent versions pile up).
 
 A crash before 5 leaves ``X-raw.csv`` in place: the next tick rolls back the provisional processing
 object and claims it again. A crash after 5 leaves a committed claim in the journal, which
@@ -25,13 +27,15 @@ import logging
 import secrets
 import time
 import urllib.parse
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import botocore.exceptions
 
-from . import s3
+from . import endpoint, s3
 from .crash import crash_point
+from .endpoint import Semantics
 from .naming import PROCESSING_KEY, ManifestKeys, claim_marker_key
 from .options import TickOptions
 from .processes import holder_dead, owner_id, process_identity
@@ -53,8 +57,27 @@ HEARTBEAT_META = "cog-pipeline-heartbeat"
 
 # ------------------------------------------------------------------------------------------ markers
 
-def read_state_object(client: Any, bucket: str, key: str) -> tuple[dict[str, Any], str, float] | None:
-    """(JSON body, ETag, age by the server's clock) of a small state object, None if it does not exist."""
+@dataclass(frozen=True)
+class StateObject:
+    """A small JSON state object as read: its record, ETag, VersionId (None if unversioned) and age."""
+
+    record: dict[str, Any]
+    etag: str
+    version_id: str | None
+    age: float
+
+
+@dataclass(frozen=True)
+class Marker:
+    """A claim marker this tick wrote: where it is and which version of it is ours."""
+
+    key: str
+    etag: str
+    version_id: str | None = None
+
+
+def read_state_object(client: Any, bucket: str, key: str) -> StateObject | None:
+    """A small state object (its JSON body, ETag, version, age by the server's clock); None if missing."""
     try:
         resp = client.get_object(Bucket=bucket, Key=key)
     except botocore.exceptions.ClientError as exc:
@@ -65,49 +88,63 @@ def read_state_object(client: Any, bucket: str, key: str) -> tuple[dict[str, Any
         record = json.loads(resp["Body"].read())
     except ValueError:
         record = {}
-    return (record if isinstance(record, dict) else {}), resp["ETag"], s3.server_age(resp)
+    return StateObject(record if isinstance(record, dict) else {}, resp["ETag"], _version(resp), s3.server_age(resp))
+
+
+def _version(response: dict[str, Any]) -> str | None:
+    """The VersionId of a response, None on an unversioned bucket (where servers say ``null`` or nothing)."""
+    version = response.get("VersionId")
+    return version if version and version != "null" else None
+
+
+def delete_version(client: Any, bucket: str, key: str, etag: str, version_id: str | None) -> None:
+    """Delete one version of the pipeline's own object: by VersionId when known (exact, and no delete
+    marker is left), else conditionally on its ETag (a server ignoring If-Match deletes it anyway)."""
+    try:
+        if version_id:
+            client.delete_object(Bucket=bucket, Key=key, VersionId=version_id)
+        else:
+            client.delete_object(Bucket=bucket, Key=key, IfMatch=etag)
+    except botocore.exceptions.ClientError as exc:
+        if not (s3.is_missing(exc) or s3.is_precondition_failed(exc)):
+            raise
 
 
 def take_marker(client: Any, bucket: str, key: str, record: dict[str, Any],
-                lease: float) -> tuple[str, dict[str, Any] | None] | None:
-    """Create the marker ``key`` holding ``record``; returns (its ETag, the stale record it replaced or
+                lease: float) -> tuple[Marker, dict[str, Any] | None] | None:
+    """Create the marker ``key`` holding ``record``; returns (the marker, the stale record it replaced or
     None), or None when a live claim holds it."""
     body = json.dumps(record).encode()
     stale = None
     for _ in range(3):
         try:
-            return s3.put_bytes(client, bucket, key, body, if_none_match=True, content_type="application/json"), stale
+            resp = client.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/json",
+                                     IfNoneMatch="*")
+            return Marker(key, resp["ETag"], _version(resp)), stale
         except botocore.exceptions.ClientError as exc:
             if not s3.is_precondition_failed(exc):
                 raise
         held = read_state_object(client, bucket, key)
         if held is None:
             continue  # released meanwhile: try again
-        other, etag, age = held
+        other = held.record
         if other.get("token") == record["token"]:
-            return etag, stale  # our own write: its response was lost and boto3 retried it
-        if not (holder_dead(other) or age > lease):
+            return Marker(key, held.etag, held.version_id), stale  # ours: its answer was lost, boto3 retried
+        if not (holder_dead(other) or held.age > lease):
             return None
         log.warning("taking over a stale claim marker %s (written by host %s pid %s, %.0f s ago)", key,
-                    other.get("host", "?"), other.get("pid", "?"), age)
+                    other.get("host", "?"), other.get("pid", "?"), held.age)
         stale = other
-        try:
-            client.delete_object(Bucket=bucket, Key=key, IfMatch=etag)
-        except botocore.exceptions.ClientError as exc:
-            if not (s3.is_missing(exc) or s3.is_precondition_failed(exc)):
-                raise
+        delete_version(client, bucket, key, held.etag, held.version_id)
     return None
 
 
-def release_marker(client: Any, bucket: str, key: str, etag: str) -> None:
-    """Delete our marker (only if it is still ours); a failure only leaves a marker that goes stale."""
+def release_marker(client: Any, bucket: str, marker: Marker) -> None:
+    """Delete our marker (only our version of it); a failure only leaves a marker that goes stale."""
     try:
-        client.delete_object(Bucket=bucket, Key=key, IfMatch=etag)
-    except botocore.exceptions.ClientError as exc:
-        if not (s3.is_missing(exc) or s3.is_precondition_failed(exc)):
-            log.warning("could not delete claim marker %s: %s", key, s3.describe_error(exc))
-    except botocore.exceptions.BotoCoreError as exc:
-        log.warning("could not delete claim marker %s: %s", key, s3.describe_error(exc))
+        delete_version(client, bucket, marker.key, marker.etag, marker.version_id)
+    except S3_ERRORS as exc:
+        log.warning("could not delete claim marker %s: %s", marker.key, s3.describe_error(exc))
 
 
 # ------------------------------------------------------------------------------------------ processing objects
@@ -120,7 +157,7 @@ def roll_back(client: Any, bucket: str, key: str | None, token: str | None) -> b
         head = s3.head(client, bucket, key)
         if head is None or head.get("Metadata", {}).get(CLAIM_META) != token:
             return head is None
-        client.delete_object(Bucket=bucket, Key=key, IfMatch=head["ETag"])
+        delete_version(client, bucket, key, head["ETag"], _version(head))
         log.info("rolled back the unfinished claim %s", key)
         return True
     except S3_ERRORS as exc:
@@ -202,7 +239,7 @@ def journal_entries(run_dir: Path) -> list[Path]:
 # ------------------------------------------------------------------------------------------ claim
 
 def claim(client: Any, bucket: str, obj: dict[str, Any], keys: ManifestKeys, run_dir: Path,
-          opts: TickOptions) -> bytes | None:
+          opts: TickOptions, sem: Semantics) -> bytes | None:
     """Claim one listed manifest into ``run_dir`` (journaled there); returns its bytes, or None if
     another tick has it or it changed."""
     workdir, lease = opts.workdir, opts.claim_lease
@@ -215,23 +252,28 @@ def claim(client: Any, bucket: str, obj: dict[str, Any], keys: ManifestKeys, run
     if taken is None:
         log.info("%s is being claimed by another tick; skipping", keys.raw)
         return None
-    marker_etag, stale = taken
+    marker, stale = taken
     started = time.monotonic()
     crash_point("claim.marker")
     journal: Path | None = None
     provisional = committed = False
     try:
         try:
-            data = s3.get_bytes(client, bucket, keys.raw, if_match=etag)
+            resp = client.get_object(Bucket=bucket, Key=keys.raw, IfMatch=etag)
+            data = resp["Body"].read()
         except botocore.exceptions.ClientError as exc:
             if s3.is_missing(exc) or s3.is_precondition_failed(exc):
                 log.info("%s changed or vanished since it was listed; skipping", keys.raw)
                 return None
             raise
+        if resp["ETag"] != etag:  # a server ignoring If-Match on GetObject: its answer names the version
+            log.info("%s changed since it was listed; skipping", keys.raw)
+            return None
+        version_id = _version(resp)
         crash_point("claim.downloaded")
         if stale:  # the stale claimant never committed (the raw manifest is still this version)
             roll_back(client, bucket, stale.get("claimed_as"), stale.get("token"))
-        journal = journal_claim(run_dir, keys, etag, token, marker, data)
+        journal = journal_claim(run_dir, keys, etag, token, marker.key, data)
         crash_point("claim.journaled")
         meta = processing_metadata(token, record["owner"], run_dir.name, keys.raw, etag)
         try:
@@ -244,14 +286,9 @@ def claim(client: Any, bucket: str, obj: dict[str, Any], keys: ManifestKeys, run
         if time.monotonic() - started > lease / 2:
             log.warning("claiming %s took longer than half the claim lease; rolled back", keys.raw)
             return None
-        try:
-            client.delete_object(Bucket=bucket, Key=keys.raw, IfMatch=etag)
-        except botocore.exceptions.ClientError as exc:
-            if s3.is_precondition_failed(exc):
-                log.info("%s was replaced since it was read; the new version is left for the next tick", keys.raw)
-                return None
-            if not s3.is_missing(exc):  # missing: our first delete succeeded and its answer was lost
-                raise
+        if not _commit(client, bucket, keys.raw, etag, version_id, sem, opts):
+            log.info("%s was replaced since it was read; the new version is left for the next tick", keys.raw)
+            return None
         committed = True
         crash_point("claim.renamed")
         return data
@@ -261,4 +298,35 @@ def claim(client: Any, bucket: str, obj: dict[str, Any], keys: ManifestKeys, run
                 roll_back(client, bucket, keys.processing, token)
             if journal is not None:
                 _unjournal(run_dir, journal)
-        release_marker(client, bucket, marker, marker_etag)
+        release_marker(client, bucket, marker)
+
+
+def _commit(client: Any, bucket: str, key: str, etag: str, version_id: str | None, sem: Semantics,
+            opts: TickOptions) -> bool:
+    """Delete exactly the claimed version of the raw manifest (the commit point); False when it was
+    replaced since it was read (nothing deleted: the new version is claimed by the next tick)."""
+    kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key}
+    if sem.commit == "version-id":
+        if version_id is None:
+            raise botocore.exceptions.ClientError(
+                {"Error": {"Code": "NoVersionId", "Message": "the versioned bucket's GetObject named no VersionId"}},
+                "GetObject")
+        kwargs["VersionId"] = version_id  # a newer version, if any, stays current
+    elif sem.commit == "if-match":
+        kwargs["IfMatch"] = etag
+    else:  # verify-first (opted in): the server would delete whatever version is there
+        head = s3.head(client, bucket, key)
+        if head is None:
+            return True  # our first delete landed and its answer was lost (we hold the marker)
+        if head["ETag"] != etag:
+            return False
+    try:
+        client.delete_object(**kwargs)
+    except botocore.exceptions.ClientError as exc:
+        if s3.is_precondition_failed(exc):
+            return False
+        if s3.error_code(exc) in endpoint.REFUSAL_CODES:
+            endpoint.forget(opts.workdir, opts.settings, bucket, f"DeleteObject of {key}: {s3.describe_error(exc)}")
+        if not s3.is_missing(exc):  # missing: our first delete succeeded and its answer was lost
+            raise
+    return True

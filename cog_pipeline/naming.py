@@ -14,6 +14,8 @@ from pathlib import Path
 TIMESTAMP_FORMAT = "%Y%m%d-%H%M%S"
 RUN_DIR_PREFIX = "workflow-run-"
 RUN_CONFIG = "run.yaml"
+#: A run directory's last heartbeat warning (status shows it); removed by the next heartbeat that works.
+HEARTBEAT_WARNING = "logs/heartbeat-warning.txt"
 #: Prefix of the pipeline's own state objects in the input bucket (claim markers).
 STATE_PREFIX = ".cog-pipeline/"
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from . import s3
+from .endpoint import PROBE_EVERY
 
 #: A claim marker older than this is stale whoever wrote it; a claim is abandoned past half of it.
 CLAIM_LEASE = 3600.0
@@ -33,3 +34,5 @@ class TickOptions:
     claim_lease: float = CLAIM_LEASE
     adopt_after: float = ADOPT_AFTER
     heartbeat: float = HEARTBEAT
+    #: Probe answers of the endpoint cached in the working directory are re-used for this long.
+    probe_every: float = PROBE_EVERY

@@ -1,23 +1,19 @@
-"""Checks made before anything is claimed: both buckets reachable, the endpoint honours conditional
-writes, the working directory and temp dir are writable and have room. Each failure is a
+"""Checks made before anything is claimed: both buckets reachable, what the endpoint honours
+(``endpoint``), the working directory and temp dir are writable and have room. Each failure is a
 ``PipelineError`` (exit 2) and leaves the buckets untouched."""
 
 from __future__ import annotations
 
 import logging
 import os
-import secrets
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
-import botocore.exceptions
-
-from . import s3
+from . import endpoint, s3
 from .claims import S3_ERRORS
 from .errors import PipelineError
-from .naming import STATE_PREFIX
 from .options import TickOptions
 from .rundirs import merge_config
 
@@ -54,28 +50,16 @@ def check_local_resources(opts: TickOptions) -> None:
                                 f"{MIN_FREE_BYTES // 2**20} MiB needed); nothing was claimed")
 
 
-def check_conditional_writes(client: Any, bucket: str) -> bool:
-    """Whether the endpoint honours If-None-Match on PutObject, which claiming across hosts relies on:
-    True if so; False (and a warning) if it silently ignores it; PipelineError if it refuses it."""
-    key = f"{STATE_PREFIX}probe/{secrets.token_hex(8)}"
+def check_endpoint(client: Any, opts: TickOptions) -> endpoint.Semantics:
+    """What the endpoint honours (probed, or cached in the working directory) and what the tick does
+    about it: every fallback is a WARNING; a server the pipeline cannot claim on safely is a
+    PipelineError, before anything is claimed."""
     try:
-        for attempt in (1, 2):
-            try:
-                s3.put_bytes(client, bucket, key, b"probe", if_none_match=True, content_type="text/plain")
-            except botocore.exceptions.ClientError as exc:
-                if s3.is_precondition_failed(exc):
-                    if attempt == 2:
-                        return True
-                    continue  # a retried first write that had landed
-                if s3.error_code(exc) in {"NotImplemented", "501", "InvalidArgument", "InvalidRequest", "400"}:
-                    raise PipelineError(f"the S3 endpoint refuses conditional writes (If-None-Match on PutObject: "
-                                        f"{s3.describe_error(exc)}); claiming needs them; nothing was claimed") from None
-                raise
-        log.warning("the S3 endpoint ignores conditional writes (If-None-Match): claims are exclusive only between "
-                    "ticks of one working directory; run a single tick (one Crondor) per input bucket")
-        return False
-    finally:
-        try:
-            client.delete_object(Bucket=bucket, Key=key)
-        except S3_ERRORS:
-            pass
+        caps = endpoint.capabilities(client, opts.settings, opts.input_bucket, opts.workdir, every=opts.probe_every)
+    except S3_ERRORS as exc:
+        raise PipelineError(f"cannot write to input bucket '{opts.input_bucket}': {s3.describe_error(exc)}; "
+                            "nothing was claimed") from None
+    sem = endpoint.semantics(caps, opts.settings, opts.settings.delete_fallback)
+    for text in sem.fallbacks:
+        log.warning("S3 fallback (%s): %s", caps.server or caps.endpoint, text)
+    return sem

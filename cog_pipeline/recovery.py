@@ -26,9 +26,12 @@ from typing import Any, Iterator
 import botocore.exceptions
 
 from . import s3
-from .claims import (CLAIM_META, HEARTBEAT_META, OWNER_META, RAW_ETAG_META, RUN_META, S3_ERRORS, journal_entries,
-                     processing_metadata, raw_key_of, read_state_object, release_marker, roll_back, take_marker)
-from .naming import PROCESSING_KEY, RUN_CONFIG, RUN_DIR_PREFIX, ManifestKeys, claim_marker_key, outcome_path
+from .claims import (CLAIM_META, HEARTBEAT_META, OWNER_META, RAW_ETAG_META, RUN_META, S3_ERRORS, Marker,
+                     delete_version, journal_entries, processing_metadata, raw_key_of, read_state_object,
+                     release_marker, roll_back, take_marker)
+from .endpoint import Semantics, remove_versions
+from .naming import (HEARTBEAT_WARNING, PROCESSING_KEY, RUN_CONFIG, RUN_DIR_PREFIX, ManifestKeys, claim_marker_key,
+                     outcome_path)
 from .options import TickOptions
 from .processes import busy, owner_id, process_cwds, process_identity
 from .rundirs import CLAIMS_DIR, FINISHED, PENDING_CONFIG, RUN_LOCK, RunLock, is_finished, read_yaml, write_run
@@ -38,33 +41,59 @@ log = logging.getLogger(__name__)
 
 # ------------------------------------------------------------------------------------------ heartbeat
 
-def heartbeat(client: Any, bucket: str, run_dir: Path, config: dict[str, Any], every: float) -> None:
+def heartbeat(client: Any, bucket: str, run_dir: Path, config: dict[str, Any], every: float, sem: Semantics) -> None:
     """Refresh the processing objects of a live run that are older than ``every`` (a conditional rewrite:
-    a processing object deleted meanwhile is not brought back)."""
+    a processing object deleted meanwhile is not brought back). A heartbeat that cannot be written is a
+    WARNING, also kept in the run directory for ``status``."""
+    problems, written = [], 0
     for manifest in config.get("manifests", []):
         if outcome_path(run_dir, manifest["id"]).is_file():
             continue
+        key = manifest["key"]
         try:
-            head = s3.head(client, bucket, manifest["key"])
+            head = s3.head(client, bucket, key)
             if head is None or s3.server_age(head) < every:
+                continue
+            if_match = sem.put_etag(head["ETag"])
+            if if_match is None:
+                problems.append(f"heartbeat of {key} not sent: the server cannot do If-Match on PutObject "
+                                f"({sem.caps.put_if_match})")
                 continue
             meta = dict(head.get("Metadata", {}))
             meta[HEARTBEAT_META] = str(int(time.time()))
-            client.put_object(Bucket=bucket, Key=manifest["key"], Body=(run_dir / manifest["csv"]).read_bytes(),
-                              ContentType="text/csv", Metadata=meta, IfMatch=head["ETag"])
+            client.put_object(Bucket=bucket, Key=key, Body=(run_dir / manifest["csv"]).read_bytes(),
+                              ContentType="text/csv", Metadata=meta, IfMatch=if_match)
+            if head.get("VersionId") not in (None, "null"):  # versioned: the refreshed version replaces it
+                delete_version(client, bucket, key, head["ETag"], head["VersionId"])
+            written += 1
         except (OSError, *S3_ERRORS) as exc:
-            log.info("heartbeat of %s skipped: %s", manifest["key"], s3.describe_error(exc))
+            if isinstance(exc, botocore.exceptions.ClientError) and s3.is_missing(exc):
+                continue  # finished meanwhile
+            problems.append(f"heartbeat of {key} failed: {s3.describe_error(exc)}")
+    warning_file = run_dir / HEARTBEAT_WARNING
+    for text in problems:
+        log.warning("%s: %s", run_dir.name, text)
+    try:
+        if problems:
+            warning_file.parent.mkdir(exist_ok=True)
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+            warning_file.write_text("".join(f"{stamp} {text}\n" for text in problems), encoding="utf-8")
+        elif written:
+            warning_file.unlink(missing_ok=True)
+    except OSError:
+        pass
 
 
 @contextmanager
-def heartbeat_while_driven(opts: TickOptions, run_dir: Path, config: dict[str, Any]) -> Iterator[None]:
+def heartbeat_while_driven(opts: TickOptions, sem: Semantics, run_dir: Path,
+                           config: dict[str, Any]) -> Iterator[None]:
     """While a run is driven in the foreground, keep its processing objects fresh (a thread)."""
     stop = threading.Event()
 
     def beat() -> None:
         client = s3.make_client(opts.settings)
         while not stop.wait(opts.heartbeat):
-            heartbeat(client, opts.input_bucket, run_dir, config, opts.heartbeat)
+            heartbeat(client, opts.input_bucket, run_dir, config, opts.heartbeat, sem)
 
     thread = threading.Thread(target=beat, name="cog-pipeline-heartbeat", daemon=True)
     thread.start()
@@ -114,8 +143,8 @@ def repair(client: Any, opts: TickOptions, run_dir: Path) -> dict[str, Any] | No
             if raw is not None and raw["ETag"] == rec["etag"]:  # never committed
                 ours = not roll_back(client, bucket, rec["processing_key"], rec["token"])
         held = read_state_object(client, bucket, rec["marker"])
-        if held is not None and held[0].get("token") == rec["token"]:
-            release_marker(client, bucket, rec["marker"], held[1])
+        if held is not None and held.record.get("token") == rec["token"]:
+            release_marker(client, bucket, Marker(rec["marker"], held.etag, held.version_id))
         if not ours:
             log.info("%s: the claim of %s was not committed; it is left for claiming", run_dir.name, rec["raw_key"])
             continue
@@ -131,7 +160,7 @@ def repair(client: Any, opts: TickOptions, run_dir: Path) -> dict[str, Any] | No
     return pending
 
 
-def recover(client: Any, opts: TickOptions) -> list[tuple[Path, RunLock]]:
+def recover(client: Any, opts: TickOptions, sem: Semantics) -> list[tuple[Path, RunLock]]:
     """Unfinished run directories of this working directory that nobody drives any more, each locked
     for this tick; also repairs the ones a crash left while claiming and refreshes live ones."""
     todo: list[tuple[Path, RunLock]] = []
@@ -149,7 +178,7 @@ def recover(client: Any, opts: TickOptions) -> list[tuple[Path, RunLock]]:
             continue
         if lock is None:
             if config and (run_dir / RUN_CONFIG).exists():
-                heartbeat(client, opts.input_bucket, run_dir, config, opts.heartbeat)
+                heartbeat(client, opts.input_bucket, run_dir, config, opts.heartbeat, sem)
             continue
         keep = False
         try:
@@ -163,7 +192,7 @@ def recover(client: Any, opts: TickOptions) -> list[tuple[Path, RunLock]]:
             pool_run = config.get("executor") == "htcondor"
             if busy(run_dir, cwds) or (pool_run and _queued_on_pool(str(config.get("run_id")))):
                 if (run_dir / RUN_CONFIG).exists():
-                    heartbeat(client, opts.input_bucket, run_dir, config, opts.heartbeat)
+                    heartbeat(client, opts.input_bucket, run_dir, config, opts.heartbeat, sem)
                 continue
             if not (run_dir / RUN_CONFIG).exists():
                 config = repair(client, opts, run_dir)
@@ -187,7 +216,8 @@ def recover(client: Any, opts: TickOptions) -> list[tuple[Path, RunLock]]:
 
 # ------------------------------------------------------------------------------------------ adopt
 
-def find_orphans(client: Any, opts: TickOptions, processing: list[dict[str, Any]]) -> list[tuple[dict, dict]]:
+def find_orphans(client: Any, opts: TickOptions, sem: Semantics,
+                 processing: list[dict[str, Any]]) -> list[tuple[dict, dict]]:
     """Processing objects (with their HEAD) that no run directory of this working directory covers and
     that are ours to adopt; leftovers of finished or uncommitted claims are deleted on the way."""
     owner = owner_id(opts.workdir)
@@ -204,7 +234,10 @@ def find_orphans(client: Any, opts: TickOptions, processing: list[dict[str, Any]
             if mine and run_name.startswith(RUN_DIR_PREFIX) and (opts.workdir / run_name).is_dir():
                 if (opts.workdir / run_name / FINISHED).exists():
                     log.info("%s belongs to a finished run; deleting the leftover", key)
-                    client.delete_object(Bucket=opts.input_bucket, Key=key, IfMatch=head["ETag"])
+                    if sem.versioned:
+                        remove_versions(client, opts.input_bucket, key)
+                    else:
+                        delete_version(client, opts.input_bucket, key, head["ETag"], None)
                 continue  # its run directory is here: recover() looks after it
             raw_key = raw_key_of(key, meta)
             if not fnmatch.fnmatchcase(raw_key, opts.pattern):
@@ -222,7 +255,8 @@ def find_orphans(client: Any, opts: TickOptions, processing: list[dict[str, Any]
     return out
 
 
-def adopt(client: Any, opts: TickOptions, obj: dict, head: dict, run_dir: Path) -> tuple[ManifestKeys, bytes] | None:
+def adopt(client: Any, opts: TickOptions, sem: Semantics, obj: dict, head: dict,
+          run_dir: Path) -> tuple[ManifestKeys, bytes] | None:
     """Take over an orphaned processing object: it becomes a manifest of ``run_dir`` (same timestamp,
     so the same outcome keys)."""
     key, bucket = obj["Key"], opts.input_bucket
@@ -241,8 +275,17 @@ def adopt(client: Any, opts: TickOptions, obj: dict, head: dict, run_dir: Path) 
         try:
             data = s3.get_bytes(client, bucket, key, if_match=head["ETag"])
             meta.update(processing_metadata(token, record["owner"], run_dir.name, raw_key, meta.get(RAW_ETAG_META, "")))
+            condition = sem.put_etag(head["ETag"])
+            if condition is None:  # the server cannot: a HEAD right before the rewrite instead
+                log.warning("adopting %s without If-Match on PutObject (%s): checked by a HEAD first", key,
+                            sem.caps.put_if_match)
+                now = s3.head(client, bucket, key)
+                if now is None or now["ETag"] != head["ETag"]:
+                    return None
             client.put_object(Bucket=bucket, Key=key, Body=data, ContentType="text/csv", Metadata=meta,
-                              IfMatch=head["ETag"])
+                              **({"IfMatch": condition} if condition else {}))
+            if head.get("VersionId") not in (None, "null"):
+                delete_version(client, bucket, key, head["ETag"], head["VersionId"])
         except botocore.exceptions.ClientError as exc:
             if s3.is_missing(exc) or s3.is_precondition_failed(exc):
                 return None  # finished or changed meanwhile
@@ -252,4 +295,4 @@ def adopt(client: Any, opts: TickOptions, obj: dict, head: dict, run_dir: Path) 
                     else "elsewhere, no heartbeat for %.0f s" % s3.server_age(head))
         return keys, data
     finally:
-        release_marker(client, bucket, marker, taken[0])
+        release_marker(client, bucket, taken[0])

@@ -18,9 +18,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from . import s3
+from . import endpoint, s3
 from .errors import PipelineError
-from .naming import RUN_CONFIG, RUN_DIR_PREFIX, TIMESTAMP_FORMAT, is_pipeline_object, outcome_path
+from .naming import (HEARTBEAT_WARNING, RUN_CONFIG, RUN_DIR_PREFIX, TIMESTAMP_FORMAT, is_pipeline_object,
+                     outcome_path)
 from .options import HEARTBEAT
 
 _STATE_KEY = re.compile(r"^(?P<stem>.*)(?P<state>processing|processed|failed|report)-(?P<ts>\d{8}-\d{6})"
@@ -165,7 +166,11 @@ def local_runs(workdir: Path, pool: dict[str, Any] | None = None) -> list[dict[s
             started = config_path.stat().st_mtime
         end = max(ends) if finished and ends else now
         report = run_dir / "report.html"
-        runs.append({"run_dir": str(run_dir), "run_id": config.get("run_id"),
+        try:
+            warnings = [] if finished else (run_dir / HEARTBEAT_WARNING).read_text(encoding="utf-8").splitlines()
+        except OSError:
+            warnings = []
+        runs.append({"warnings": warnings, "run_dir": str(run_dir), "run_id": config.get("run_id"),
                      "executor": config.get("executor", "local"),
                      "state": _run_state(run_dir, config, finished, pool),
                      "manifests": [m.get("raw_key") for m in config.get("manifests", [])],
@@ -204,7 +209,22 @@ def pool_jobs() -> dict[str, Any]:
     return {"reachable": True, "jobs": jobs, "by_batch_name": by_batch}
 
 
-def collect(client: Any | None, bucket: str | None, workdir: Path, pattern: str = "*raw.csv") -> dict[str, Any]:
+def endpoint_state(settings: s3.S3Settings, bucket: str, workdir: Path) -> dict[str, Any]:
+    """The endpoint's probe answers cached in ``workdir`` (no request is sent) and what ticks do with them."""
+    caps = endpoint.cached(workdir, settings, bucket)
+    if caps is None:
+        return {"probed": False}
+    try:
+        sem, refusal = endpoint.semantics(caps, settings, settings.delete_fallback), None
+    except PipelineError as exc:
+        sem, refusal = None, str(exc)
+    return {"probed": True, "capabilities": caps.as_dict(), "refusal": refusal,
+            "commit": sem.commit if sem else None, "fallbacks": list(sem.fallbacks) if sem else [],
+            "table": endpoint.table(caps, sem, refusal)}
+
+
+def collect(client: Any | None, bucket: str | None, workdir: Path, pattern: str = "*raw.csv",
+            settings: s3.S3Settings | None = None) -> dict[str, Any]:
     """Everything ``status`` shows, as one JSON-friendly dict."""
     state: dict[str, Any] = {"checked_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                              "workdir": str(workdir)}
@@ -213,6 +233,7 @@ def collect(client: Any | None, bucket: str | None, workdir: Path, pattern: str 
             state["bucket"] = bucket_state(client, bucket, pattern)
         except Exception as exc:  # noqa: BLE001
             raise PipelineError(f"cannot list bucket '{bucket}': {s3.describe_error(exc)}") from None
+        state["endpoint"] = endpoint_state(settings or s3.S3Settings(), bucket, workdir)
     state["htcondor"] = pool_jobs()
     state["runs"] = local_runs(workdir, state["htcondor"])
     return state
@@ -248,6 +269,11 @@ def render_text(state: dict[str, Any]) -> str:
                 out.append(f"      report: {f['report']}")
         if not (bucket["raw"] or bucket["processing"] or bucket["finished"]):
             out.append("  (no manifest in this bucket yet: upload the images, then <name>-raw.csv)")
+    probed = state.get("endpoint")
+    if probed is not None:
+        out.append(probed["table"] if probed["probed"] else
+                   "S3 endpoint: not probed from this working directory yet (the next tick probes it; "
+                   "or run cog-pipeline check-endpoint)")
     runs = state["runs"]
     out.append(f"Runs in {state['workdir']}: {len(runs)}")
     for run in runs:
@@ -260,6 +286,8 @@ def render_text(state: dict[str, Any]) -> str:
                    f", {took} {ago(run['elapsed_s'])}")
         if run.get("report"):
             out.append(f"      report: {run['report']}")
+        for warning in run.get("warnings", []):
+            out.append(f"      WARNING {warning}")
     pool = state["htcondor"]
     if pool["reachable"]:
         groups = pool["by_batch_name"]

@@ -31,7 +31,8 @@ from .errors import PipelineError
 from .manifest import batch_slices, parse_manifest
 from .naming import PROCESSING_KEY, STATE_PREFIX, ManifestKeys, is_pipeline_object, timestamp
 from .options import TickOptions
-from .preflight import check_conditional_writes, check_local_resources, connect
+from .endpoint import Semantics
+from .preflight import check_endpoint, check_local_resources, connect
 from .recovery import adopt, find_orphans, heartbeat_while_driven, recover
 from .rundirs import (FINISHED, PENDING_CONFIG, RESUMES, RUN_LOCK, RunLock, is_finished, local_lock, merge_config,
                       new_run_dir, run_config, unfinished_runs_exist, write_run, write_synced)
@@ -108,19 +109,14 @@ def tick(opts: TickOptions) -> TickResult:
         htcondor.check_schedd()  # before claiming: a claimed manifest needs a driver to finish it
     else:
         check_local_resources(opts)
-    if listing.matches or listing.processing:
-        try:
-            check_conditional_writes(client, opts.input_bucket)
-        except S3_ERRORS as exc:
-            raise PipelineError(f"cannot write to input bucket '{opts.input_bucket}': {s3.describe_error(exc)}; "
-                                "nothing was claimed") from None
+    sem = check_endpoint(client, opts)
 
     new: tuple[Path, RunLock, dict[str, Any]] | None = None
     with local_lock(opts.workdir):
-        resumable = recover(client, opts)
-        orphans = find_orphans(client, opts, listing.processing)
+        resumable = recover(client, opts, sem)
+        orphans = find_orphans(client, opts, sem, listing.processing)
         if listing.matches or orphans:
-            new = _claim_new(client, opts, listing.matches, orphans)
+            new = _claim_new(client, opts, sem, listing.matches, orphans)
     if not resumable and new is None:
         if not listing.matches:
             print(f"No new manifest matches '{opts.pattern}' in bucket '{opts.input_bucket}'; nothing to do.")
@@ -131,11 +127,11 @@ def tick(opts: TickOptions) -> TickResult:
     result = TickResult(run_dir=new[0] if new else None, resumed=[d for d, _ in resumable])
     for run_dir, lock in resumable:
         _announce(opts.workdir, f"Resuming {run_dir}")
-        _absorb(result, _drive_locked(run_dir, lock, opts, resumed=True))
+        _absorb(result, _drive_locked(run_dir, lock, opts, sem, resumed=True))
     if new is not None:
         run_dir, lock, _config = new
         _announce(opts.workdir, f"Run directory: {run_dir}")
-        _absorb(result, _drive_locked(run_dir, lock, opts, resumed=False))
+        _absorb(result, _drive_locked(run_dir, lock, opts, sem, resumed=False))
     return result
 
 
@@ -160,7 +156,7 @@ def _absorb(result: TickResult, part: TickResult) -> None:
     result.exit_code = max(result.exit_code, part.exit_code)
 
 
-def _claim_new(client: Any, opts: TickOptions, matches: list[dict[str, Any]],
+def _claim_new(client: Any, opts: TickOptions, sem: Semantics, matches: list[dict[str, Any]],
                orphans: list[tuple[dict, dict]]) -> tuple[Path, RunLock, dict[str, Any]] | None:
     """Create this tick's run directory, adopt orphans and claim new manifests into it (under the local lock)."""
     ts, run_dir = new_run_dir(opts.workdir)
@@ -180,7 +176,7 @@ def _claim_new(client: Any, opts: TickOptions, matches: list[dict[str, Any]],
 
     for obj, head in orphans:
         try:
-            adopted = adopt(client, opts, obj, head, run_dir)
+            adopted = adopt(client, opts, sem, obj, head, run_dir)
         except S3_ERRORS as exc:
             log.error("could not adopt %s: %s (the next tick retries)", obj["Key"], s3.describe_error(exc))
             continue
@@ -193,7 +189,7 @@ def _claim_new(client: Any, opts: TickOptions, matches: list[dict[str, Any]],
     for obj in matches:
         keys = ManifestKeys.for_raw(obj["Key"], ts)
         try:
-            body = claim(client, opts.input_bucket, obj, keys, run_dir, opts)
+            body = claim(client, opts.input_bucket, obj, keys, run_dir, opts, sem)
         except S3_ERRORS as exc:
             log.error("could not claim %s: %s (left as is; the next tick retries)", keys.raw, s3.describe_error(exc))
             continue
@@ -213,7 +209,7 @@ def _claim_new(client: Any, opts: TickOptions, matches: list[dict[str, Any]],
     return run_dir, lock, config
 
 
-def _drive_locked(run_dir: Path, lock: RunLock, opts: TickOptions, resumed: bool) -> TickResult:
+def _drive_locked(run_dir: Path, lock: RunLock, opts: TickOptions, sem: Semantics, resumed: bool) -> TickResult:
     """Launch (or resume) a run directory whose run lock we hold; release it afterwards."""
     from . import driver
 
@@ -230,11 +226,11 @@ def _drive_locked(run_dir: Path, lock: RunLock, opts: TickOptions, resumed: bool
                 code, summaries = driver.finish(run_dir)
                 result = TickResult(run_dir=run_dir, manifests=summaries, exit_code=code)
             else:
-                with heartbeat_while_driven(opts, run_dir, config):  # on the executor it was started with
+                with heartbeat_while_driven(opts, sem, run_dir, config):  # on the executor it was started with
                     result = launch(run_dir, config, dataclasses.replace(opts, executor=config.get("executor",
                                                                                                     opts.executor)))
         else:
-            with heartbeat_while_driven(opts, run_dir, config):
+            with heartbeat_while_driven(opts, sem, run_dir, config):
                 result = launch(run_dir, config, opts)
         if is_finished(run_dir, config):
             (run_dir / FINISHED).touch()

@@ -4,6 +4,7 @@ process), and one strict check of the end state that also feeds the suite's figu
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import io
 import json
@@ -166,8 +167,7 @@ class World:
         """A tick in its own session (so a crash kills its whole process tree and nothing else)."""
         settings = settings or self.settings
         args = {"input_bucket": self.input_bucket, "output_bucket": self.output_bucket,
-                "settings": {"endpoint_url": settings.endpoint_url, "access_key_file": settings.access_key_file,
-                             "secret_key_file": settings.secret_key_file},
+                "settings": dataclasses.asdict(settings),
                 "workdir": str(workdir or self.workdir), "overrides": overrides or {}, "options": options or {}}
         full_env = dict(os.environ, **(env or {}))
         full_env.pop("COG_PIPELINE_CRASH_AT", None)

@@ -22,6 +22,36 @@ kind            what the client sees
 ``barrier``     held until ``parties`` matching requests are waiting, then all forwarded together
 ==============  ===================================================================================
 
+Server behaviours: kinds that emulate documented quirks of real S3-compatible servers that cannot be
+installed here, so the endpoint probe and its fallbacks can be tested against them. Like ``ignore-if``
+and ``reject-if`` they count as injected faults, but only on the requests they apply to (the others
+are neither seen by the rule nor changed); emulated errors are S3 XML (``<Error><Code>``...):
+
+=====================  ============================================================================
+kind                   what the client sees
+=====================  ============================================================================
+``if-match-unquoted``  Ceph RGW 16.2 PutObject: a ``put`` whose ``If-Match`` is a quoted ETag
+                       (``"..."``) is answered 412 PreconditionFailed, not forwarded; an unquoted
+                       one is forwarded re-quoted (so the server evaluates it normally; ``*`` as is)
+``ignore-if-missing``  MinIO before Aug 2025 (minio/minio#21526): a ``put`` with ``If-Match`` to a key
+                       that does not exist (the proxy HEADs it upstream with the request's headers,
+                       no body, no conditions) is forwarded WITHOUT ``If-Match``, so it creates the
+                       object; with the key present it is forwarded unchanged (and the rule does not
+                       fire)
+``require-md5``        older MinIO (minio/minio#20849): a ``delete_objects`` without ``Content-MD5`` is
+                       answered 400 MissingContentMD5, not forwarded
+``reject-trailer``     Ceph RGW before Squid, MinIO before RELEASE.2025-01-20: any request with
+                       ``x-amz-trailer``, a ``Content-Encoding`` containing ``aws-chunked`` or
+                       ``x-amz-content-sha256: STREAMING-UNSIGNED-PAYLOAD-TRAILER`` is answered 411
+                       MissingContentLength (RGW's answer), not forwarded
+``store-framing``      a server that stores aws-chunked framing as data (boto/boto3#4435): a PUT with
+                       an ``x-amz-checksum-<algorithm>`` header and no trailer is forwarded with its
+                       body in aws-chunked framing, the header as the trailer
+                       (``<hexlen>\\r\\n<body>\\r\\n0\\r\\nx-amz-checksum-crc32:<b64>\\r\\n\\r\\n``,
+                       Content-Length adjusted): the answer is a success, but what is stored is not
+                       what was sent
+=====================  ============================================================================
+
 A rule matches an operation (``list``, ``get``, ``head``, ``put``, ``copy``, ``delete``,
 ``create_multipart``, ``upload_part``, ``complete_multipart``, ``abort_multipart``,
 ``head_bucket``, ...) and optionally a key substring or an access key; it fires on the ``nth``
@@ -39,14 +69,17 @@ import struct
 import threading
 import time
 import urllib.parse
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Callable, Iterable
 
+#: Kinds that emulate a real server's behaviour (the second table); faults, like ignore-if and reject-if.
+QUIRK_KINDS = ("if-match-unquoted", "ignore-if-missing", "require-md5", "reject-trailer", "store-framing")
 KINDS = ("500", "503", "429", "reset", "reset-after", "500-after", "forbidden", "ignore-if", "reject-if", "delay",
-         "barrier")
+         "barrier") + QUIRK_KINDS
 #: Kinds that are faults (counted as injected); delay and barrier only shape timing.
-FAULT_KINDS = KINDS[:9]
+FAULT_KINDS = ("500", "503", "429", "reset", "reset-after", "500-after", "forbidden", "ignore-if",
+               "reject-if") + QUIRK_KINDS
 
 _ERRORS = {
     "500": (500, "InternalError", "We encountered an internal error. Please try again."),
@@ -55,8 +88,16 @@ _ERRORS = {
     "429": (429, "TooManyRequests", "Too many requests, slow down."),
     "forbidden": (403, "InvalidAccessKeyId", "The AWS Access Key Id you provided does not exist in our records."),
     "reject-if": (501, "NotImplemented", "A header you provided implies functionality that is not implemented"),
+    "if-match-unquoted": (412, "PreconditionFailed", "At least one of the pre-conditions you specified did not hold"),
+    "require-md5": (400, "MissingContentMD5", "Missing required header for this request: Content-MD5"),
+    "reject-trailer": (411, "MissingContentLength", "You must provide the Content-Length HTTP header."),
 }
 _CONDITIONS = ("if-match", "if-none-match")
+_TRAILER_SHA256 = "STREAMING-UNSIGNED-PAYLOAD-TRAILER"
+_CHECKSUM_HEADER = re.compile(r"x-amz-checksum-(crc32|crc32c|crc64nvme|sha1|sha256)", re.IGNORECASE)
+#: Headers the ignore-if-missing probe (a HEAD) does not copy from the request it probes for.
+_PROBE_SKIP = {"expect", "content-md5", "content-type", "content-encoding", "x-amz-trailer",
+               "x-amz-decoded-content-length", "x-amz-sdk-checksum-algorithm"}
 _HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
                "transfer-encoding", "upgrade", "content-length"}
 _CREDENTIAL = re.compile(r"Credential=([^/,\s]+)/")
@@ -91,6 +132,43 @@ def classify(method: str, target: str, headers: http.client.HTTPMessage) -> tupl
     if method == "GET" and "uploadId" in query:
         return "list_parts", bucket, key
     return {"GET": "get", "HEAD": "head", "DELETE": "delete"}.get(method, method), bucket, key
+
+
+def has_trailer(headers: http.client.HTTPMessage) -> bool:
+    """Whether a request announces an aws-chunked body or a trailer (what ``reject-trailer`` refuses)."""
+    return ("x-amz-trailer" in headers
+            or "aws-chunked" in (headers.get("Content-Encoding") or "").lower()
+            or (headers.get("x-amz-content-sha256") or "").upper() == _TRAILER_SHA256)
+
+
+def checksum_header(headers: http.client.HTTPMessage) -> tuple[str, str] | None:
+    """The first ``x-amz-checksum-<algorithm>`` header of a request, as (name, value)."""
+    return next(((name, value) for name, value in headers.items() if _CHECKSUM_HEADER.fullmatch(name)), None)
+
+
+def applies(kind: str, method: str, op: str, headers: http.client.HTTPMessage, missing: bool | None = None) -> bool:
+    """Whether a rule of ``kind`` has anything to do with a request: the others are neither seen (for ``nth``)
+    nor changed by it. ``missing``: whether the request's key is absent upstream (probed for ignore-if-missing)."""
+    if kind in ("ignore-if", "reject-if"):
+        return any(h.lower() in _CONDITIONS for h in headers.keys())
+    if kind == "if-match-unquoted":
+        return op == "put" and "If-Match" in headers
+    if kind == "ignore-if-missing":
+        return op == "put" and "If-Match" in headers and missing is True
+    if kind == "require-md5":
+        return op == "delete_objects" and "Content-MD5" not in headers
+    if kind == "reject-trailer":
+        return has_trailer(headers)
+    if kind == "store-framing":
+        return method == "PUT" and checksum_header(headers) is not None and not has_trailer(headers)
+    return True
+
+
+def aws_chunked(body: bytes, trailer: tuple[str, str]) -> bytes:
+    """``body`` in aws-chunked framing, one data chunk (none if empty), then ``trailer`` as the trailer."""
+    name, value = trailer
+    chunk = b"%x\r\n%s\r\n" % (len(body), body) if body else b""
+    return chunk + b"0\r\n%s:%s\r\n\r\n" % (name.lower().encode("ascii"), value.encode("ascii"))
 
 
 @dataclass
@@ -137,6 +215,8 @@ class FaultProxy:
         self.injected: Counter[tuple[str, str]] = Counter()
         self.log: list[tuple[str, str, str]] = []
         self.access_keys: set[str] = set()
+        #: The latest requests sent upstream, as (method, target, headers): what the server was really asked.
+        self.forwarded: deque[tuple[str, str, dict[str, str]]] = deque(maxlen=256)
         proxy = self
 
         class Handler(_Handler):
@@ -167,6 +247,7 @@ class FaultProxy:
             self.injected.clear()
             self.log.clear()
             self.access_keys.clear()
+            self.forwarded.clear()
             self.rng = random.Random(self.seed if seed is None else seed)
 
     def add(self, kind: str, ops: Iterable[str] | str | None = None, *, nth: Iterable[int] | int | None = None,
@@ -193,8 +274,14 @@ class FaultProxy:
     def total_injected(self) -> int:
         return sum(self.injected.values())
 
-    def _decide(self, op: str, bucket: str, key: str, access_key: str | None, conditional: bool = False
-                ) -> Rule | None:
+    def _wants_probe(self, op: str, bucket: str, key: str, access_key: str | None) -> bool:
+        """Whether an ignore-if-missing rule could fire on this request (then its key is probed upstream)."""
+        with self.lock:
+            return any(rule.kind == "ignore-if-missing" and rule.matches(op, bucket, key, access_key)
+                       and (rule.times is None or rule.fired < rule.times) for rule in self.rules)
+
+    def _decide(self, op: str, bucket: str, key: str, access_key: str | None, conditional: bool = False,
+                applies: Callable[[str], bool] | None = None) -> Rule | None:
         with self.lock:
             self.calls[op] += 1
             if access_key:
@@ -203,6 +290,8 @@ class FaultProxy:
                 if not rule.matches(op, bucket, key, access_key):
                     continue
                 if rule.kind in ("ignore-if", "reject-if") and not conditional:
+                    continue
+                if applies is not None and not applies(rule.kind):
                     continue
                 rule.seen += 1
                 if rule.times is not None and rule.fired >= rule.times:
@@ -254,10 +343,28 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         match = _CREDENTIAL.search(self.headers.get("Authorization", ""))
         access_key = match.group(1) if match else None
         conditional = any(h.lower() in _CONDITIONS for h in self.headers.keys())
-        rule = None if op == "moto-api" else self.owner._decide(op, bucket, key, access_key, conditional)
+        missing = None
+        if (op == "put" and "If-Match" in self.headers
+                and self.owner._wants_probe(op, bucket, key, access_key)):
+            missing = self._probe_missing()
+        rule = None if op == "moto-api" else self.owner._decide(
+            op, bucket, key, access_key, conditional,
+            lambda kind: applies(kind, self.command, op, self.headers, missing))
         kind = rule.kind if rule else None
         if kind == "reject-if":
             return self._error(kind)
+        if kind in ("require-md5", "reject-trailer"):
+            return self._error(kind)
+        forward: dict = {}
+        if kind == "if-match-unquoted":
+            value = self.headers["If-Match"].strip()
+            if len(value) >= 2 and value.startswith('"') and value.endswith('"'):
+                return self._error(kind)
+            forward = {"set_headers": {"If-Match": value if value == "*" else f'"{value}"'}}
+        if kind == "ignore-if-missing":
+            forward = {"drop": ("If-Match",)}
+        if kind == "store-framing":
+            body = aws_chunked(body, checksum_header(self.headers))
         if kind in ("500", "503", "429", "forbidden"):
             return self._error(kind)
         if kind == "reset":
@@ -266,7 +373,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             time.sleep(rule.delay)
         if kind == "barrier":
             self._barrier(rule)
-        status, reason, headers, data = self._forward(body, strip_conditions=kind == "ignore-if")
+        status, reason, headers, data = self._forward(body, strip_conditions=kind == "ignore-if", **forward)
         if kind == "reset-after":
             return self._reset()
         if kind == "500-after":
@@ -291,19 +398,36 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 rule._released.set()
         rule._released.wait(timeout=30)
 
-    def _forward(self, body: bytes, strip_conditions: bool = False) -> tuple[int, str, list[tuple[str, str]], bytes]:
+    def _forward(self, body: bytes, strip_conditions: bool = False, *, drop: Iterable[str] = (),
+                 set_headers: dict[str, str] | None = None, method: str | None = None, target: str | None = None
+                 ) -> tuple[int, str, list[tuple[str, str]], bytes]:
+        """Send the request upstream (``method``/``target`` instead of its own, headers in ``drop`` left out,
+        those of ``set_headers`` replaced) and return its answer."""
+        method = method or self.command
         conn = http.client.HTTPConnection(*self.owner.upstream, timeout=120)
         try:
-            skip = _HOP_BY_HOP | (set(_CONDITIONS) if strip_conditions else set())
+            skip = (_HOP_BY_HOP | (set(_CONDITIONS) if strip_conditions else set())
+                    | {name.lower() for name in drop} | {name.lower() for name in set_headers or {}})
             headers = {k: v for k, v in self.headers.items() if k.lower() not in skip}
-            if body or self.command in ("PUT", "POST"):
+            headers.update(set_headers or {})
+            if body or method in ("PUT", "POST"):
                 headers["Content-Length"] = str(len(body))
-            conn.request(self.command, self.path, body=body or None, headers=headers)
+            self.owner.forwarded.append((method, target or self.path, dict(headers)))
+            conn.request(method, target or self.path, body=body or None, headers=headers)
             resp = conn.getresponse()
             data = resp.read()
             return resp.status, resp.reason, resp.getheaders(), data
         finally:
             conn.close()
+
+    def _probe_missing(self) -> bool:
+        """Whether the request's key is absent upstream: a HEAD of it with the request's own headers (moto
+        does not verify signatures), without its body, conditions or body-describing headers."""
+        path = urllib.parse.urlsplit(self.path).path
+        status, _reason, _headers, _data = self._forward(b"", strip_conditions=True, method="HEAD", target=path,
+                                                         drop=_PROBE_SKIP | {h for h, _ in self.headers.items()
+                                                                             if _CHECKSUM_HEADER.fullmatch(h)})
+        return status == 404
 
     def _error(self, kind: str) -> None:
         status, code, message = _ERRORS[kind]

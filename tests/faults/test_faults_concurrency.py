@@ -4,6 +4,7 @@ stale claims and orphaned processing files are taken over, live ones are left al
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 
@@ -11,6 +12,7 @@ import pytest
 
 from cog_pipeline import SAMPLES_DIR, recovery, s3
 from cog_pipeline.claims import CLAIM_META, OWNER_META, RUN_META
+from cog_pipeline.endpoint import Semantics
 from cog_pipeline.naming import claim_marker_key
 from faults.harness import rows
 
@@ -129,7 +131,7 @@ def test_heartbeat_refreshes_a_live_run_and_never_resurrects_a_finished_one(worl
     client = s3.make_client(world.settings)
     before = world.seed.head_object(Bucket=world.input_bucket, Key=key)
     time.sleep(1.1)
-    recovery.heartbeat(client, world.input_bucket, run_dir, config, every=0)
+    recovery.heartbeat(client, world.input_bucket, run_dir, config, every=0, sem=Semantics.assumed())
     after = world.seed.head_object(Bucket=world.input_bucket, Key=key)
     assert after["LastModified"] > before["LastModified"] and after["Metadata"][CLAIM_META] == "t"
     assert world.body(world.input_bucket, key) == b"a.tif,1\n"
@@ -143,7 +145,7 @@ def test_heartbeat_refreshes_a_live_run_and_never_resurrects_a_finished_one(worl
 
     s3.head = head_then_delete
     try:
-        recovery.heartbeat(client, world.input_bucket, run_dir, config, every=0)
+        recovery.heartbeat(client, world.input_bucket, run_dir, config, every=0, sem=Semantics.assumed())
     finally:
         s3.head = real_head
     assert key not in world.objects(world.input_bucket)
@@ -175,11 +177,29 @@ def test_endpoint_refusing_conditional_writes_is_a_clear_error_before_claiming(w
     world.figures.kind("concurrency", "endpoint-refuses-conditional-writes")
 
 
+def test_endpoint_ignoring_conditional_deletes_on_an_unversioned_bucket_is_refused_before_claiming(world):
+    """DeleteObject ignoring If-Match (MinIO, Ceph RGW before Squid) on an unversioned bucket: a manifest
+    re-uploaded during a claim would be deleted unprocessed, so the tick refuses, naming the behaviour
+    and the remedies, and changes nothing."""
+    world.image("a/one.tif", seed=1)
+    world.manifest("e/del-raw.csv", ["a/one.tif,1"])
+    before = {k: o["ETag"] for k, o in world.objects(world.input_bucket).items()}
+    world.proxy.add("ignore-if", "delete")
+    proc = world.run_proc()
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "If-Match on DeleteObject is ignored" in proc.stderr and "nothing was claimed" in proc.stderr
+    assert "put-bucket-versioning" in proc.stderr and "delete_fallback: verify-first" in proc.stderr
+    assert {k: o["ETag"] for k, o in world.objects(world.input_bucket).items()} == before
+    world.figures.kind("concurrency", "endpoint-ignores-conditional-deletes")
+
+
 @pytest.mark.slow
 def test_endpoint_ignoring_conditional_writes_is_warned_about_and_loses_nothing(world):
-    """The documented limit: where If-None-Match / If-Match are silently ignored, two hosts ticking at one
-    instant may both claim a manifest. The tick says so; nothing is lost or corrupted (outputs are
-    idempotent), at worst a manifest is processed twice and has two outcome triples."""
+    """The documented limit: where If-None-Match / If-Match are silently ignored (and the operator opted
+    in to verify-first deletes), two hosts ticking at one instant may both claim a manifest. The tick
+    says so; nothing is lost or corrupted (outputs are idempotent), at worst a manifest is processed
+    twice and has two outcome triples."""
+    world.settings = dataclasses.replace(world.settings, delete_fallback="verify-first")
     manifests = {f"e/m{i}-raw.csv": f"e/img{i}.tif" for i in range(3)}
     for raw, image in manifests.items():
         world.put(image, SAMPLES_DIR / "byte.tif")
@@ -193,7 +213,7 @@ def test_endpoint_ignoring_conditional_writes_is_warned_about_and_loses_nothing(
     for proc in procs:
         out, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err[-3000:]
-        assert "ignores conditional writes" in err
+        assert "ignores conditional writes" in err and "s3.delete_fallback: verify-first" in err
         claimed += json.loads(out.strip().splitlines()[-1])["manifests"]
     outcomes = world.outcomes()
     for raw, image in manifests.items():
