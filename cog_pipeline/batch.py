@@ -4,9 +4,10 @@ A bad image never fails the batch: every row gets a JSON record (``ok``, ``skipp
 with the step and reason), so the aggregate always runs. A row whose outputs are already in the
 output bucket, converted from the same input object (ETag kept in the COG's metadata), is skipped.
 
-S3 requests per image: one HeadObject of the input (existence, size, ETag), its GET(s) and the two
-PUTs; the skip-if-done check lists the batch's output keys once (one ListObjectsV2 per batch) and
-sends a HeadObject only for a COG that is already there (to read the source ETag it was made from).
+S3 requests per image: one HeadObject of the input (existence, size, ETag), its GET(s), the two
+PUTs and a HeadObject after each (the stored object is confirmed: size, ETag); the skip-if-done check
+lists the batch's output keys once (one ListObjectsV2 per batch) and sends a HeadObject only for a COG
+that is already there (to read the source ETag it was made from).
 """
 
 from __future__ import annotations
@@ -171,7 +172,9 @@ def _process(ctx: ImageContext, entry: Entry) -> dict[str, Any]:
         crash_point("batch.converted")
         metadata = {SOURCE_ETAG_META: etag, "cog-pipeline-version": __version__}
         try:
-            # JPEG first: the COG (with the source ETag) is the "done" marker checked by reruns.
+            # JPEG first: the COG (with the source ETag) is the "done" marker checked by reruns. Each is
+            # confirmed once stored; a JPEG that is not is removed (and no COG sent), a COG that is not is
+            # removed (the JPEG before it, confirmed, stays).
             _upload(ctx, jpeg_key(entry.key), local_jpg, "image/jpeg", metadata)
             crash_point("batch.uploaded-jpeg")
             _upload(ctx, entry.key, local_cog, "image/tiff; application=geotiff; profile=cloud-optimized", metadata)
@@ -191,8 +194,13 @@ def _process(ctx: ImageContext, entry: Entry) -> dict[str, Any]:
 
 
 def _upload(ctx: ImageContext, key: str, path: Path, content_type: str, metadata: dict[str, str]) -> None:
-    """Upload one output; when boto3 gives up but the object did land (a lost answer to the last PUT or
-    CompleteMultipartUpload, after retries), recognise it by its upload token instead of failing."""
+    """Upload one output and confirm the stored object (size, ETag: ``s3.verify_upload``) with one
+    HeadObject; an object that is not the file (a short one, chunk framing stored inside it) is removed
+    and the image fails at ``upload`` with what was expected and found.
+
+    When boto3 gives up but the object did land (a lost answer to the last PUT or CompleteMultipartUpload,
+    after retries), it is recognised by its upload token (same HeadObject) and verified instead of failing.
+    """
     token = secrets.token_hex(8)
     try:
         s3.upload_file(ctx.client, ctx.output_bucket, key, path, ctx.settings, content_type,
@@ -203,10 +211,44 @@ def _upload(ctx: ImageContext, key: str, path: Path, content_type: str, metadata
             landed = s3.head(ctx.client, ctx.output_bucket, key)
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError):
             landed = None
-        if (landed is None or landed.get("Metadata", {}).get(UPLOAD_META) != token
-                or landed.get("ContentLength") != path.stat().st_size):
+        if landed is None or landed.get("Metadata", {}).get(UPLOAD_META) != token:
             raise
+        _verify(ctx, key, path, token, landed)
         log.info("%s: the upload reported %s, but the object is there, complete", key, s3.describe_error(exc))
+        return
+    try:
+        landed = s3.head(ctx.client, ctx.output_bucket, key)
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+        # Unconfirmed: not left behind as if done (a rerun would skip a COG carrying the source ETag).
+        raise ImageError("upload", f"cannot confirm the stored object {key} ({s3.describe_error(exc)})"
+                                   f"{_remove(ctx, key)}") from None
+    if landed is None:
+        raise ImageError("upload", f"no object at {key} after its upload reported success")
+    _verify(ctx, key, path, token, landed)
+
+
+def _verify(ctx: ImageContext, key: str, path: Path, token: str, landed: dict[str, Any]) -> None:
+    """``s3.verify_upload`` on the HeadObject ``landed``; a mismatch removes this upload's object."""
+    try:
+        s3.verify_upload(ctx.client, ctx.output_bucket, key, path, ctx.settings, head=landed)
+    except s3.UploadMismatch as exc:
+        if landed.get("Metadata", {}).get(UPLOAD_META) != token:
+            # Another upload replaced ours since: its writer confirms its own; not ours to remove.
+            raise ImageError("upload", f"{exc.detail}; it was replaced by another upload (left in place)") from None
+        raise ImageError("upload", f"{exc.detail}{_remove(ctx, key, landed)}") from None
+
+
+def _remove(ctx: ImageContext, key: str, landed: dict[str, Any] | None = None) -> str:
+    """Delete the object at ``key`` (on a versioned bucket exactly the version ``landed`` names, so no bad
+    version stays behind a delete marker); says how that went (to append to a reason)."""
+    version = (landed or {}).get("VersionId")
+    try:
+        ctx.client.delete_object(Bucket=ctx.output_bucket, Key=key,
+                                 **({"VersionId": version} if version and version != "null" else {}))
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+        log.warning("%s: cannot remove the unconfirmed object: %s", key, s3.describe_error(exc))
+        return f"; removing it failed ({s3.describe_error(exc)}): delete it by hand"
+    return "; the object was removed"
 
 
 def _result_fields(result: ConversionResult, input_bytes: int) -> dict[str, Any]:

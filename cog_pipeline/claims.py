@@ -43,8 +43,7 @@ from .rundirs import CLAIMS_DIR, write_synced
 
 log = logging.getLogger(__name__)
 
-#: What a boto3 call raises when S3 fails (after boto3's own retries).
-S3_ERRORS = (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError)
+S3_ERRORS = s3.S3_ERRORS  # (re-exported: tick, recovery and preflight import it from here)
 
 # User metadata of a processing object.
 CLAIM_META = "cog-pipeline-claim"

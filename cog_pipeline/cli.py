@@ -9,9 +9,10 @@ import sys
 from pathlib import Path
 
 from . import __version__
+from .endpoint import DELETE_FALLBACKS
 from .errors import ImageError, PipelineError
 from .logs import configure_cli
-from .s3 import S3Settings
+from .s3 import CHECKSUM_MODES, S3_ERRORS, S3Settings, describe_error
 
 log = logging.getLogger("cog_pipeline")
 
@@ -21,6 +22,16 @@ def _add_s3_flags(parser: argparse.ArgumentParser, buckets: bool = True) -> None
     parser.add_argument("-s", "--secret-key-file", help="file holding the S3 secret access key")
     parser.add_argument("-e", "--endpoint", help="S3 endpoint: host name (HTTPS) or full URL, e.g. http://127.0.0.1:9000")
     parser.add_argument("--region", default="us-east-1", help="S3 region (default: %(default)s)")
+    parser.add_argument("--ca-bundle", metavar="FILE",
+                        help="PEM bundle of the CA that signed the endpoint's certificate (default: $AWS_CA_BUNDLE, "
+                             "else the public CAs of certifi)")
+    parser.add_argument("--checksums", choices=CHECKSUM_MODES, default="auto",
+                        help="request checksums: auto (only where required, on any endpoint but AWS), when_required "
+                             "or when_supported (default: %(default)s)")
+    parser.add_argument("--delete-fallback", choices=DELETE_FALLBACKS, default="refuse",
+                        help="on an unversioned bucket whose server ignores If-Match on DeleteObject: refuse to "
+                             "claim, or verify-first (delete a claimed manifest right after a HEAD shows it "
+                             "unchanged) (default: %(default)s)")
     if buckets:
         parser.add_argument("--input-bucket", required=True, help="bucket holding the GeoTIFFs and manifests")
         parser.add_argument("--output-bucket", required=True, help="bucket receiving the COGs and JPEGs")
@@ -30,7 +41,8 @@ def _add_s3_flags(parser: argparse.ArgumentParser, buckets: bool = True) -> None
 
 def _settings(args: argparse.Namespace) -> S3Settings:
     return S3Settings(endpoint_url=args.endpoint, access_key_file=args.access_key_file,
-                      secret_key_file=args.secret_key_file, region=args.region)
+                      secret_key_file=args.secret_key_file, region=args.region, ca_bundle=args.ca_bundle,
+                      checksums=args.checksums, delete_fallback=args.delete_fallback)
 
 
 def cmd_tick(args: argparse.Namespace) -> int:
@@ -101,16 +113,22 @@ def cmd_start(args: argparse.Namespace) -> int:
     import shlex
 
     from .htcondor import CRONDOR_BATCH_PREFIX, start_crondor
+    from .s3 import ca_bundle
     from .tick import TickOptions, connect
 
-    connect(TickOptions(input_bucket=args.input_bucket, output_bucket=args.output_bucket, settings=_settings(args)))
+    settings = _settings(args)
+    connect(TickOptions(input_bucket=args.input_bucket, output_bucket=args.output_bucket, settings=settings))
     tick_argv = ["tick", "--input-bucket", args.input_bucket, "--output-bucket", args.output_bucket,
                  "-p", args.pattern, "--region", args.region]
-    for flag, value in (("-a", args.access_key_file), ("-s", args.secret_key_file)):
+    # The Crondor's environment is explicit (AWS_CA_BUNDLE is not passed on): the bundle in use here,
+    # from --ca-bundle or AWS_CA_BUNDLE, becomes an explicit --ca-bundle of every tick.
+    bundle = ca_bundle(settings)
+    for flag, value in (("-a", args.access_key_file), ("-s", args.secret_key_file), ("--ca-bundle", bundle)):
         if value:  # the FILE path: its contents never leave the S3 module
             tick_argv += [flag, str(Path(value).expanduser().resolve())]
     if args.endpoint:
         tick_argv += ["-e", args.endpoint]
+    tick_argv += ["--checksums", args.checksums, "--delete-fallback", args.delete_fallback]
     workdir = Path(args.workdir).resolve()
     cluster = start_crondor(tick_argv=tick_argv, pattern=args.pattern, workdir=workdir, every_minutes=args.every,
                             max_running=args.max_running)
@@ -136,10 +154,33 @@ def cmd_status(args: argparse.Namespace) -> int:
     from .s3 import make_client
     from .status import collect, render_json, render_text
 
-    client = make_client(_settings(args)) if args.input_bucket else None
-    state = collect(client, args.input_bucket, Path(args.workdir).resolve(), args.pattern)
+    settings = _settings(args)
+    client = make_client(settings) if args.input_bucket else None
+    state = collect(client, args.input_bucket, Path(args.workdir).resolve(), args.pattern, settings)
     print(render_json(state) if args.json else render_text(state))
     return 0
+
+
+def cmd_check_endpoint(args: argparse.Namespace) -> int:
+    """Probe the endpoint now; print what it honours and what ticks do. Exit 2 where ticks would refuse."""
+    from . import endpoint
+    from .tick import TickOptions, connect
+
+    settings = _settings(args)
+    workdir = Path(args.workdir).resolve()
+    client = connect(TickOptions(input_bucket=args.input_bucket, output_bucket=args.output_bucket or
+                                 args.input_bucket, settings=settings, workdir=workdir))
+    try:
+        caps, sem, refusal = endpoint.check(client, settings, args.input_bucket, workdir)
+    except S3_ERRORS as exc:
+        raise PipelineError(f"cannot probe input bucket '{args.input_bucket}': {describe_error(exc)}") from None
+    if args.json:
+        print(json.dumps({"capabilities": caps.as_dict(), "commit": sem.commit if sem else None,
+                          "fallbacks": list(sem.fallbacks) if sem else [], "refusal": refusal}, indent=2))
+    else:
+        print(endpoint.table(caps, sem, refusal))
+        print(f"(cached in {workdir}; ticks there re-use it for {endpoint.PROBE_EVERY / 3600:.0f} h)")
+    return 2 if refusal else 0
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
@@ -225,6 +266,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", default=".", help="where the workflow-run-* directories are (default: .)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("check-endpoint", help="probe what the S3 server honours (conditional requests, "
+                       "checksums, versioning) and show what ticks do about it")
+    _add_s3_flags(p, buckets=False)
+    p.add_argument("--input-bucket", required=True, help="the bucket the ticks claim manifests in")
+    p.add_argument("--output-bucket", help="also check that this bucket is reachable")
+    p.add_argument("--workdir", default=".", help="the ticks' working directory, where the answers are cached "
+                   "(default: .)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_check_endpoint)
 
     p = sub.add_parser("retry", help="re-queue the rows of a <name>failed-<TS>.csv as <name>retry-<TS>-raw.csv")
     _add_s3_flags(p, buckets=False)

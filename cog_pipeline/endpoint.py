@@ -138,10 +138,11 @@ def probe(client: Any, settings: s3.S3Settings, bucket: str) -> Capabilities:
             deleted = "412" if s3.head(client, bucket, key) is not None else "ok"
         found["delete_if_match"] = {"412": HONOURED, "ok": IGNORED, "refused": REFUSED}[deleted]
         found["checksum_trailers"] = _probe_trailers(settings, bucket, key + "-trailer")
-    except botocore.exceptions.ClientError as exc:
-        raise PipelineError(f"probing bucket '{bucket}': {s3.describe_error(exc)}") from None
     finally:
-        remove_versions(client, bucket, key, prefix=True)
+        try:
+            remove_versions(client, bucket, key, prefix=True)
+        except s3.S3_ERRORS as exc:
+            log.warning("could not remove the probe objects %s*: %s", key, s3.describe_error(exc))
     found["server"] = next((s for s in servers if s), "")
     return Capabilities(probed_at=time.time(), **found)
 

@@ -117,8 +117,11 @@ def merge_config(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_config(opts: TickOptions, ts: str, manifests: list[dict[str, Any]]) -> dict[str, Any]:
-    """The run's config (no secret values: key *file* paths only)."""
+    """The run's config (no secret values: key *file* paths only; the CA bundle as a path too)."""
     settings = opts.settings
+    # The bundle this tick verifies against (--ca-bundle, else AWS_CA_BUNDLE): drivers and batch jobs do not
+    # inherit the environment, so it is written here as a path (HTCondor jobs receive the file itself).
+    bundle = s3.ca_bundle(settings)
     config = {
         "run_id": ts,
         "pattern": opts.pattern,
@@ -130,6 +133,9 @@ def run_config(opts: TickOptions, ts: str, manifests: list[dict[str, Any]]) -> d
             "output_bucket": opts.output_bucket,
             "access_key_file": str(Path(settings.access_key_file).resolve()) if settings.access_key_file else None,
             "secret_key_file": str(Path(settings.secret_key_file).resolve()) if settings.secret_key_file else None,
+            "ca_bundle": str(Path(bundle).resolve()) if bundle else None,
+            "checksums": settings.checksums,
+            "delete_fallback": settings.delete_fallback,
         },
         "manifests": manifests,
     }

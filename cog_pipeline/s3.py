@@ -6,11 +6,14 @@ Retries are boto3's own (``standard`` mode with a bounded attempt count), not ha
 
 from __future__ import annotations
 
+import base64
 import bisect
 import email.utils
+import hashlib
 import logging
 import os
 import random
+import re
 import stat
 import time
 from dataclasses import dataclass
@@ -23,6 +26,7 @@ import botocore.retries.standard
 from boto3.s3.transfer import TransferConfig, create_transfer_manager
 from botocore.config import Config
 from s3transfer.subscribers import BaseSubscriber
+from s3transfer.utils import ChunksizeAdjuster
 
 from .errors import PipelineError
 
@@ -49,6 +53,13 @@ class S3Settings:
     max_concurrency: int = 4
     multipart_threshold: int = MULTIPART_THRESHOLD
     multipart_chunksize: int = MULTIPART_CHUNKSIZE
+    #: PEM file of the CA that signed the endpoint's certificate (a site CA); None: AWS_CA_BUNDLE, else certifi.
+    ca_bundle: str | None = None
+    #: Data-integrity checksums on requests: ``auto`` (only where an operation requires one, on any custom
+    #: endpoint; see CHECKSUM_MODES), ``when_required`` or ``when_supported`` (boto3's default on AWS).
+    checksums: str = "auto"
+    #: What to do on an unversioned bucket whose server ignores If-Match on DeleteObject (endpoint.semantics).
+    delete_fallback: str = "refuse"
 
     @classmethod
     def from_config(cls, s3: dict[str, Any]) -> "S3Settings":
@@ -93,6 +104,40 @@ def read_key_file(path: str) -> str:
     return value
 
 
+#: Values of ``s3.checksums``. boto3 >= 1.36 sends every upload as ``aws-chunked`` with a CRC32 trailer
+#: and no Content-Length when checksums are ``when_supported``; S3-compatible servers that predate it
+#: answer 411 (Ceph RGW before Squid, older MinIO) or store the chunk framing inside the object
+#: (boto/boto3#4435). ``when_required`` sends plain bodies with a Content-Length; uploads are then
+#: checked after the fact (``verify_upload``).
+CHECKSUM_MODES = ("auto", "when_required", "when_supported")
+
+
+def checksum_mode(settings: S3Settings) -> str:
+    """boto3's request/response checksum setting for ``settings``: ``auto`` is ``when_supported`` on AWS
+    (no endpoint given) and ``when_required`` on any other endpoint."""
+    if settings.checksums not in CHECKSUM_MODES:
+        raise PipelineError(f"s3.checksums must be one of {', '.join(CHECKSUM_MODES)}, not {settings.checksums!r}")
+    if settings.checksums == "auto":
+        return "when_supported" if not settings.endpoint_url else "when_required"
+    return settings.checksums
+
+
+def ca_bundle(settings: S3Settings) -> str | None:
+    """The CA bundle HTTPS connections verify against: ``settings.ca_bundle``, else ``AWS_CA_BUNDLE``, else
+    None (botocore's own, certifi's bundle); a missing file is a clear error."""
+    path = settings.ca_bundle or os.environ.get("AWS_CA_BUNDLE") or None
+    if not path:
+        return None
+    candidate = Path(path).expanduser()
+    if candidate.is_file():
+        return str(candidate)
+    transferred = Path.cwd() / candidate.name  # on an HTCondor execute point: the copy in the job's directory
+    if settings.ca_bundle and transferred.is_file():
+        return str(transferred)
+    source = "--ca-bundle / s3.ca_bundle" if settings.ca_bundle else "AWS_CA_BUNDLE"
+    raise PipelineError(f"CA bundle not found: {path} (given by {source})")
+
+
 def make_client(settings: S3Settings) -> Any:
     """A boto3 S3 client with bounded retries/timeouts; credentials from key files if given."""
     kwargs: dict[str, Any] = {}
@@ -101,13 +146,19 @@ def make_client(settings: S3Settings) -> Any:
             raise PipelineError("give both an access key file (-a) and a secret key file (-s), or neither")
         kwargs["aws_access_key_id"] = read_key_file(settings.access_key_file)
         kwargs["aws_secret_access_key"] = read_key_file(settings.secret_key_file)
+    checksums = checksum_mode(settings)
     config = Config(
         retries={"mode": "standard", "max_attempts": settings.max_attempts},
         connect_timeout=settings.connect_timeout,
         read_timeout=settings.read_timeout,
         s3={"addressing_style": "path"},
         signature_version="s3v4",
+        request_checksum_calculation=checksums,
+        response_checksum_validation=checksums,
     )
+    bundle = ca_bundle(settings)
+    if bundle:
+        kwargs["verify"] = bundle
     session = boto3.session.Session()
     client = session.client(
         "s3",
@@ -118,7 +169,18 @@ def make_client(settings: S3Settings) -> Any:
     )
     if NEEDS_429_SHIM:
         client.meta.events.register("needs-retry.s3", _retry_429(settings.max_attempts))
+    if checksums == "when_required":
+        client.meta.events.register("before-call.s3.DeleteObjects", _content_md5)
     return client
+
+
+def _content_md5(params: dict[str, Any], **_: Any) -> None:
+    """DeleteObjects with a Content-MD5 header as well (older MinIO and RGW refuse it without one,
+    minio/minio#20849; boto3 >= 1.36 sends only a CRC32)."""
+    body = params.get("body")
+    headers = params.setdefault("headers", {})
+    if isinstance(body, bytes) and "Content-MD5" not in headers:
+        headers["Content-MD5"] = base64.b64encode(hashlib.md5(body).digest()).decode("ascii")
 
 
 #: botocore without ThrottlingStatusCodeChecker (1.40 has none, 1.44 has it; boto3>=1.34 allows both) only takes
@@ -151,6 +213,10 @@ def transfer_config(settings: S3Settings) -> TransferConfig:
     )
 
 
+#: What a boto3 call raises when S3 fails (after boto3's own retries).
+S3_ERRORS = (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError)
+
+
 def error_code(exc: BaseException) -> str:
     """The S3 error code of a ClientError ('NoSuchKey', '404', 'PreconditionFailed', ...), else ''."""
     if isinstance(exc, botocore.exceptions.ClientError):
@@ -164,6 +230,9 @@ def describe_error(exc: BaseException) -> str:
         err = exc.response.get("Error", {})
         op = getattr(exc, "operation_name", "request")
         return f"{op} failed: {err.get('Code', '?')} {err.get('Message', '')}".strip()
+    if isinstance(exc, botocore.exceptions.SSLError):
+        return (f"TLS error talking to the S3 endpoint {exc.kwargs.get('endpoint_url', '')}: the server's certificate "
+                "is not trusted; give the site CA with --ca-bundle FILE (or AWS_CA_BUNDLE)")
     if isinstance(exc, botocore.exceptions.EndpointConnectionError):
         return f"cannot connect to the S3 endpoint {exc.kwargs.get('endpoint_url', '')}".strip()
     if isinstance(exc, botocore.exceptions.NoCredentialsError):
@@ -340,6 +409,99 @@ def upload_file(client: Any, bucket: str, key: str, src: Path, settings: S3Setti
     """Upload ``src`` to ``key``: one PUT, or a multipart upload that boto3 aborts if any part fails."""
     extra = {"ContentType": content_type, "Metadata": metadata or {}}
     client.upload_file(str(src), bucket, key, ExtraArgs=extra, Config=transfer_config(settings))
+
+
+class UploadMismatch(PipelineError):
+    """The object stored at ``key`` is not the file just uploaded (size or ETag differ, or it is missing).
+
+    ``detail`` says what was expected and what was found; the message adds that the object was removed
+    (callers remove it, and build their own message from ``detail`` when that fails)."""
+
+    def __init__(self, key: str, detail: str, missing: bool = False):
+        self.key, self.detail, self.missing = key, detail, missing
+        super().__init__(detail if missing else f"{detail}; the object was removed")
+
+
+#: An ETag of the MD5 family: the MD5 of a single PUT, or ``<MD5 of the parts' MD5s>-<parts>`` of a multipart upload.
+_MD5_ETAG = re.compile(r"^[0-9a-f]{32}(-[1-9][0-9]*)?$")
+#: Server-side encryption under which the ETag is no MD5 of the data, though it may look like one (AWS, MinIO).
+_OPAQUE_SSE = ("aws:kms", "aws:kms:dsse")
+_READ_SIZE = 1024 * 1024
+
+
+def upload_part_size(settings: S3Settings, size: int) -> int | None:
+    """The part size s3transfer cuts a ``size``-byte upload into; None for a single PUT.
+
+    Multipart iff ``size >= multipart_threshold``; parts are ``multipart_chunksize``, adjusted as s3transfer
+    does (doubled until there are at most 10000 parts, then kept within 5 MiB .. 5 GiB)."""
+    if size < settings.multipart_threshold:
+        return None
+    return ChunksizeAdjuster().adjust_chunksize(settings.multipart_chunksize, size)
+
+
+def expected_etag(src: Path, part_size: int | None) -> str:
+    """The ETag S3 gives ``src`` uploaded in one PUT (``part_size`` None: its MD5) or in parts of
+    ``part_size`` bytes (MD5 of the parts' binary MD5s, ``-<parts>``): one streaming pass, 1 MiB reads."""
+    with open(src, "rb") as fh:
+        if part_size is None:
+            whole = hashlib.md5(usedforsecurity=False)
+            for block in iter(lambda: fh.read(_READ_SIZE), b""):
+                whole.update(block)
+            return whole.hexdigest()
+        digests = []
+        while True:
+            part, left = hashlib.md5(usedforsecurity=False), part_size
+            while left:
+                block = fh.read(min(_READ_SIZE, left))
+                if not block:
+                    break
+                part.update(block)
+                left -= len(block)
+            if left == part_size:  # nothing read: the end of the file
+                break
+            digests.append(part.digest())
+            if left:
+                break
+    return f"{hashlib.md5(b''.join(digests), usedforsecurity=False).hexdigest()}-{len(digests)}"
+
+
+def verify_upload(client: Any, bucket: str, key: str, src: Path, settings: S3Settings,
+                  head: dict | None = None) -> None:
+    """Confirm that the object at ``key`` is ``src`` as uploaded by ``upload_file``: its size, and its ETag
+    against the one expected from the local file (single PUT or multipart, as ``settings`` split it).
+
+    Catches what a server can do to a plain (``when_required``) upload: the aws-chunked framing stored
+    inside the object (boto/boto3#4435), a short object, other bytes. One HeadObject (none when the
+    caller gives ``head``). An ETag that is no MD5 (opaque, or under SSE-KMS / SSE-C) is not compared:
+    the size only. Raises UploadMismatch; the caller removes the object.
+    """
+    if head is None:
+        try:
+            head = client.head_object(Bucket=bucket, Key=key)
+        except botocore.exceptions.ClientError as exc:
+            if not is_missing(exc):
+                raise
+            raise UploadMismatch(key, f"no object at {key} after its upload", missing=True) from None
+    size = src.stat().st_size
+    stored_size = head.get("ContentLength")
+    problems = []
+    if stored_size != size:
+        problems.append(f"size {size} bytes expected, {stored_size} found")
+    etag = str(head.get("ETag", "")).removeprefix("W/").strip('"').lower()
+    sse = head.get("ServerSideEncryption", "")
+    opaque = ("SSE-C" if head.get("SSECustomerAlgorithm") else sse if sse in _OPAQUE_SSE
+              else "" if _MD5_ETAG.match(etag) else "not of the MD5 form")
+    if opaque:
+        log.info("%s: the server's ETag %r is no MD5 of the data (%s); checked the size only", key,
+                 head.get("ETag"), opaque)
+    else:
+        part_size = upload_part_size(settings, size)
+        want = expected_etag(src, part_size)
+        if etag != want:
+            how = "single PUT" if part_size is None else f"{part_size}-byte parts"
+            problems.append(f"ETag {want} expected ({how}), {etag} found")
+    if problems:
+        raise UploadMismatch(key, f"stored object {key} is not the file uploaded: {'; '.join(problems)}")
 
 
 def head(client: Any, bucket: str, key: str) -> dict | None:

@@ -124,6 +124,7 @@ def no_schedd(monkeypatch):
     monkeypatch.delenv(h.SETTINGS_ENV, raising=False)
     monkeypatch.delenv(h.MAX_RUNNING_ENV, raising=False)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_SENTINEL)  # must never be copied anywhere
+    monkeypatch.delenv("AWS_CA_BUNDLE", raising=False)
     htcondor2.reload_config()
 
 
@@ -135,8 +136,17 @@ def keys(tmp_path):
 
 
 @pytest.fixture
-def run_dir(tmp_path, keys):
-    """A run directory as the tick makes it: run.yaml (key FILE paths only) and two claimed manifests."""
+def ca_bundle(tmp_path):
+    """A site CA's PEM bundle on the access point (what --ca-bundle names)."""
+    path = tmp_path / "tls" / "site-ca.pem"
+    path.parent.mkdir()
+    path.write_text("-----BEGIN CERTIFICATE-----\nSITE-CA\n-----END CERTIFICATE-----\n")
+    return path
+
+
+@pytest.fixture
+def run_dir(tmp_path, keys, ca_bundle):
+    """A run directory as the tick makes it: run.yaml (key and CA FILE paths only) and two claimed manifests."""
     run = tmp_path / "work" / f"workflow-run-{RUN_ID}"
     (run / "manifests").mkdir(parents=True)
     (run / "logs").mkdir()
@@ -149,7 +159,8 @@ def run_dir(tmp_path, keys):
     config = {"run_id": RUN_ID, "pattern": PATTERN,
               "s3": {"endpoint_url": "http://127.0.0.1:9", "region": "us-east-1", "input_bucket": "in-bucket",
                      "output_bucket": "out-bucket", "access_key_file": str(keys[0]),
-                     "secret_key_file": str(keys[1])},
+                     "secret_key_file": str(keys[1]), "ca_bundle": str(ca_bundle), "checksums": "auto",
+                     "delete_fallback": "refuse"},
               "manifests": manifests}
     (run / "run.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     return run
@@ -454,7 +465,7 @@ def test_staged_rules_refer_only_to_staged_files(run_dir):
     assert "../environment.yml" in named
 
 
-def test_snakemake_args(run_dir, keys):
+def test_snakemake_args(run_dir, keys, ca_bundle):
     args = h.snakemake_args(run_dir, RUN_ID, PATTERN)
     stage = run_dir.resolve() / "workflow"
     assert option(args, "--profile") == str(h.PROFILE_DIR)
@@ -476,11 +487,12 @@ def test_snakemake_args(run_dir, keys):
             res["classad_CogPipelineRun"]) == (True, "job", PATTERN, RUN_ID)
     transfer = res["htcondor_transfer_input_files"].split(",")
     assert str(keys[0]) in transfer and str(keys[1]) in transfer
+    assert str(ca_bundle) in transfer  # the site CA reaches every batch job, by file name
     for rel in (t for t in transfer if not os.path.isabs(t)):
         assert (run_dir / rel).exists(), f"{rel} is listed for transfer but missing from the run directory"
 
     job_env = (stage / h.JOB_ENV).read_text()
-    assert "COG_PIPELINE_PRIVATE_FILES='access.key secret.key'" in job_env
+    assert "COG_PIPELINE_PRIVATE_FILES='access.key secret.key'" in job_env  # the CA bundle is no secret
     assert_no_secret(" ".join(args), job_env)
 
 
@@ -505,6 +517,47 @@ def test_key_files_must_be_transferable(run_dir, tmp_path):
         (run_dir / "run.yaml").write_text(yaml.safe_dump(config))
         with pytest.raises(PipelineError, match=message):
             h.snakemake_args(run_dir, RUN_ID, PATTERN)
+
+
+def test_ca_bundle_must_be_transferable(run_dir, tmp_path):
+    config = yaml.safe_load((run_dir / "run.yaml").read_text())
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "secret.key").write_text("not a CA")
+    (other / "run.yaml").write_text("not a CA")
+    for bad, message in ((str(other / "secret.key"), "names must differ"),  # a key file's name
+                         (str(other / "run.yaml"), "names must differ"),  # a name the job's directory has
+                         (str(tmp_path / "missing-ca.pem"), r"CA bundle .*missing-ca\.pem \(--ca-bundle\) not found"),
+                         (str(tmp_path / "a,b.pem"), "without spaces or commas"),
+                         ("relative-ca.pem", "absolute path")):
+        config["s3"]["ca_bundle"] = bad
+        (run_dir / "run.yaml").write_text(yaml.safe_dump(config))
+        with pytest.raises(PipelineError, match=message):
+            h.snakemake_args(run_dir, RUN_ID, PATTERN)
+
+
+def test_no_ca_bundle_transfers_only_the_keys(run_dir, keys, ca_bundle):
+    config = yaml.safe_load((run_dir / "run.yaml").read_text())
+    assert h.transfer_files(config) == [keys[0], keys[1], ca_bundle]
+    config["s3"]["ca_bundle"] = None
+    (run_dir / "run.yaml").write_text(yaml.safe_dump(config))
+    assert h.transfer_files(config) == [keys[0], keys[1]]
+    transfer = default_resources(h.snakemake_args(run_dir, RUN_ID, PATTERN))["htcondor_transfer_input_files"]
+    assert ca_bundle.name not in transfer
+
+
+def test_ca_bundle_resolves_to_the_transferred_copy(run_dir, ca_bundle, tmp_path, monkeypatch):
+    """On an execute point the access point's path does not exist: the copy HTCondor put in the job's
+    directory (by file name, like the key files) is used."""
+    from cog_pipeline import s3
+
+    config = yaml.safe_load((run_dir / "run.yaml").read_text())
+    config["s3"]["ca_bundle"] = str(tmp_path / "access-point-only" / ca_bundle.name)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    shutil.copy(ca_bundle, scratch / ca_bundle.name)
+    monkeypatch.chdir(scratch)
+    assert s3.ca_bundle(s3.S3Settings.from_config(config["s3"])) == str(scratch / ca_bundle.name)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -591,7 +644,7 @@ def plugin_description(run_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_plugin_job_description(plugin_description, run_dir, keys, monkeypatch):
+def test_plugin_job_description(plugin_description, run_dir, keys, ca_bundle, monkeypatch):
     text, output = plugin_description
     monkeypatch.chdir(run_dir)  # the driver's Snakemake submits from the run directory
     ad = job_ad(text, cluster=321)
@@ -606,6 +659,7 @@ def test_plugin_job_description(plugin_description, run_dir, keys, monkeypatch):
                 f"manifests/a-processing-{RUN_ID}.csv"):
         assert rel in transfer_in, rel
     assert str(keys[0]) in transfer_in and str(keys[1]) in transfer_in
+    assert str(ca_bundle) in transfer_in  # the site CA goes to the execute point with the keys
     assert sys.executable not in transfer_in  # the interpreter is never transferred
     transfer_out = [p.strip() for p in ad["TransferOutput"].split(",")]
     assert sorted(transfer_out) == ["logs/convert/m1/batch-00001.log", "status/m1/batch-00001.jsonl"]
@@ -738,6 +792,43 @@ def test_cli_start_and_stop_without_schedd(buckets, s3_server, key_files, tmp_pa
     assert main(["stop", "-p", PATTERN]) == 2
     err = capsys.readouterr().err
     assert "error: No HTCondor schedd reachable" in err and "Traceback" not in err
+
+
+class EmptySchedd:
+    """A schedd whose queue is empty (the Crondor's duplicate check passes); submit is replaced separately."""
+
+    def query(self, constraint=None, projection=None):
+        return []
+
+
+@pytest.mark.parametrize("given", ["flag", "environment"])
+def test_cli_start_gives_the_crondor_the_s3_settings(given, keys, ca_bundle, tmp_path, monkeypatch, capsys):
+    """The Crondor's environment is explicit: a CA bundle from --ca-bundle or from AWS_CA_BUNDLE reaches the
+    tick as ``--ca-bundle <absolute path>``, with the checksum mode and the delete fallback."""
+    from cog_pipeline import tick
+    from cog_pipeline.cli import main
+
+    submitted = []
+    monkeypatch.setattr(tick, "connect", lambda opts: None)  # the buckets' check (tested elsewhere)
+    monkeypatch.setattr(h.schedd, "connect", EmptySchedd)
+    monkeypatch.setattr(h.schedd, "submit", lambda description: submitted.append(description) or 31)
+    monkeypatch.chdir(ca_bundle.parent)
+    extra = ["--ca-bundle", ca_bundle.name] if given == "flag" else []
+    if given == "environment":
+        monkeypatch.setenv("AWS_CA_BUNDLE", ca_bundle.name)  # relative to where start runs
+    code = main(["start", "-a", str(keys[0]), "-s", str(keys[1]), "-e", "s3.example.org",
+                 "--input-bucket", "in-bucket", "--output-bucket", "out-bucket", "--workdir", str(tmp_path),
+                 "--checksums", "when_required", "--delete-fallback", "verify-first", *extra])
+    assert code == 0, capsys.readouterr().err
+    ad = job_ad(submitted[0], cluster=31)
+    args = parse_v2(ad["Arguments"])
+    assert args[0] == "tick" and option(args, "--executor") == "htcondor"
+    assert option(args, "--ca-bundle") == str(ca_bundle.resolve())
+    assert option(args, "--checksums") == "when_required"
+    assert option(args, "--delete-fallback") == "verify-first"
+    assert "AWS_CA_BUNDLE" not in ad_environment(ad)  # never the environment, copied blindly
+    assert "SITE-CA" not in str(submitted[0])  # the path, never the contents
+    assert_no_secret(str(submitted[0]), str(ad))
 
 
 # ---------------------------------------------------------------------------------------------

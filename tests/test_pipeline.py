@@ -258,8 +258,8 @@ def test_cli_reports_bad_bucket_without_traceback(settings, s3_server, tmp_path)
 
 
 def test_batch_requests_per_image_and_skip_if_done(seed, buckets, settings, samples, tmp_path, monkeypatch):
-    """One batch: one listing of its outputs, then per image one HeadObject (the input) and no
-    HeadObject for outputs that do not exist yet; a rerun skips every image (HeadObject of the COG
+    """One batch: one listing of its outputs, then per image one HeadObject (the input), no
+    HeadObject for outputs that do not exist yet and one per output uploaded (to confirm it); a rerun skips every image (HeadObject of the COG
     for its source ETag), and an input replaced since is converted again."""
     import json
 
@@ -287,7 +287,7 @@ def test_batch_requests_per_image_and_skip_if_done(seed, buckets, settings, samp
     monkeypatch.setattr(s3, "make_client", counting_client)
     first = batch.run_batch(config, run_dir, "m1", 0, run_dir / "status" / "b0.jsonl", threads=1)
     assert [r["status"] for r in first] == ["ok"] * 3
-    assert counts["ListObjectsV2"] == 1 and counts["HeadObject"] == 3, counts
+    assert counts["ListObjectsV2"] == 1 and counts["HeadObject"] == 3 + 6, counts
     assert counts["PutObject"] == 6 and counts["GetObject"] == 3, counts
 
     counts.clear()

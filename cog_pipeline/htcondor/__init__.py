@@ -23,8 +23,8 @@ from .schedd import (JOB_STATUS, NO_SCHEDD, WAITING, check_schedd, cleanup_run, 
 from .settings import (DEFAULT_SETTINGS, JOB_WRAPPER, PROFILE_CONFIG, PROFILE_DIR, SOFTWARE_MODES, HoldPolicy,
                        Settings, Software, SoftwarePlan, load_profile, load_settings, profile_default_resources,
                        profile_held_timeout, settings_path, software_plan)
-from .staging import (JOB_ENV, STAGE_DIR, fresh_jobdir, job_resources, key_files, snakemake_args,
-                      stage_workflow, write_job_env)
+from .staging import (JOB_ENV, STAGE_DIR, ca_bundle_file, fresh_jobdir, job_resources, key_files, snakemake_args,
+                      stage_workflow, transfer_files, write_job_env)
 from .descriptions import (COMPLETED, CRONDOR_BATCH_PREFIX, DRIVER_BATCH_PREFIX, ENV_PASSTHROUGH, HELD, IDLE,
                      MAX_RUNNING_ENV, REMOVED, ROLE_CRONDOR, ROLE_DRIVER, ROLE_JOB, RUNNING, SETTINGS_ENV,
                      SUSPENDED, TRANSFERRING, classad_literal, classad_string, cron_fields, crondor_submit,
@@ -32,7 +32,7 @@ from .descriptions import (COMPLETED, CRONDOR_BATCH_PREFIX, DRIVER_BATCH_PREFIX,
                      pattern_constraint, run_constraint, submit_value, tick_arguments)
 from .supervisor import SUPERVISOR_LOG, apply_hold_policy, driver_removed, own_job_id, supervise
 
-__all__ = ["apply_hold_policy", "check_schedd", "classad_literal", "classad_string", "cleanup_run",
+__all__ = ["apply_hold_policy", "ca_bundle_file", "check_schedd", "classad_literal", "classad_string", "cleanup_run",
     "COMPLETED", "cron_fields", "CRONDOR_BATCH_PREFIX", "crondor_submit", "DEFAULT_SETTINGS",
     "DRIVER_BATCH_PREFIX", "driver_removed", "driver_submit", "entry_point", "ENV_PASSTHROUGH",
     "format_arguments", "format_environment", "fresh_jobdir", "HELD", "HoldPolicy", "IDLE", "JOB_ENV",
@@ -43,4 +43,4 @@ __all__ = ["apply_hold_policy", "check_schedd", "classad_literal", "classad_stri
     "Settings", "SETTINGS_ENV", "settings_path", "snakemake_args", "Software", "SOFTWARE_MODES",
     "software_plan", "SoftwarePlan", "STAGE_DIR", "stage_workflow", "start_crondor", "stop_pipeline",
     "submit", "submit_driver", "submit_value", "supervise", "SUPERVISOR_LOG", "SUSPENDED", "tick_arguments",
-    "TRANSFERRING", "WAITING", "write_job_env"]
+    "transfer_files", "TRANSFERRING", "WAITING", "write_job_env"]

@@ -62,6 +62,10 @@ def stage_workflow(run_dir: Path) -> Path:
     return dest
 
 
+#: Names in a job's directory that a transferred file must not take.
+RESERVED_NAMES = frozenset({STAGE_DIR, "run.yaml", "manifests", "status", "logs", "outcome", "env", ".snakemake"})
+
+
 def key_files(run: dict[str, Any]) -> list[Path]:
     """The run's S3 key FILES (absolute paths from run.yaml); their contents are never read here."""
     s3 = run.get("s3") or {}
@@ -70,12 +74,41 @@ def key_files(run: dict[str, Any]) -> list[Path]:
         check_transferable(str(path), "S3 key file")
         if not path.is_file():
             raise PipelineError(f"S3 key file {path} not found on the access point")
-    names = [p.name for p in paths]
-    reserved = {STAGE_DIR, "run.yaml", "manifests", "status", "logs", "outcome", "env", ".snakemake"}
-    if len(set(names)) != len(names) or reserved & set(names):
-        raise PipelineError(f"S3 key files {', '.join(map(str, paths))}: jobs receive them by file name, so the "
-                            f"names must differ from each other and from {', '.join(sorted(reserved))}")
+    _check_names(paths, "S3 key files")
     return paths
+
+
+def ca_bundle_file(run: dict[str, Any]) -> Path | None:
+    """The run's CA bundle (``s3.ca_bundle`` of run.yaml, from --ca-bundle or AWS_CA_BUNDLE), or None.
+
+    Jobs receive it by file name in their directory, as the key files; ``s3.ca_bundle`` finds that copy
+    when the access point's path does not exist on the execute point.
+    """
+    path = (run.get("s3") or {}).get("ca_bundle")
+    if not path:
+        return None
+    path = Path(path)
+    check_transferable(str(path), "S3 CA bundle (--ca-bundle)")
+    if not path.is_file():
+        raise PipelineError(f"S3 CA bundle {path} (--ca-bundle) not found on the access point")
+    return path
+
+
+def transfer_files(run: dict[str, Any]) -> list[Path]:
+    """Every file of run.yaml's ``s3:`` section a job needs: the key files, then the CA bundle if any."""
+    paths = key_files(run)
+    bundle = ca_bundle_file(run)
+    if bundle is not None:
+        paths.append(bundle)
+        _check_names(paths, "S3 key files and CA bundle")
+    return paths
+
+
+def _check_names(paths: list[Path], what: str) -> None:
+    names = [p.name for p in paths]
+    if len(set(names)) != len(names) or RESERVED_NAMES & set(names):
+        raise PipelineError(f"{what} {', '.join(map(str, paths))}: jobs receive them by file name, so the "
+                            f"names must differ from each other and from {', '.join(sorted(RESERVED_NAMES))}")
 
 
 def _run_yaml(run_dir: Path) -> dict[str, Any]:
@@ -120,10 +153,10 @@ def job_resources(run_dir: Path, run_id: str, pattern: str, settings: Settings) 
     """The default resources of every job of a run: the profile's, plus tags and per-run transfers."""
     run_dir = Path(run_dir).resolve()
     plan = software_plan(settings.software)
-    keys = key_files(_run_yaml(run_dir))
+    files = transfer_files(_run_yaml(run_dir))
     resources = profile_default_resources()
     static = [f.strip() for f in str(resources.get("htcondor_transfer_input_files", "")).split(",") if f.strip()]
-    resources["htcondor_transfer_input_files"] = ",".join(static + [str(k) for k in keys] + plan.transfer)
+    resources["htcondor_transfer_input_files"] = ",".join(static + [str(f) for f in files] + plan.transfer)
     resources.update(plan.resources)
     resources["classad_CogPipeline"] = True
     resources["classad_CogPipelineRole"] = ROLE_JOB
