@@ -36,6 +36,7 @@ import botocore.exceptions
 from . import endpoint, s3
 from .crash import crash_point
 from .endpoint import Semantics
+from .errors import PipelineError
 from .naming import PROCESSING_KEY, ManifestKeys, claim_marker_key
 from .options import TickOptions
 from .processes import holder_dead, owner_id, process_identity
@@ -109,10 +110,12 @@ def delete_version(client: Any, bucket: str, key: str, etag: str, version_id: st
             raise
 
 
-def take_marker(client: Any, bucket: str, key: str, record: dict[str, Any],
-                lease: float) -> tuple[Marker, dict[str, Any] | None] | None:
+def take_marker(client: Any, bucket: str, key: str, record: dict[str, Any], lease: float,
+                sem: Semantics) -> tuple[Marker, dict[str, Any] | None] | None:
     """Create the marker ``key`` holding ``record``; returns (the marker, the stale record it replaced or
     None), or None when a live claim holds it."""
+    if sem.markers == "oldest-version":
+        return _take_oldest_version(client, bucket, key, record, lease)
     body = json.dumps(record).encode()
     stale = None
     for _ in range(3):
@@ -129,13 +132,87 @@ def take_marker(client: Any, bucket: str, key: str, record: dict[str, Any],
         other = held.record
         if other.get("token") == record["token"]:
             return Marker(key, held.etag, held.version_id), stale  # ours: its answer was lost, boto3 retried
-        if not (holder_dead(other) or held.age > lease):
+        if not _stale(key, other, held.age, lease):
             return None
-        log.warning("taking over a stale claim marker %s (written by host %s pid %s, %.0f s ago)", key,
-                    other.get("host", "?"), other.get("pid", "?"), held.age)
         stale = other
         delete_version(client, bucket, key, held.etag, held.version_id)
     return None
+
+
+def _stale(key: str, other: dict[str, Any], age: float, lease: float) -> bool:
+    """Whether the marker ``other`` may be taken over (its writer died, or it outlived the lease)."""
+    if not (holder_dead(other) or age > lease):
+        return False
+    log.warning("taking over a stale claim marker %s (written by host %s pid %s, %.0f s ago)", key,
+                other.get("host", "?"), other.get("pid", "?"), age)
+    return True
+
+
+def _take_oldest_version(client: Any, bucket: str, key: str, record: dict[str, Any],
+                         lease: float) -> tuple[Marker, dict[str, Any] | None] | None:
+    """The marker on a versioned bucket whose server ignores If-None-Match: every claimant writes its own
+    version, then lists the key's versions (newest first); the oldest live version holds the marker. A
+    claimant that does not hold it removes its version and backs off; a stale holder's version is removed."""
+    resp = client.put_object(Bucket=bucket, Key=key, Body=json.dumps(record).encode(),
+                             ContentType="application/json")
+    mine = Marker(key, resp["ETag"], _version(resp))
+    stale = None
+    for _ in range(3):
+        page = client.list_object_versions(Bucket=bucket, Prefix=key)
+        versions = [v for v in page.get("Versions", []) if v["Key"] == key]
+        if not versions or versions[-1]["VersionId"] == mine.version_id:
+            return mine, stale
+        oldest = versions[-1]
+        try:
+            held = client.get_object(Bucket=bucket, Key=key, VersionId=oldest["VersionId"])
+            other = json.loads(held["Body"].read())
+        except botocore.exceptions.ClientError as exc:
+            if s3.is_missing(exc):
+                continue  # released meanwhile: list again
+            raise
+        except ValueError:
+            other = {}
+        if isinstance(other, dict) and other.get("token") == record["token"]:
+            # boto3 retried our write after a lost answer: the oldest one is ours too
+            delete_version(client, bucket, key, mine.etag, mine.version_id)
+            return Marker(key, oldest["ETag"], oldest["VersionId"]), stale
+        if not _stale(key, other if isinstance(other, dict) else {}, s3.server_age(held), lease):
+            delete_version(client, bucket, key, mine.etag, mine.version_id)
+            return None
+        stale = other
+        delete_version(client, bucket, key, oldest["ETag"], oldest["VersionId"])
+    delete_version(client, bucket, key, mine.etag, mine.version_id)
+    return None
+
+
+def rewrite_if_unchanged(client: Any, bucket: str, key: str, head: dict[str, Any], body: bytes,
+                         metadata: dict[str, str], sem: Semantics) -> bool:
+    """Rewrite the pipeline's processing file ``key`` only if it is still the object ``head`` describes
+    (heartbeats, adoption): True if rewritten, False if it changed or was deleted meanwhile. How depends on
+    the server (``Semantics.rewrite``); on a versioned bucket the replaced version is removed."""
+    old_version = _version(head)
+    if sem.rewrite == "if-match":
+        try:
+            client.put_object(Bucket=bucket, Key=key, Body=body, ContentType="text/csv", Metadata=metadata,
+                              IfMatch=sem.put_etag(head["ETag"]))
+        except botocore.exceptions.ClientError as exc:
+            if s3.is_missing(exc) or s3.is_precondition_failed(exc):
+                return False
+            raise
+    elif sem.rewrite == "version-check":
+        resp = client.put_object(Bucket=bucket, Key=key, Body=body, ContentType="text/csv", Metadata=metadata)
+        page = client.list_object_versions(Bucket=bucket, Prefix=key)
+        deleted = any(m["Key"] == key for m in page.get("DeleteMarkers", []))
+        still = any(v["Key"] == key and v["VersionId"] == old_version for v in page.get("Versions", []))
+        if deleted or not still:  # deleted (or replaced) meanwhile: take our write back
+            delete_version(client, bucket, key, resp["ETag"], _version(resp))
+            return False
+    else:
+        raise PipelineError(f"cannot rewrite {key} conditionally on this server (If-Match on PutObject is "
+                            f"{sem.caps.put_if_match}, the bucket is not versioned)")
+    if old_version:
+        delete_version(client, bucket, key, head["ETag"], old_version)
+    return True
 
 
 def release_marker(client: Any, bucket: str, marker: Marker) -> None:
@@ -247,7 +324,7 @@ def claim(client: Any, bucket: str, obj: dict[str, Any], keys: ManifestKeys, run
     marker = claim_marker_key(keys.raw, etag)
     record = {**process_identity(), "owner": owner_id(workdir), "token": token, "claimed_as": keys.processing,
               "run": run_dir.name, "time": time.time()}
-    taken = take_marker(client, bucket, marker, record, lease)
+    taken = take_marker(client, bucket, marker, record, lease, sem)
     if taken is None:
         log.info("%s is being claimed by another tick; skipping", keys.raw)
         return None

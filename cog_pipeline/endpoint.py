@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -36,6 +37,8 @@ IGNORED = "ignored"
 REFUSED = "refused"
 #: ``If-Match`` on PutObject works only with the ETag sent without its quotes (Ceph RGW 16.2).
 UNQUOTED = "unquoted only"
+#: ``If-Match`` on PutObject fails whatever ETag is sent (Ceph RGW 16.2 on a versioned bucket).
+ALWAYS_FAILS = "fails even for the current ETag"
 ACCEPTED = "accepted"
 #: The server stored the ``aws-chunked`` framing inside the object (boto/boto3#4435).
 CORRUPTS = "stored inside the object"
@@ -106,11 +109,11 @@ def probe(client: Any, settings: s3.S3Settings, bucket: str) -> Capabilities:
     ``.cog-pipeline/probe/``, all of whose versions are removed afterwards)."""
     key = f"{PROBE_PREFIX}{secrets.token_hex(8)}"
     found: dict[str, str] = {"endpoint": s3.normalize_endpoint(settings.endpoint_url) or "AWS", "bucket": bucket}
-    servers: list[str] = []
+    seen: list[dict[str, str]] = []
 
     def put(name: str, body: bytes, **kwargs: Any) -> dict[str, Any]:
         response = client.put_object(Bucket=bucket, Key=name, Body=body, ContentType="text/plain", **kwargs)
-        servers.append(response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("server", ""))
+        seen.append(response.get("ResponseMetadata", {}).get("HTTPHeaders", {}))
         return response
 
     try:
@@ -123,7 +126,9 @@ def probe(client: Any, settings: s3.S3Settings, bucket: str) -> Capabilities:
         else:
             again, _ = _attempt(lambda: put(key, b"probe-2", IfNoneMatch="*"))
             found["put_if_none_match"] = {"412": HONOURED, "ok": IGNORED, "refused": REFUSED}[again]
-        etag = client.head_object(Bucket=bucket, Key=key)["ETag"]
+        head = client.head_object(Bucket=bucket, Key=key)
+        seen.append(head.get("ResponseMetadata", {}).get("HTTPHeaders", {}))
+        etag = head["ETag"]
         # If-Match on GetObject with a wrong ETag.
         got, _ = _attempt(lambda: client.get_object(Bucket=bucket, Key=key, IfMatch=_WRONG_ETAG)["Body"].read())
         found["get_if_match"] = {"412": HONOURED, "ok": IGNORED, "refused": REFUSED}[got]
@@ -143,8 +148,20 @@ def probe(client: Any, settings: s3.S3Settings, bucket: str) -> Capabilities:
             remove_versions(client, bucket, key, prefix=True)
         except s3.S3_ERRORS as exc:
             log.warning("could not remove the probe objects %s*: %s", key, s3.describe_error(exc))
-    found["server"] = next((s for s in servers if s), "")
+    found["server"] = server_name(seen)
     return Capabilities(probed_at=time.time(), **found)
+
+
+def server_name(headers: list[dict[str, str]]) -> str:
+    """The ``Server`` header; else what the answers' other headers reveal (Ceph RGW's beast frontend
+    sends none, but ``x-rgw-*`` headers and ``tx…-…-…-<zone>`` request ids)."""
+    for h in headers:
+        if h.get("server"):
+            return h["server"]
+    if any(k.startswith("x-rgw-") for h in headers for k in h) or any(
+            re.match(r"^tx[0-9a-f]+-[0-9a-f]+-[0-9a-f]+-", h.get("x-amz-request-id", "")) for h in headers):
+        return "Ceph RGW (no Server header; known by its x-rgw-* headers and request ids)"
+    return ""
 
 
 def _versioning(client: Any, bucket: str) -> str:
@@ -164,7 +181,7 @@ def _probe_put_if_match(put: Any, client: Any, bucket: str, key: str, etag: str)
     if quoted == "412":
         unquoted, response = _attempt(lambda: put(key, b"probe-3", IfMatch=etag.strip('"')))
         if unquoted != "ok":
-            return REFUSED
+            return REFUSED if unquoted == "refused" else ALWAYS_FAILS
     wrong, _ = _attempt(lambda: put(key, b"probe-4", IfMatch=_WRONG_ETAG))
     if wrong == "ok":
         return IGNORED
@@ -277,15 +294,20 @@ class Semantics:
 
     ``commit``: how the claimed raw manifest is deleted: ``version-id`` (a versioned bucket: exactly the
     claimed version goes), ``if-match`` (the server refuses to delete a replaced version) or
-    ``verify-first`` (opted in: a HEAD right before an unconditional delete). ``put_if_match``: how an
-    ETag is sent on a conditional PutObject (``quoted``, ``unquoted``) or ``None`` when the server cannot
-    (heartbeats are then skipped, with a warning). ``exclusive``: claims are exclusive across hosts.
+    ``verify-first`` (opted in: a HEAD right before an unconditional delete). ``markers``: how a claim
+    marker is made exclusive: ``if-none-match``, ``oldest-version`` (a versioned bucket whose server
+    ignores If-None-Match: every contender writes a version, the oldest live one holds it) or
+    ``local-only`` (only the working directory's lock). ``rewrite``: how a processing file is rewritten
+    only if unchanged (heartbeat, adoption): ``if-match`` (``put_if_match`` says how the ETag is sent),
+    ``version-check`` (write, then keep the write only if the version it replaces is still there and
+    nothing deleted the key) or ``none``.
     """
 
     caps: Capabilities
     commit: str
     put_if_match: str | None
-    exclusive: bool
+    markers: str = "if-none-match"
+    rewrite: str = "if-match"
     fallbacks: tuple[str, ...] = ()
 
     def put_etag(self, etag: str) -> str | None:
@@ -300,13 +322,18 @@ class Semantics:
     def versioned(self) -> bool:
         return self.caps.versioned
 
+    @property
+    def exclusive(self) -> bool:
+        """Claims are exclusive across hosts (not only between the ticks of one working directory)."""
+        return self.markers != "local-only"
+
     @classmethod
     def assumed(cls, endpoint: str = "", bucket: str = "") -> "Semantics":
         """What AWS S3 and moto do (for callers that do not probe, e.g. unit tests)."""
         caps = Capabilities(endpoint=endpoint, bucket=bucket, probed_at=0.0, put_if_none_match=HONOURED,
                             put_if_match=HONOURED, put_if_match_missing_key=HONOURED, delete_if_match=HONOURED,
                             get_if_match=HONOURED, versioning="Off")
-        return cls(caps=caps, commit="if-match", put_if_match="quoted", exclusive=True)
+        return cls(caps=caps, commit="if-match", put_if_match="quoted")
 
 
 def semantics(caps: Capabilities, settings: s3.S3Settings, delete_fallback: str = "refuse") -> Semantics:
@@ -316,8 +343,14 @@ def semantics(caps: Capabilities, settings: s3.S3Settings, delete_fallback: str 
     if caps.put_if_none_match == REFUSED:
         raise PipelineError(f"{where} refuses conditional writes (If-None-Match on PutObject), which claiming "
                             "needs; nothing was claimed. Use a server that supports them (AWS, Ceph RGW, MinIO)")
-    exclusive = caps.put_if_none_match == HONOURED
-    if not exclusive:
+    if caps.put_if_none_match == HONOURED:
+        markers = "if-none-match"
+    elif caps.versioned:
+        markers = "oldest-version"
+        fallbacks.append("If-None-Match on PutObject is ignored (Ceph RGW 16.2 on a versioned bucket): a claim "
+                         "marker is held by the oldest of its live versions (each claimant writes one, then lists)")
+    else:
+        markers = "local-only"
         fallbacks.append("the endpoint ignores conditional writes (If-None-Match on PutObject): claims are "
                          "exclusive only between ticks of one working directory; run a single Crondor per input "
                          "bucket")
@@ -345,7 +378,12 @@ def semantics(caps: Capabilities, settings: s3.S3Settings, delete_fallback: str 
             "Status=Enabled), then run 'cog-pipeline check-endpoint'; or accept a millisecond window with "
             "s3.delete_fallback: verify-first")
     put_if_match = {HONOURED: "quoted", UNQUOTED: "unquoted"}.get(caps.put_if_match)
-    if put_if_match is None:
+    rewrite = "if-match" if put_if_match else "version-check" if caps.versioned else "none"
+    if rewrite == "version-check":
+        fallbacks.append(f"If-Match on PutObject is {caps.put_if_match}: heartbeats and adoptions rewrite the "
+                         "processing file, then keep the rewrite only if the version it replaces is still there "
+                         "(the bucket is versioned)")
+    elif rewrite == "none":
         fallbacks.append(f"If-Match on PutObject is {caps.put_if_match}: processing files get no heartbeat, so "
                          "another host adopts a run only by the processing file's age (keep adopt_after above "
                          "your longest run)")
@@ -359,7 +397,7 @@ def semantics(caps: Capabilities, settings: s3.S3Settings, delete_fallback: str 
         raise PipelineError(f"{where}: checksum trailers (s3.checksums: when_supported) are "
                             f"{caps.checksum_trailers}; set s3.checksums: when_required (the default for "
                             "custom endpoints); nothing was claimed")
-    return Semantics(caps=caps, commit=commit, put_if_match=put_if_match, exclusive=exclusive,
+    return Semantics(caps=caps, commit=commit, put_if_match=put_if_match, markers=markers, rewrite=rewrite,
                      fallbacks=tuple(fallbacks))
 
 
@@ -383,8 +421,9 @@ def table(caps: Capabilities, sem: Semantics | None, refusal: str | None = None)
     if refusal:
         lines.append(f"  REFUSED: {refusal}")
     elif sem is not None:
-        lines.append(f"  claims commit by: {sem.commit}; heartbeats: "
-                     f"{'If-Match ' + sem.put_if_match if sem.put_if_match else 'off'}")
+        heartbeats = {"if-match": f"If-Match ({sem.put_if_match} ETag)", "version-check": "version check",
+                      "none": "off"}[sem.rewrite]
+        lines.append(f"  claim markers by: {sem.markers}; claims commit by: {sem.commit}; heartbeats: {heartbeats}")
         lines += [f"  FALLBACK: {text}" for text in sem.fallbacks]
         if not sem.fallbacks:
             lines.append("  every semantic the pipeline relies on is honoured")

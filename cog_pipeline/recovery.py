@@ -28,7 +28,7 @@ import botocore.exceptions
 from . import s3
 from .claims import (CLAIM_META, HEARTBEAT_META, OWNER_META, RAW_ETAG_META, RUN_META, S3_ERRORS, Marker,
                      delete_version, journal_entries, processing_metadata, raw_key_of, read_state_object,
-                     release_marker, roll_back, take_marker)
+                     release_marker, rewrite_if_unchanged, roll_back, take_marker)
 from .endpoint import Semantics, remove_versions
 from .naming import (HEARTBEAT_WARNING, PROCESSING_KEY, RUN_CONFIG, RUN_DIR_PREFIX, ManifestKeys, claim_marker_key,
                      outcome_path)
@@ -54,18 +54,14 @@ def heartbeat(client: Any, bucket: str, run_dir: Path, config: dict[str, Any], e
             head = s3.head(client, bucket, key)
             if head is None or s3.server_age(head) < every:
                 continue
-            if_match = sem.put_etag(head["ETag"])
-            if if_match is None:
+            if sem.rewrite == "none":
                 problems.append(f"heartbeat of {key} not sent: the server cannot do If-Match on PutObject "
-                                f"({sem.caps.put_if_match})")
+                                f"({sem.caps.put_if_match}) and the bucket is not versioned")
                 continue
             meta = dict(head.get("Metadata", {}))
             meta[HEARTBEAT_META] = str(int(time.time()))
-            client.put_object(Bucket=bucket, Key=key, Body=(run_dir / manifest["csv"]).read_bytes(),
-                              ContentType="text/csv", Metadata=meta, IfMatch=if_match)
-            if head.get("VersionId") not in (None, "null"):  # versioned: the refreshed version replaces it
-                delete_version(client, bucket, key, head["ETag"], head["VersionId"])
-            written += 1
+            if rewrite_if_unchanged(client, bucket, key, head, (run_dir / manifest["csv"]).read_bytes(), meta, sem):
+                written += 1
         except (OSError, *S3_ERRORS) as exc:
             if isinstance(exc, botocore.exceptions.ClientError) and s3.is_missing(exc):
                 continue  # finished meanwhile
@@ -268,24 +264,22 @@ def adopt(client: Any, opts: TickOptions, sem: Semantics, obj: dict, head: dict,
     marker = claim_marker_key(key, head["ETag"])
     record = {**process_identity(), "owner": owner_id(opts.workdir), "token": token, "adopting": key,
               "time": time.time()}
-    taken = take_marker(client, bucket, marker, record, opts.claim_lease)
+    taken = take_marker(client, bucket, marker, record, opts.claim_lease, sem)
     if taken is None:
         return None
     try:
         try:
             data = s3.get_bytes(client, bucket, key, if_match=head["ETag"])
             meta.update(processing_metadata(token, record["owner"], run_dir.name, raw_key, meta.get(RAW_ETAG_META, "")))
-            condition = sem.put_etag(head["ETag"])
-            if condition is None:  # the server cannot: a HEAD right before the rewrite instead
+            if sem.rewrite == "none":  # the server cannot: a HEAD right before the rewrite instead
                 log.warning("adopting %s without If-Match on PutObject (%s): checked by a HEAD first", key,
                             sem.caps.put_if_match)
                 now = s3.head(client, bucket, key)
                 if now is None or now["ETag"] != head["ETag"]:
                     return None
-            client.put_object(Bucket=bucket, Key=key, Body=data, ContentType="text/csv", Metadata=meta,
-                              **({"IfMatch": condition} if condition else {}))
-            if head.get("VersionId") not in (None, "null"):
-                delete_version(client, bucket, key, head["ETag"], head["VersionId"])
+                client.put_object(Bucket=bucket, Key=key, Body=data, ContentType="text/csv", Metadata=meta)
+            elif not rewrite_if_unchanged(client, bucket, key, head, data, meta, sem):
+                return None  # finished or changed meanwhile
         except botocore.exceptions.ClientError as exc:
             if s3.is_missing(exc) or s3.is_precondition_failed(exc):
                 return None  # finished or changed meanwhile

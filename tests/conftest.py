@@ -4,7 +4,9 @@ seeded through a separate boto3 client, as s3fs's tests do."""
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import boto3
 import pytest
@@ -87,3 +89,74 @@ def all_objects(client, bucket: str) -> dict[str, bytes]:
         for obj in page.get("Contents", []):
             out[obj["Key"]] = client.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read()
     return out
+
+
+# ---------------------------------------------------------------------------------------- real S3 servers
+
+#: Set in CI (.ci/run): a server that cannot start there fails the suite instead of skipping.
+REQUIRE_REAL_S3 = os.environ.get("COG_PIPELINE_REQUIRE_REAL_S3") == "1"
+
+
+@pytest.fixture(scope="session")
+def rgw(tmp_path_factory):
+    """A real Ceph RADOS Gateway (HTTP and HTTPS on loopback) for the whole session; skipped loudly where
+    Ceph is not installed, and a failure where CI requires it."""
+    from servers import rgw as rgw_server
+
+    reason = rgw_server.available()
+    if reason:
+        message = (f"REAL S3 SERVER NOT AVAILABLE: Ceph RGW: {reason}. Install it with: apt-get install -y "
+                   "radosgw ceph-mon ceph-osd ceph-common openssl (as .ci/run does)")
+        if REQUIRE_REAL_S3:
+            pytest.fail(message + " (COG_PIPELINE_REQUIRE_REAL_S3=1)", pytrace=False)
+        pytest.skip(message)
+    try:
+        with rgw_server.rgw_server(tmp_path_factory.mktemp("rgw")) as server:
+            yield server
+    except rgw_server.RGWUnavailable as exc:
+        pytest.fail(f"Ceph RGW did not start: {exc}", pytrace=False)
+
+
+@dataclass
+class S3Target:
+    """One S3 server under test: its endpoint, keys, CA, whether buckets are versioned, and its reset."""
+
+    name: str
+    endpoint: str
+    access_key: str
+    secret_key: str
+    ca_bundle: str | None
+    versioned: bool
+    reset: Callable[[], None]
+
+    def client(self) -> Any:
+        """A seeding client (not the code under test)."""
+        return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
+                            aws_access_key_id=self.access_key, aws_secret_access_key=self.secret_key,
+                            verify=self.ca_bundle if self.ca_bundle else None,
+                            config=Config(s3={"addressing_style": "path"}, request_checksum_calculation="when_required",
+                                          response_checksum_validation="when_required"))
+
+
+#: moto over HTTP, and Ceph RGW over HTTPS with unversioned and versioned buckets.
+SERVER_TARGETS = ("moto", "rgw-https", "rgw-https-versioned")
+
+
+@pytest.fixture(params=SERVER_TARGETS)
+def s3_target(request) -> S3Target:
+    """Each real S3 server in turn, reset, with the input and output buckets created."""
+    name = request.param
+    if name == "moto":
+        endpoint = request.getfixturevalue("s3_endpoint")
+        target = S3Target(name, endpoint, LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY, None, False, lambda: reset(endpoint))
+    else:
+        server = request.getfixturevalue("rgw")
+        target = S3Target(name, server.https_url, server.access_key, server.secret_key, str(server.ca_bundle),
+                          name.endswith("-versioned"), server.reset)
+    target.reset()
+    client = target.client()
+    for bucket in (INPUT_BUCKET, OUTPUT_BUCKET):
+        client.create_bucket(Bucket=bucket)
+        if target.versioned:
+            client.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    return target

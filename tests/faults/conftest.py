@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import INPUT_BUCKET, OUTPUT_BUCKET
+from cog_pipeline.s3 import S3Settings
+from conftest import INPUT_BUCKET, OUTPUT_BUCKET, write_key_files
 from faults.harness import Figures, World
 from faults.proxy import FaultProxy
 
@@ -43,3 +44,16 @@ def proxy(fault_proxy, s3_server, figures):
 def world(seed, buckets, proxy, key_files, tmp_path, figures):
     figures.tests += 1
     return World(seed, proxy, key_files, tmp_path, figures, INPUT_BUCKET, OUTPUT_BUCKET)
+
+
+@pytest.fixture
+def server_world(s3_target, tmp_path, figures):
+    """A World on each real S3 server in turn (moto, Ceph RGW over HTTPS, unversioned and versioned), with
+    no fault proxy: the code under test talks to the server itself, with the server's own keys."""
+    figures.tests += 1
+    keys = write_key_files(tmp_path / "server-keys", s3_target.access_key, s3_target.secret_key)
+    settings = S3Settings(endpoint_url=s3_target.endpoint, access_key_file=str(keys[0]),
+                          secret_key_file=str(keys[1]), ca_bundle=s3_target.ca_bundle)
+    world = World(s3_target.client(), None, keys, tmp_path, figures, INPUT_BUCKET, OUTPUT_BUCKET, settings)
+    world.target = s3_target
+    return world

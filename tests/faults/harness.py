@@ -113,13 +113,13 @@ class World:
     """Buckets seeded through a separate client, the code under test talking through the fault proxy."""
 
     def __init__(self, seed, proxy, key_files, tmp_path: Path, figures: Figures, input_bucket: str,
-                 output_bucket: str):
+                 output_bucket: str, settings: S3Settings | None = None):
         self.seed, self.proxy, self.figures = seed, proxy, figures
         self.tmp = tmp_path
         self.input_bucket, self.output_bucket = input_bucket, output_bucket
         self.key_files = key_files
-        self.settings = S3Settings(endpoint_url=proxy.endpoint, access_key_file=str(key_files[0]),
-                                   secret_key_file=str(key_files[1]))
+        self.settings = settings or S3Settings(endpoint_url=proxy.endpoint, access_key_file=str(key_files[0]),
+                                               secret_key_file=str(key_files[1]))
         self.workdir = tmp_path / "work"
         self.inputs: dict[str, tuple[str, str]] = {}
         self.scratch = tmp_path / "scratch"
