@@ -255,3 +255,14 @@ def test_two_hosts_ticking_at_once_claim_each_manifest_once(server_world):
         assert proc.returncode == 0, err[-3000:]
     world.check(expected)
     no_bookkeeping_versions(world)
+
+
+@pytest.mark.parametrize("s3_target", ["rgw-https"], indirect=True)
+def test_untrusted_certificate_is_one_clear_line_naming_the_endpoint_and_the_option(server_world, monkeypatch):
+    world = server_world
+    scenario(world)
+    monkeypatch.delenv("AWS_CA_BUNDLE", raising=False)
+    proc = world.run_proc(settings=dataclasses.replace(world.settings, ca_bundle=None))
+    assert proc.returncode == 2
+    assert f"TLS error talking to the S3 endpoint {world.target.endpoint}" in proc.stderr
+    assert "--ca-bundle FILE (or AWS_CA_BUNDLE)" in proc.stderr and "Traceback" not in proc.stderr
