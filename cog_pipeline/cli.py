@@ -50,7 +50,8 @@ def cmd_tick(args: argparse.Namespace) -> int:
 
     result = tick(TickOptions(input_bucket=args.input_bucket, output_bucket=args.output_bucket,
                               settings=_settings(args), pattern=args.pattern, executor=args.executor,
-                              cores=args.cores, dry_run=args.dry_run, workdir=Path(args.workdir).resolve()))
+                              cores=args.cores, dry_run=args.dry_run, workdir=Path(args.workdir).resolve(),
+                              config_file=_config_file(args)))
     _print_summaries(result.manifests)
     report = result.run_dir / "report.html" if result.run_dir else None
     if report is not None and report.is_file():
@@ -82,14 +83,32 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
     return code
 
 
-def cmd_convert(args: argparse.Namespace) -> int:
-    from .convert import CogOptions, JpegOptions, convert_file
+def _config_file(args: argparse.Namespace) -> Path | None:
+    """``--config FILE`` as an absolute path (checked to exist), or None."""
+    if not getattr(args, "config", None):
+        return None
+    path = Path(args.config).expanduser().resolve()
+    if not path.is_file():
+        raise PipelineError(f"config file not found: {args.config} (given by --config)")
+    return path
 
-    cog = CogOptions(compress=args.compress, overview_resampling=args.overview_resampling,
-                     num_threads=str(args.threads))
+
+def _add_config_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE", help="site config file (YAML) over the workflow's defaults; "
+                        "keys and rules: config/config.schema.yaml")
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from . import config as config_model
+    from .convert import convert_file, cog_options_from_config, jpeg_options_from_config
+
+    flags = {"cog": {k: v for k, v in (("compress", args.compress), ("overview_resampling", args.overview_resampling),
+                                       ("num_threads", args.threads)) if v is not None},
+             "jpeg": {"quality": args.quality} if args.quality is not None else {}}
+    config = config_model.load(_config_file(args), flags, source="convert options")
     try:
-        result = convert_file(args.input, args.cog, args.jpeg, cog, JpegOptions(quality=args.quality),
-                              expected_bands=args.bands)
+        result = convert_file(args.input, args.cog, args.jpeg, cog_options_from_config(config["cog"]),
+                              jpeg_options_from_config(config["jpeg"]), expected_bands=args.bands)
     except ImageError as exc:
         print(f"error: {args.input}: {exc}", file=sys.stderr)
         return 1
@@ -106,7 +125,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return run_demo(Path(args.workdir).resolve(), cores=args.cores, serve=args.serve)
+    return run_demo(Path(args.workdir).resolve(), cores=args.cores, serve=args.serve, config_file=_config_file(args))
 
 
 def cmd_start(args: argparse.Namespace) -> int:
@@ -114,9 +133,12 @@ def cmd_start(args: argparse.Namespace) -> int:
 
     from .htcondor import CRONDOR_BATCH_PREFIX, start_crondor
     from .s3 import ca_bundle
-    from .tick import TickOptions, connect
+    from .tick import TickOptions, connect, run_config
 
     settings = _settings(args)
+    config_file = _config_file(args)
+    run_config(TickOptions(input_bucket=args.input_bucket, output_bucket=args.output_bucket, settings=settings,
+                           config_file=config_file), "00000000-000000", [])  # a bad config: refused here
     connect(TickOptions(input_bucket=args.input_bucket, output_bucket=args.output_bucket, settings=settings))
     tick_argv = ["tick", "--input-bucket", args.input_bucket, "--output-bucket", args.output_bucket,
                  "-p", args.pattern, "--region", args.region]
@@ -129,6 +151,8 @@ def cmd_start(args: argparse.Namespace) -> int:
     if args.endpoint:
         tick_argv += ["-e", args.endpoint]
     tick_argv += ["--checksums", args.checksums, "--delete-fallback", args.delete_fallback]
+    if config_file:
+        tick_argv += ["--config", str(config_file)]
     workdir = Path(args.workdir).resolve()
     cluster = start_crondor(tick_argv=tick_argv, pattern=args.pattern, workdir=workdir, every_minutes=args.every,
                             max_running=args.max_running)
@@ -212,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("tick", help="claim new manifests and process them (what the Crondor runs)")
     _add_s3_flags(p)
+    _add_config_flag(p)
     p.add_argument("--executor", choices=["local", "htcondor"], default="local",
                    help="local: run here in the foreground; htcondor: submit a driver job (default: %(default)s)")
     p.add_argument("--cores", type=int, default=2, help="cores for the local executor (default: %(default)s)")
@@ -234,13 +259,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cog", required=True, help="output COG path")
     p.add_argument("--jpeg", required=True, help="output JPEG path")
     p.add_argument("--bands", type=int, help="expected band count (a mismatch is reported; the file wins)")
-    p.add_argument("--compress", default="LZW")
-    p.add_argument("--overview-resampling", default="average")
-    p.add_argument("--threads", default="ALL_CPUS")
-    p.add_argument("--quality", type=int, default=80)
+    p.add_argument("--compress", help="COG codec (default: the config's cog.compress, LZW)")
+    p.add_argument("--overview-resampling", help="overview resampling (default: the config's, average)")
+    p.add_argument("--threads", help="COG driver threads: ALL_CPUS or N (default: the config's)")
+    p.add_argument("--quality", type=int, help="JPEG quality 1-100 (default: the config's, 80)")
+    _add_config_flag(p)
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("demo", help="run the whole pipeline on sample images with a local S3 server")
+    _add_config_flag(p)
     p.add_argument("--workdir", default="demo-output", help="where results are written (default: %(default)s)")
     p.add_argument("--cores", type=int, default=2)
     p.add_argument("--serve", action="store_true",
@@ -249,6 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("start", help="submit the Crondor: a tick every 15 minutes on an HTCondor access point")
     _add_s3_flags(p)
+    _add_config_flag(p)
     p.add_argument("--every", type=int, default=15, metavar="MINUTES", help="minutes between ticks (default: %(default)s)")
     p.add_argument("--max-running", type=int, metavar="N", help="at most N batch jobs of one run at a time "
                    "(default: the profile's jobs)")

@@ -96,7 +96,7 @@ def serve_until_interrupted(commands: list[str]) -> None:
 
 
 def run_demo(workdir: Path, cores: int = 2, serve: bool = False,
-             after: Callable[[s3.S3Settings, TickResult], None] | None = None) -> int:
+             after: Callable[[s3.S3Settings, TickResult], None] | None = None, config_file: Path | None = None) -> int:
     """Seed a local S3 server, run one tick, fetch and check the results; 0 when every pair is valid.
 
     While the server is still up, ``after(settings, tick result)`` is called if given, and with
@@ -125,7 +125,7 @@ def run_demo(workdir: Path, cores: int = 2, serve: bool = False,
         print(f"Uploaded {len(files)} GeoTIFFs and {MANIFEST_KEY} ({len(rows)} rows)\n")
 
         result = tick(TickOptions(input_bucket=INPUT_BUCKET, output_bucket=OUTPUT_BUCKET, settings=settings,
-                                  cores=cores, workdir=workdir))
+                                  cores=cores, workdir=workdir, config_file=config_file))
         ok = result.exit_code == 0 and bool(result.manifests)
         print()
         for summary in result.manifests:

@@ -12,9 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from . import WORKFLOW_DIR
+from . import config as config_model
 from .aggregate import aggregate_manifest
 from .errors import PipelineError
 from .naming import RUN_CONFIG, ManifestKeys, outcome_path
@@ -27,25 +26,24 @@ DEFAULT_CONFIG = WORKFLOW_DIR / "config" / "config.yaml"
 
 
 def default_config() -> dict[str, Any]:
-    """The workflow's defaults (config/config.yaml)."""
-    return yaml.safe_load(DEFAULT_CONFIG.read_text(encoding="utf-8"))
+    """The workflow's defaults (the schema's, as config/config.yaml states them), validated."""
+    return config_model.load()
 
 
 def load_run_config(run_dir: Path) -> dict[str, Any]:
-    """Defaults merged with the run's own run.yaml (run values win)."""
+    """The run's config: the defaults deep-merged with its run.yaml (run values win), validated, exactly as
+    Snakemake sees it."""
     path = Path(run_dir) / RUN_CONFIG
     if not path.is_file():
         raise PipelineError(f"{path} not found: is {run_dir} a workflow-run directory?")
-    config = default_config()
-    config.update(yaml.safe_load(path.read_text(encoding="utf-8")))
-    return config
+    return config_model.load(run=config_model.read_file(path, "run config"), source=str(path))
 
 
 def snakemake_command(run_dir: Path, executor: str, cores: int, extra: list[str] | None = None) -> list[str]:
     """The Snakemake command line for a run directory (never carries secrets)."""
     if not SNAKEFILE.is_file():
-        raise PipelineError(f"workflow not found at {WORKFLOW_DIR}: install cog-pipeline from its source tree "
-                            "(pip install -e .)")
+        raise PipelineError(f"workflow not found at {WORKFLOW_DIR}: reinstall cog-pipeline (pip install . from "
+                            "its source tree, or its wheel; both ship the workflow)")
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(SNAKEFILE), "--directory", str(run_dir),
            "--cores", str(cores), "--keep-going", "--rerun-incomplete", "--nocolor"]
     if executor == "htcondor":

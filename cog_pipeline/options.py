@@ -29,7 +29,9 @@ class TickOptions:
     cores: int = 2
     dry_run: bool = False
     workdir: Path = field(default_factory=Path.cwd)
-    #: Config values written into run.yaml (they win over config/config.yaml), e.g. batch_size, tmp_dir.
+    #: A site config file (``--config FILE``) over the workflow's defaults.
+    config_file: Path | None = None
+    #: Config values written into run.yaml (they win over the site file), e.g. batch_size, tmp_dir.
     run_overrides: dict[str, Any] = field(default_factory=dict)
     claim_lease: float = CLAIM_LEASE
     adopt_after: float = ADOPT_AFTER

@@ -15,7 +15,6 @@ from . import endpoint, s3
 from .claims import S3_ERRORS
 from .errors import PipelineError
 from .options import TickOptions
-from .rundirs import merge_config
 
 log = logging.getLogger(__name__)
 
@@ -31,12 +30,10 @@ def connect(opts: TickOptions) -> Any:
     return client
 
 
-def check_local_resources(opts: TickOptions) -> None:
-    """Before claiming anything for the local executor: the working directory and the temp dir are
-    writable and have room (PipelineError otherwise)."""
-    from . import driver
-
-    tmp_dir = merge_config(driver.default_config(), opts.run_overrides).get("tmp_dir") or tempfile.gettempdir()
+def check_local_resources(opts: TickOptions, config: dict[str, Any]) -> None:
+    """Before claiming anything for the local executor: the working directory and the temp dir (of the
+    run ``config``) are writable and have room (PipelineError otherwise)."""
+    tmp_dir = config.get("tmp_dir") or tempfile.gettempdir()
     for what, path in (("working directory", Path(opts.workdir)), ("temp dir (tmp_dir)", Path(tmp_dir))):
         try:
             if what == "working directory":

@@ -3,7 +3,6 @@ run lock, marker files and run config (``run.yaml``)."""
 
 from __future__ import annotations
 
-import copy
 import fcntl
 import json
 import os
@@ -14,6 +13,7 @@ from typing import Any, Iterator
 
 import yaml
 
+from . import config as config_model
 from . import s3
 from .errors import PipelineError
 from .naming import RUN_CONFIG, RUN_DIR_PREFIX, outcome_path, timestamp
@@ -107,17 +107,9 @@ def write_synced(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def merge_config(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    """``base`` updated with ``extra``, nested dicts merged key by key (``base`` is not changed)."""
-    out = copy.deepcopy(base)
-    for key, value in extra.items():
-        out[key] = merge_config(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) \
-            else value
-    return out
-
-
 def run_config(opts: TickOptions, ts: str, manifests: list[dict[str, Any]]) -> dict[str, Any]:
-    """The run's config (no secret values: key *file* paths only; the CA bundle as a path too)."""
+    """The run's whole validated config (no secret values: key *file* paths only; the CA bundle as a path
+    too); PipelineError naming the key and the rule for a bad value."""
     settings = opts.settings
     # The bundle this tick verifies against (--ca-bundle, else AWS_CA_BUNDLE): drivers and batch jobs do not
     # inherit the environment, so it is written here as a path (HTCondor jobs receive the file itself).
@@ -139,7 +131,9 @@ def run_config(opts: TickOptions, ts: str, manifests: list[dict[str, Any]]) -> d
         },
         "manifests": manifests,
     }
-    return merge_config(config, opts.run_overrides) if opts.run_overrides else config
+    # The whole config goes into run.yaml (defaults, site file, overrides): driver, jobs and manual reruns
+    # all see exactly what the tick validated.
+    return config_model.load(opts.config_file, config_model.merge(config, opts.run_overrides))
 
 
 def write_run(run_dir: Path, config: dict[str, Any], manifest_bytes: dict[str, bytes]) -> None:

@@ -34,7 +34,7 @@ from .options import TickOptions
 from .endpoint import Semantics
 from .preflight import check_endpoint, check_local_resources, connect
 from .recovery import adopt, find_orphans, heartbeat_while_driven, recover
-from .rundirs import (FINISHED, PENDING_CONFIG, RESUMES, RUN_LOCK, RunLock, is_finished, local_lock, merge_config,
+from .rundirs import (FINISHED, PENDING_CONFIG, RESUMES, RUN_LOCK, RunLock, is_finished, local_lock,
                       new_run_dir, run_config, unfinished_runs_exist, write_run, write_synced)
 
 __all__ = [
@@ -89,6 +89,7 @@ def scan(client: Any, bucket: str, pattern: str) -> Listing:
 
 def tick(opts: TickOptions) -> TickResult:
     """Run one tick; returns once the outcome CSVs are written (local executor) or the drivers are queued."""
+    config = run_config(opts, timestamp(), [])  # a bad config stops the tick here, before anything is claimed
     client = connect(opts)
     try:
         listing = scan(client, opts.input_bucket, opts.pattern)
@@ -99,7 +100,7 @@ def tick(opts: TickOptions) -> TickResult:
         if not listing.matches:
             print(f"No new manifest matches '{opts.pattern}' in bucket '{opts.input_bucket}'; nothing to do.")
             return TickResult()
-        return plan(client, opts, listing.matches)
+        return plan(client, opts, listing.matches, config)
     if not (listing.matches or listing.processing or unfinished_runs_exist(opts.workdir)):
         print(f"No new manifest matches '{opts.pattern}' in bucket '{opts.input_bucket}'; nothing to do.")
         return TickResult()
@@ -108,7 +109,7 @@ def tick(opts: TickOptions) -> TickResult:
 
         htcondor.check_schedd()  # before claiming: a claimed manifest needs a driver to finish it
     else:
-        check_local_resources(opts)
+        check_local_resources(opts, config)
     sem = check_endpoint(client, opts)
 
     new: tuple[Path, RunLock, dict[str, Any]] | None = None
@@ -259,11 +260,11 @@ def launch(run_dir: Path, config: dict[str, Any], opts: TickOptions) -> TickResu
     return TickResult(run_dir=run_dir, manifests=summaries, exit_code=code)
 
 
-def plan(client: Any, opts: TickOptions, matches: list[dict[str, Any]]) -> TickResult:
+def plan(client: Any, opts: TickOptions, matches: list[dict[str, Any]], config: dict[str, Any]) -> TickResult:
     """Dry run: show what would be claimed and the workflow's job plan; change nothing remote."""
     from . import driver
 
-    batch_size = int(merge_config(driver.default_config(), opts.run_overrides)["batch_size"])
+    batch_size = int(config["batch_size"])
     ts = timestamp()
     with tempfile.TemporaryDirectory(prefix="cog-pipeline-plan-") as tmp:
         run_dir = Path(tmp)

@@ -12,7 +12,8 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from cog_pipeline import WORKFLOW_DIR, cli, endpoint, s3
-from cog_pipeline.rundirs import merge_config, run_config
+from cog_pipeline.config import merge
+from cog_pipeline.rundirs import run_config
 from cog_pipeline.s3 import S3Settings
 from cog_pipeline.tick import TickOptions
 
@@ -181,7 +182,7 @@ def test_start_without_a_ca_bundle_passes_none(started):
 
 def full_config(run: dict) -> dict:
     """run.yaml merged over config/config.yaml, as the workflow validates it."""
-    return merge_config(yaml.safe_load((WORKFLOW_DIR / "config" / "config.yaml").read_text()), run)
+    return merge(yaml.safe_load((WORKFLOW_DIR / "config" / "config.yaml").read_text()), run)
 
 
 def tick_options(**settings) -> TickOptions:
