@@ -98,7 +98,7 @@ def _count_rows(client: Any, bucket: str, key: str) -> int | None:
 
 def _locked(run_dir: Path) -> bool:
     """True when a live process holds the run's lock (it is being driven on this host)."""
-    from .tick import RUN_LOCK
+    from .rundirs import RUN_LOCK
 
     try:
         with open(run_dir / RUN_LOCK, "rb") as fh:
