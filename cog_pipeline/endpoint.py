@@ -38,7 +38,7 @@ REFUSED = "refused"
 #: ``If-Match`` on PutObject works only with the ETag sent without its quotes (Ceph RGW 16.2).
 UNQUOTED = "unquoted only"
 #: ``If-Match`` on PutObject fails whatever ETag is sent (Ceph RGW 16.2 on a versioned bucket).
-ALWAYS_FAILS = "fails even for the current ETag"
+ALWAYS_FAILS = "412 even for the current ETag"
 ACCEPTED = "accepted"
 #: The server stored the ``aws-chunked`` framing inside the object (boto/boto3#4435).
 CORRUPTS = "stored inside the object"
@@ -376,7 +376,7 @@ def semantics(caps: Capabilities, settings: s3.S3Settings, delete_fallback: str 
             "manifest re-uploaded while it is being claimed would be deleted unprocessed; nothing was claimed. "
             f"Enable versioning (aws s3api put-bucket-versioning --bucket {caps.bucket} --versioning-configuration "
             "Status=Enabled), then run 'cog-pipeline check-endpoint'; or accept a millisecond window with "
-            "s3.delete_fallback: verify-first")
+            "--delete-fallback verify-first (s3.delete_fallback: verify-first)")
     put_if_match = {HONOURED: "quoted", UNQUOTED: "unquoted"}.get(caps.put_if_match)
     rewrite = "if-match" if put_if_match else "version-check" if caps.versioned else "none"
     if rewrite == "version-check":
