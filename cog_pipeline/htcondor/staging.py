@@ -24,8 +24,18 @@ JOB_ENV = "job.env"
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
 
 _IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "samples", "*.egg-info")
-#: Files of the checkout's top level that the rules refer to (besides the Snakefile).
+#: Files of WORKFLOW_DIR (the checkout's top level, or an installed wheel's copy) that the rules
+#: refer to (besides the Snakefile).
 STAGED_FILES = ("environment.yml",)
+
+
+def _ignore_in_package(directory: str, names: list[str]) -> set[str]:
+    """_IGNORE, plus an installed wheel's own copy of the workflow (``cog_pipeline/workflow``): the
+    stage already holds it, next to its copy of the package."""
+    ignored = set(_IGNORE(directory, names))
+    if "workflow" in names and Path(directory).resolve() == PACKAGE_DIR:
+        ignored.add("workflow")
+    return ignored
 
 
 def stage_workflow(run_dir: Path) -> Path:
@@ -52,7 +62,7 @@ def stage_workflow(run_dir: Path) -> Path:
         for sub in ("rules", "scripts", "config"):
             if (WORKFLOW_DIR / sub).is_dir():
                 shutil.copytree(WORKFLOW_DIR / sub, tmp / sub, ignore=_IGNORE)
-        shutil.copytree(PACKAGE_DIR, tmp / "cog_pipeline", ignore=_IGNORE)
+        shutil.copytree(PACKAGE_DIR, tmp / "cog_pipeline", ignore=_ignore_in_package)
         shutil.copy2(JOB_WRAPPER, tmp / JOB_WRAPPER.name)
         (tmp / JOB_WRAPPER.name).chmod(0o755)
         tmp.rename(dest)

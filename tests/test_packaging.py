@@ -1,0 +1,177 @@
+"""The installable product: a built wheel (not an editable install) carries the workflow and runs the demo;
+the demo server is an optional extra; environment.yml mirrors pyproject.toml."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+tomllib = pytest.importorskip("tomllib")
+
+#: What a source copy for the build leaves out (caches, environments, outputs, other engineers' builds).
+_NOT_BUILT = shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", "*.pyc",
+                                    ".pytest_cache", ".mypy_cache", ".ruff_cache", ".snakemake", "demo-output",
+                                    "workflow-run-*", "tests", "bench")
+
+
+def workflow_files() -> list[str]:
+    """Every file a run needs of the repository's top level, as paths inside the wheel."""
+    rel = ["Snakefile", "environment.yml", "config/config.yaml", "config/config.schema.yaml",
+           "profiles/htcondor/config.yaml", "profiles/htcondor/cog-pipeline.yaml", "profiles/htcondor/job-wrapper.sh"]
+    rel += [str(p.relative_to(ROOT)) for p in sorted((ROOT / "rules").glob("*.smk"))]
+    rel += [str(p.relative_to(ROOT)) for p in sorted((ROOT / "scripts").glob("*.py"))]
+    assert any(r.startswith("rules/") for r in rel) and any(r.startswith("scripts/") for r in rel)
+    return [f"cog_pipeline/workflow/{r}" for r in rel]
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory):
+    """The wheel built from a copy of the source tree, and the directory it is installed into (--target)."""
+    tmp = tmp_path_factory.mktemp("packaging")
+    src = tmp / "src"
+    shutil.copytree(ROOT, src, ignore=_NOT_BUILT)
+    pip = [sys.executable, "-m", "pip", "--quiet"]
+    proc = subprocess.run([*pip, "wheel", "--no-deps", str(src), "-w", str(tmp / "dist")],
+                          check=False, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (wheel,) = (tmp / "dist").glob("cog_pipeline-*.whl")
+    site = tmp / "site"
+    proc = subprocess.run([*pip, "install", "--no-deps", "--target", str(site), str(wheel)],
+                          check=False, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return tmp, wheel, site
+
+
+def run_installed(tmp: Path, site: Path, code: str, *args: str, timeout: int = 120) -> subprocess.CompletedProcess:
+    """Python code run with the installed wheel first on sys.path, from outside the checkout."""
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    return subprocess.run([sys.executable, "-c", code, *args], cwd=tmp, env=env, check=False, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.mark.slow
+def test_wheel_carries_the_workflow(installed):
+    _tmp, wheel, _site = installed
+    names = set(zipfile.ZipFile(wheel).namelist())
+    missing = [f for f in workflow_files() if f not in names]
+    assert not missing, f"not in {wheel.name}: {missing}"
+    assert "cog_pipeline/samples/byte.tif" in names
+    assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
+    assert not [n for n in names if n.startswith(("tests/", "bench/", "rules/", "scripts/"))]
+
+
+PATHS = """
+import json, cog_pipeline
+from cog_pipeline import driver
+from cog_pipeline.htcondor import settings, staging
+print(json.dumps({"package": cog_pipeline.__file__, "workflow": str(cog_pipeline.WORKFLOW_DIR),
+                  "snakefile": str(driver.SNAKEFILE), "profile": str(settings.PROFILE_DIR),
+                  "jobs": settings.read_yaml(settings.PROFILE_CONFIG, "profile").get("jobs"),
+                  "resources": settings.profile_default_resources(),
+                  "stage": str(staging.stage_workflow(__import__("pathlib").Path("run")))}))
+"""
+
+
+@pytest.mark.slow
+def test_installed_package_finds_its_packaged_workflow_and_profile(installed):
+    tmp, _wheel, site = installed
+    proc = run_installed(tmp, site, PATHS)
+    assert proc.returncode == 0, proc.stderr
+    paths = json.loads(proc.stdout.strip().splitlines()[-1])
+    packaged = site / "cog_pipeline" / "workflow"
+    assert Path(paths["package"]).parent == site / "cog_pipeline"  # not the checkout
+    assert Path(paths["workflow"]) == packaged
+    assert Path(paths["snakefile"]) == packaged / "Snakefile"
+    assert Path(paths["profile"]) == packaged / "profiles" / "htcondor"
+    assert (packaged / "profiles" / "htcondor" / "config.yaml").is_file() and paths["jobs"]
+
+    # The pool's run directory: its own copy of the packaged workflow, holding what the profile transfers.
+    run = tmp / "run"
+    stage = Path(paths["stage"])
+    assert stage == run / "workflow"
+    for rel in ("Snakefile", "environment.yml", "rules/common.smk", "scripts/convert_batch.py",
+                "config/config.yaml", "config/config.schema.yaml", "cog_pipeline/__init__.py"):
+        assert (stage / rel).is_file(), rel
+    assert os.access(stage / "job-wrapper.sh", os.X_OK)
+    assert not (stage / "cog_pipeline" / "workflow").exists()  # the wheel's copy is not staged twice
+    assert not (stage / "cog_pipeline" / "samples").exists()
+    transfers = [f.strip() for f in paths["resources"]["htcondor_transfer_input_files"].split(",") if f.strip()]
+    missing = [f for f in transfers if not (run / f).exists() and not f.endswith("job.env")]  # job.env: per run
+    assert not missing, f"profile transfers missing from the stage: {missing}"
+
+
+DEMO = """
+import sys, cog_pipeline
+from cog_pipeline import cli, driver
+print("COG_PIPELINE_FROM", cog_pipeline.__file__)
+print("SNAKEFILE", driver.SNAKEFILE)
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_installed_wheel_runs_the_demo(installed):
+    tmp, _wheel, site = installed
+    workdir = tmp / "demo"
+    proc = run_installed(tmp, site, DEMO, "demo", "--workdir", str(workdir), "--cores", "2", timeout=600)
+    out = proc.stdout
+    assert proc.returncode == 0, out + proc.stderr
+    assert f"COG_PIPELINE_FROM {site / 'cog_pipeline' / '__init__.py'}" in out
+    assert f"SNAKEFILE {site / 'cog_pipeline' / 'workflow' / 'Snakefile'}" in out
+    assert "Demo succeeded" in out
+    output = workdir / "results" / "output"
+    cogs = sorted(output.rglob("*.tif"))
+    valid = [line for line in out.splitlines() if line.strip().startswith("valid COG ")]
+    assert len(cogs) >= 6 and len(valid) == len(cogs), out
+    assert all(c.with_suffix(".jpg").is_file() for c in cogs)
+    assert str(ROOT) not in out.replace(str(tmp), "")
+
+
+def test_demo_without_moto_is_one_clear_line(tmp_path):
+    """moto is the optional extra `demo`: without it `cog-pipeline demo` says how to install it."""
+    code = "import sys; sys.modules['moto'] = None\nfrom cog_pipeline import cli\nsys.exit(cli.main(sys.argv[1:]))"
+    proc = subprocess.run([sys.executable, "-c", code, "demo", "--workdir", str(tmp_path / "demo")],
+                          check=False, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "pip install 'cog-pipeline[demo]'" in lines[0], lines
+
+
+def _name(requirement: str) -> str:
+    return re.split(r"[\s\[<>=!~;]", requirement, maxsplit=1)[0].lower().replace("_", "-")
+
+
+#: conda-forge names of pyproject requirements that differ; what moto[server] is on conda-forge.
+CONDA_NAMES = {"snakemake": "snakemake-minimal"}
+CONDA_EXTRA = {"moto": {"flask", "flask-cors"}}
+
+
+def test_environment_yml_mirrors_pyproject():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = {}
+    extras = [r for extra in project["optional-dependencies"].values() for r in extra]
+    for requirement in project["dependencies"] + extras:
+        name = _name(requirement)
+        wanted[CONDA_NAMES.get(name, name)] = re.sub(r"^[^<>=!~]*", "", requirement.split(";")[0]).replace(" ", "")
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    have = {}
+    for dep in env["dependencies"]:
+        for entry in dep["pip"] if isinstance(dep, dict) else [dep]:
+            if entry.startswith("-e"):
+                continue
+            entry = entry.split("#")[0].strip()
+            have[_name(entry)] = re.sub(r"^[^<>=!~]*", "", entry).replace(" ", "")
+    extra = {conda for name in wanted for conda in CONDA_EXTRA.get(name, ())}
+    hint = "keep environment.yml's dependencies in step with pyproject.toml's (dependencies and extras)"
+    assert {n: have.get(n) for n in wanted} == wanted, hint
+    assert set(have) - set(wanted) - extra == {"python", "pip"}, hint
