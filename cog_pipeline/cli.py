@@ -102,8 +102,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from . import config as config_model
     from .convert import convert_file, cog_options_from_config, jpeg_options_from_config
 
-    flags = {"cog": {k: v for k, v in (("compress", args.compress), ("overview_resampling", args.overview_resampling),
-                                       ("num_threads", args.threads)) if v is not None},
+    chosen = (("compress", args.compress), ("predictor", args.predictor), ("blocksize", args.blocksize),
+              ("overview_resampling", args.overview_resampling), ("num_threads", args.threads))
+    flags = {"cog": {k: v for k, v in chosen if v is not None},
              "jpeg": {"quality": args.quality} if args.quality is not None else {}}
     config = config_model.load(_config_file(args), flags, source="convert options")
     try:
@@ -229,7 +230,10 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cog-pipeline", description=__doc__)
+    from . import config as config_model
+
+    parser = argparse.ArgumentParser(prog="cog-pipeline", description="Turn GeoTIFFs in an S3 bucket into Cloud "
+                                     "Optimized GeoTIFFs and JPEG previews, with Snakemake on HTCondor or locally.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -259,8 +263,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cog", required=True, help="output COG path")
     p.add_argument("--jpeg", required=True, help="output JPEG path")
     p.add_argument("--bands", type=int, help="expected band count (a mismatch is reported; the file wins)")
-    p.add_argument("--compress", help="COG codec (default: the config's cog.compress, LZW)")
-    p.add_argument("--overview-resampling", help="overview resampling (default: the config's, average)")
+    cog_schema = config_model.schema()["properties"]["cog"]["properties"]
+    p.add_argument("--compress", type=str.upper, choices=cog_schema["compress"]["enum"],
+                   help="COG codec, lossless only (default: the config's cog.compress, LZW)")
+    p.add_argument("--predictor", type=str.upper, choices=cog_schema["predictor"]["enum"],
+                   help="TIFF predictor (default: the config's, NO)")
+    p.add_argument("--blocksize", type=int, help="COG tile size, a multiple of 16 (default: the config's, 512)")
+    p.add_argument("--overview-resampling", type=str.lower, choices=cog_schema["overview_resampling"]["enum"],
+                   help="overview resampling (default: the config's, average)")
     p.add_argument("--threads", help="COG driver threads: ALL_CPUS or N (default: the config's)")
     p.add_argument("--quality", type=int, help="JPEG quality 1-100 (default: the config's, 80)")
     _add_config_flag(p)

@@ -123,3 +123,26 @@ def test_convert_uses_the_same_loader_and_flags_win(samples, tmp_path):
     bad.write_text("cog:\n  blocksize: 100\n")
     assert main(["convert", str(samples / "byte.tif"), "--cog", str(out), "--jpeg", str(tmp_path / "a.jpg"),
                  "--config", str(bad)]) == 2
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--quality", "150"], "jpeg.quality: 150 is greater than the maximum of 100"),
+    (["--blocksize", "100"], "cog.blocksize: 100 is not a multiple of 16"),
+])
+def test_bad_convert_flags_are_one_line_not_a_traceback(samples, tmp_path, capsys, flags, message):
+    code = main(["convert", str(samples / "byte.tif"), "--cog", str(tmp_path / "a.tif"), "--jpeg",
+                 str(tmp_path / "a.jpg"), *flags])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err
+
+
+def test_convert_codec_names_take_any_case_and_unknown_ones_are_refused_by_argparse(samples, tmp_path, capsys):
+    out = tmp_path / "a.tif"
+    assert main(["convert", str(samples / "byte.tif"), "--cog", str(out), "--jpeg", str(tmp_path / "a.jpg"),
+                 "--compress", "deflate", "--predictor", "standard"]) == 0
+    with rasterio.open(out) as src:
+        assert src.compression.name.upper() == "DEFLATE"
+    with pytest.raises(SystemExit) as exited:
+        main(["convert", str(samples / "byte.tif"), "--cog", str(out), "--jpeg", str(tmp_path / "a.jpg"),
+              "--compress", "FOO"])
+    assert exited.value.code == 2 and "invalid choice: 'FOO'" in capsys.readouterr().err
