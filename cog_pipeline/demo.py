@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -74,12 +75,22 @@ def write_key_files(directory: Path) -> tuple[Path, Path]:
     return paths[0], paths[1]
 
 
+def program() -> str:
+    """How to call cog-pipeline from a new shell: its name when that is on PATH, else the path of the
+    venv's own script (after `make demo`, nothing has activated .venv)."""
+    script = Path(sys.executable).parent / "cog-pipeline"
+    found = shutil.which("cog-pipeline")
+    if not script.exists() or (found and Path(found).resolve() == script.resolve()):
+        return "cog-pipeline"
+    return shlex.quote(str(script))
+
+
 def operator_commands(endpoint: str, access: Path, secret: Path, workdir: Path, failed_key: str | None) -> list[str]:
     """Ready-to-paste ``status`` and ``retry`` commands against the demo's server."""
     creds = f"-a {shlex.quote(str(access))} -s {shlex.quote(str(secret))} -e {endpoint}"
-    commands = [f"cog-pipeline status {creds} --input-bucket {INPUT_BUCKET} --workdir {shlex.quote(str(workdir))}"]
+    commands = [f"{program()} status {creds} --input-bucket {INPUT_BUCKET} --workdir {shlex.quote(str(workdir))}"]
     if failed_key:
-        commands.append(f"cog-pipeline retry {creds} --input-bucket {INPUT_BUCKET} --dry-run {shlex.quote(failed_key)}")
+        commands.append(f"{program()} retry {creds} --input-bucket {INPUT_BUCKET} --dry-run {shlex.quote(failed_key)}")
     return commands
 
 
@@ -170,7 +181,7 @@ def run_demo(workdir: Path, cores: int = 2, serve: bool = False,
             failed = next((m["failed_key"] for m in result.manifests if m["failed"]), None)
             serve_until_interrupted(operator_commands(endpoint, access, secret, workdir, failed))
         else:
-            print("To try `cog-pipeline status` and `retry` on the demo's bucket: cog-pipeline demo --serve")
+            print(f"To try `cog-pipeline status` and `retry` on the demo's bucket: {program()} demo --serve")
     return 0 if ok else 1
 
 
