@@ -3,22 +3,36 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test check lint bench clean
 
-$(BIN)/cog-pipeline: pyproject.toml
+$(BIN)/cog-pipeline: pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[demo,test]'
 	touch $@
 
+# The demo's local S3 server is the extra `demo` (moto[server]): installed here if missing.
 demo: $(BIN)/cog-pipeline
+	@$(BIN)/python -c 'import moto.server' 2>/dev/null || $(BIN)/python -m pip install --quiet -e '.[demo]'
 	$(BIN)/cog-pipeline demo
 
 test: $(BIN)/cog-pipeline
 	$(BIN)/python -m pytest
 
-# snakemake --lint on a generated run directory (also part of `make test`)
+# The quick tier (about a minute on 2 cores): every module, no test marked slow (over ~3 s), none of the
+# real-server suites (Ceph RGW: tests/faults/test_servers.py, HTCondor pool: tests/pool), and the two slow
+# tests of files owned elsewhere deselected by name. `make test` runs everything.
+CHECK_DESELECT := \
+	--deselect tests/faults/test_endpoint_probe.py::test_manifest_redelivered_during_a_claim_is_processed_never_lost \
+	--deselect tests/test_config.py::test_the_site_config_reaches_run_yaml_and_the_outputs
+check: $(BIN)/cog-pipeline
+	$(BIN)/python -m pytest -q -m "not slow" --ignore=tests/faults/test_servers.py --ignore=tests/pool $(CHECK_DESELECT)
+
+# ruff (config in pyproject.toml), mypy on cog_pipeline, and snakemake --lint on a generated run directory
+# (that last one is also part of `make test`). No `ruff format --check`: the code is not ruff-formatted.
 lint: $(BIN)/cog-pipeline
+	$(BIN)/ruff check cog_pipeline tests bench scripts
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q tests/test_workflow.py -k lint
 
 bench: $(BIN)/cog-pipeline
