@@ -241,10 +241,9 @@ def _verify(ctx: ImageContext, key: str, path: Path, token: str, landed: dict[st
 def _remove(ctx: ImageContext, key: str, landed: dict[str, Any] | None = None) -> str:
     """Delete the object at ``key`` (on a versioned bucket exactly the version ``landed`` names, so no bad
     version stays behind a delete marker); says how that went (to append to a reason)."""
-    version = (landed or {}).get("VersionId")
+    version = s3.version_id(landed or {})
     try:
-        ctx.client.delete_object(Bucket=ctx.output_bucket, Key=key,
-                                 **({"VersionId": version} if version and version != "null" else {}))
+        ctx.client.delete_object(Bucket=ctx.output_bucket, Key=key, **({"VersionId": version} if version else {}))
     except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
         log.warning("%s: cannot remove the unconfirmed object: %s", key, s3.describe_error(exc))
         return f"; removing it failed ({s3.describe_error(exc)}): delete it by hand"

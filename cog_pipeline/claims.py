@@ -88,13 +88,8 @@ def read_state_object(client: Any, bucket: str, key: str) -> StateObject | None:
         record = json.loads(resp["Body"].read())
     except ValueError:
         record = {}
-    return StateObject(record if isinstance(record, dict) else {}, resp["ETag"], _version(resp), s3.server_age(resp))
-
-
-def _version(response: dict[str, Any]) -> str | None:
-    """The VersionId of a response, None on an unversioned bucket (where servers say ``null`` or nothing)."""
-    version = response.get("VersionId")
-    return version if version and version != "null" else None
+    return StateObject(record if isinstance(record, dict) else {}, resp["ETag"], s3.version_id(resp),
+                       s3.server_age(resp))
 
 
 def delete_version(client: Any, bucket: str, key: str, etag: str, version_id: str | None) -> None:
@@ -122,7 +117,7 @@ def take_marker(client: Any, bucket: str, key: str, record: dict[str, Any], leas
         try:
             resp = client.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/json",
                                      IfNoneMatch="*")
-            return Marker(key, resp["ETag"], _version(resp)), stale
+            return Marker(key, resp["ETag"], s3.version_id(resp)), stale
         except botocore.exceptions.ClientError as exc:
             if not s3.is_precondition_failed(exc):
                 raise
@@ -155,7 +150,7 @@ def _take_oldest_version(client: Any, bucket: str, key: str, record: dict[str, A
     claimant that does not hold it removes its version and backs off; a stale holder's version is removed."""
     resp = client.put_object(Bucket=bucket, Key=key, Body=json.dumps(record).encode(),
                              ContentType="application/json")
-    mine = Marker(key, resp["ETag"], _version(resp))
+    mine = Marker(key, resp["ETag"], s3.version_id(resp))
     stale = None
     for _ in range(3):
         page = client.list_object_versions(Bucket=bucket, Prefix=key)
@@ -190,7 +185,7 @@ def rewrite_if_unchanged(client: Any, bucket: str, key: str, head: dict[str, Any
     """Rewrite the pipeline's processing file ``key`` only if it is still the object ``head`` describes
     (heartbeats, adoption): True if rewritten, False if it changed or was deleted meanwhile. How depends on
     the server (``Semantics.rewrite``); on a versioned bucket the replaced version is removed."""
-    old_version = _version(head)
+    old_version = s3.version_id(head)
     if sem.rewrite == "if-match":
         try:
             client.put_object(Bucket=bucket, Key=key, Body=body, ContentType="text/csv", Metadata=metadata,
@@ -205,7 +200,7 @@ def rewrite_if_unchanged(client: Any, bucket: str, key: str, head: dict[str, Any
         deleted = any(m["Key"] == key for m in page.get("DeleteMarkers", []))
         still = any(v["Key"] == key and v["VersionId"] == old_version for v in page.get("Versions", []))
         if deleted or not still:  # deleted (or replaced) meanwhile: take our write back
-            delete_version(client, bucket, key, resp["ETag"], _version(resp))
+            delete_version(client, bucket, key, resp["ETag"], s3.version_id(resp))
             return False
     else:
         raise PipelineError(f"cannot rewrite {key} conditionally on this server (If-Match on PutObject is "
@@ -233,7 +228,7 @@ def roll_back(client: Any, bucket: str, key: str | None, token: str | None) -> b
         head = s3.head(client, bucket, key)
         if head is None or head.get("Metadata", {}).get(CLAIM_META) != token:
             return head is None
-        delete_version(client, bucket, key, head["ETag"], _version(head))
+        delete_version(client, bucket, key, head["ETag"], s3.version_id(head))
         log.info("rolled back the unfinished claim %s", key)
         return True
     except S3_ERRORS as exc:
@@ -345,7 +340,7 @@ def claim(client: Any, bucket: str, obj: dict[str, Any], keys: ManifestKeys, run
         if resp["ETag"] != etag:  # a server ignoring If-Match on GetObject: its answer names the version
             log.info("%s changed since it was listed; skipping", keys.raw)
             return None
-        version_id = _version(resp)
+        version_id = s3.version_id(resp)
         crash_point("claim.downloaded")
         if stale:  # the stale claimant never committed (the raw manifest is still this version)
             roll_back(client, bucket, stale.get("claimed_as"), stale.get("token"))

@@ -504,6 +504,12 @@ def verify_upload(client: Any, bucket: str, key: str, src: Path, settings: S3Set
         raise UploadMismatch(key, f"stored object {key} is not the file uploaded: {'; '.join(problems)}")
 
 
+def version_id(response: dict[str, Any]) -> str | None:
+    """The VersionId of a response, None on an unversioned bucket (where servers say ``null`` or nothing)."""
+    version = response.get("VersionId")
+    return version if version and version != "null" else None
+
+
 def head(client: Any, bucket: str, key: str) -> dict | None:
     """HeadObject, or None when the object does not exist."""
     try:
