@@ -32,7 +32,8 @@ def run(argv: list[str], *, cwd: Path | None = None, env: dict[str, str] | None 
 
     load_before = load()
     started_epoch = time.time()
-    out = open(stdout_path, "wb") if stdout_path else subprocess.PIPE
+    # SIM115 (not a with block): the child writes to this file until proc.wait(); it is closed right after that
+    out = open(stdout_path, "wb") if stdout_path else subprocess.PIPE  # noqa: SIM115
     fd, result_path = tempfile.mkstemp(prefix="bench-launch-", suffix=".json")
     os.close(fd)
     t0 = time.perf_counter()

@@ -172,7 +172,7 @@ class CountingS3Server:
         self.proc: subprocess.Popen | None = None
         self.endpoint = ""
 
-    def __enter__(self) -> "CountingS3Server":
+    def __enter__(self) -> CountingS3Server:
         self.workdir.mkdir(parents=True, exist_ok=True)
         port_file = self.workdir / "s3count.port"
         port_file.unlink(missing_ok=True)

@@ -132,7 +132,8 @@ def section2(rep: Report, cache: Path, work: Path, size: int, big: int, s1: dict
     src = synth.cached_raster(cache, "ortho", big)
     r = ours(src, w, 4)
     rep.add("2", f"peak RSS, ours, ortho {big}x{big} 4-band (generated on disk)", r["rss_mb"], "MB", "<= 1000",
-            load=r["load"], note=f"{r['seconds']:.1f} s, steps {r.get('steps')}, input {src.stat().st_size / 2**30:.2f} GiB")
+            load=r["load"],
+            note=f"{r['seconds']:.1f} s, steps {r.get('steps')}, input {src.stat().st_size / 2**30:.2f} GiB")
     rep.detail("section2.big", _strip([r]))
     # What GDAL's JPEG driver alone needs (libjpeg here keeps whole-image coefficient buffers).
     base = proc.run_task("import_cost")["rss_mb"]

@@ -4,6 +4,7 @@ several batch sizes, with a breakdown of where the difference goes."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import shutil
@@ -90,7 +91,8 @@ def run_tick(srv: CountingS3Server, client: Any, keys: tuple[Path, Path], rows: 
             "snakemake": times["snakemake_end"] - times["snakemake_start"],
             "after_snakemake": (t0 + res["wall"]) - times["snakemake_end"],
         }
-        out["snakemake_end_after_aggregate"] = times["snakemake_end"] - (run_dir / "outcome" / "m1.json").stat().st_mtime
+        aggregate_end = (run_dir / "outcome" / "m1.json").stat().st_mtime
+        out["snakemake_end_after_aggregate"] = times["snakemake_end"] - aggregate_end
     return out
 
 
@@ -108,7 +110,7 @@ def timeline(started: float, wall: float, status_files: list[Path], outcome: Pat
         end = path.stat().st_mtime
         spans.append((end - secs, end))
     first_start = min(s for s, _ in spans)
-    gaps = [b[0] - a[1] for a, b in zip(spans, spans[1:])]
+    gaps = [b[0] - a[1] for a, b in itertools.pairwise(spans)]
     last_end = max(e for _, e in spans)
     return {"before_first_image": first_start - started, "job_gaps": [round(g, 3) for g in gaps],
             "after_last_batch": (started + wall) - last_end,
@@ -155,14 +157,14 @@ def section3(rep: Report, work: Path, cfg: dict[str, Any]) -> None:
         for _ in range(max(1, int(cfg.get("repeats", 1)))):
             rounds.append([run_tick(srv, client, keys, rows, v, w) for v in variants])
             floors.append(run_floor(srv, client, keys, rows, w))
-        ticks = [min(runs, key=lambda r: r["wall"]) for runs in zip(*rounds)]
+        ticks = [min(runs, key=lambda r: r["wall"]) for runs in zip(*rounds, strict=True)]  # one per variant
         import_cost = proc.run_task("import_cost")
     floor = min(floors, key=lambda r: r["wall"])
     rep.add("3", f"floor: {n} images {size}x{size} 4-band, download + convert_file + upload in one loop "
                  f"(best of {len(floors)})", floor["wall"], "s", load=floor["load"],
             note=f"convert {floor['convert_seconds']:.1f} s, S3 {floor['s3_seconds']:.1f} s, "
                  f"requests {summarize(floor['counts'])}")
-    for v, t in zip(variants, ticks):
+    for v, t in zip(variants, ticks, strict=True):
         ratio = floor["wall"] / t["wall"]
         label = ", ".join(f"{k} {val}" if not k.startswith("__") else "Snakemake exits without its 1 s timer"
                           for k, val in v.items())
@@ -182,7 +184,8 @@ def section3(rep: Report, work: Path, cfg: dict[str, Any]) -> None:
                       f"+ HEADs {s3_and_checks:.1f} s); before the first image {t['before_first_image']:.1f} s "
                       f"(CLI start, claim, Snakemake start-up + DAG: a no-op rerun takes {t['snakemake_noop']:.1f} s, "
                       f"first job start); between batch jobs {gap}; after the last batch "
-                      f"{t['after_last_batch']:.1f} s (aggregate job done after {t['aggregate_done_after_last_batch']:.1f} s, "
+                      f"{t['after_last_batch']:.1f} s (aggregate job done after "
+                      f"{t['aggregate_done_after_last_batch']:.1f} s, "
                       f"Snakemake exits {t.get('snakemake_end_after_aggregate', float('nan')):.1f} s after that); "
                       f"requests {summarize(t['counts'])}"))
         rep.add("3", f"floor / pipeline, {label}", ratio, "", ">= 0.7", load=t["load"])

@@ -43,10 +43,11 @@ def section4(rep: Report, work: Path, cfg: dict[str, Any]) -> None:
     for n in cfg["plan_rows"]:
         data = common.manifest_bytes(common.manifest_rows(n))
         run_dir = common.prepare_run_dir(w / f"run-{n}", data, "http://127.0.0.1:9", keys)
-        best = min((snakemake_dry_run(run_dir) for _ in range(2 if n == biggest else 1)), key=lambda r: r["wall"])
+        best = min((snakemake_dry_run(run_dir) for _ in range(2 if n == biggest else 1)),
+                   key=lambda r: r["wall"])
         target_t, target_m = ("<= 15", "<= 500") if n == biggest else ("", "")
-        rep.add("4", f"snakemake -n, {n:,} rows (batch_size {batch_size}: {best['jobs']} jobs): time", best["wall"], "s",
-                target_t, load=best["load"])
+        rep.add("4", f"snakemake -n, {n:,} rows (batch_size {batch_size}: {best['jobs']} jobs): time", best["wall"],
+                "s", target_t, load=best["load"])
         rep.add("4", f"snakemake -n, {n:,} rows: peak RSS", best["rss_mb"], "MB", target_m, load=best["load"])
         rep.detail(f"section4.snakemake.{n}", {k: v for k, v in best.items() if k != "output"})
 

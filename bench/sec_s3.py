@@ -156,9 +156,11 @@ def original_post(client: Any, output_bucket: str, input_bucket: str, processing
             failed.append(row)
     remote = matching(input_bucket, "*" + processing_key.rpartition("/")[2])[0]
     if ok:
-        client.put_object(Bucket=input_bucket, Key=remote.replace("processing", "processed"), Body="\n".join(ok).encode())
+        client.put_object(Bucket=input_bucket, Key=remote.replace("processing", "processed"),
+                          Body="\n".join(ok).encode())
     if failed:
-        client.put_object(Bucket=input_bucket, Key=remote.replace("processing", "failed"), Body="\n".join(failed).encode())
+        client.put_object(Bucket=input_bucket, Key=remote.replace("processing", "failed"),
+                          Body="\n".join(failed).encode())
     client.delete_object(Bucket=input_bucket, Key=remote)
 
 

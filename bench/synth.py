@@ -141,11 +141,10 @@ def write_raster(path: Path, kind: str, size: int, seed: int = 1) -> Path:
         profile.update(count=1, dtype="uint16")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".part")
-    with rasterio.Env(GDAL_CACHEMAX=64):
-        with rasterio.open(tmp, "w", **profile) as dst:
-            for y0 in range(0, size, STRIP_ROWS):
-                y1 = min(size, y0 + STRIP_ROWS)
-                dst.write(gen.rows(y0, y1), window=((y0, y1), (0, size)))
+    with rasterio.Env(GDAL_CACHEMAX=64), rasterio.open(tmp, "w", **profile) as dst:
+        for y0 in range(0, size, STRIP_ROWS):
+            y1 = min(size, y0 + STRIP_ROWS)
+            dst.write(gen.rows(y0, y1), window=((y0, y1), (0, size)))
     os.replace(tmp, path)
     return path
 

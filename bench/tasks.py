@@ -92,7 +92,10 @@ def ours(src: str, cog: str, jpeg: str, bands: int, options: dict | None = None)
 
 def profile_ours(src: str, cog: str, jpeg: str, bands: int, out: str,
                  options: dict | None = None) -> dict:
-    """``ours`` under cProfile (stats dumped to ``out``); by hand: ``python bench/tasks.py profile_ours '{JSON args}'``."""
+    """``ours`` under cProfile (stats dumped to ``out``).
+
+    By hand: ``python bench/tasks.py profile_ours '{JSON args}'``.
+    """
     import cProfile
 
     prof = cProfile.Profile()
@@ -260,7 +263,8 @@ def import_cost() -> dict:
     return {"seconds": time.perf_counter() - t}
 
 
-TASKS = {f.__name__: f for f in (original_cog, original_jpeg, ours, profile_ours, whatif, floor, jpeg_probe, import_cost)}
+TASKS = {f.__name__: f for f in (original_cog, original_jpeg, ours, profile_ours, whatif, floor, jpeg_probe,
+                                  import_cost)}
 
 if __name__ == "__main__":
     name, args = sys.argv[1], json.loads(sys.argv[2])

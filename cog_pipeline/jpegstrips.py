@@ -78,7 +78,8 @@ class StripJpegWriter:
             raise ValueError(f"rows per strip {rows_per_strip} is not a multiple of the MCU height {mcu_h}")
         self._interval = (-(-width // mcu_w)) * (rows_per_strip // mcu_h)
         if self._interval > MAX_RESTART_INTERVAL and rows_per_strip < height:
-            raise ValueError(f"{rows_per_strip} rows of {width} pixels make a restart interval over {MAX_RESTART_INTERVAL}")
+            raise ValueError(f"{rows_per_strip} rows of {width} pixels make a restart interval over "
+                             f"{MAX_RESTART_INTERVAL}")
         self._fh, self._width, self._height = fh, width, height
         self._components, self._quality, self._rows = components, quality, rows_per_strip
         self._done = 0

@@ -11,8 +11,8 @@ from __future__ import annotations
 import csv
 import io
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
 #: Band counts above this are taken for a typo, not a real image.
 MAX_BANDS = 10_000
@@ -99,7 +99,8 @@ def _key_problems(key: str, max_key_bytes: int) -> list[str]:
             suffix = stripped[stripped.rindex("."):]
             problems.append(f"key ends in {suffix!r}: keys must end in lowercase '.tif'")
         else:
-            problems.append(f"key {_show(key)} does not end in '.tif' (only GeoTIFF keys ending in '.tif' are accepted)")
+            problems.append(f"key {_show(key)} does not end in '.tif' "
+                            "(only GeoTIFF keys ending in '.tif' are accepted)")
     if ".." in key.split("/"):
         problems.append("key contains a '..' path segment (not allowed)")
     bad = _BAD_KEY_CHAR.search(key)
@@ -216,7 +217,8 @@ def parse_manifest(data: bytes, max_key_bytes: int = 1024) -> Manifest:
         bands: int | None = None
         if len(row) < 2:
             problems.append("missing band count (1 column, expected 2: key,bands)")
-        elif bands_text.isdigit() and bands_text.isascii() and len(bands_text) <= 4 and bands_text != "0" * len(bands_text):
+        elif (bands_text.isdigit() and bands_text.isascii() and len(bands_text) <= 4
+              and bands_text != "0" * len(bands_text)):
             bands = int(bands_text)
         else:
             bands, problem = _bands_problem(bands_text)

@@ -73,12 +73,12 @@ class ManifestKeys:
         return f"{self.stem}report-{self.ts}.html"
 
     @classmethod
-    def from_run(cls, manifest: dict) -> "ManifestKeys":
+    def from_run(cls, manifest: dict) -> ManifestKeys:
         """The keys of a ``manifests:`` entry of a run config."""
         return cls(raw=manifest["raw_key"], stem=manifest["stem"], ts=manifest["timestamp"])
 
     @classmethod
-    def for_raw(cls, raw_key: str, ts: str) -> "ManifestKeys":
+    def for_raw(cls, raw_key: str, ts: str) -> ManifestKeys:
         return cls(raw=raw_key, stem=manifest_stem(raw_key), ts=ts)
 
 

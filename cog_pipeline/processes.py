@@ -3,6 +3,7 @@ process still lives, and which processes work inside a directory (Linux ``/proc`
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import socket
@@ -67,10 +68,8 @@ def process_cwds() -> set[str]:
     me = str(os.getpid())
     for name in entries:
         if name.isdigit() and name != me:
-            try:
+            with contextlib.suppress(OSError):
                 cwds.add(os.readlink(f"/proc/{name}/cwd"))
-            except OSError:
-                pass
     return cwds
 
 

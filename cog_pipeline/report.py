@@ -77,7 +77,7 @@ def report_rows(run_dir: Path, config: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _duration(seconds: float) -> str:
-    seconds = int(round(seconds))
+    seconds = round(seconds)
     if seconds < 60:
         return f"{seconds} s"
     if seconds < 3600:
@@ -110,7 +110,8 @@ def _row_html(r: dict[str, Any], show_manifest: bool) -> str:
     reason = esc(str(r.get("reason", "")))
     if failed:
         reason = (f"{reason}<div class=\"todo\"><b>What to do:</b> {esc(advice(str(r.get('reason', ''))))}</div>")
-    dims = f"{r['width']}&times;{r['height']}" if isinstance(r.get("width"), int) and isinstance(r.get("height"), int) else ""
+    sized = isinstance(r.get("width"), int) and isinstance(r.get("height"), int)
+    dims = f"{r['width']}&times;{r['height']}" if sized else ""
     bands = esc(str(r["bands"])) + (f"/{esc(str(r['file_bands']))}" if r.get("file_bands") not in (None, "") else "")
     seconds = f"{r['seconds']:.2f}" if isinstance(r.get("seconds"), (int, float)) else ""
     cells = [preview, f'<span class="key">{esc(r["key"])}</span>']
@@ -160,6 +161,7 @@ def render_html(run_dir: Path, rows: list[dict[str, Any]] | None = None,
         "outcome", "reason / notes", "size (px)", "bands (CSV/file)", "type", "input", "COG", "ratio", "seconds",
         "image log (in the run directory)"]
     body = "\n".join(_row_html(r, show_manifest) for r in shown)
+    manifest_keys = ", ".join(esc(str(m.get("raw_key", ""))) for m in manifests)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta http-equiv="Content-Security-Policy" content="{CSP}">
@@ -189,7 +191,7 @@ img {{ display: block; min-width: 48px; max-width: {THUMBNAIL_SIDE}px; max-heigh
 </style></head>
 <body>
 <h1>cog-pipeline run {run_id}</h1>
-<p class="meta">Manifest{'s' if len(manifests) != 1 else ''}: {', '.join(esc(str(m.get('raw_key', ''))) for m in manifests)}
+<p class="meta">Manifest{'s' if len(manifests) != 1 else ''}: {manifest_keys}
 &middot; input bucket <code>{esc(str(s3cfg.get('input_bucket', '')))}</code>
 &middot; output bucket <code>{esc(str(s3cfg.get('output_bucket', '')))}</code>
 <br>Started {esc(started)}{(' &middot; took ' + esc(took)) if took else ''}

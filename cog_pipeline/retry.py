@@ -74,9 +74,9 @@ def plan_retry(client: Any, bucket: str, failed_key: str) -> RetryPlan | None:
         shown = "\n  ".join(missing[:SHOW_MISSING])
         if len(missing) > SHOW_MISSING:
             shown += f"\n  ... and {len(missing) - SHOW_MISSING} more"
-        raise PipelineError(f"not retrying: {len(missing)} of {len(manifest.entries)} input object(s) are still missing "
-                            f"from bucket '{bucket}'. Upload them under exactly these keys, then run the same retry "
-                            f"command again:\n  {shown}")
+        raise PipelineError(f"not retrying: {len(missing)} of {len(manifest.entries)} input object(s) are still "
+                            f"missing from bucket '{bucket}'. Upload them under exactly these keys, then run the same "
+                            f"retry command again:\n  {shown}")
     stem = retry_stem(match["stem"])
     plan = RetryPlan(key=f"{stem}{timestamp()}-raw.csv", rows=[(e.key, e.bands_text) for e in manifest.entries],
                      left_out=[r.reason for r in manifest.rejected])

@@ -41,6 +41,7 @@ def brute_force(seed, wanted) -> set[str]:
     return listed & set(wanted)
 
 
+@pytest.mark.slow
 def test_rows_spread_over_many_folders_cost_pages_not_folders(seed, client):
     """60 folders, older outputs beside them: calls = pages of wanted keys + a few, not one per folder."""
     rows = [f"county-{'ab'[i % 2]}/2026/f{i % 60:03d}/tile_{i:04d}.tif" for i in range(300)]
@@ -53,6 +54,7 @@ def test_rows_spread_over_many_folders_cost_pages_not_folders(seed, client):
     assert counts == {"ListObjectsV2": pages}  # the older outputs sort before and are never listed
 
 
+@pytest.mark.slow
 def test_gaps_between_runs_are_jumped_not_paged(seed, client):
     """Two wanted runs with 400 unwanted keys between them: one jump, not 8 pages of strangers."""
     first = [f"a/x{i:03d}.tif" for i in range(30)]
@@ -67,7 +69,7 @@ def test_gaps_between_runs_are_jumped_not_paged(seed, client):
 def test_missing_keys_are_reported_missing_and_pagination_settles_every_key(seed, client):
     present = [f"p/k{i:03d}.tif" for i in range(0, 120, 2)]
     absent = [f"p/k{i:03d}.tif" for i in range(1, 120, 2)] + ["p/zzz.tif", "a.tif", "p/k000.tif.jpg"]
-    put_all(seed, present + ["p/k001.tif.aux.xml", "p/k0011.tif"])
+    put_all(seed, [*present, "p/k001.tif.aux.xml", "p/k0011.tif"])
     counts = counting(client)
     assert existing_keys(client, OUTPUT_BUCKET, present + absent, page_size=7) == set(present)
     assert counts["ListObjectsV2"] <= math.ceil(len(present) * 2 / 7) + 3
@@ -144,7 +146,8 @@ def test_rows_of_an_unfinished_batch_name_their_batch_and_the_wrappers_reason(tm
     log_dir = tmp_path / "logs" / "convert" / "m1"
     log_dir.mkdir(parents=True)
     (log_dir / "batch-00001.log").write_text(
-        "converting c.tif\njob-wrapper on ep7: Python interpreter '/x/python3' not found on ep7 (software mode shared)\n")
+        "converting c.tif\n"
+        "job-wrapper on ep7: Python interpreter '/x/python3' not found on ep7 (software mode shared)\n")
     keys = ["a.tif", "b.tif", "c.tif", "d.tif", "e.tif"]
     reasons = unfinished_reasons(tmp_path, "m1", keys, batch_size=2, recorded={"a.tif", "b.tif", "c.tif"})
     assert set(reasons) == {"d.tif", "e.tif"}  # c.tif has a record; batch 0 is complete

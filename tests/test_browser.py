@@ -1,15 +1,16 @@
 """The run report in a real headless browser (Debian's chromium), driven over the DevTools protocol.
 
 The tests never install the browser (``.ci/run`` does: ``apt-get install chromium``); without it
-they are skipped with the reason in the summary (pytest -ra), and fail where CI requires them. Console messages, uncaught exceptions, failed loads and CSP violations are
-collected from the protocol's events, not guessed from log text, and a control page proves the
-collector sees them. Set COG_PIPELINE_REPORT_SCREENSHOT=docs/img/report.png to refresh the README's
-picture.
+they are skipped with the reason in the summary (pytest -ra), and fail where CI requires them.
+Console messages, uncaught exceptions, failed loads and CSP violations are collected from the
+protocol's events, not guessed from log text, and a control page proves the collector sees them. Set
+COG_PIPELINE_REPORT_SCREENSHOT=docs/img/report.png to refresh the README's picture.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import select
@@ -59,7 +60,8 @@ class Page:
                  "os.execv(sys.argv[3], sys.argv[3:])")
         self.proc = subprocess.Popen(
             [sys.executable, "-c", remap, str(to_browser_r), str(from_browser_w), browser, "--headless",
-             "--no-sandbox", "--disable-gpu", "--no-first-run", "--no-default-browser-check", "--disable-background-networking", "--disable-component-update",
+             "--no-sandbox", "--disable-gpu", "--no-first-run", "--no-default-browser-check",
+             "--disable-background-networking", "--disable-component-update",
              "--disable-sync", "--disable-extensions", f"--user-data-dir={profile}", "--remote-debugging-pipe",
              "about:blank"],
             pass_fds=(to_browser_r, from_browser_w), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -141,10 +143,8 @@ class Page:
         path.write_bytes(base64.b64decode(data))
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(Exception):  # it may already be gone
             self.send("Browser.close", timeout=10)
-        except Exception:  # noqa: BLE001 - it may already be gone
-            pass
         try:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
@@ -189,6 +189,7 @@ def mixed_run(seed, settings, tmp_path):
                             workdir=tmp_path / "work"))
 
 
+@pytest.mark.slow
 def test_report_in_a_real_browser(page, seed, buckets, settings, tmp_path):
     result = mixed_run(seed, settings, tmp_path)
     summary = result.manifests[0]

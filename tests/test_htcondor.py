@@ -240,7 +240,7 @@ def test_crondor_max_running_and_passthrough(tmp_path, keys, monkeypatch):
 
 
 def test_tick_arguments_force_htcondor_and_check_pattern(tmp_path, keys):
-    argv = tick_argv(keys) + ["--executor", "local", "--workdir=/elsewhere"]
+    argv = [*tick_argv(keys), "--executor", "local", "--workdir=/elsewhere"]
     args = h.tick_arguments(argv, PATTERN, tmp_path)
     assert args.count("--executor") == 1 and option(args, "--executor") == "htcondor"
     assert f"--workdir={tmp_path}" in args
@@ -296,8 +296,8 @@ def test_driver_description(run_dir):
 # no schedd: clear errors, no traceback
 # ---------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", ["check_schedd", "submit", "start_crondor", "stop_pipeline", "submit_driver", "cleanup_run",
-                                  "apply_hold_policy"])
+@pytest.mark.parametrize("name", ["check_schedd", "submit", "start_crondor", "stop_pipeline", "submit_driver",
+                                  "cleanup_run", "apply_hold_policy"])
 def test_no_schedd_raises_pipeline_error(name, tmp_path, keys, run_dir):
     calls = {
         "check_schedd": h.check_schedd,
@@ -694,7 +694,8 @@ def test_plugin_transfers_only_paths_inside_the_run(plugin_description, run_dir)
 # ---------------------------------------------------------------------------------------------
 
 FAKE_PYTHON = """#!/bin/sh
-{{ echo "ARGS=$*"; echo "PATH=$PATH"; echo "PYTHONPATH=$PYTHONPATH"; echo "CONDOR_CONFIG=$CONDOR_CONFIG"; ls -l access.key; }} > "$SCRATCH/ran.txt"
+{{ echo "ARGS=$*"; echo "PATH=$PATH"; echo "PYTHONPATH=$PYTHONPATH"; echo "CONDOR_CONFIG=$CONDOR_CONFIG"
+   ls -l access.key; }} > "$SCRATCH/ran.txt"
 exit {code}
 """
 
@@ -857,7 +858,7 @@ def test_supervisor_forwards_sigterm_to_the_driver(tmp_path):
     proc = supervise(sys.executable, "-c", child)
     assert proc.stdout.readline().strip() == "ready"
     proc.terminate()  # what condor_rm does to a local-universe job
-    out, err = proc.communicate(timeout=60)
+    _out, err = proc.communicate(timeout=60)
     assert marker.exists()  # the driver got SIGTERM (and with it its Snakemake, same process group)
     assert proc.returncode == 143
     assert "Traceback" not in err

@@ -360,7 +360,8 @@ def test_trailing_comma_hint():
 def test_duplicate_first_accepted_later_rejected():
     m = parse("a.tif,3\nb.tif,1\na.tif,3\na.tif,4\n")
     assert [(e.line, e.key) for e in m.entries] == [(1, "a.tif"), (2, "b.tif")]
-    assert [r.reason.split(" (")[0] for r in m.rejected] == ["line 3: duplicate of line 1", "line 4: duplicate of line 1"]
+    assert [r.reason.split(" (")[0] for r in m.rejected] == ["line 3: duplicate of line 1",
+                                                           "line 4: duplicate of line 1"]
 
 
 def test_duplicate_compares_keys_exactly():

@@ -47,6 +47,7 @@ def rows(text):
     return [r for r in csv.reader(io.StringIO(text)) if r]
 
 
+@pytest.mark.slow
 def test_mixed_batch_sorts_every_row_and_loses_nothing(seed, buckets, settings, samples, tmp_path):
     upload_samples(seed, samples)
     seed.put_object(Bucket=INPUT_BUCKET, Key="imagery/empty.tif", Body=b"")
@@ -78,7 +79,7 @@ def test_mixed_batch_sorts_every_row_and_loses_nothing(seed, buckets, settings, 
     result = run_tick(settings, tmp_path)
 
     assert result.exit_code == 0
-    objs, (pkey, processed), (fkey, failed), (ekey, errors) = outcome_files(seed)
+    objs, (pkey, processed), (fkey, failed), (_ekey, errors) = outcome_files(seed)
     assert "batch-raw.csv" not in objs
     assert not [k for k in objs if "processing" in k], "processing file must be deleted"
     assert pkey.removeprefix("batch-processed-") == fkey.removeprefix("batch-failed-")
@@ -98,7 +99,7 @@ def test_mixed_batch_sorts_every_row_and_loses_nothing(seed, buckets, settings, 
         "imagery/missing.tif": "not found",
         "imagery/empty.tif": "empty",
         "imagery/notatiff.tif": "TIFF",
-        "imagery/truncated.tif": "",
+        "imagery/truncated.tif": "open: file is truncated or corrupt",
     }
     assert set(reasons) == set(expected_reasons)
     for key, fragment in expected_reasons.items():
@@ -106,7 +107,7 @@ def test_mixed_batch_sorts_every_row_and_loses_nothing(seed, buckets, settings, 
     # Failed rows keep the original two columns, so the file can be renamed back to -raw.csv.
     assert all(len(r) == 2 for r in rows(failed)) and len(rows(failed)) == len(expected_reasons)
     # Union of processed + failed = every data row (blank line and header excluded).
-    data_lines = [l for l in manifest.decode("utf-8-sig").splitlines()[1:] if l.strip()]
+    data_lines = [line for line in manifest.decode("utf-8-sig").splitlines()[1:] if line.strip()]
     assert len(rows(processed)) + len(rows(failed)) == len(data_lines)
     # Inputs untouched; outputs only for the good rows, each a valid COG with the input's pixels.
     after = all_objects(seed, INPUT_BUCKET)
@@ -124,6 +125,7 @@ def test_mixed_batch_sorts_every_row_and_loses_nothing(seed, buckets, settings, 
     assert not (tmp_path / "etc").exists()
 
 
+@pytest.mark.slow
 def test_rerun_of_same_manifest_skips_finished_images(seed, buckets, settings, samples, tmp_path):
     upload_samples(seed, samples)
     body = b"imagery/rgb.tif,3\nimagery/small/byte.tif,1\n"
@@ -146,6 +148,7 @@ def test_rerun_of_same_manifest_skips_finished_images(seed, buckets, settings, s
     assert sum(f"Run directory: {second.run_dir}" in line for line in lines) == 1
 
 
+@pytest.mark.slow
 def test_changed_input_is_converted_again(seed, buckets, settings, samples, tmp_path):
     seed.upload_file(str(samples / "byte.tif"), INPUT_BUCKET, "a.tif")
     seed.put_object(Bucket=INPUT_BUCKET, Key="batch-raw.csv", Body=b"a.tif,1\n")
@@ -234,6 +237,7 @@ def test_aggregate_runs_even_when_no_job_finished(seed, buckets, settings, sampl
     assert "did not finish" in errors
 
 
+@pytest.mark.slow
 def test_cli_tick_runs_as_a_command(seed, buckets, settings, samples, tmp_path):
     upload_samples(seed, samples, {"x/byte.tif": "byte.tif"})
     seed.put_object(Bucket=INPUT_BUCKET, Key="x/run1-raw.csv", Body=b"x/byte.tif,1\n")
@@ -259,8 +263,8 @@ def test_cli_reports_bad_bucket_without_traceback(settings, s3_server, tmp_path)
 
 def test_batch_requests_per_image_and_skip_if_done(seed, buckets, settings, samples, tmp_path, monkeypatch):
     """One batch: one listing of its outputs, then per image one HeadObject (the input), no
-    HeadObject for outputs that do not exist yet and one per output uploaded (to confirm it); a rerun skips every image (HeadObject of the COG
-    for its source ETag), and an input replaced since is converted again."""
+    HeadObject for outputs that do not exist yet and one per output uploaded (to confirm it); a rerun skips
+    every image (HeadObject of the COG for its source ETag), and an input replaced since is converted again."""
     import json
 
     from cog_pipeline import batch, s3

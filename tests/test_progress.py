@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 from cog_pipeline.progress import count_records, images_total, wait_with_progress
@@ -28,6 +29,7 @@ def test_counts_finished_and_in_progress_batches(tmp_path):
     assert count_records(run) == (3, 1)  # finished batches and the ones in progress
 
 
+@pytest.mark.slow
 def test_waits_for_the_process_with_and_without_a_bar(tmp_path, capsys):
     run = make_run(tmp_path)
     script = ("import time, sys, pathlib; time.sleep(1.5); "

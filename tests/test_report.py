@@ -27,6 +27,7 @@ def run_mixed(seed, settings, samples, tmp_path):
                             workdir=tmp_path / "work"))
 
 
+@pytest.mark.slow
 def test_report_is_written_uploaded_and_escaped(seed, buckets, settings, samples, tmp_path):
     result = run_mixed(seed, settings, samples, tmp_path)
     page = (result.run_dir / "report.html").read_text(encoding="utf-8")
@@ -42,6 +43,7 @@ def test_report_is_written_uploaded_and_escaped(seed, buckets, settings, samples
     assert len(reports) == 1 and all_objects(seed, INPUT_BUCKET)[reports[0]].decode() == page
 
 
+@pytest.mark.slow
 def test_every_row_gets_a_log_named_after_its_image(seed, buckets, settings, samples, tmp_path):
     result = run_mixed(seed, settings, samples, tmp_path)
     logs = result.run_dir / "logs" / "images"
@@ -74,7 +76,8 @@ def test_captured_lines_go_into_the_record_and_are_bounded():
     record: dict = {}
     with capture(record):
         logging.getLogger("cog_pipeline.test").warning("GDAL said something about %s", "tile.tif")
-    assert len(record["log"]) == 1 and "WARNING cog_pipeline.test: GDAL said something about tile.tif" in record["log"][0]
+    assert len(record["log"]) == 1
+    assert "WARNING cog_pipeline.test: GDAL said something about tile.tif" in record["log"][0]
     quiet: dict = {}
     with capture(quiet):
         pass

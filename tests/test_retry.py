@@ -26,6 +26,7 @@ def failed_run(seed, settings, samples, tmp_path):
     return next(k for k in all_objects(seed, INPUT_BUCKET) if k.startswith("folder/set-failed-"))
 
 
+@pytest.mark.slow
 def test_retry_requeues_failed_rows_once_inputs_exist(seed, buckets, settings, samples, tmp_path, capsys):
     failed_key = failed_run(seed, settings, samples, tmp_path)
     client = make_client(settings)
@@ -64,7 +65,7 @@ def test_nothing_to_retry_and_wrong_keys(seed, buckets, settings, capsys):
     client = make_client(settings)
     with pytest.raises(PipelineError, match="not a failed-rows file"):
         plan_retry(client, INPUT_BUCKET, "set-processed-20260101-000000.csv")
-    with pytest.raises(PipelineError, match="cannot read set-failed-20990101-000000.csv.*cog-pipeline status"):
+    with pytest.raises(PipelineError, match=r"cannot read set-failed-20990101-000000.csv.*cog-pipeline status"):
         plan_retry(client, INPUT_BUCKET, "set-failed-20990101-000000.csv")
     seed.put_object(Bucket=INPUT_BUCKET, Key="bad-failed-20260101-000000.csv", Body=b"/x.tif,1\ny.png,0\n")
     with pytest.raises(PipelineError, match=r"no row .* can be retried as written.*\n  line 1.*\n  line 2"):
@@ -77,6 +78,7 @@ def test_a_retry_of_a_retry_keeps_a_short_name():
     assert retry_stem("a/b/county-retry-") == "a/b/county-retry-retry-"  # only a timestamped retry is folded
 
 
+@pytest.mark.slow
 def test_a_listing_error_is_a_clear_message_not_a_traceback(seed, buckets, settings, samples, tmp_path,
                                                             monkeypatch, capsys):
     """Checking for an identical retry already queued lists the bucket: ListBucket denied must read as such."""

@@ -44,6 +44,7 @@ def test_status_without_a_bucket_and_with_a_missing_one(settings, s3_server, tmp
     assert "cannot list bucket 'no-such-bucket'" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_status_counts_manifests_and_runs(seed, buckets, settings, samples, tmp_path, capsys, no_schedd):
     seed.upload_file(str(samples / "byte.tif"), INPUT_BUCKET, "a.tif")
     seed.put_object(Bucket=INPUT_BUCKET, Key="set1-raw.csv", Body=b"a.tif,1\nmissing.tif,1\n")
@@ -136,6 +137,7 @@ def test_pool_jobs_are_grouped_by_batch_name(tmp_path, monkeypatch, capsys):
     assert "HTCondor: no schedd here" in out and "pool run; no schedd to ask" in out
 
 
+@pytest.mark.slow
 def test_status_and_retry_work_against_the_demo_bucket(tmp_path, capsys, no_schedd):
     """The demo's own S3 server, while it is still up (what `cog-pipeline demo --serve` offers)."""
     seen = {}

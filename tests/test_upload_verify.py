@@ -146,7 +146,7 @@ def test_multipart_upload_verifies_and_its_etag_counts_the_parts(buckets, seed, 
     # Expecting other parts (or a single PUT) than were sent is a mismatch: the parts are really counted.
     for wrong in (dataclasses.replace(small_parts, multipart_chunksize=6 * MiB),
                   dataclasses.replace(small_parts, multipart_threshold=64 * MiB)):
-        with pytest.raises(s3.UploadMismatch, match="ETag .* expected"):
+        with pytest.raises(s3.UploadMismatch, match=r"ETag .* expected"):
             s3.verify_upload(client, OUTPUT_BUCKET, "out/big.bin", src, wrong)
 
 
@@ -228,7 +228,7 @@ def test_md5_etag_without_encryption_is_compared(buckets, proxied, proxy, tmp_pa
     client = s3.make_client(proxied)
     upload(client, "out/o.bin", src, proxied)
     proxy.rewrite_headers("head", "out/o.bin", {"ETag": '"' + "a" * 32 + '"'})
-    with pytest.raises(s3.UploadMismatch, match="a{32} found"):
+    with pytest.raises(s3.UploadMismatch, match=r"a{32} found"):
         s3.verify_upload(client, OUTPUT_BUCKET, "out/o.bin", src, proxied)
 
 

@@ -194,10 +194,10 @@ class World:
         proc = self.spawn(**kw)
         try:
             out, err = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
+        except subprocess.TimeoutExpired as exc:
             os.killpg(proc.pid, 9)
             out, err = proc.communicate()
-            raise AssertionError(f"tick did not finish in {timeout} s:\n{err[-4000:]}")
+            raise AssertionError(f"tick did not finish in {timeout} s:\n{err[-4000:]}") from exc
         return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
     # -------------------------------------------------------------------------------- checking
@@ -244,7 +244,8 @@ class World:
         for stem, want in expected.items():
             triples = outcomes.get(stem, [])
             if len(triples) != 1:
-                problems.append(f"{stem}: {len(triples)} outcome triples (want exactly 1): {[t['ts'] for t in triples]}")
+                problems.append(f"{stem}: {len(triples)} outcome triples (want exactly 1): "
+                                f"{[t['ts'] for t in triples]}")
                 if not triples:
                     fig.rows_lost += len(want.get("processed", [])) + len(want.get("failed", ()))
                     continue

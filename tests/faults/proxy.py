@@ -70,16 +70,16 @@ import threading
 import time
 import urllib.parse
 from collections import Counter, deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
 
 #: Kinds that emulate a real server's behaviour (the second table); faults, like ignore-if and reject-if.
 QUIRK_KINDS = ("if-match-unquoted", "ignore-if-missing", "require-md5", "reject-trailer", "store-framing")
 KINDS = ("500", "503", "429", "reset", "reset-after", "500-after", "forbidden", "ignore-if", "reject-if", "delay",
-         "barrier") + QUIRK_KINDS
+         "barrier", *QUIRK_KINDS)
 #: Kinds that are faults (counted as injected); delay and barrier only shape timing.
 FAULT_KINDS = ("500", "503", "429", "reset", "reset-after", "500-after", "forbidden", "ignore-if",
-               "reject-if") + QUIRK_KINDS
+               "reject-if", *QUIRK_KINDS)
 
 _ERRORS = {
     "500": (500, "InternalError", "We encountered an internal error. Please try again."),
@@ -117,8 +117,9 @@ def classify(method: str, target: str, headers: http.client.HTTPMessage) -> tupl
             return ("list_uploads" if "uploads" in query else "list"), bucket, ""
         if method == "POST" and "delete" in query:
             return "delete_objects", bucket, ""
-        return {"HEAD": "head_bucket", "PUT": "create_bucket", "DELETE": "delete_bucket"}.get(method, method), bucket, ""
-    copy = "x-amz-copy-source" in {h.lower() for h in headers.keys()}
+        bucket_op = {"HEAD": "head_bucket", "PUT": "create_bucket", "DELETE": "delete_bucket"}.get(method, method)
+        return bucket_op, bucket, ""
+    copy = "x-amz-copy-source" in {h.lower() for h in headers}
     if method == "PUT" and "partNumber" in query:
         return ("upload_part_copy" if copy else "upload_part"), bucket, key
     if method == "PUT":
@@ -150,7 +151,7 @@ def applies(kind: str, method: str, op: str, headers: http.client.HTTPMessage, m
     """Whether a rule of ``kind`` has anything to do with a request: the others are neither seen (for ``nth``)
     nor changed by it. ``missing``: whether the request's key is absent upstream (probed for ignore-if-missing)."""
     if kind in ("ignore-if", "reject-if"):
-        return any(h.lower() in _CONDITIONS for h in headers.keys())
+        return any(h.lower() in _CONDITIONS for h in headers)
     if kind == "if-match-unquoted":
         return op == "put" and "If-Match" in headers
     if kind == "ignore-if-missing":
@@ -231,7 +232,7 @@ class FaultProxy:
         host, port = self.server.server_address[:2]
         return f"http://{host}:{port}"
 
-    def start(self) -> "FaultProxy":
+    def start(self) -> FaultProxy:
         self.thread.start()
         return self
 
@@ -318,7 +319,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - base class signature
         pass
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server naming
+    def do_GET(self) -> None:  # http.server naming
         self._handle()
 
     do_HEAD = do_PUT = do_POST = do_DELETE = do_GET
@@ -342,7 +343,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         op, bucket, key = classify(self.command, self.path, self.headers)
         match = _CREDENTIAL.search(self.headers.get("Authorization", ""))
         access_key = match.group(1) if match else None
-        conditional = any(h.lower() in _CONDITIONS for h in self.headers.keys())
+        conditional = any(h.lower() in _CONDITIONS for h in self.headers)
         missing = None
         if (op == "put" and "If-Match" in self.headers
                 and self.owner._wants_probe(op, bucket, key, access_key)):

@@ -48,6 +48,7 @@ def test_ticks_at_the_same_moment_on_two_hosts_claim_each_manifest_once(world, t
     world.check({raw[:-len("raw.csv")]: {"processed": [image, "shared/both.tif"]} for raw, image in manifests.items()})
 
 
+@pytest.mark.slow
 def test_two_manifests_in_one_tick_same_image_and_same_name_in_two_folders(world):
     """Two manifests named alike in two folders (their run-directory copies must not collide), both listing
     the same image: each gets its own, correct outcome."""
@@ -62,9 +63,11 @@ def test_two_manifests_in_one_tick_same_image_and_same_name_in_two_folders(world
     world.figures.kind("concurrency", "two-manifests-one-tick")
     world.figures.kind("concurrency", "same-image-two-manifests")
     world.check({"a/x-": {"processed": ["img/shared.tif", "img/only-a.tif"]},
-                 "b/x-": {"processed": ["img/only-b.tif", "img/shared.tif"], "failed": {"img/missing.tif": "not found"}}})
+                 "b/x-": {"processed": ["img/only-b.tif", "img/shared.tif"],
+                          "failed": {"img/missing.tif": "not found"}}})
 
 
+@pytest.mark.slow
 def test_live_claim_elsewhere_is_respected_and_a_stale_one_taken_over(world):
     world.image("a/one.tif", seed=1)
     world.manifest("s/stale-raw.csv", ["a/one.tif,1"])
@@ -86,6 +89,7 @@ def test_live_claim_elsewhere_is_respected_and_a_stale_one_taken_over(world):
     world.check({"s/stale-": {"processed": ["a/one.tif"]}})
 
 
+@pytest.mark.slow
 def test_processing_file_whose_run_directory_is_gone_is_adopted(world):
     """A tick claimed the manifest, then its run directory was lost (disk wiped): the next tick in the
     same working directory adopts the processing file at once; the outcome keeps its timestamp."""
@@ -106,6 +110,7 @@ def test_processing_file_whose_run_directory_is_gone_is_adopted(world):
     assert processing == [f"s/lost-processing-{found['s/lost-']['ts']}.csv"]
 
 
+@pytest.mark.slow
 def test_foreign_processing_file_is_adopted_only_after_its_heartbeat_stops(world):
     world.image("a/one.tif", seed=1)
     key = "s/far-processing-20260101-000000.csv"
@@ -151,6 +156,7 @@ def test_heartbeat_refreshes_a_live_run_and_never_resurrects_a_finished_one(worl
     assert key not in world.objects(world.input_bucket)
 
 
+@pytest.mark.slow
 def test_outcome_rows_of_same_image_in_two_concurrent_ticks(world):
     """The same image in two manifests claimed by two ticks at once: both rows processed, one valid COG."""
     world.put("img/shared.tif", SAMPLES_DIR / "byte.tif")

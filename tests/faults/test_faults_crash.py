@@ -126,7 +126,7 @@ def test_snakemake_killed_alone_every_row_accounted_and_retry_completes(world):
                 os.kill(pid, signal.SIGKILL)
                 killed = True
         time.sleep(0.05)
-    out, err = proc.communicate(timeout=120)
+    _out, err = proc.communicate(timeout=120)
     assert killed and proc.returncode == 0, err[-3000:]
     world.figures.kind("crash", "snakemake-killed")
     outcome = world.outcomes()["crash/jobs-"][0]

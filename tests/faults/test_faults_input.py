@@ -92,7 +92,8 @@ def test_hostile_and_odd_input_specific_reasons_bounded_memory_and_time(world):
             "processed": ["h/good.tif", "h/%2e%2e/pct.tif", LONG_KEY, "h/bands200.tif", "h/already-cog.tif",
                           "h/nogeo.tif"],
             "failed": {"h/../escape.tif": "'..' path segment", "h\\back.tif": "backslash",
-                       "h/ctl\x01.tif": "control character (U+0001)", "h/tab\tkey.tif": "control character (U+0009 tab)",
+                       "h/ctl\x01.tif": "control character (U+0001)",
+                       "h/tab\tkey.tif": "control character (U+0009 tab)",
                        TOO_LONG_KEY: "longer than the 1024-byte limit",
                        "h/jpeg-renamed.tif": "not a TIFF file (it looks like a JPEG image",
                        "h/bomb-header.tif": "exceeds max_pixels", "h/bomb-sparse.tif": "exceeds max_pixels"}},
@@ -117,6 +118,7 @@ def test_hostile_and_odd_input_specific_reasons_bounded_memory_and_time(world):
     world.figures.bounds["hostile_input_tick"] = {"seconds": round(elapsed, 1), "peak_rss_mb": round(peak_mb)}
 
 
+@pytest.mark.slow
 def test_peak_memory_of_a_100k_row_manifest_is_bounded(world):
     """Parsing, planning and aggregating 100k rows (none of them convertible: all missing) in a subprocess
     tree whose largest process stays under 1 GB."""

@@ -146,6 +146,7 @@ def test_unwritable_working_directory(world):
     assert_refused(world, before, proc, "working directory", kind="unwritable-working-directory")
 
 
+@pytest.mark.slow
 def test_unreachable_endpoint(world):
     before = prepare(world)
     proc = cli(world, endpoint="http://127.0.0.1:9")
