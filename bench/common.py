@@ -21,13 +21,13 @@ def fresh_dir(path: Path) -> Path:
 
 
 def key_files(directory: Path) -> tuple[Path, Path]:
-    from cog_pipeline.demo import write_key_files
+    from cog_pipeline.ui.demo import write_key_files
 
     return write_key_files(directory)
 
 
 def settings(endpoint: str | None, keys: tuple[Path, Path] | None):
-    from cog_pipeline.s3 import S3Settings
+    from cog_pipeline.storage.s3 import S3Settings
 
     if keys is None:
         return S3Settings(endpoint_url=endpoint)
@@ -35,7 +35,7 @@ def settings(endpoint: str | None, keys: tuple[Path, Path] | None):
 
 
 def client(endpoint: str, keys: tuple[Path, Path]) -> Any:
-    from cog_pipeline import s3
+    from cog_pipeline.storage import s3
 
     return s3.make_client(settings(endpoint, keys))
 
@@ -53,8 +53,8 @@ def manifest_bytes(rows: list[str]) -> bytes:
 def prepare_run_dir(run_dir: Path, manifest: bytes, endpoint: str | None, keys: tuple[Path, Path] | None,
                     batch_size: int | None = None, raw_key: str = "bench/plan-raw.csv") -> Path:
     """A run directory exactly as ``tick`` writes it (its own functions), without claiming anything."""
-    from cog_pipeline.naming import ManifestKeys, timestamp
-    from cog_pipeline.tick import TickOptions, run_config, write_run
+    from cog_pipeline.core.naming import ManifestKeys, timestamp
+    from cog_pipeline.control.tick import TickOptions, run_config, write_run
 
     run_dir.mkdir(parents=True, exist_ok=True)
     ts = timestamp()
@@ -77,4 +77,4 @@ def python_env() -> dict[str, str]:
 
 
 def cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "cog_pipeline.cli", *args]
+    return [sys.executable, "-m", "cog_pipeline.ui.cli", *args]

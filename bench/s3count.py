@@ -1,4 +1,4 @@
-"""A local S3 server (moto, as ``cog_pipeline.local_s3``) that counts every request by S3 operation.
+"""A local S3 server (moto, as ``cog_pipeline.storage.local_s3``) that counts every request by S3 operation.
 
 It runs in its own process (``CountingS3Server``), so the benchmark's Python never shares a GIL with
 it and requests from every process (tick, Snakemake jobs, the aggregate) are counted in one place.

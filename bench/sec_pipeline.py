@@ -70,7 +70,7 @@ def run_tick(srv: CountingS3Server, client: Any, keys: tuple[Path, Path], rows: 
         log = (run_dir / "logs" / "snakemake.log").read_text()[-3000:]
         raise RuntimeError(f"tick processed {summary['processed']} of {len(rows)} rows:\n{log}")
     # Snakemake's own fixed cost: the same command again on the finished run dir ("nothing to be done").
-    from cog_pipeline import driver
+    from cog_pipeline.control import driver
 
     srv.reset_counts()
     noop = proc.run(driver.snakemake_command(run_dir, "local", 2), cwd=run_dir, env=common.python_env())
@@ -134,7 +134,7 @@ def section3(rep: Report, work: Path, cfg: dict[str, Any]) -> None:
     keys = common.key_files(w / "keys")
     n, size = cfg["images"], cfg["image_size"]
     images = make_images(w / "images", 10, size)
-    from cog_pipeline import driver
+    from cog_pipeline.control import driver
 
     defaults = driver.default_config()
     default_bs = int(defaults["batch_size"])

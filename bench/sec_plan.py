@@ -22,7 +22,7 @@ def _jobs(output: str) -> int | None:
 
 
 def snakemake_dry_run(run_dir: Path) -> dict[str, Any]:
-    from cog_pipeline import driver
+    from cog_pipeline.control import driver
 
     cmd = driver.snakemake_command(run_dir, "local", 2, ["--dry-run", "--quiet", "rules"])
     res = proc.run(cmd, cwd=run_dir, env=common.python_env())
@@ -36,7 +36,7 @@ def section4(rep: Report, work: Path, cfg: dict[str, Any]) -> None:
     w = work / "s4"
     common.fresh_dir(w)
     keys = common.key_files(w / "keys")
-    from cog_pipeline import driver
+    from cog_pipeline.control import driver
 
     batch_size = int(driver.default_config()["batch_size"])
     biggest = max(cfg["plan_rows"])

@@ -93,9 +93,9 @@ def _aggregate(rep: Report, srv: CountingS3Server, client: Any, keys: tuple[Path
                folders: int, previous: int, interleaved: bool = False) -> None:
     """aggregate_manifest for N rows whose outputs all exist, in a bucket holding ``previous`` older outputs
     (in other folders, or ``interleaved`` with the new tiles in the same folders: the listing's worst case)."""
-    from cog_pipeline import driver
-    from cog_pipeline.aggregate import aggregate_manifest
-    from cog_pipeline.manifest import jpeg_key
+    from cog_pipeline.control import driver
+    from cog_pipeline.work.aggregate import aggregate_manifest
+    from cog_pipeline.work.manifest import jpeg_key
 
     srv.reset_all()
     client.create_bucket(Bucket=common.INPUT_BUCKET)
@@ -165,7 +165,7 @@ def original_post(client: Any, output_bucket: str, input_bucket: str, processing
 
 
 def _original(rep: Report, srv: CountingS3Server, client: Any, n: int, previous: int) -> None:
-    from cog_pipeline.manifest import jpeg_key
+    from cog_pipeline.work.manifest import jpeg_key
 
     srv.reset_all()
     client.create_bucket(Bucket=common.INPUT_BUCKET)
@@ -191,7 +191,7 @@ def _original(rep: Report, srv: CountingS3Server, client: Any, n: int, previous:
 
 
 def _multipart(rep: Report, srv: CountingS3Server, client: Any, keys: tuple[Path, Path], w: Path) -> None:
-    from cog_pipeline import s3
+    from cog_pipeline.storage import s3
 
     srv.reset_all()
     client.create_bucket(Bucket=common.OUTPUT_BUCKET)

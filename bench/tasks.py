@@ -72,11 +72,11 @@ def _band_vrt(ds, path: str, bands: list[int]) -> str:
 
 
 def ours(src: str, cog: str, jpeg: str, bands: int, options: dict | None = None) -> dict:
-    """cog_pipeline.convert.convert_file with default options (validation + pixel check included);
+    """cog_pipeline.raster.convert.convert_file with default options (validation + pixel check included);
     ``options`` overrides CogOptions fields (e.g. num_threads) for the sweeps."""
     import dataclasses
 
-    from cog_pipeline import convert
+    from cog_pipeline.raster import convert
 
     cog_options = dataclasses.replace(convert.CogOptions(), **(options or {}))
     t = time.perf_counter()
@@ -123,7 +123,7 @@ def whatif(src: str, cog: str, jpeg: str, bands: int, jpeg_mode: str = "package"
 
     import rasterio
 
-    from cog_pipeline import convert
+    from cog_pipeline.raster import convert
 
     cog_options = dataclasses.replace(convert.CogOptions(), **(options or {}))
     src_p, cog_p, jpeg_p = Path(src), Path(cog), Path(jpeg)
@@ -208,11 +208,12 @@ def floor(endpoint: str, access_key_file: str, secret_key_file: str, input_bucke
     """The pipeline's floor: the same downloads, convert_file calls and uploads, in one tight loop.
 
     Conversion options are the workflow's (config/config.yaml ``cog:``/``jpeg:``), uploads carry the
-    same content types and metadata as ``cog_pipeline.batch``; no HEADs, no Snakemake, no status files.
+    same content types and metadata as ``cog_pipeline.work.batch``; no HEADs, no Snakemake, no status files.
     """
-    from cog_pipeline import driver, s3
-    from cog_pipeline.convert import convert_file, cog_options_from_config, jpeg_options_from_config
-    from cog_pipeline.manifest import jpeg_key
+    from cog_pipeline.control import driver
+    from cog_pipeline.storage import s3
+    from cog_pipeline.raster.convert import convert_file, cog_options_from_config, jpeg_options_from_config
+    from cog_pipeline.work.manifest import jpeg_key
 
     t = time.perf_counter()
     config = driver.default_config()
@@ -258,7 +259,7 @@ def jpeg_probe(src: str, dst: str, cache_mb: int = 64) -> dict:
 def import_cost() -> dict:
     """What a fresh process pays before converting anything (imports of the batch job)."""
     t = time.perf_counter()
-    import cog_pipeline.batch  # noqa: F401
+    import cog_pipeline.work.batch  # noqa: F401
 
     return {"seconds": time.perf_counter() - t}
 

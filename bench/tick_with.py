@@ -1,6 +1,6 @@
 """``cog-pipeline`` with run-config overrides: ``python bench/tick_with.py '{"batch_size": 50}' tick ...``.
 
-The tick API has no config override, so this wraps ``cog_pipeline.tick.run_config`` to add the given
+The tick API has no config override, so this wraps ``cog_pipeline.control.tick.run_config`` to add the given
 keys to the run.yaml it writes (run.yaml is read after config/config.yaml, so its values win for
 Snakemake, the batch jobs and the aggregate alike). Used by the benchmark only.
 """
@@ -11,7 +11,8 @@ import time
 
 T_START = time.time()
 
-from cog_pipeline import cli, driver, tick  # noqa: E402
+from cog_pipeline.ui import cli
+from cog_pipeline.control import driver, tick  # noqa: E402
 
 overrides = json.loads(sys.argv[1])
 # "__daemon_timers": run Snakemake through bench/snakemake_daemon_timers.py (what-if, see that file).

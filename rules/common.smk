@@ -3,9 +3,9 @@ import math
 
 from snakemake.utils import validate
 
-from cog_pipeline.batch import manifest_entries
-from cog_pipeline.manifest import batch_slices
-from cog_pipeline.naming import batch_id
+from cog_pipeline.work.batch import manifest_entries
+from cog_pipeline.work.manifest import batch_slices
+from cog_pipeline.core.naming import batch_id
 
 
 validate(config, schema="../config/config.schema.yaml")

@@ -1,6 +1,6 @@
-"""Snakemake script for rule aggregate: a thin call into cog_pipeline.aggregate."""
-from cog_pipeline.aggregate import aggregate_manifest
-from cog_pipeline.logs import log_to_file
+"""Snakemake script for rule aggregate: a thin call into cog_pipeline.work.aggregate."""
+from cog_pipeline.work.aggregate import aggregate_manifest
+from cog_pipeline.core.logs import log_to_file
 
 with log_to_file(snakemake.log[0]):
     aggregate_manifest(snakemake.config, ".", snakemake.wildcards.manifest)

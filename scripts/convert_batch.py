@@ -1,6 +1,6 @@
-"""Snakemake script for rule convert_batch: a thin call into cog_pipeline.batch."""
-from cog_pipeline.batch import run_batch
-from cog_pipeline.logs import log_to_file
+"""Snakemake script for rule convert_batch: a thin call into cog_pipeline.work.batch."""
+from cog_pipeline.work.batch import run_batch
+from cog_pipeline.core.logs import log_to_file
 
 with log_to_file(snakemake.log[0]):
     run_batch(

@@ -13,8 +13,8 @@ import pytest
 from botocore.config import Config
 
 from cog_pipeline import SAMPLES_DIR
-from cog_pipeline.local_s3 import LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY, local_s3_server, reset
-from cog_pipeline.s3 import S3Settings
+from cog_pipeline.storage.local_s3 import LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY, local_s3_server, reset
+from cog_pipeline.storage.s3 import S3Settings
 
 # Never let any code path reach a real cloud during tests.
 for _var in ("AWS_PROFILE", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):

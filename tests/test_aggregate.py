@@ -8,8 +8,8 @@ import random
 
 import pytest
 
-from cog_pipeline import s3
-from cog_pipeline.s3 import existing_keys
+from cog_pipeline.storage import s3
+from cog_pipeline.storage.s3 import existing_keys
 
 from conftest import OUTPUT_BUCKET
 
@@ -124,7 +124,7 @@ def test_a_server_ignoring_start_after_is_paged_through_not_looped(seed, client)
 
 
 def test_a_truncated_page_without_a_token_is_a_clear_error(seed, client):
-    from cog_pipeline.errors import PipelineError
+    from cog_pipeline.core.errors import PipelineError
 
     keys = [f"d/k{i:03d}.tif" for i in range(20)]
     put_all(seed, keys)
@@ -141,7 +141,7 @@ def test_empty_wanted_makes_no_request(client):
 def test_rows_of_an_unfinished_batch_name_their_batch_and_the_wrappers_reason(tmp_path):
     """Seen on a pool: a batch job whose Python was missing failed every row with a generic reason;
     the job wrapper's line in the batch log says why, and the reason now carries it."""
-    from cog_pipeline.aggregate import classify, unfinished_reasons
+    from cog_pipeline.work.aggregate import classify, unfinished_reasons
 
     log_dir = tmp_path / "logs" / "convert" / "m1"
     log_dir.mkdir(parents=True)

@@ -24,9 +24,9 @@ from typing import Any
 import pytest
 import rasterio
 
-from cog_pipeline.demo import sample_files
-from cog_pipeline.manifest import write_rows_csv
-from cog_pipeline.tick import TickOptions, tick
+from cog_pipeline.ui.demo import sample_files
+from cog_pipeline.work.manifest import write_rows_csv
+from cog_pipeline.control.tick import TickOptions, tick
 from conftest import INPUT_BUCKET, OUTPUT_BUCKET
 
 SCREENSHOT = os.environ.get("COG_PIPELINE_REPORT_SCREENSHOT")

@@ -11,11 +11,13 @@ import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from cog_pipeline import WORKFLOW_DIR, cli, endpoint, s3
-from cog_pipeline.config import merge
-from cog_pipeline.rundirs import run_config
-from cog_pipeline.s3 import S3Settings
-from cog_pipeline.tick import TickOptions
+from cog_pipeline import WORKFLOW_DIR
+from cog_pipeline.ui import cli
+from cog_pipeline.storage import endpoint, s3
+from cog_pipeline.core.config import merge
+from cog_pipeline.control.rundirs import run_config
+from cog_pipeline.storage.s3 import S3Settings
+from cog_pipeline.control.tick import TickOptions
 
 SCHEMA = WORKFLOW_DIR / "config" / "config.schema.yaml"
 CA_TEXT = "-----BEGIN CERTIFICATE-----\nSENTINEL-CA-CONTENTS\n-----END CERTIFICATE-----\n"
@@ -128,7 +130,8 @@ def test_missing_ca_bundle_from_the_environment_names_it(tmp_path, monkeypatch, 
 def started(monkeypatch, tmp_path):
     """Run ``cog-pipeline start ARGS`` with the bucket check and the Crondor's submission recorded, not done;
     returns (exit code, the start_crondor keyword arguments)."""
-    from cog_pipeline import htcondor, tick
+    from cog_pipeline import htcondor
+    from cog_pipeline.control import tick
 
     calls: dict[str, object] = {}
 

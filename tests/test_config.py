@@ -7,12 +7,13 @@ import pytest
 import rasterio
 import yaml
 
-from cog_pipeline import WORKFLOW_DIR, config
-from cog_pipeline.cli import main
-from cog_pipeline.convert import RESAMPLINGS, cog_options_from_config
-from cog_pipeline.driver import load_run_config
-from cog_pipeline.errors import PipelineError
-from cog_pipeline.naming import RUN_CONFIG
+from cog_pipeline import WORKFLOW_DIR
+from cog_pipeline.core import config
+from cog_pipeline.ui.cli import main
+from cog_pipeline.core.conversion import RESAMPLINGS, cog_options_from_config
+from cog_pipeline.control.driver import load_run_config
+from cog_pipeline.core.errors import PipelineError
+from cog_pipeline.core.naming import RUN_CONFIG
 from conftest import INPUT_BUCKET, OUTPUT_BUCKET, all_objects
 
 

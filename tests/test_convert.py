@@ -1,4 +1,4 @@
-"""Tests of cog_pipeline.convert on synthetic rasters (made here with numpy + rasterio) and the sample GeoTIFFs."""
+"""Tests of cog_pipeline.raster.convert on synthetic rasters (made here with numpy + rasterio) and the sample GeoTIFFs."""
 
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ from rasterio.errors import NotGeoreferencedWarning
 from affine import Affine
 from rio_cogeo.cogeo import cog_validate
 
-from cog_pipeline import SAMPLES_DIR, convert
-from cog_pipeline.convert import (
+from cog_pipeline import SAMPLES_DIR
+from cog_pipeline.raster import convert
+from cog_pipeline.raster.convert import (
     CogOptions,
     ConversionResult,
     JpegOptions,
@@ -31,7 +32,7 @@ from cog_pipeline.convert import (
     write_cog,
     write_jpeg,
 )
-from cog_pipeline.errors import ImageError
+from cog_pipeline.core.errors import ImageError
 
 RGB = SAMPLES_DIR / "RGB.byte.tif"
 RGBA = SAMPLES_DIR / "RGBA.byte.tif"

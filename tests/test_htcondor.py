@@ -35,7 +35,7 @@ with warnings.catch_warnings():
 
 from cog_pipeline import WORKFLOW_DIR
 from cog_pipeline import htcondor as h
-from cog_pipeline.errors import PipelineError
+from cog_pipeline.core.errors import PipelineError
 
 ACCESS_SENTINEL = "AKIA-SENTINEL-ACCESS-0c9f"
 SECRET_SENTINEL = "SENTINEL/SECRET+value=5e1d"
@@ -549,7 +549,7 @@ def test_no_ca_bundle_transfers_only_the_keys(run_dir, keys, ca_bundle):
 def test_ca_bundle_resolves_to_the_transferred_copy(run_dir, ca_bundle, tmp_path, monkeypatch):
     """On an execute point the access point's path does not exist: the copy HTCondor put in the job's
     directory (by file name, like the key files) is used."""
-    from cog_pipeline import s3
+    from cog_pipeline.storage import s3
 
     config = yaml.safe_load((run_dir / "run.yaml").read_text())
     config["s3"]["ca_bundle"] = str(tmp_path / "access-point-only" / ca_bundle.name)
@@ -594,7 +594,7 @@ def test_manual_dry_run_with_profile(run_dir):
 @pytest.mark.slow
 def test_driver_dry_run_with_htcondor_args(run_dir):
     """The driver's own command line (profile + snakemake_args) plans the same batches offline."""
-    from cog_pipeline import driver
+    from cog_pipeline.control import driver
 
     cmd = driver.snakemake_command(run_dir, "htcondor", 2, ["-n"])
     result = subprocess.run(cmd, cwd=run_dir, capture_output=True, text=True, env=clean_env(), timeout=300)
@@ -627,7 +627,7 @@ CAPTURE = textwrap.dedent('''
 @pytest.fixture
 def plugin_description(run_dir, tmp_path):
     """The submit description the plugin builds for batch 1 of m1 with the driver's arguments."""
-    from cog_pipeline import driver
+    from cog_pipeline.control import driver
 
     script, capture = tmp_path / "capture.py", tmp_path / "captured.jsonl"
     script.write_text(CAPTURE)
@@ -782,7 +782,7 @@ def test_wrapper_missing_tarball_fails_without_hold(scratch):
 # ---------------------------------------------------------------------------------------------
 
 def test_cli_start_and_stop_without_schedd(buckets, s3_server, key_files, tmp_path, capsys):
-    from cog_pipeline.cli import main
+    from cog_pipeline.ui.cli import main
     from conftest import INPUT_BUCKET, OUTPUT_BUCKET
 
     code = main(["start", "-a", str(key_files[0]), "-s", str(key_files[1]), "-e", s3_server,
@@ -806,8 +806,8 @@ class EmptySchedd:
 def test_cli_start_gives_the_crondor_the_s3_settings(given, keys, ca_bundle, tmp_path, monkeypatch, capsys):
     """The Crondor's environment is explicit: a CA bundle from --ca-bundle or from AWS_CA_BUNDLE reaches the
     tick as ``--ca-bundle <absolute path>``, with the checksum mode and the delete fallback."""
-    from cog_pipeline import tick
-    from cog_pipeline.cli import main
+    from cog_pipeline.control import tick
+    from cog_pipeline.ui.cli import main
 
     submitted = []
     monkeypatch.setattr(tick, "connect", lambda opts: None)  # the buckets' check (tested elsewhere)
@@ -899,7 +899,7 @@ def test_driver_not_removed_when_no_schedd_answers(no_schedd):
 @pytest.mark.parametrize("ads, queued", [([], False), ([{"ClusterId": 41}], True)])
 def test_a_stalled_pool_run_is_resumed_only_when_none_of_its_jobs_is_queued(monkeypatch, ads, queued):
     """Recovery asks the queue before resuming a pool run (a run whose driver is queued is not stalled)."""
-    from cog_pipeline import recovery
+    from cog_pipeline.control import recovery
 
     asked = []
     monkeypatch.setattr(h.schedd, "connect", lambda: object())
@@ -910,7 +910,7 @@ def test_a_stalled_pool_run_is_resumed_only_when_none_of_its_jobs_is_queued(monk
 
 
 def test_a_pool_run_is_left_alone_when_no_schedd_answers(no_schedd):
-    from cog_pipeline import recovery
+    from cog_pipeline.control import recovery
 
     assert recovery._queued_on_pool(RUN_ID) is True  # unknown means "do not touch"
 

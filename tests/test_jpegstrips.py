@@ -13,7 +13,7 @@ import rasterio
 from PIL import Image
 from rasterio.errors import NotGeoreferencedWarning
 
-from cog_pipeline.jpegstrips import MAX_RESTART_INTERVAL, StripJpegWriter, strip_rows
+from cog_pipeline.raster.jpegstrips import MAX_RESTART_INTERVAL, StripJpegWriter, strip_rows
 
 
 def image(height: int, width: int, components: int, seed: int = 1) -> np.ndarray:

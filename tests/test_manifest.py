@@ -7,7 +7,7 @@ import io
 
 import pytest
 
-from cog_pipeline.manifest import (
+from cog_pipeline.work.manifest import (
     Entry,
     Manifest,
     Rejected,

@@ -6,9 +6,9 @@ import logging
 
 import pytest
 
-from cog_pipeline import s3
-from cog_pipeline.errors import PipelineError
-from cog_pipeline.naming import ManifestKeys, claim_marker_key, is_pipeline_object, manifest_stem
+from cog_pipeline.storage import s3
+from cog_pipeline.core.errors import PipelineError
+from cog_pipeline.core.naming import ManifestKeys, claim_marker_key, is_pipeline_object, manifest_stem
 
 
 @pytest.mark.parametrize("raw,stem", [

@@ -72,7 +72,7 @@ def test_wheel_carries_the_workflow(installed):
 
 PATHS = """
 import json, cog_pipeline
-from cog_pipeline import driver
+from cog_pipeline.control import driver
 from cog_pipeline.htcondor import settings, staging
 print(json.dumps({"package": cog_pipeline.__file__, "workflow": str(cog_pipeline.WORKFLOW_DIR),
                   "snakefile": str(driver.SNAKEFILE), "profile": str(settings.PROFILE_DIR),
@@ -112,7 +112,8 @@ def test_installed_package_finds_its_packaged_workflow_and_profile(installed):
 
 DEMO = """
 import sys, cog_pipeline
-from cog_pipeline import cli, driver
+from cog_pipeline.ui import cli
+from cog_pipeline.control import driver
 print("COG_PIPELINE_FROM", cog_pipeline.__file__)
 print("SNAKEFILE", driver.SNAKEFILE)
 sys.exit(cli.main(sys.argv[1:]))
@@ -140,7 +141,7 @@ def test_installed_wheel_runs_the_demo(installed):
 
 def test_demo_without_moto_is_one_clear_line(tmp_path):
     """moto is the optional extra `demo`: without it `cog-pipeline demo` says how to install it."""
-    code = "import sys; sys.modules['moto'] = None\nfrom cog_pipeline import cli\nsys.exit(cli.main(sys.argv[1:]))"
+    code = "import sys; sys.modules['moto'] = None\nfrom cog_pipeline.ui import cli\nsys.exit(cli.main(sys.argv[1:]))"
     proc = subprocess.run([sys.executable, "-c", code, "demo", "--workdir", str(tmp_path / "demo")],
                           check=False, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stdout + proc.stderr

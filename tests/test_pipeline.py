@@ -12,8 +12,8 @@ import pytest
 import rasterio
 from rio_cogeo.cogeo import cog_validate
 
-from cog_pipeline.errors import PipelineError
-from cog_pipeline.tick import TickOptions, tick
+from cog_pipeline.core.errors import PipelineError
+from cog_pipeline.control.tick import TickOptions, tick
 from conftest import INPUT_BUCKET, OUTPUT_BUCKET, all_objects
 
 GOOD = {
@@ -210,7 +210,7 @@ def test_missing_output_bucket_fails_before_claiming(seed, settings, tmp_path):
 
 
 def test_unreachable_endpoint_is_a_clear_error(key_files, tmp_path):
-    from cog_pipeline.s3 import S3Settings
+    from cog_pipeline.storage.s3 import S3Settings
 
     settings = S3Settings(endpoint_url="http://127.0.0.1:9", access_key_file=str(key_files[0]),
                           secret_key_file=str(key_files[1]), max_attempts=1, connect_timeout=1)
@@ -220,7 +220,7 @@ def test_unreachable_endpoint_is_a_clear_error(key_files, tmp_path):
 
 def test_aggregate_runs_even_when_no_job_finished(seed, buckets, settings, samples, tmp_path):
     """The final step (as the driver runs it after a failed Snakemake) accounts for every row."""
-    from cog_pipeline import driver
+    from cog_pipeline.control import driver
 
     upload_samples(seed, samples)
     seed.put_object(Bucket=INPUT_BUCKET, Key="batch-raw.csv", Body=b"imagery/rgb.tif,3\n/bad.tif,1\n")
@@ -242,7 +242,7 @@ def test_cli_tick_runs_as_a_command(seed, buckets, settings, samples, tmp_path):
     upload_samples(seed, samples, {"x/byte.tif": "byte.tif"})
     seed.put_object(Bucket=INPUT_BUCKET, Key="x/run1-raw.csv", Body=b"x/byte.tif,1\n")
     proc = subprocess.run(
-        [sys.executable, "-m", "cog_pipeline.cli", "tick", "-a", settings.access_key_file, "-s",
+        [sys.executable, "-m", "cog_pipeline.ui.cli", "tick", "-a", settings.access_key_file, "-s",
          settings.secret_key_file, "-e", settings.endpoint_url, "--input-bucket", INPUT_BUCKET,
          "--output-bucket", OUTPUT_BUCKET, "-p", "*raw.csv", "--workdir", str(tmp_path)],
         capture_output=True, text=True, timeout=300)
@@ -253,7 +253,7 @@ def test_cli_tick_runs_as_a_command(seed, buckets, settings, samples, tmp_path):
 
 def test_cli_reports_bad_bucket_without_traceback(settings, s3_server, tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "cog_pipeline.cli", "tick", "-a", settings.access_key_file, "-s",
+        [sys.executable, "-m", "cog_pipeline.ui.cli", "tick", "-a", settings.access_key_file, "-s",
          settings.secret_key_file, "-e", s3_server, "--input-bucket", "nope-in", "--output-bucket", "nope-out",
          "--workdir", str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
@@ -267,7 +267,8 @@ def test_batch_requests_per_image_and_skip_if_done(seed, buckets, settings, samp
     every image (HeadObject of the COG for its source ETag), and an input replaced since is converted again."""
     import json
 
-    from cog_pipeline import batch, s3
+    from cog_pipeline.work import batch
+    from cog_pipeline.storage import s3
 
     upload_samples(seed, samples)
     run_dir = tmp_path / "run"

@@ -8,7 +8,7 @@ import sys
 import pytest
 import yaml
 
-from cog_pipeline.progress import count_records, images_total, wait_with_progress
+from cog_pipeline.control.progress import count_records, images_total, wait_with_progress
 
 
 def make_run(path):

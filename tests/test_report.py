@@ -10,11 +10,11 @@ import pytest
 import rasterio
 from rasterio.transform import from_origin
 
-from cog_pipeline.convert import convert_file
-from cog_pipeline.imagelogs import advice, capture, log_name
-from cog_pipeline.report import CSP
-from cog_pipeline.thumbnail import _overview_level, thumbnail_array
-from cog_pipeline.tick import TickOptions, tick
+from cog_pipeline.raster.convert import convert_file
+from cog_pipeline.work.imagelogs import advice, capture, log_name
+from cog_pipeline.work.report import CSP
+from cog_pipeline.raster.thumbnail import _overview_level, thumbnail_array
+from cog_pipeline.control.tick import TickOptions, tick
 from conftest import INPUT_BUCKET, OUTPUT_BUCKET, all_objects
 
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from cog_pipeline.cli import main
-from cog_pipeline.errors import PipelineError
-from cog_pipeline.retry import plan_retry, queue_retry, retry_stem
-from cog_pipeline.s3 import make_client
-from cog_pipeline.tick import TickOptions, tick
+from cog_pipeline.ui.cli import main
+from cog_pipeline.core.errors import PipelineError
+from cog_pipeline.control.retry import plan_retry, queue_retry, retry_stem
+from cog_pipeline.storage.s3 import make_client
+from cog_pipeline.control.tick import TickOptions, tick
 from conftest import INPUT_BUCKET, OUTPUT_BUCKET, all_objects
 
 
@@ -84,7 +84,7 @@ def test_a_listing_error_is_a_clear_message_not_a_traceback(seed, buckets, setti
     """Checking for an identical retry already queued lists the bucket: ListBucket denied must read as such."""
     import botocore.exceptions
 
-    from cog_pipeline import s3
+    from cog_pipeline.storage import s3
 
     failed_key = failed_run(seed, settings, samples, tmp_path)
     seed.upload_file(str(samples / "byte.tif"), INPUT_BUCKET, "folder/late.tif")

@@ -6,12 +6,12 @@ import json
 
 import pytest
 
-from cog_pipeline import status as status_module
-from cog_pipeline.cli import main
-from cog_pipeline.demo import run_demo
-from cog_pipeline.errors import PipelineError
-from cog_pipeline.rundirs import RunLock
-from cog_pipeline.tick import TickOptions, tick
+from cog_pipeline.ui import status as status_module
+from cog_pipeline.ui.cli import main
+from cog_pipeline.ui.demo import run_demo
+from cog_pipeline.core.errors import PipelineError
+from cog_pipeline.control.rundirs import RunLock
+from cog_pipeline.control.tick import TickOptions, tick
 from conftest import INPUT_BUCKET, OUTPUT_BUCKET
 
 

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from cog_pipeline import batch, s3
-from cog_pipeline.errors import ImageError
-from cog_pipeline.manifest import jpeg_key
+from cog_pipeline.work import batch
+from cog_pipeline.storage import s3
+from cog_pipeline.core.errors import ImageError
+from cog_pipeline.work.manifest import jpeg_key
 from conftest import INPUT_BUCKET, OUTPUT_BUCKET
 from faults.proxy import FaultProxy, classify
 
@@ -213,7 +214,7 @@ def test_opaque_etag_is_checked_by_size_only(buckets, proxied, proxy, tmp_path, 
     client = s3.make_client(proxied)
     upload(client, "out/o.bin", src, proxied)
     proxy.rewrite_headers("head", "out/o.bin", {"ETag": etag, **extra})
-    with caplog.at_level(logging.INFO, logger="cog_pipeline.s3"):
+    with caplog.at_level(logging.INFO, logger="cog_pipeline.storage.s3"):
         s3.verify_upload(client, OUTPUT_BUCKET, "out/o.bin", src, proxied)
     assert "checked the size only" in caplog.text and "out/o.bin" in caplog.text
 
@@ -263,7 +264,7 @@ def test_lost_answer_is_verified_with_the_same_head(buckets, seed, proxied, prox
     proxy.add("reset-after", "put", key_contains="out/c.tif")  # every attempt lands, no answer arrives
     ctx = context(proxied)
     heads = count_heads(ctx.client)
-    with caplog.at_level(logging.INFO, logger="cog_pipeline.batch"):
+    with caplog.at_level(logging.INFO, logger="cog_pipeline.work.batch"):
         batch._upload(ctx, "out/c.tif", src, "image/tiff", {})
     assert "the object is there, complete" in caplog.text
     assert proxy.calls["put"] == 2 and len(heads) == 1

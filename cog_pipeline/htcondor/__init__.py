@@ -13,7 +13,7 @@ One module per part:
 Everything the pipeline queues carries custom attributes, so one constraint selects it:
 ``CogPipeline == true``, ``CogPipelinePattern`` (the manifest glob), ``CogPipelineRole``
 (``crondor``, ``driver`` or ``job``) and, for a run's driver and jobs, ``CogPipelineRun`` (the run id).
-Functions that talk to a schedd raise :class:`~cog_pipeline.errors.PipelineError` when none is
+Functions that talk to a schedd raise :class:`~cog_pipeline.core.errors.PipelineError` when none is
 reachable. Nothing here reads an S3 key file: only key *file paths* are handled, and only
 transferred to jobs by HTCondor.
 """

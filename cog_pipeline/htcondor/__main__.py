@@ -8,7 +8,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from ..errors import PipelineError
+from cog_pipeline.core.errors import PipelineError
 from .schedd import submit_driver
 from .settings import load_settings, read_yaml
 from .staging import snakemake_args

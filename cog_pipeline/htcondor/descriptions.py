@@ -15,7 +15,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Iterable
 
-from ..errors import PipelineError
+from cog_pipeline.core.errors import PipelineError
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import htcondor2

@@ -1,6 +1,6 @@
 """Talking to the schedd: queue the Crondor and drivers, list and remove the pipeline's jobs.
 
-Every function here raises :class:`~cog_pipeline.errors.PipelineError` with :data:`NO_SCHEDD` when
+Every function here raises :class:`~cog_pipeline.core.errors.PipelineError` with :data:`NO_SCHEDD` when
 no schedd answers (the command line prints it without a traceback).
 """
 
@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
-from ..errors import PipelineError
+from cog_pipeline.core.errors import PipelineError
 from .descriptions import (CRONDOR_BATCH_PREFIX, DRIVER_BATCH_PREFIX, HELD, IDLE, REMOVED, ROLE_CRONDOR,
                            ROLE_DRIVER, RUNNING, STILL_QUEUED, SUSPENDED, TRANSFERRING, bindings, check_pattern,
                            classad_literal, crondor_submit, driver_submit, exception_text, pattern_constraint,

@@ -12,8 +12,8 @@ from typing import Any
 
 import yaml
 
-from .. import WORKFLOW_DIR
-from ..errors import PipelineError
+from cog_pipeline import WORKFLOW_DIR
+from cog_pipeline.core.errors import PipelineError
 from .descriptions import HELD, SETTINGS_ENV, exception_text
 
 PROFILE_DIR = WORKFLOW_DIR / "profiles" / "htcondor"

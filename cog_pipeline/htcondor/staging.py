@@ -10,8 +10,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from .. import WORKFLOW_DIR
-from ..errors import PipelineError
+from cog_pipeline import WORKFLOW_DIR
+from cog_pipeline.core.errors import PipelineError
 from .descriptions import MAX_RUNNING_ENV, ROLE_JOB, check_pattern, classad_string, max_running_value
 from .settings import (JOB_WRAPPER, PROFILE_DIR, Settings, check_transferable, load_settings,
                        profile_default_resources, profile_held_timeout, read_yaml, software_plan)

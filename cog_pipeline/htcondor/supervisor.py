@@ -12,7 +12,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from ..errors import PipelineError
+from cog_pipeline.core.errors import PipelineError
 from . import schedd
 from .descriptions import REMOVED, ROLE_JOB, STILL_QUEUED, exception_text, role_constraint, run_constraint
 from .settings import HoldPolicy, load_settings

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cog_pipeline.s3 import S3Settings
+from cog_pipeline.storage.s3 import S3Settings
 from conftest import INPUT_BUCKET, OUTPUT_BUCKET, write_key_files
 from faults.harness import Figures, World
 from faults.proxy import FaultProxy

@@ -26,8 +26,8 @@ from rasterio.errors import NotGeoreferencedWarning
 from affine import Affine
 from rio_cogeo.cogeo import cog_validate
 
-from cog_pipeline.s3 import S3Settings
-from cog_pipeline.tick import TickOptions, tick
+from cog_pipeline.storage.s3 import S3Settings
+from cog_pipeline.control.tick import TickOptions, tick
 
 TICKPROC = Path(__file__).with_name("tickproc.py")
 OUTCOME = re.compile(r"^(?P<stem>.*)(?P<kind>processed|failed|errors)-(?P<ts>\d{8}-\d{6})\.csv$", re.DOTALL)

@@ -9,8 +9,9 @@ import time
 
 import pytest
 
-from cog_pipeline import claims, endpoint, s3
-from cog_pipeline.errors import PipelineError
+from cog_pipeline.control import claims
+from cog_pipeline.storage import endpoint, s3
+from cog_pipeline.core.errors import PipelineError
 
 
 def probe(world, **settings):

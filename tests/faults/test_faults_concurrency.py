@@ -10,10 +10,12 @@ import time
 
 import pytest
 
-from cog_pipeline import SAMPLES_DIR, recovery, s3
-from cog_pipeline.claims import CLAIM_META, OWNER_META, RUN_META
-from cog_pipeline.endpoint import Semantics
-from cog_pipeline.naming import claim_marker_key
+from cog_pipeline import SAMPLES_DIR
+from cog_pipeline.control import recovery
+from cog_pipeline.storage import s3
+from cog_pipeline.control.claims import CLAIM_META, OWNER_META, RUN_META
+from cog_pipeline.storage.endpoint import Semantics
+from cog_pipeline.core.naming import claim_marker_key
 from faults.harness import rows
 
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from cog_pipeline import SAMPLES_DIR
-from cog_pipeline.processes import busy, process_cwds
-from cog_pipeline.tick import MAX_RESUMES
+from cog_pipeline.core.processes import busy, process_cwds
+from cog_pipeline.control.tick import MAX_RESUMES
 
 OVERRIDES = {"batch_size": 2}
 EXPECTED = {"crash/jobs-": {"processed": ["a/one.tif", "a/two.tif", "b/three.tif"],

@@ -55,7 +55,7 @@ def prepare(world):
 
 
 def cli(world, *extra, access=None, secret=None, workdir=None, endpoint=None):
-    args = [sys.executable, "-m", "cog_pipeline.cli", "tick", "-a", str(access or world.key_files[0]),
+    args = [sys.executable, "-m", "cog_pipeline.ui.cli", "tick", "-a", str(access or world.key_files[0]),
             "-s", str(secret or world.key_files[1]), "-e", endpoint or world.proxy.endpoint,
             "--input-bucket", world.input_bucket, "--output-bucket", world.output_bucket,
             "--workdir", str(workdir or world.workdir), *extra]

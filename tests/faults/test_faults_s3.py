@@ -11,8 +11,8 @@ import botocore.retries.standard
 import pytest
 from botocore.config import Config
 
-from cog_pipeline import s3
-from cog_pipeline.errors import PipelineError
+from cog_pipeline.storage import s3
+from cog_pipeline.core.errors import PipelineError
 
 MiB = 1024 * 1024
 #: Every S3 operation the pipeline makes (the proxy's names); it makes no CopyObject call.

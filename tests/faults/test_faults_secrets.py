@@ -80,7 +80,7 @@ def sentinel_keys(tmp_path):
 
 
 def cli_tick(world, keys, sampler_runs: list) -> subprocess.CompletedProcess:
-    args = [sys.executable, "-m", "cog_pipeline.cli", "tick", "-a", str(keys[0]), "-s", str(keys[1]),
+    args = [sys.executable, "-m", "cog_pipeline.ui.cli", "tick", "-a", str(keys[0]), "-s", str(keys[1]),
             "-e", world.proxy.endpoint, "--input-bucket", world.input_bucket, "--output-bucket", world.output_bucket,
             "--workdir", str(world.workdir)]
     sampler = ProcSampler()

@@ -14,7 +14,7 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError, FlexibleChecksumError
 
-from cog_pipeline.local_s3 import LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY
+from cog_pipeline.storage.local_s3 import LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY
 from conftest import OUTPUT_BUCKET
 from faults.proxy import FAULT_KINDS, KINDS, QUIRK_KINDS
 

@@ -13,10 +13,13 @@ import time
 
 import pytest
 
-from cog_pipeline import claims, endpoint, processes, recovery, s3, status
-from cog_pipeline.claims import CLAIM_META, OWNER_META, RUN_META
-from cog_pipeline.naming import HEARTBEAT_WARNING
-from cog_pipeline.retry import plan_retry, queue_retry
+from cog_pipeline.control import claims, recovery
+from cog_pipeline.storage import endpoint, s3
+from cog_pipeline.core import processes
+from cog_pipeline.ui import status
+from cog_pipeline.control.claims import CLAIM_META, OWNER_META, RUN_META
+from cog_pipeline.core.naming import HEARTBEAT_WARNING
+from cog_pipeline.control.retry import plan_retry, queue_retry
 from faults.test_faults_crash import EXPECTED, OVERRIDES, crash, scenario
 
 MIB = 1024 * 1024

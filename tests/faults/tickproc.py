@@ -8,10 +8,10 @@ import json
 import sys
 from pathlib import Path
 
-from cog_pipeline.errors import PipelineError
-from cog_pipeline.logs import configure_cli
-from cog_pipeline.s3 import S3Settings
-from cog_pipeline.tick import TickOptions, tick
+from cog_pipeline.core.errors import PipelineError
+from cog_pipeline.core.logs import configure_cli
+from cog_pipeline.storage.s3 import S3Settings
+from cog_pipeline.control.tick import TickOptions, tick
 
 
 def main() -> int:

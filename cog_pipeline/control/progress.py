@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from .naming import RUN_CONFIG
+from cog_pipeline.core.naming import RUN_CONFIG
 
 POLL_SECONDS = 1.0
 _FAILED = b'"status": "failed"'
@@ -23,7 +23,7 @@ _FAILED = b'"status": "failed"'
 
 def images_total(run_dir: Path) -> int:
     """Rows to convert in a run (accepted rows of every claimed manifest)."""
-    from .batch import manifest_entries
+    from cog_pipeline.work.batch import manifest_entries
 
     config = yaml.safe_load((Path(run_dir) / RUN_CONFIG).read_text(encoding="utf-8")) or {}
     return sum(len(manifest_entries(run_dir, m)) for m in config.get("manifests", []))

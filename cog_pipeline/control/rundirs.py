@@ -13,12 +13,12 @@ from typing import Any, Iterator
 
 import yaml
 
-from . import config as config_model
-from . import s3
-from .errors import PipelineError
-from .naming import RUN_CONFIG, RUN_DIR_PREFIX, outcome_path, timestamp
-from .options import TickOptions
-from .processes import process_identity
+from cog_pipeline.core import config as config_model
+from cog_pipeline.storage import s3
+from cog_pipeline.core.errors import PipelineError
+from cog_pipeline.core.naming import RUN_CONFIG, RUN_DIR_PREFIX, outcome_path, timestamp
+from cog_pipeline.control.options import TickOptions
+from cog_pipeline.core.processes import process_identity
 
 #: Held (flock) by whoever drives a run directory.
 RUN_LOCK = ".cog-pipeline-run.lock"

@@ -14,10 +14,11 @@ import numpy as np
 import rasterio
 from rasterio.transform import from_origin
 
-from . import SAMPLES_DIR, s3
-from .local_s3 import LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY, local_s3_server
-from .manifest import jpeg_key, write_rows_csv
-from .tick import TickOptions, TickResult, tick
+from cog_pipeline import SAMPLES_DIR
+from cog_pipeline.storage import s3
+from cog_pipeline.storage.local_s3 import LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY, local_s3_server
+from cog_pipeline.work.manifest import jpeg_key, write_rows_csv
+from cog_pipeline.control.tick import TickOptions, TickResult, tick
 
 INPUT_BUCKET = "cog-demo-input"
 OUTPUT_BUCKET = "cog-demo-output"

@@ -8,11 +8,11 @@ import logging
 import sys
 from pathlib import Path
 
-from . import __version__
-from .endpoint import DELETE_FALLBACKS
-from .errors import ImageError, PipelineError
-from .logs import configure_cli
-from .s3 import CHECKSUM_MODES, S3_ERRORS, S3Settings, describe_error
+from cog_pipeline import __version__
+from cog_pipeline.storage.endpoint import DELETE_FALLBACKS
+from cog_pipeline.core.errors import ImageError, PipelineError
+from cog_pipeline.core.logs import configure_cli
+from cog_pipeline.storage.s3 import CHECKSUM_MODES, S3_ERRORS, S3Settings, describe_error
 
 log = logging.getLogger("cog_pipeline")
 
@@ -46,7 +46,7 @@ def _settings(args: argparse.Namespace) -> S3Settings:
 
 
 def cmd_tick(args: argparse.Namespace) -> int:
-    from .tick import TickOptions, tick
+    from cog_pipeline.control.tick import TickOptions, tick
 
     result = tick(TickOptions(input_bucket=args.input_bucket, output_bucket=args.output_bucket,
                               settings=_settings(args), pattern=args.pattern, executor=args.executor,
@@ -68,7 +68,7 @@ def _print_summaries(summaries: list[dict]) -> None:
 
 
 def cmd_drive(args: argparse.Namespace) -> int:
-    from .driver import drive
+    from cog_pipeline.control.driver import drive
 
     code, summaries = drive(Path(args.run_dir), executor=args.executor, cores=args.cores)
     _print_summaries(summaries)
@@ -76,7 +76,7 @@ def cmd_drive(args: argparse.Namespace) -> int:
 
 
 def cmd_aggregate(args: argparse.Namespace) -> int:
-    from .driver import finish
+    from cog_pipeline.control.driver import finish
 
     code, summaries = finish(Path(args.run_dir).resolve())
     _print_summaries(summaries)
@@ -99,8 +99,8 @@ def _add_config_flag(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from . import config as config_model
-    from .convert import convert_file, cog_options_from_config, jpeg_options_from_config
+    from cog_pipeline.core import config as config_model
+    from cog_pipeline.raster.convert import convert_file, cog_options_from_config, jpeg_options_from_config
 
     chosen = (("compress", args.compress), ("predictor", args.predictor), ("blocksize", args.blocksize),
               ("overview_resampling", args.overview_resampling), ("num_threads", args.threads))
@@ -124,7 +124,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from cog_pipeline.ui.demo import run_demo
 
     return run_demo(Path(args.workdir).resolve(), cores=args.cores, serve=args.serve, config_file=_config_file(args))
 
@@ -132,9 +132,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_start(args: argparse.Namespace) -> int:
     import shlex
 
-    from .htcondor import CRONDOR_BATCH_PREFIX, start_crondor
-    from .s3 import ca_bundle
-    from .tick import TickOptions, connect, run_config
+    from cog_pipeline.htcondor import CRONDOR_BATCH_PREFIX, start_crondor
+    from cog_pipeline.storage.s3 import ca_bundle
+    from cog_pipeline.control.tick import TickOptions, connect, run_config
 
     settings = _settings(args)
     config_file = _config_file(args)
@@ -165,7 +165,7 @@ def cmd_start(args: argparse.Namespace) -> int:
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
-    from .htcondor import stop_pipeline
+    from cog_pipeline.htcondor import stop_pipeline
 
     removed = stop_pipeline(args.pattern)
     if removed:
@@ -176,8 +176,8 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from .s3 import make_client
-    from .status import collect, render_json, render_text
+    from cog_pipeline.storage.s3 import make_client
+    from cog_pipeline.ui.status import collect, render_json, render_text
 
     settings = _settings(args)
     client = make_client(settings) if args.input_bucket else None
@@ -188,8 +188,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_check_endpoint(args: argparse.Namespace) -> int:
     """Probe the endpoint now; print what it honours and what ticks do. Exit 2 where ticks would refuse."""
-    from . import endpoint
-    from .tick import TickOptions, connect
+    from cog_pipeline.storage import endpoint
+    from cog_pipeline.control.tick import TickOptions, connect
 
     settings = _settings(args)
     workdir = Path(args.workdir).resolve()
@@ -209,8 +209,8 @@ def cmd_check_endpoint(args: argparse.Namespace) -> int:
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
-    from .s3 import make_client
-    from .retry import plan_retry, queue_retry
+    from cog_pipeline.storage.s3 import make_client
+    from cog_pipeline.control.retry import plan_retry, queue_retry
 
     client = make_client(_settings(args))
     plan = plan_retry(client, args.input_bucket, args.failed_key)
@@ -230,7 +230,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import config as config_model
+    from cog_pipeline.core import config as config_model
 
     parser = argparse.ArgumentParser(prog="cog-pipeline", description="Turn GeoTIFFs in an S3 bucket into Cloud "
                                      "Optimized GeoTIFFs and JPEG previews, with Snakemake on HTCondor or locally.")

@@ -26,9 +26,9 @@ from typing import Any
 
 import botocore.exceptions
 
-from . import s3
-from .errors import PipelineError
-from .naming import STATE_PREFIX
+from cog_pipeline.storage import s3
+from cog_pipeline.core.errors import PipelineError
+from cog_pipeline.core.naming import STATE_PREFIX
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ one loader.
 Layers, each deep-merged over the one before: the schema's defaults, the workflow's
 ``config/config.yaml`` (the same values, checked by a test), a site file (``--config FILE``) and a
 run's own values (``run.yaml``, or a tick's overrides). The result is validated by the schema and by
-the conversion options' own checks (``convert.CogOptions``), so both always agree, and a bad value is
+the conversion options' own checks (``conversion.CogOptions``), so both always agree, and a bad value is
 one line naming the key, the value and the rule: a tick refuses it before it claims anything.
 Codec and resampling names are normalised first (``lzw`` is ``LZW``, as ``gdal_translate -co
 compress=lzw`` accepts).
@@ -20,8 +20,8 @@ from typing import Any
 import jsonschema
 import yaml
 
-from . import WORKFLOW_DIR
-from .errors import PipelineError
+from cog_pipeline import WORKFLOW_DIR
+from cog_pipeline.core.errors import PipelineError
 
 SCHEMA_FILE = WORKFLOW_DIR / "config" / "config.schema.yaml"
 DEFAULTS_FILE = WORKFLOW_DIR / "config" / "config.yaml"
@@ -100,7 +100,7 @@ def validate(config: dict[str, Any], source: str = "config") -> dict[str, Any]:
         where = ".".join(str(p) for p in error.absolute_path) or "(top level)"
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         raise PipelineError(f"{source}: {where}: {error.message}{more}")
-    from .convert import cog_options_from_config, jpeg_options_from_config  # the options' own checks
+    from cog_pipeline.core.conversion import cog_options_from_config, jpeg_options_from_config  # typed checks
 
     try:
         cog_options_from_config(config.get("cog", {}))

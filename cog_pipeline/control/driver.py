@@ -12,12 +12,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from . import WORKFLOW_DIR
-from . import config as config_model
-from .aggregate import aggregate_manifest
-from .errors import PipelineError
-from .naming import RUN_CONFIG, ManifestKeys, outcome_path
-from .progress import wait_with_progress
+from cog_pipeline import WORKFLOW_DIR
+from cog_pipeline.core import config as config_model
+from cog_pipeline.work.aggregate import aggregate_manifest
+from cog_pipeline.core.errors import PipelineError
+from cog_pipeline.core.naming import RUN_CONFIG, ManifestKeys, outcome_path
+from cog_pipeline.control.progress import wait_with_progress
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def snakemake_command(run_dir: Path, executor: str, cores: int, extra: list[str]
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(SNAKEFILE), "--directory", str(run_dir),
            "--cores", str(cores), "--keep-going", "--rerun-incomplete", "--nocolor"]
     if executor == "htcondor":
-        from . import htcondor
+        from cog_pipeline import htcondor
 
         config = load_run_config(run_dir)
         cmd += htcondor.snakemake_args(Path(run_dir), config["run_id"], config.get("pattern", ""))
@@ -105,8 +105,8 @@ def finish(run_dir: Path) -> tuple[int, list[dict[str, Any]]]:
 def publish_report(run_dir: Path, config: dict[str, Any]) -> None:
     """Write report.html and logs/images/ (one log per image), and upload the report beside each manifest's
     outcome CSVs (best effort: never fatal)."""
-    from . import s3
-    from .report import write_report
+    from cog_pipeline.storage import s3
+    from cog_pipeline.work.report import write_report
 
     try:
         report = write_report(run_dir, config).read_bytes()
@@ -129,7 +129,7 @@ def drive(run_dir: Path, executor: str = "local", cores: int = 2) -> tuple[int, 
         code, summaries = finish(run_dir)
     finally:
         if executor == "htcondor":
-            from . import htcondor
+            from cog_pipeline import htcondor
 
             htcondor.cleanup_run(load_run_config(run_dir)["run_id"])
     return code, summaries

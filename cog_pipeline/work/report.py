@@ -21,9 +21,9 @@ from typing import Any
 
 import yaml
 
-from .imagelogs import advice, format_size, image_log_path, write_image_logs
-from .naming import RUN_CONFIG, TIMESTAMP_FORMAT, ManifestKeys, batch_log_path, outcome_path
-from .thumbnail import DATA_URI_PREFIX, THUMBNAIL_SIDE
+from cog_pipeline.work.imagelogs import advice, format_size, image_log_path, write_image_logs
+from cog_pipeline.core.naming import RUN_CONFIG, TIMESTAMP_FORMAT, ManifestKeys, batch_log_path, outcome_path
+from cog_pipeline.raster.thumbnail import DATA_URI_PREFIX, THUMBNAIL_SIDE
 
 #: Rows up to this manifest line get a thumbnail (keeps status files and the page small).
 MAX_THUMBNAIL_LINE = 1000

@@ -10,7 +10,7 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from .errors import PipelineError
+from cog_pipeline.core.errors import PipelineError
 
 #: Credentials the local server accepts (it accepts any); never real secrets.
 LOCAL_ACCESS_KEY = "local-access-key"

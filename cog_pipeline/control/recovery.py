@@ -25,16 +25,16 @@ from typing import Any, Iterator
 
 import botocore.exceptions
 
-from . import s3
-from .claims import (CLAIM_META, HEARTBEAT_META, OWNER_META, RAW_ETAG_META, RUN_META, S3_ERRORS, Marker,
+from cog_pipeline.storage import s3
+from cog_pipeline.control.claims import (CLAIM_META, HEARTBEAT_META, OWNER_META, RAW_ETAG_META, RUN_META, S3_ERRORS, Marker,
                      delete_version, journal_entries, processing_metadata, raw_key_of, read_state_object,
                      release_marker, rewrite_if_unchanged, roll_back, take_marker)
-from .endpoint import Semantics, remove_versions
-from .naming import (HEARTBEAT_WARNING, PROCESSING_KEY, RUN_CONFIG, RUN_DIR_PREFIX, ManifestKeys, claim_marker_key,
+from cog_pipeline.storage.endpoint import Semantics, remove_versions
+from cog_pipeline.core.naming import (HEARTBEAT_WARNING, PROCESSING_KEY, RUN_CONFIG, RUN_DIR_PREFIX, ManifestKeys, claim_marker_key,
                      outcome_path)
-from .options import TickOptions
-from .processes import busy, owner_id, process_cwds, process_identity
-from .rundirs import CLAIMS_DIR, FINISHED, PENDING_CONFIG, RUN_LOCK, RunLock, is_finished, read_yaml, write_run
+from cog_pipeline.control.options import TickOptions
+from cog_pipeline.core.processes import busy, owner_id, process_cwds, process_identity
+from cog_pipeline.control.rundirs import CLAIMS_DIR, FINISHED, PENDING_CONFIG, RUN_LOCK, RunLock, is_finished, read_yaml, write_run
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ def _same_source(config: dict[str, Any], opts: TickOptions) -> bool:
 def _queued_on_pool(run_id: str) -> bool:
     """True when the pool still has a job of this run, or when that cannot be known."""
     try:
-        from . import htcondor
+        from cog_pipeline import htcondor
 
         return htcondor.run_has_jobs(run_id)
     except Exception as exc:  # noqa: BLE001 - unknown means "do not touch"

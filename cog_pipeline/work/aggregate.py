@@ -2,7 +2,7 @@
 
 A row is processed when its conversion was recorded as done (``ok`` or ``skipped``) *and* both the
 COG and the JPEG are in the output bucket; otherwise it is failed, with a reason. Existence is
-checked with one skip-scan listing over the wanted keys (:func:`cog_pipeline.s3.existing_keys`), not
+checked with one skip-scan listing over the wanted keys (:func:`cog_pipeline.storage.s3.existing_keys`), not
 one request per row. The ``processing`` manifest is deleted only after the three outcome CSVs are written.
 """
 
@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import endpoint, s3
-from .crash import crash_point
-from .batch import manifest_config, read_status_records
-from .errors import PipelineError
-from .manifest import batch_slices, jpeg_key, parse_manifest, write_errors_csv, write_rows_csv
-from .naming import ManifestKeys, batch_id, batch_log_path, outcome_path
+from cog_pipeline.storage import endpoint, s3
+from cog_pipeline.core.crash import crash_point
+from cog_pipeline.work.batch import manifest_config, read_status_records
+from cog_pipeline.core.errors import PipelineError
+from cog_pipeline.work.manifest import batch_slices, jpeg_key, parse_manifest, write_errors_csv, write_rows_csv
+from cog_pipeline.core.naming import ManifestKeys, batch_id, batch_log_path, outcome_path
 
 log = logging.getLogger(__name__)
 

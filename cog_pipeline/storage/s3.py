@@ -28,7 +28,7 @@ from botocore.config import Config
 from s3transfer.subscribers import BaseSubscriber
 from s3transfer.utils import ChunksizeAdjuster
 
-from .errors import PipelineError
+from cog_pipeline.core.errors import PipelineError
 
 log = logging.getLogger(__name__)
 
@@ -518,12 +518,6 @@ def head(client: Any, bucket: str, key: str) -> dict | None:
         if is_missing(exc):
             return None
         raise
-
-
-def quiet_boto_logs() -> None:
-    """Keep botocore's debug chatter (which can include signed headers) out of our logs."""
-    for name in ("botocore", "boto3", "s3transfer", "urllib3"):
-        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger(name).level))
 
 
 os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")  # never probe cloud metadata endpoints

@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import s3
-from .endpoint import PROBE_EVERY
+from cog_pipeline.storage import s3
+from cog_pipeline.storage.endpoint import PROBE_EVERY
 
 #: A claim marker older than this is stale whoever wrote it; a claim is abandoned past half of it.
 CLAIM_LEASE = 3600.0

@@ -25,14 +25,15 @@ from typing import Any
 
 import botocore.exceptions
 
-from . import __version__, s3
-from .crash import crash_point
-from .convert import ConversionResult, convert_file, cog_options_from_config, jpeg_options_from_config
-from .errors import ImageError, PipelineError
-from .manifest import Entry, batch_slices, jpeg_key, parse_manifest
-from .imagelogs import capture as capture_image_log
-from .report import MAX_THUMBNAIL_LINE
-from .thumbnail import thumbnail_data_uri
+from cog_pipeline import __version__
+from cog_pipeline.storage import s3
+from cog_pipeline.core.crash import crash_point
+from cog_pipeline.raster.convert import ConversionResult, convert_file, cog_options_from_config, jpeg_options_from_config
+from cog_pipeline.core.errors import ImageError, PipelineError
+from cog_pipeline.work.manifest import Entry, batch_slices, jpeg_key, parse_manifest
+from cog_pipeline.work.imagelogs import capture as capture_image_log
+from cog_pipeline.work.report import MAX_THUMBNAIL_LINE
+from cog_pipeline.raster.thumbnail import thumbnail_data_uri
 
 log = logging.getLogger(__name__)
 

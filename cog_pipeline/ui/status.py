@@ -18,11 +18,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from . import endpoint, s3
-from .errors import PipelineError
-from .naming import (HEARTBEAT_WARNING, RUN_CONFIG, RUN_DIR_PREFIX, TIMESTAMP_FORMAT, is_pipeline_object,
+from cog_pipeline.storage import endpoint, s3
+from cog_pipeline.core.errors import PipelineError
+from cog_pipeline.core.naming import (HEARTBEAT_WARNING, RUN_CONFIG, RUN_DIR_PREFIX, TIMESTAMP_FORMAT, is_pipeline_object,
                      outcome_path)
-from .options import HEARTBEAT
+from cog_pipeline.control.options import HEARTBEAT
 
 _STATE_KEY = re.compile(r"^(?P<stem>.*)(?P<state>processing|processed|failed|report)-(?P<ts>\d{8}-\d{6})"
                         r"\.(?P<ext>csv|html)$", re.DOTALL)
@@ -54,7 +54,7 @@ def _stem_matches(stem: str, pattern: str) -> bool:
     """Whether a manifest stem (``X-`` of ``X-processing-<TS>.csv``) came from a raw key matching ``pattern``.
 
     The raw key is ``<stem>raw.csv`` or, for a manifest not named ``...raw.csv``, ``<stem minus "-">.csv``
-    (:func:`~cog_pipeline.naming.manifest_stem`); either matching is enough.
+    (:func:`~cog_pipeline.core.naming.manifest_stem`); either matching is enough.
     """
     candidates = [stem + "raw.csv"] + ([stem[:-1] + ".csv"] if stem.endswith("-") else [])
     return any(fnmatch.fnmatchcase(c, pattern) for c in candidates)
@@ -98,7 +98,7 @@ def _count_rows(client: Any, bucket: str, key: str) -> int | None:
 
 def _locked(run_dir: Path) -> bool:
     """True when a live process holds the run's lock (it is being driven on this host)."""
-    from .rundirs import RUN_LOCK
+    from cog_pipeline.control.rundirs import RUN_LOCK
 
     try:
         with open(run_dir / RUN_LOCK, "rb") as fh:
@@ -132,8 +132,8 @@ def local_runs(workdir: Path, pool: dict[str, Any] | None = None) -> list[dict[s
     """Every ``workflow-run-*`` directory of ``workdir``: state, done / failed / pending, elapsed time."""
     import yaml
 
-    from .batch import manifest_entries
-    from .progress import count_records
+    from cog_pipeline.work.batch import manifest_entries
+    from cog_pipeline.control.progress import count_records
 
     pool = pool or {"reachable": False}
     runs = []
@@ -183,7 +183,7 @@ def local_runs(workdir: Path, pool: dict[str, Any] | None = None) -> list[dict[s
 def pool_jobs() -> dict[str, Any]:
     """The pipeline's HTCondor jobs, grouped by batch name, or why they cannot be shown."""
     try:
-        from . import htcondor
+        from cog_pipeline import htcondor
 
         jobs = htcondor.pipeline_jobs()
     except PipelineError as exc:

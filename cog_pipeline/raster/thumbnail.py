@@ -20,7 +20,7 @@ from rasterio.enums import Resampling
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.io import MemoryFile
 
-from .convert import JpegOptions, _has_mask, _is_palette, _jpeg_bands, _plan, _render_window
+from cog_pipeline.raster.convert import JpegOptions, _has_mask, _is_palette, _jpeg_bands, _plan, _render_window
 
 THUMBNAIL_SIDE = 128
 DATA_URI_PREFIX = "data:image/jpeg;base64,"

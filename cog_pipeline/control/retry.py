@@ -13,10 +13,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import s3
-from .errors import PipelineError
-from .manifest import parse_manifest, write_rows_csv
-from .naming import timestamp
+from cog_pipeline.storage import s3
+from cog_pipeline.core.errors import PipelineError
+from cog_pipeline.work.manifest import parse_manifest, write_rows_csv
+from cog_pipeline.core.naming import timestamp
 
 FAILED_KEY = re.compile(r"^(?P<stem>.*)failed-(?P<ts>\d{8}-\d{6})\.csv$", re.DOTALL)
 _RETRY_STEM = re.compile(r"retry-\d{8}-\d{6}-$")

@@ -8,9 +8,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .s3 import quiet_boto_logs
-
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def quiet_boto_logs() -> None:
+    """Keep botocore's debug chatter (which can include signed headers) out of our logs."""
+    for name in ("botocore", "boto3", "s3transfer", "urllib3"):
+        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger(name).level))
 
 
 def configure_cli(verbose: bool = False) -> None:

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .logs import FORMAT
+from cog_pipeline.core.logs import FORMAT
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +163,7 @@ def render_image_log(row: dict[str, Any], config: dict[str, Any]) -> str:
         lines.append(f"input:      {format_size(row.get('input_bytes'))}, {row['width']}x{row['height']} px, "
                      f"{row.get('file_bands', '?')} band(s) {row.get('dtype', '?')} (manifest said {row['bands']})")
     if row["outcome"] != "failed":
-        from .manifest import jpeg_key
+        from cog_pipeline.work.manifest import jpeg_key
 
         bucket = s3cfg.get("output_bucket", "?")
         cog = f" ({format_size(row['cog_bytes'])})" if row.get("cog_bytes") else ""

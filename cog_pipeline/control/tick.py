@@ -24,17 +24,17 @@ from typing import Any
 
 import yaml
 
-from . import s3
-from .claims import S3_ERRORS, claim, journal_entries
-from .crash import crash_point
-from .errors import PipelineError
-from .manifest import batch_slices, parse_manifest
-from .naming import PROCESSING_KEY, STATE_PREFIX, ManifestKeys, is_pipeline_object, timestamp
-from .options import TickOptions
-from .endpoint import Semantics
-from .preflight import check_endpoint, check_local_resources, connect
-from .recovery import adopt, find_orphans, heartbeat_while_driven, recover
-from .rundirs import (FINISHED, PENDING_CONFIG, RESUMES, RUN_LOCK, RunLock, is_finished, local_lock,
+from cog_pipeline.storage import s3
+from cog_pipeline.control.claims import S3_ERRORS, claim, journal_entries
+from cog_pipeline.core.crash import crash_point
+from cog_pipeline.core.errors import PipelineError
+from cog_pipeline.work.manifest import batch_slices, parse_manifest
+from cog_pipeline.core.naming import PROCESSING_KEY, STATE_PREFIX, ManifestKeys, is_pipeline_object, timestamp
+from cog_pipeline.control.options import TickOptions
+from cog_pipeline.storage.endpoint import Semantics
+from cog_pipeline.control.preflight import check_endpoint, check_local_resources, connect
+from cog_pipeline.control.recovery import adopt, find_orphans, heartbeat_while_driven, recover
+from cog_pipeline.control.rundirs import (FINISHED, PENDING_CONFIG, RESUMES, RUN_LOCK, RunLock, is_finished, local_lock,
                       new_run_dir, run_config, unfinished_runs_exist, write_run, write_synced)
 
 __all__ = [
@@ -105,7 +105,7 @@ def tick(opts: TickOptions) -> TickResult:
         print(f"No new manifest matches '{opts.pattern}' in bucket '{opts.input_bucket}'; nothing to do.")
         return TickResult()
     if opts.executor == "htcondor":
-        from . import htcondor
+        from cog_pipeline import htcondor
 
         htcondor.check_schedd()  # before claiming: a claimed manifest needs a driver to finish it
     else:
@@ -212,7 +212,7 @@ def _claim_new(client: Any, opts: TickOptions, sem: Semantics, matches: list[dic
 
 def _drive_locked(run_dir: Path, lock: RunLock, opts: TickOptions, sem: Semantics, resumed: bool) -> TickResult:
     """Launch (or resume) a run directory whose run lock we hold; release it afterwards."""
-    from . import driver
+    from cog_pipeline.control import driver
 
     try:
         config = driver.load_run_config(run_dir)
@@ -245,11 +245,11 @@ def _drive_locked(run_dir: Path, lock: RunLock, opts: TickOptions, sem: Semantic
 
 def launch(run_dir: Path, config: dict[str, Any], opts: TickOptions) -> TickResult:
     """Start the workflow for a prepared run directory with the chosen executor."""
-    from . import driver
+    from cog_pipeline.control import driver
 
     crash_point("tick.launch")
     if opts.executor == "htcondor":
-        from . import htcondor
+        from cog_pipeline import htcondor
 
         argv = driver.drive_argv(run_dir, executor="htcondor")
         cluster = htcondor.submit_driver(run_dir, opts.pattern, config["run_id"], argv)
@@ -262,7 +262,7 @@ def launch(run_dir: Path, config: dict[str, Any], opts: TickOptions) -> TickResu
 
 def plan(client: Any, opts: TickOptions, matches: list[dict[str, Any]], config: dict[str, Any]) -> TickResult:
     """Dry run: show what would be claimed and the workflow's job plan; change nothing remote."""
-    from . import driver
+    from cog_pipeline.control import driver
 
     batch_size = int(config["batch_size"])
     ts = timestamp()

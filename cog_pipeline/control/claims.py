@@ -33,14 +33,14 @@ from typing import Any
 
 import botocore.exceptions
 
-from . import endpoint, s3
-from .crash import crash_point
-from .endpoint import Semantics
-from .errors import PipelineError
-from .naming import PROCESSING_KEY, ManifestKeys, claim_marker_key
-from .options import TickOptions
-from .processes import holder_dead, owner_id, process_identity
-from .rundirs import CLAIMS_DIR, write_synced
+from cog_pipeline.storage import endpoint, s3
+from cog_pipeline.core.crash import crash_point
+from cog_pipeline.storage.endpoint import Semantics
+from cog_pipeline.core.errors import PipelineError
+from cog_pipeline.core.naming import PROCESSING_KEY, ManifestKeys, claim_marker_key
+from cog_pipeline.control.options import TickOptions
+from cog_pipeline.core.processes import holder_dead, owner_id, process_identity
+from cog_pipeline.control.rundirs import CLAIMS_DIR, write_synced
 
 log = logging.getLogger(__name__)
 

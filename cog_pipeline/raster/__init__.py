@@ -1,0 +1,1 @@
+"""Raster: GeoTIFF -> validated COG + JPEG preview on local files (no S3, no Snakemake)."""

@@ -1,0 +1,1 @@
+"""UI: the command line, status and the embedded demo."""
