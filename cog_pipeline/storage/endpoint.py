@@ -76,7 +76,7 @@ class Capabilities:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Capabilities":
+    def from_dict(cls, data: dict[str, Any]) -> Capabilities:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
 
@@ -175,11 +175,11 @@ def _versioning(client: Any, bucket: str) -> str:
 def _probe_put_if_match(put: Any, client: Any, bucket: str, key: str, etag: str) -> str:
     """``If-Match`` on PutObject: honoured (the quoted ETag passes, a wrong one fails), unquoted only,
     ignored (a wrong ETag passes) or refused."""
-    quoted, response = _attempt(lambda: put(key, b"probe-3", IfMatch=etag))
+    quoted, _ = _attempt(lambda: put(key, b"probe-3", IfMatch=etag))
     if quoted == "refused":
         return REFUSED
     if quoted == "412":
-        unquoted, response = _attempt(lambda: put(key, b"probe-3", IfMatch=etag.strip('"')))
+        unquoted, _ = _attempt(lambda: put(key, b"probe-3", IfMatch=etag.strip('"')))
         if unquoted != "ok":
             return REFUSED if unquoted == "refused" else ALWAYS_FAILS
     wrong, _ = _attempt(lambda: put(key, b"probe-4", IfMatch=_WRONG_ETAG))
@@ -328,7 +328,7 @@ class Semantics:
         return self.markers != "local-only"
 
     @classmethod
-    def assumed(cls, endpoint: str = "", bucket: str = "") -> "Semantics":
+    def assumed(cls, endpoint: str = "", bucket: str = "") -> Semantics:
         """What AWS S3 and moto do (for callers that do not probe, e.g. unit tests)."""
         caps = Capabilities(endpoint=endpoint, bucket=bucket, probed_at=0.0, put_if_none_match=HONOURED,
                             put_if_match=HONOURED, put_if_match_missing_key=HONOURED, delete_if_match=HONOURED,

@@ -7,6 +7,7 @@ Retries are boto3's own (``standard`` mode with a bounded attempt count), not ha
 from __future__ import annotations
 
 import base64
+import contextlib
 import bisect
 import email.utils
 import hashlib
@@ -18,7 +19,8 @@ import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any, Literal, cast
 
 import boto3
 import botocore.exceptions
@@ -62,7 +64,7 @@ class S3Settings:
     delete_fallback: str = "refuse"
 
     @classmethod
-    def from_config(cls, s3: dict[str, Any]) -> "S3Settings":
+    def from_config(cls, s3: dict[str, Any]) -> S3Settings:
         """Build from the ``s3:`` section of a run config (unknown keys are ignored)."""
         names = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in s3.items() if k in names})
@@ -112,14 +114,17 @@ def read_key_file(path: str) -> str:
 CHECKSUM_MODES = ("auto", "when_required", "when_supported")
 
 
-def checksum_mode(settings: S3Settings) -> str:
+ChecksumMode = Literal["when_supported", "when_required"]
+
+
+def checksum_mode(settings: S3Settings) -> ChecksumMode:
     """boto3's request/response checksum setting for ``settings``: ``auto`` is ``when_supported`` on AWS
     (no endpoint given) and ``when_required`` on any other endpoint."""
     if settings.checksums not in CHECKSUM_MODES:
         raise PipelineError(f"s3.checksums must be one of {', '.join(CHECKSUM_MODES)}, not {settings.checksums!r}")
     if settings.checksums == "auto":
         return "when_supported" if not settings.endpoint_url else "when_required"
-    return settings.checksums
+    return cast(ChecksumMode, settings.checksums)
 
 
 def ca_bundle(settings: S3Settings) -> str | None:
@@ -261,10 +266,8 @@ def server_age(response: dict) -> float:
     now = time.time()
     date = response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
     if date:
-        try:
+        with contextlib.suppress(TypeError, ValueError):
             now = email.utils.parsedate_to_datetime(date).timestamp()
-        except (TypeError, ValueError):
-            pass
     modified = response.get("LastModified")
     return max(0.0, now - modified.timestamp()) if modified is not None else 0.0
 
@@ -292,7 +295,7 @@ def iter_objects(client: Any, bucket: str, prefix: str = "", delimiter: str | No
 
 
 def _just_before(key: str) -> str:
-    """A string sorting before ``key`` (and after nearly everything else that does): ``key`` minus its last character."""
+    """A string sorting before ``key`` (and after nearly all else that does): ``key`` minus its last character."""
     return key[:-1]
 
 
@@ -311,7 +314,7 @@ def existing_keys(client: Any, bucket: str, wanted: Iterable[str], page_size: in
     if not todo:
         return set()
     targets = set(todo)
-    prefix = os.path.commonprefix([todo[0], todo[-1]])  # of a sorted list: the common prefix of all
+    prefix = os.path.commonprefix([todo[0], todo[-1]])  # noqa: RUF071 (a string prefix: all of a sorted list)
     found: set[str] = set()
     i = 0
     kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": page_size,
@@ -349,7 +352,7 @@ def _next_token(page: dict[str, Any], bucket: str) -> str | None:
     return token
 
 
-def _paged_on(client: Any, kwargs: dict[str, Any], token: str, targets: set[str]) -> set[str]:
+def _paged_on(client: Any, kwargs: dict[str, Any], token: str | None, targets: set[str]) -> set[str]:
     """The rest of a listing through continuation tokens only: the keys of ``targets`` it holds."""
     found: set[str] = set()
     kwargs = {k: v for k, v in kwargs.items() if k != "StartAfter"}
