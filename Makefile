@@ -16,8 +16,12 @@ demo: $(BIN)/cog-pipeline
 	@$(BIN)/python -c 'import moto.server' 2>/dev/null || $(BIN)/python -m pip install --quiet -e '.[demo]'
 	$(BIN)/cog-pipeline demo
 
+# The full suite on TEST_WORKERS pytest-xdist workers: a test mostly waits (on Snakemake, its jobs, the S3
+# servers, the pool), so more workers than cores pay. --dist loadgroup runs each costly session fixture on
+# one worker only (tests/conftest.py xdist_group: the HTCondor pool, the Ceph RGW cluster, the built wheel).
+TEST_WORKERS ?= 4
 test: $(BIN)/cog-pipeline
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 # The quick tier (about a minute on 2 cores): every module, no test marked slow (over ~3 s), none of the
 # real-server suites (Ceph RGW: tests/faults/test_servers.py, HTCondor pool: tests/pool), and the two slow

@@ -54,13 +54,13 @@ def prepare_run_dir(run_dir: Path, manifest: bytes, endpoint: str | None, keys: 
                     batch_size: int | None = None, raw_key: str = "bench/plan-raw.csv") -> Path:
     """A run directory exactly as ``tick`` writes it (its own functions), without claiming anything."""
     from cog_pipeline.core.naming import ManifestKeys, timestamp
+    from cog_pipeline.core.rundir import ClaimedManifest
     from cog_pipeline.control.tick import TickOptions, run_config, write_run
 
     run_dir.mkdir(parents=True, exist_ok=True)
     ts = timestamp()
     keys_ = ManifestKeys.for_raw(raw_key, ts)
-    manifests = [{"id": "m1", "csv": f"manifests/{keys_.processing.rpartition('/')[2]}", "key": keys_.processing,
-                  "raw_key": keys_.raw, "stem": keys_.stem, "timestamp": ts}]
+    manifests = [ClaimedManifest.of("m1", f"manifests/{keys_.processing.rpartition('/')[2]}", keys_)]
     opts = TickOptions(input_bucket=INPUT_BUCKET, output_bucket=OUTPUT_BUCKET, settings=settings(endpoint, keys),
                        workdir=run_dir.parent)
     config = run_config(opts, ts, manifests)

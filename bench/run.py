@@ -8,6 +8,8 @@ Prints every figure with its target and ratio as it is measured, then writes
   python bench/run.py --sections 1,6      # only some sections
   python bench/run.py --repeat 3          # best of 3 for the timed conversions (default 2, quick 1)
   python bench/run.py --sections 7        # optional: proposed convert.py changes, measured (~4 min)
+  python bench/run.py --sections 8        # optional: job sizing model, then 2000 images on a personal pool
+  python bench/run.py --sections 9        # optional: COG size and time per preset vs the plain COG driver (~5 min)
 
 Sections: 1 per-image conversion vs the original's gdal_translate path, 2 memory, 3 pipeline
 efficiency (tick vs a tight loop), 4 planning at scale (snakemake -n, tick --dry-run), 5 S3 request
@@ -107,6 +109,15 @@ def main(argv: list[str] | None = None) -> int:
 
         run("7", "Proposed convert.py changes (what-if)", sec_whatif.section7, rep, cache, work, cfg["size"],
             cfg["repeats"])
+
+    if "8" in sections:  # optional: job sizing model + scale on a personal HTCondor pool (bench/sec_pool.py)
+        import sec_pool
+
+        run("8", "Pool: job sizing and scale", sec_pool.section8, rep, cache, work, cfg)
+    if "9" in sections:  # optional: COG size and time per preset vs the plain COG driver (bench/sec_presets.py)
+        import sec_presets
+
+        run("9", "Presets", sec_presets.section9, rep, cache, work, 4000 if not args.quick else 2000, cfg["repeats"])
 
     path = rep.save()
     print("\n" + rep.markdown())

@@ -123,7 +123,7 @@ def whatif(src: str, cog: str, jpeg: str, bands: int, jpeg_mode: str = "package"
 
     import rasterio
 
-    from cog_pipeline.raster import convert
+    from cog_pipeline.raster import convert, preview, sniff
 
     cog_options = dataclasses.replace(convert.CogOptions(), **(options or {}))
     src_p, cog_p, jpeg_p = Path(src), Path(cog), Path(jpeg)
@@ -146,24 +146,24 @@ def whatif(src: str, cog: str, jpeg: str, bands: int, jpeg_mode: str = "package"
 
     def do_jpeg():
         if jpeg_mode == "vrt":
-            with convert._gdal_env(), rasterio.open(src_p) as ds:
-                simple = (ds.dtypes[0] == "uint8" and not convert._is_palette(ds)
-                          and not convert._has_mask(ds, convert._jpeg_bands(ds.count)))
+            with sniff.gdal_env(), rasterio.open(src_p) as ds:
+                simple = (ds.dtypes[0] == "uint8" and not sniff.is_palette(ds)
+                          and not sniff.has_mask(ds, preview.jpeg_bands(ds.count)))
                 if simple:
-                    source = ds if ds.count in (1, 3) else _band_vrt(ds, str(src_p), convert._jpeg_bands(ds.count))
+                    source = ds if ds.count in (1, 3) else _band_vrt(ds, str(src_p), preview.jpeg_bands(ds.count))
                     rasterio.shutil.copy(source, str(jpeg_p), driver="JPEG", QUALITY=str(convert.JpegOptions().quality))
                     return
         convert.write_jpeg(src_p, jpeg_p, convert.JpegOptions())
 
     def do_verify():
         if verify_cache_mb:
-            with convert._gdal_env(verify_cache_mb):
+            with sniff.gdal_env(verify_cache_mb):
                 convert.verify_pixels(src_p, cog_p)
         else:
             convert.verify_pixels(src_p, cog_p)
 
     t = time.perf_counter()
-    with convert._gdal_env(cog_options.gdal_cache_mb):
+    with sniff.gdal_env(cog_options.gdal_cache_mb):
         timed("inspect", convert.inspect_input, src_p, cog_options)
         if overlap:
             with concurrent.futures.ThreadPoolExecutor(1) as pool:

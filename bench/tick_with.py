@@ -11,7 +11,7 @@ import time
 
 T_START = time.time()
 
-from cog_pipeline.ui import cli
+from cog_pipeline.ui import cli  # noqa: E402
 from cog_pipeline.control import driver, tick  # noqa: E402
 
 overrides = json.loads(sys.argv[1])

@@ -4,7 +4,8 @@ localrules:
 
 
 rule aggregate:
-    """Sort the manifest's rows into processed/failed CSVs beside it, then delete its processing file."""
+    """Sort the manifest's rows into processed/failed CSVs beside it, write report.html and logs/images/ and
+    upload the report, then delete its processing file; outcome/<m>.json says "finished" last."""
     input:
         manifest=manifest_csv,
         statuses=batch_status_files,

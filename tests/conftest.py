@@ -3,10 +3,12 @@ seeded through a separate boto3 client, as s3fs's tests do."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import boto3
 import pytest
@@ -53,7 +55,7 @@ def write_key_files(folder: Path, access_key: str, secret_key: str, names: tuple
     """Create ``folder`` with two one-line key files (access, secret) of permissions ``mode``."""
     folder.mkdir()
     paths = (folder / names[0], folder / names[1])
-    for path, value in zip(paths, (access_key, secret_key)):
+    for path, value in zip(paths, (access_key, secret_key), strict=True):
         path.write_text(value + "\n")
         path.chmod(mode)
     return paths
@@ -89,6 +91,57 @@ def all_objects(client, bucket: str) -> dict[str, bytes]:
         for obj in page.get("Contents", []):
             out[obj["Key"]] = client.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read()
     return out
+
+
+# ---------------------------------------------------------------------------------------- pytest-xdist
+
+
+def xdist_group(nodeid: str) -> str | None:
+    """The worker group of a test whose session or module fixture is too costly to build on every worker: the
+    HTCondor pool (tests/pool), a Ceph RGW cluster (one per RGW target of ``s3_target``: two clusters, so the
+    RGW tests take two workers, not one nor all) and the built wheel (tests/test_packaging.py)."""
+    path, _, name = nodeid.partition("::")
+    if path.startswith("tests/pool/"):
+        return "pool"
+    if path == "tests/faults/test_servers.py" and "[" in name:
+        params = name[name.index("[") + 1:]
+        for target in ("rgw-https-versioned", "rgw-https"):
+            if target in params:
+                return target
+    if path == "tests/test_packaging.py":
+        return "packaging"
+    return None
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark the grouped tests (``xdist_group``, for the record: the scheduler below reads the node ids); on an
+    xdist worker also put the slow tests first (every worker collects the same order), so that the run ends on
+    short tests instead of waiting for one long one."""
+    for item in items:
+        group = xdist_group(item.nodeid)
+        if group:
+            item.add_marker(pytest.mark.xdist_group(group))
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+if importlib.util.find_spec("xdist") is not None:
+    from xdist.scheduler import LoadScopeScheduling
+
+    class GroupScheduling(LoadScopeScheduling):
+        """``--dist loadgroup`` by :func:`xdist_group`: each group is one unit of work on one worker (the largest
+        first), every other test a unit of its own. pytest-xdist's own loadgroup renames the items
+        (``item._nodeid``), which pytest 9.2 no longer reads: it would silently spread the groups."""
+
+        def _split_scope(self, nodeid: str) -> str:
+            if nodeid.rfind("@") > nodeid.rfind("]"):  # pytest-xdist's own suffix, where it takes
+                nodeid = nodeid.rsplit("@", 1)[0]
+            return xdist_group(nodeid) or nodeid
+
+    def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> LoadScopeScheduling | None:
+        """The scheduler of ``--dist loadgroup`` (``make test``); pytest-xdist's own for the other modes."""
+        return GroupScheduling(config, log) if config.getvalue("dist") == "loadgroup" else None
 
 
 # ---------------------------------------------------------------------------------------- real S3 servers

@@ -138,10 +138,17 @@ def test_empty_wanted_makes_no_request(client):
     assert counts == {}
 
 
+def _entries(keys):
+    from cog_pipeline.work.manifest import parse_manifest
+
+    return parse_manifest("".join(f"{k},1\n" for k in keys).encode()).entries
+
+
 def test_rows_of_an_unfinished_batch_name_their_batch_and_the_wrappers_reason(tmp_path):
     """Seen on a pool: a batch job whose Python was missing failed every row with a generic reason;
     the job wrapper's line in the batch log says why, and the reason now carries it."""
-    from cog_pipeline.work.aggregate import classify, unfinished_reasons
+    from cog_pipeline.work.aggregate import classify, unfinished_outcomes
+    from cog_pipeline.work.outcomes import FailureCode, ImageOutcome, Status
 
     log_dir = tmp_path / "logs" / "convert" / "m1"
     log_dir.mkdir(parents=True)
@@ -149,17 +156,127 @@ def test_rows_of_an_unfinished_batch_name_their_batch_and_the_wrappers_reason(tm
         "converting c.tif\n"
         "job-wrapper on ep7: Python interpreter '/x/python3' not found on ep7 (software mode shared)\n")
     keys = ["a.tif", "b.tif", "c.tif", "d.tif", "e.tif"]
-    reasons = unfinished_reasons(tmp_path, "m1", keys, batch_size=2, recorded={"a.tif", "b.tif", "c.tif"})
-    assert set(reasons) == {"d.tif", "e.tif"}  # c.tif has a record; batch 0 is complete
-    assert reasons["d.tif"] == ("no outcome recorded: batch job batch-00001 did not finish: job-wrapper on ep7: "
-                                "Python interpreter '/x/python3' not found on ep7 (software mode shared) "
-                                "(see logs/convert/m1/batch-00001.log)")
-    assert reasons["e.tif"] == ("no outcome recorded: batch job batch-00002 did not finish "
-                                "(see logs/convert/m1/batch-00002.log)")  # no log came back at all
+    failures = unfinished_outcomes(tmp_path, "m1", _entries(keys), batch_size=2, recorded={"a.tif", "b.tif", "c.tif"})
+    assert set(failures) == {"d.tif", "e.tif"}  # c.tif has a record; batch 0 is complete
+    assert failures["d.tif"].reason == (
+        "no outcome recorded: batch job batch-00001 did not finish: job-wrapper on ep7: "
+        "Python interpreter '/x/python3' not found on ep7 (software mode shared) "
+        "(see logs/convert/m1/batch-00001.log)")
+    # no log came back at all: the reason says so instead of pointing at a file that is not there
+    assert failures["e.tif"].reason == ("no outcome recorded: batch job batch-00002 did not finish (no log came back "
+                                        "from the job: logs/convert/m1/batch-00002.log is absent)")
+    assert {f.code for f in failures.values()} == {FailureCode.BATCH_DID_NOT_FINISH}
+    assert (failures["d.tif"].line, failures["e.tif"].line) == (4, 5)
 
     manifest = "".join(f"{k},1\n" for k in keys).encode()
-    records = {k: {"key": k, "status": "ok"} for k in ("a.tif", "b.tif", "c.tif")}
+    records = {k: ImageOutcome(key=k, status=Status.OK) for k in ("a.tif", "b.tif", "c.tif")}
     present = {k for r in records for k in (r, r[:-4] + ".jpg")}
-    outcome = classify(manifest, records, present, reasons)
+    outcome = classify(manifest, records, present, failures)
     assert [k for k, _ in outcome.processed] == ["a.tif", "b.tif", "c.tif"]
-    assert [(k, r) for k, _, r in outcome.failed] == [(k, reasons[k]) for k in ("d.tif", "e.tif")]
+    assert [(f.key, f.csv_reason) for f in outcome.failed] == [(k, failures[k].reason) for k in ("d.tif", "e.tif")]
+
+
+#: What Snakemake 9 writes to its output for a job the HTCondor executor plugin (0.3.0) reports as failed:
+#: snakemake/logging.py (_format_job_error) around the plugin's report_job_error message.
+SNAKEMAKE_REMOVED = """\
+[Tue Dec  1 14:20:35 2026]
+Error in rule convert:
+    message: Job 2 with HTCondor Cluster ID 41 was removed/aborted.
+    jobid: 2
+    input: manifests/m1.csv
+    output: status/m1/batch-00001.jsonl
+    log: logs/convert/m1/batch-00001.log (check log file(s) for error details)
+    external_jobid: 41
+"""
+SNAKEMAKE_HELD = """\
+[Tue Dec  1 14:21:02 2026]
+Error in rule convert:
+    message: Job 3 with HTCondor Cluster ID 42 is held: Error from slot1@ep: Job has gone over cgroup memory limit \
+of 2048 megabytes.
+    jobid: 3
+    input: manifests/m1.csv
+    output: status/m1/batch-00002.jsonl
+    log: logs/convert/m1/batch-00002.log (check log file(s) for error details)
+    external_jobid: 42
+Shutting down, this might take some time.
+Exiting because a job execution failed. Look below for error messages
+"""
+
+
+def test_a_removed_batch_says_it_was_removed_and_points_at_a_log_that_exists(tmp_path):
+    """Issue 12: after condor_rm of a batch job its rows said 'did not finish' and pointed at a batch log a
+    removed job never brings back; the cause was only in logs/snakemake.log."""
+    from cog_pipeline.work.aggregate import snakemake_job_errors, unfinished_outcomes
+    from cog_pipeline.work.outcomes import FailureCode
+
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "snakemake.log").write_text(
+        "Building DAG of jobs...\n" + SNAKEMAKE_REMOVED + "Select jobs to execute...\n" + SNAKEMAKE_HELD)
+    errors = snakemake_job_errors(tmp_path)
+    assert errors == {"status/m1/batch-00001.jsonl": "Job 2 with HTCondor Cluster ID 41 was removed/aborted.",
+                      "status/m1/batch-00002.jsonl": "Job 3 with HTCondor Cluster ID 42 is held: Error from "
+                                                     "slot1@ep: Job has gone over cgroup memory limit of 2048 "
+                                                     "megabytes."}
+    keys = ["a.tif", "b.tif", "c.tif", "d.tif", "e.tif"]
+    failures = unfinished_outcomes(tmp_path, "m1", _entries(keys), batch_size=2, recorded={"a.tif", "b.tif"})
+    removed, held = failures["c.tif"], failures["e.tif"]
+    assert removed.code is FailureCode.BATCH_REMOVED and failures["d.tif"] == removed.replace(key="d.tif", line=4)
+    assert removed.reason == ("no outcome recorded: batch job batch-00001 was removed from the pool before it "
+                              "finished (Job 2 with HTCondor Cluster ID 41 was removed/aborted) (see "
+                              "logs/snakemake.log; the job's own log logs/convert/m1/batch-00001.log never came back)")
+    assert held.code is FailureCode.BATCH_HELD
+    assert "was held on the pool" in held.reason and "cgroup memory limit of 2048 megabytes" in held.reason
+    assert "logs/convert/m1/batch-00001.log)" not in removed.reason.replace("never came back)", "")
+
+
+def test_a_failed_local_job_keeps_pointing_at_its_batch_log(tmp_path):
+    """A job that ran and failed (its log is there): the batch log stays the pointer; no message, no code change."""
+    from cog_pipeline.work.aggregate import unfinished_outcomes
+    from cog_pipeline.work.outcomes import FailureCode
+
+    (tmp_path / "logs" / "convert" / "m1").mkdir(parents=True)
+    (tmp_path / "logs" / "convert" / "m1" / "batch-00000.log").write_text("Traceback ...\n")
+    (tmp_path / "logs" / "snakemake.log").write_text(
+        "Error in rule convert:\n    jobid: 1\n    output: status/m1/batch-00000.jsonl\n"
+        "    log: logs/convert/m1/batch-00000.log (check log file(s) for error details)\n")
+    failures = unfinished_outcomes(tmp_path, "m1", _entries(["a.tif"]), batch_size=2, recorded=set())
+    assert failures["a.tif"].code is FailureCode.BATCH_DID_NOT_FINISH
+    assert failures["a.tif"].reason == ("no outcome recorded: batch job batch-00000 did not finish "
+                                        "(see logs/convert/m1/batch-00000.log)")
+
+
+@pytest.mark.slow
+def test_a_manual_snakemake_rerun_gives_the_same_files_as_a_tick(seed, buckets, settings, samples, tmp_path,
+                                                                  monkeypatch):
+    """Issue 14: the README's manual rerun (snakemake --snakefile .../Snakefile --cores 2 in a run directory)
+    wrote the outcome CSVs but no report.html and no per-image logs (the driver wrote those after Snakemake).
+    The aggregate rule now writes them itself, before the processing file goes."""
+    import os
+    import subprocess
+    import sys
+
+    from cog_pipeline.control import driver
+    from cog_pipeline.control.tick import TickOptions, tick
+    from cog_pipeline.work.outcomes import manifest_finished
+
+    from conftest import INPUT_BUCKET, all_objects
+
+    seed.upload_file(str(samples / "byte.tif"), INPUT_BUCKET, "imagery/byte.tif")
+    seed.put_object(Bucket=INPUT_BUCKET, Key="batch-raw.csv", Body=b"imagery/byte.tif,1\nimagery/missing.tif,1\n")
+    monkeypatch.setattr(driver, "drive", lambda *a, **k: (0, []))  # the tick claims; nothing runs the workflow
+    result = tick(TickOptions(input_bucket=INPUT_BUCKET, output_bucket=OUTPUT_BUCKET, settings=settings,
+                              workdir=tmp_path / "work"))
+    run_dir = result.run_dir
+    assert run_dir is not None and not (run_dir / "report.html").exists()
+
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(driver.SNAKEFILE), "--cores", "2",
+                           "--nocolor"], cwd=run_dir, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "CONDOR_CONFIG": os.devnull})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert (run_dir / "report.html").is_file()
+    missing_log = (run_dir / "logs" / "images" / "imagery" / "missing.log").read_text()
+    assert "upload the image to the input bucket" in missing_log
+    assert (run_dir / "logs" / "images" / "imagery" / "byte.log").is_file()
+    objects = all_objects(seed, INPUT_BUCKET)
+    assert [k for k in objects if "-report-" in k] and not [k for k in objects if "-processing-" in k]
+    assert manifest_finished(run_dir, "m1")

@@ -4,7 +4,8 @@ The tests never install the browser (``.ci/run`` does: ``apt-get install chromiu
 they are skipped with the reason in the summary (pytest -ra), and fail where CI requires them.
 Console messages, uncaught exceptions, failed loads and CSP violations are collected from the
 protocol's events, not guessed from log text, and a control page proves the collector sees them. Set
-COG_PIPELINE_REPORT_SCREENSHOT=docs/img/report.png to refresh the README's picture.
+COG_PIPELINE_REPORT_SCREENSHOT=docs/img/report.png to refresh the README's pictures (report.png, and
+report-map.png beside it: the map of a county delivery).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import pytest
 import rasterio
 
 from cog_pipeline.ui.demo import sample_files
+from cog_pipeline.work.report import render_html
 from cog_pipeline.work.manifest import write_rows_csv
 from cog_pipeline.control.tick import TickOptions, tick
 from conftest import INPUT_BUCKET, OUTPUT_BUCKET
@@ -135,12 +137,33 @@ class Page:
                 found.append(f"failed load: {params.get('errorText')}")
         return found
 
-    def screenshot(self, path: Path, max_height: int = 1400) -> None:
+    def screenshot(self, path: Path, max_height: int = 1400, selector: str | None = None) -> None:
+        """The page (at most ``max_height`` px), or only the element ``selector`` names."""
         height = min(max_height, int(self.evaluate("document.documentElement.scrollHeight")))
         self.send("Emulation.setDeviceMetricsOverride",
                   {"width": 1400, "height": height, "deviceScaleFactor": 1, "mobile": False}, session=True)
-        data = self.send("Page.captureScreenshot", {"format": "png"}, session=True)["data"]
+        params: dict[str, Any] = {"format": "png"}
+        if selector:
+            box = self.evaluate(f"(() => {{ const r = document.querySelector({json.dumps(selector)})"
+                                ".getBoundingClientRect();"
+                                " return [r.x + scrollX, r.y + scrollY, r.width, r.height]; })()")
+            params["clip"] = {"x": box[0], "y": box[1], "width": box[2], "height": box[3], "scale": 1}
+        data = self.send("Page.captureScreenshot", params, session=True)["data"]
         path.write_bytes(base64.b64decode(data))
+
+    def click(self, x: float, y: float) -> None:
+        """A real left click (pressed and released) at viewport point (x, y)."""
+        for kind in ("mouseMoved", "mousePressed", "mouseReleased"):
+            self.send("Input.dispatchMouseEvent", {"type": kind, "x": x, "y": y, "button": "left",
+                                                   "buttons": 0 if kind == "mouseReleased" else 1,
+                                                   "clickCount": 0 if kind == "mouseMoved" else 1}, session=True)
+
+    def click_element(self, expression: str) -> None:
+        """Scroll the element ``expression`` evaluates to into view and click the middle of it."""
+        x, y = self.evaluate(f"(() => {{ const e = {expression}; e.scrollIntoView({{block: 'center'}});"
+                             " const r = e.getBoundingClientRect();"
+                             " return [r.x + r.width / 2, r.y + r.height / 2]; })()")
+        self.click(x, y)
 
     def close(self) -> None:
         with contextlib.suppress(Exception):  # it may already be gone
@@ -209,6 +232,13 @@ def test_report_in_a_real_browser(page, seed, buckets, settings, tmp_path):
     assert len(images) == 7 and all(0 < w <= 128 and 0 < h <= 128 for w, h in images), images
     todo = page.evaluate("[...document.querySelectorAll('tr.failed .todo')].map(e => e.textContent)")
     assert len(todo) == 2 and "upload" in todo[0].lower()
+    # Every converted sample has a CRS: 7 footprints recorded by the batch jobs, the 2 failed rows beside the map.
+    assert page.evaluate("document.querySelectorAll('#map path.processed').length") == 7
+    assert page.evaluate("document.querySelectorAll('#unmapped li').length") == 2
+    page.click_element("document.querySelector('#map path')")
+    chosen = page.evaluate("document.querySelector('#map path.selected').dataset.i")
+    assert page.evaluate("[...document.querySelectorAll('tr.selected')].map(r => r.id)") == [f"row-{chosen}"]
+    page.evaluate("window.scrollTo(0, 0)")
 
     shot = tmp_path / "report.png"
     page.screenshot(shot)
@@ -217,3 +247,112 @@ def test_report_in_a_real_browser(page, seed, buckets, settings, tmp_path):
     if SCREENSHOT:
         Path(SCREENSHOT).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(shot, SCREENSHOT)
+
+
+# ------------------------------------------------------------------------------------ the map
+
+def county_delivery() -> list[dict]:
+    """A county delivery as the report's rows: a 4x3 grid of orthoimagery tiles (one with a clipped collar, one
+    already done, one failed at verify), an elevation model over them, and two rows without a footprint."""
+    def tile(col: int, row: int, clipped: bool = False) -> dict:
+        lon, lat, d = 172.55 + col * 0.03, -43.50 - row * 0.022, 0.03
+        ring = [[lon, lat], [lon + d, lat], [lon + d, lat - 0.022], [lon, lat - 0.022]]
+        if clipped:
+            ring = [[lon + 0.012, lat], [lon + d, lat], [lon + d, lat - 0.022], [lon, lat - 0.022], [lon, lat - 0.009]]
+        return {"type": "Polygon", "coordinates": [[*ring, ring[0]]]}
+    done = {"bands": "3", "input_bytes": 42_000_000, "cog_bytes": 61_000_000, "codec": "LZW", "input_codec": "JPEG",
+            "crs": "EPSG:2193", "pixel_size": [0.3, 0.3], "pixel_unit": "metre", "overviews": [2, 4, 8, 16],
+            "dtype": "uint8", "width": 8000, "height": 6000, "seconds": 41.2}
+    table = [{"key": "canterbury/ortho/BX24_0305.tif", "bands": "3", "outcome": "failed", "code": "verify-failed",
+              "step": "verify", "reason": "verify: 12 pixels differ from the source", "footprint": tile(2, 1)},
+             {"key": "canterbury/ortho/BX24_0412.tif", "bands": "3", "outcome": "failed", "code": "input-missing",
+              "step": "download", "reason": "download: input object not found in bucket 'county-in'"},
+             {"key": "canterbury/ortho/BX24_0101.tif", "bands": "3", "outcome": "failed", "code": "manifest-row",
+              "reason": "line 14: duplicate of line 2"}]
+    for row in range(3):
+        for col in range(4):
+            if (col, row) == (2, 1):
+                continue
+            key = f"canterbury/ortho/BX24_{row + 1:02d}{col + 1:02d}.tif"
+            outcome = "skipped (already done)" if (col, row) == (3, 2) else "processed"
+            table.append({**done, "key": key, "outcome": outcome, "footprint": tile(col, row, (col, row) == (0, 0))})
+    table.append({**done, "key": "canterbury/dem/BX24_dem_1m.tif", "bands": "1", "outcome": "processed",
+                  "codec": "ZSTD", "input_codec": "LZW", "dtype": "float32", "input_bytes": 90_000_000,
+                  "cog_bytes": 52_000_000, "pixel_size": [1.0, 1.0], "overviews": [2, 4, 8],
+                  "footprint": {"type": "Polygon", "coordinates": [[[172.57, -43.51], [172.66, -43.505],
+                                                                     [172.665, -43.56], [172.575, -43.565],
+                                                                     [172.57, -43.51]]]}})
+    return table
+
+
+def open_delivery(page: Page, tmp_path: Path, table: list[dict]) -> None:
+    config = {"run_id": "20261125-093000", "manifests": [{"id": "m1", "raw_key": "canterbury-2026-11-25-raw.csv"}],
+              "s3": {"input_bucket": "county-in", "output_bucket": "county-cogs"}}
+    (tmp_path / "report.html").write_text(render_html(tmp_path, table, config), encoding="utf-8")
+    page.open((tmp_path / "report.html").as_uri())
+
+
+def test_map_footprints_select_rows_and_rows_highlight_footprints(page, tmp_path):
+    table = county_delivery()
+    open_delivery(page, tmp_path, table)
+    assert page.problems() == []
+    with_footprint = [i for i, row in enumerate(table) if row.get("footprint")]
+    assert page.evaluate("document.querySelectorAll('#map path').length") == len(with_footprint) == 13
+    drawn = page.evaluate("[...document.querySelectorAll('#map path')].map(p => p.getBBox().width > 1 && "
+                          "p.getBBox().height > 1)")
+    assert all(drawn), "every footprint has a visible size on the map"
+    assert page.evaluate("[...document.querySelectorAll('#unmapped li .key')].map(e => e.textContent)") == [
+        "canterbury/ortho/BX24_0412.tif", "canterbury/ortho/BX24_0101.tif"]
+    colours = page.evaluate("[...document.querySelectorAll('#map path')].map(p => getComputedStyle(p).fill)")
+    drawn_order = page.evaluate("[...document.querySelectorAll('#map path')].map(p => p.dataset.i)")
+    assert drawn_order[-1] == "0", "the failed footprint is drawn last, on top"
+    assert len(set(colours)) == 3, "processed, already done and failed are told apart"
+
+    # A real click on the failed tile's footprint selects its row and scrolls it into view.
+    x, y = page.evaluate("(() => { const r = document.querySelector('#map path.failed').getBoundingClientRect();"
+                         " return [r.x + r.width / 2, r.y + r.height / 2]; })()")
+    hit = page.evaluate(f"document.elementFromPoint({x}, {y}).getAttribute('data-i')")
+    assert hit == "0", "the failed footprint is on top at its centre"
+    page.click(x, y)
+    selected = page.evaluate("[...document.querySelectorAll('tr.selected')].map(r => r.id)")
+    assert selected == ["row-0"]
+    assert page.evaluate("(() => { const r = document.getElementById('row-0').getBoundingClientRect();"
+                         " return r.top >= 0 && r.bottom <= innerHeight; })()"), "the row is scrolled into view"
+
+    # A click on a row highlights its footprint (and only it).
+    dem = next(i for i, row in enumerate(table) if "dem" in row["key"])
+    page.click_element(f"document.querySelector('#row-{dem} .key')")
+    assert page.evaluate("[...document.querySelectorAll('#map path.selected')].map(p => p.dataset.i)") == [str(dem)]
+    assert page.evaluate("[...document.querySelectorAll('tr.selected')].map(r => r.id)") == [f"row-{dem}"]
+    assert page.evaluate("document.querySelector('#map path.selected') === "
+                         "document.querySelector('#footprints').lastElementChild"), "drawn on top of the others"
+
+    # Zoom in keeps the footprints, "fit" gives the whole delivery back.
+    home = page.evaluate("document.getElementById('map').getAttribute('viewBox')")
+    page.click_element("document.getElementById('map-in')")
+    zoomed = page.evaluate("document.getElementById('map').getAttribute('viewBox')")
+    assert float(zoomed.split()[2]) == pytest.approx(float(home.split()[2]) / 2)
+    page.click_element("document.getElementById('map-fit')")
+    assert page.evaluate("document.getElementById('map').getAttribute('viewBox')") == home
+    assert page.problems() == []
+
+    page.click_element("document.querySelector('#map path.failed')")  # the picture shows it selected
+    assert page.evaluate("[...document.querySelectorAll('tr.selected')].map(r => r.id)") == ["row-0"]
+    assert page.evaluate("[...document.querySelectorAll('#map path')].map(p => p.dataset.i)") == drawn_order, \
+        "a footprint no longer selected goes back under the others (the failed one is drawn last anyway)"
+    page.evaluate("window.scrollTo(0, 0)")
+    shot = tmp_path / "report-map.png"
+    page.screenshot(shot, selector=".map-section")
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
+    if SCREENSHOT:
+        Path(SCREENSHOT).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(shot, Path(SCREENSHOT).with_name("report-map.png"))
+
+
+def test_the_map_control_fails_when_nothing_is_drawn(page, tmp_path):
+    """Control for the count above: a delivery without footprints draws no path and lists every row."""
+    table = [{**row, "footprint": None} for row in county_delivery()]
+    open_delivery(page, tmp_path, table)
+    assert page.evaluate("document.querySelectorAll('#map path').length") == 0
+    assert page.evaluate("document.querySelectorAll('#unmapped li').length") == len(table)
+    assert page.problems() == []

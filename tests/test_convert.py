@@ -1,4 +1,4 @@
-"""Tests of cog_pipeline.raster.convert on synthetic rasters (made here with numpy + rasterio) and the sample GeoTIFFs."""
+"""Tests of cog_pipeline.raster.convert on synthetic rasters (made here with numpy + rasterio) and the samples."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from affine import Affine
 from rio_cogeo.cogeo import cog_validate
 
 from cog_pipeline import SAMPLES_DIR
-from cog_pipeline.raster import convert
+from cog_pipeline.raster import convert, sniff
 from cog_pipeline.raster.convert import (
     CogOptions,
     ConversionResult,
@@ -171,12 +171,12 @@ def test_config_bad_jpeg_values(section):
 
 def test_gdal_cache_is_set_in_bytes():
     # rasterio hands an integer GDAL_CACHEMAX to GDALSetCacheMax64, which takes bytes, not MB.
-    with convert._gdal_env(64):
+    with sniff.gdal_env(64):
         assert rasterio.env.getenv()["GDAL_CACHEMAX"] == 64 * 1024 * 1024
         assert rasterio.env.getenv()["GDAL_PAM_ENABLED"] == "NO"
-        with convert._gdal_env():  # steps without options keep the caller's cache
+        with sniff.gdal_env():  # steps without options keep the caller's cache
             assert rasterio.env.getenv()["GDAL_CACHEMAX"] == 64 * 1024 * 1024
-    with convert._gdal_env():  # standalone: the default 128 MB, not GDAL's 5% of RAM
+    with sniff.gdal_env():  # standalone: the default 128 MB, not GDAL's 5% of RAM
         assert rasterio.env.getenv()["GDAL_CACHEMAX"] == 128 * 1024 * 1024
 
 
@@ -432,7 +432,7 @@ def test_verify_with_the_preview_finds_a_changed_pixel_and_makes_no_jpeg(tmp_pat
     changed = data.copy()
     changed[3, 290, 333] ^= 4  # band 4 is not in the preview, and is still checked
     other = make_tif(tmp_path / "other.tif", changed, tiled=True, blockxsize=128, blockysize=128)
-    monkeypatch.setattr(convert, "_WINDOW_BYTES", 100_000)
+    monkeypatch.setattr(sniff, "WINDOW_BYTES", 100_000)
     assert convert.verify_and_write_jpeg(src, same, tmp_path / "ok.jpg", num_threads=threads) == [1, 2, 3]
     check_jpeg(tmp_path / "ok.jpg", 3, 400, 300)
     with pytest.raises(ImageError) as err:
@@ -440,7 +440,7 @@ def test_verify_with_the_preview_finds_a_changed_pixel_and_makes_no_jpeg(tmp_pat
     assert err.value.step == "verify" and "band 4 differs" in err.value.message
     assert "first at row 290, col 333" in err.value.message
     assert not (tmp_path / "bad.jpg").exists()
-    assert leftovers(tmp_path, {"src.tif", "same.tif", "other.tif", "ok.jpg"}) == []
+    assert leftovers(tmp_path, {"src.tif", "same.tif", "other.tif", "ok.jpg", "ok.jgw", "ok.jpg.aux.xml"}) == []
 
 
 def test_verify_with_the_preview_on_rows_too_wide_for_one_pass(tmp_path, monkeypatch):
@@ -453,7 +453,7 @@ def test_verify_with_the_preview_on_rows_too_wide_for_one_pass(tmp_path, monkeyp
     changed = data.copy()
     changed[3, 30, 250] ^= 1
     other = make_tif(tmp_path / "other.tif", changed, tiled=True, blockxsize=64, blockysize=64)
-    monkeypatch.setattr(convert, "_WINDOW_BYTES", 2000)  # 16 x 300 x 4 x 2 bytes > 4 x 2000
+    monkeypatch.setattr(sniff, "WINDOW_BYTES", 2000)  # 16 x 300 x 4 x 2 bytes > 4 x 2000
     seconds: dict[str, float] = {}
     assert convert.verify_and_write_jpeg(src, same, tmp_path / "two-pass.jpg", seconds=seconds) == [1, 2, 3]
     assert set(seconds) == {"verify", "jpeg"}
@@ -487,8 +487,8 @@ def test_verify_in_small_windows(tmp_path, monkeypatch):
     changed = data.copy()
     changed[2, 300, 406] += 1
     other = make_tif(tmp_path / "other.tif", changed)
-    monkeypatch.setattr(convert, "_WINDOW_BYTES", 1000)  # one row no longer fits: windows split columns
-    windows = list(convert._windows(407, 301, 6))
+    monkeypatch.setattr(sniff, "WINDOW_BYTES", 1000)  # one row no longer fits: windows split columns
+    windows = list(sniff.windows(407, 301, 6))
     assert len(windows) > 301 and sum(int(w.width * w.height) for w in windows) == 407 * 301
     verify_pixels(src, make_tif(tmp_path / "same.tif", data, tiled=True, blockxsize=64, blockysize=64))
     with pytest.raises(ImageError, match=r"band 3 differs in window rows 300-300, cols .*406: 1 pixel"):
@@ -670,12 +670,13 @@ def test_jpeg_in_many_strips_decodes_as_one(tmp_path, monkeypatch):
     data[:, 50:60, 50:60] = np.nan
     src = make_tif(tmp_path / "src.tif", data)
     write_jpeg(src, tmp_path / "one.jpg")
-    monkeypatch.setattr(convert, "_WINDOW_BYTES", 3000)  # one MCU row (16 rows) per strip
+    monkeypatch.setattr(sniff, "WINDOW_BYTES", 3000)  # one MCU row (16 rows) per strip
     write_jpeg(src, tmp_path / "many.jpg")
     assert (tmp_path / "one.jpg").read_bytes() != (tmp_path / "many.jpg").read_bytes()
     assert np.array_equal(decoded(tmp_path / "one.jpg"), decoded(tmp_path / "many.jpg"))
     assert np.array_equal(check_jpeg(tmp_path / "one.jpg", 3, 157, 203), check_jpeg(tmp_path / "many.jpg", 3, 157, 203))
-    assert sorted(os.listdir(tmp_path)) == ["many.jpg", "one.jpg", "src.tif"]  # nothing temporary left
+    assert sorted(os.listdir(tmp_path)) == ["many.jgw", "many.jpg", "many.jpg.aux.xml", "one.jgw", "one.jpg",
+                                         "one.jpg.aux.xml", "src.tif"]  # nothing temporary left
 
 
 def test_jpeg_of_samples(tmp_path):
@@ -691,7 +692,9 @@ def test_jpeg_of_samples(tmp_path):
     check_jpeg(tmp_path / "shade.jpg", 1, 1024, 1024)
     assert write_jpeg(FLOAT, tmp_path / "float.jpg") == [1]
     check_jpeg(tmp_path / "float.jpg", 1, 3, 2)
-    assert sorted(os.listdir(tmp_path)) == ["float.jpg", "rgba.jpg", "shade.jpg"]
+    # georeferenced previews get a world file and .aux.xml (test_preview_geo.py); float.tif has no CRS
+    assert sorted(os.listdir(tmp_path)) == ["float.jpg", "rgba.jgw", "rgba.jpg", "rgba.jpg.aux.xml", "shade.jgw",
+                                            "shade.jpg", "shade.jpg.aux.xml"]
 
 
 # --------------------------------------------------------------------------------------------- end to end
@@ -714,7 +717,8 @@ def test_convert_file_samples(tmp_path, sample, count):
     assert all(v > 0 for v in result.seconds.values()), result.seconds
     assert sum(result.seconds.values()) <= elapsed, (result.seconds, elapsed)
     assert result.cog_bytes == cog.stat().st_size and result.jpeg_bytes == jpg.stat().st_size
-    assert sorted(os.listdir(out)) == ["x.jpg", "x.tif"]
+    assert sorted(os.listdir(out)) == ["x.jgw", "x.jpg", "x.jpg.aux.xml", "x.tif"]
+    assert sorted(suffix for _, suffix in result.preview_sidecars) == [".jgw", ".jpg.aux.xml"]
     assert cog_validate(str(cog), quiet=True)[0]
     np.testing.assert_array_equal(read_all(cog), read_all(sample))
     check_jpeg(jpg, 3, 791, 718)
@@ -724,12 +728,13 @@ def test_convert_file_samples(tmp_path, sample, count):
 
 
 def test_convert_file_failure_in_jpeg_leaves_no_outputs(tmp_path):
-    src = make_tif(tmp_path / "c.tif", np.ones((1, 16, 16), np.complex64))
+    # (complex data made the preview fail before issue 14; an image wider than JPEG allows still does)
+    src = make_tif(tmp_path / "c.tif", np.ones((1, 16, 65501), np.uint8))
     out = tmp_path / "out"
     out.mkdir()
     with pytest.raises(ImageError) as err:
         convert_file(src, out / "x.tif", out / "x.jpg")
-    assert err.value.step == "jpeg" and "complex" in err.value.message
+    assert err.value.step == "jpeg" and "65500 pixels per side" in err.value.message
     assert os.listdir(out) == []
 
 

@@ -160,7 +160,10 @@ def run_dir(tmp_path, keys, ca_bundle):
               "s3": {"endpoint_url": "http://127.0.0.1:9", "region": "us-east-1", "input_bucket": "in-bucket",
                      "output_bucket": "out-bucket", "access_key_file": str(keys[0]),
                      "secret_key_file": str(keys[1]), "ca_bundle": str(ca_bundle), "checksums": "auto",
-                     "delete_fallback": "refuse"},
+                     "delete_fallback": "refuse",
+                     # the key files go with the jobs (the default on a pool, presigned, sends none:
+                     # tests/faults/test_faults_secrets.py)
+                     "transfer": "direct"},
               "manifests": manifests}
     (run / "run.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     return run

@@ -28,7 +28,7 @@ def rgb(n=64, bands=3, seed=0):
 
 @pytest.fixture
 def cfg():
-    return config.load()
+    return config.load(run={"presets": {"enabled": True}})  # presets are opt-in
 
 
 # --------------------------------------------------------------------------------------------- detection
@@ -87,7 +87,7 @@ def test_webp_falls_back_to_zstd_for_what_webp_cannot_hold(tmp_path, cfg):
 
 
 def test_auto_predictor_suits_the_data_type():
-    base = config.load()
+    base = config.load(run={"presets": {"enabled": True}})
     assert kinds.cog_options_for(DataKind.OTHER, base).predictor == "YES"  # no header: GDAL picks per image
     assert kinds.cog_options_for(DataKind.OTHER, base).compress == "LZW"  # the original's codec
 
@@ -96,13 +96,14 @@ def test_presets_can_be_disabled_and_overridden(tmp_path):
     header = read_header(make_tif(tmp_path / "dem.tif", np.ones((32, 32), np.float32)))
     off = kinds.preset_for(header, config.load(run={"presets": {"enabled": False}}))
     assert off.options == CogOptions() and off.notes == ("presets disabled",)
-    lerc = config.load(run={"presets": {"elevation": {"compress": "LERC_ZSTD", "max_z_error": 0.01,
+    lerc = config.load(run={"presets": {"enabled": True, "elevation": {"compress": "LERC_ZSTD", "max_z_error": 0.01,
                                                       "max_abs_error": 0.01}}})
     p = kinds.preset_for(header, lerc)
     assert (p.options.compress, p.extra_creation, p.check, p.bound) == (
         "LERC_ZSTD", {"MAX_Z_ERROR": "0.01"}, "bounded", ErrorBound(max_abs_error=0.01))
     assert "bounded (max abs error <= 0.01)" in p.summary()
-    lossless_lerc = config.load(run={"presets": {"elevation": {"compress": "LERC", "predictor": "NO"}}})
+    lossless_lerc = config.load(run={"presets": {"enabled": True,
+                                                 "elevation": {"compress": "LERC", "predictor": "NO"}}})
     q = kinds.preset_for(header, lossless_lerc)
     assert (q.options.compress, q.check, q.extra_creation) == ("LERC", "lossless", {})
 
@@ -130,7 +131,7 @@ def test_the_schema_refuses_what_the_typed_check_refuses():
 
 
 def test_lossy_webp_with_a_bound_is_allowed(tmp_path):
-    cfg = config.load(run={"presets": {"imagery": {"quality": 90, "min_psnr_db": 40}}})
+    cfg = config.load(run={"presets": {"enabled": True, "imagery": {"quality": 90, "min_psnr_db": 40}}})
     p = kinds.preset_for(read_header(make_tif(tmp_path / "rgb.tif", rgb())), cfg)
     assert (p.extra_creation, p.check, p.bound.min_psnr_db) == ({"QUALITY": "90"}, "bounded", 40.0)
 

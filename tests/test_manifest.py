@@ -231,22 +231,34 @@ def test_leading_slash():
     assert "remove the leading '/'" in reason
 
 
-@pytest.mark.parametrize("key,suffix", [("a.TIF", "'.TIF'"), ("a.tiff", "'.tiff'"), ("a.Tif", "'.Tif'"),
-                                        ("a.TIFF", "'.TIFF'")])
-def test_wrong_case_or_tiff_suffix(key, suffix):
-    reason = reject_reason(f"{key},1", line=3)
-    assert "keys must end in lowercase '.tif'" in reason and suffix in reason
+@pytest.mark.parametrize("key,jpeg", [("a.TIF", "a.jpg"), ("d/a.tiff", "d/a.jpg"), ("a.Tif", "a.jpg"),
+                                      ("x.tif.TIFF", "x.tif.jpg"), ("a.tif", "a.jpg")])
+def test_tiff_and_any_case_are_accepted_and_the_jpeg_replaces_the_extension(key, jpeg):
+    """An extension of the original's '.tif' rule: '.tiff' and any case (Windows exports)."""
+    m = parse(f"{key},1\n")
+    assert [e.key for e in m.entries] == [key] and not m.rejected
+    assert jpeg_key(key) == jpeg
 
 
-@pytest.mark.parametrize("key", ["imagery/rgb.png", "a.tif.bak", "a", "tif", "a.jpg"])
+def test_keys_that_differ_only_in_the_extension_would_share_a_preview():
+    m = parse("d/a.tif,1\nd/a.TIFF,1\nd/b.tiff,1\n")
+    assert [e.key for e in m.entries] == ["d/a.tif", "d/b.tiff"]
+    [r] = m.rejected
+    assert r.line == 2 and r.reason.startswith("line 2: same preview key 'd/a.jpg' as line 1 ('d/a.tif')")
+
+
+@pytest.mark.parametrize("key", ["imagery/rgb.png", "a.tif.bak", "a", "tif", "a.jpg", "a.tiff.bak", "a.tifff"])
 def test_not_tif(key):
     reason = reject_reason(f"{key},1", line=2)
-    assert "does not end in '.tif'" in reason and repr(key) in reason
+    assert "does not end in '.tif' or '.tiff'" in reason and repr(key) in reason
+    with pytest.raises(ValueError, match="does not end in"):
+        jpeg_key(key)
 
 
-def test_trailing_whitespace_after_tif():
-    reason = reject_reason("a.tif  ,1", line=2)
-    assert "whitespace after '.tif'" in reason
+@pytest.mark.parametrize("key,suffix", [("a.tif  ", "'.tif'"), ("a.TIFF ", "'.TIFF'")])
+def test_trailing_whitespace_after_tif(key, suffix):
+    reason = reject_reason(f"{key},1", line=2)
+    assert f"whitespace after {suffix}" in reason
 
 
 @pytest.mark.parametrize("key", ["../a.tif", "a/../b.tif", "a/b/..", "imagery/../../etc/passwd.tif", ".."])
@@ -424,7 +436,7 @@ def test_every_data_line_appears_exactly_once():
     assert sorted(seen) == sorted(expected_lines)
     assert len(seen) == len(set(seen)) == m.rows_total()
     assert [e.key for e in m.entries] == ["imagery/rgb.tif", "imagery/county scans/shade é.tif", "imagery/a,b.tif",
-                                          "imagery/ok2.tif"]
+                                          "imagery/UPPER.TIF", "imagery/ok2.tif"]
     assert m.notes == ["UTF-8 BOM removed", "line 1: header row skipped", "2 blank lines skipped"]
     # Each physical line's first field is the key recorded for it.
     by_line = {e.line: e.key for e in m.entries} | {r.line: r.key for r in m.rejected}

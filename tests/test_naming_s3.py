@@ -8,7 +8,8 @@ import pytest
 
 from cog_pipeline.storage import s3
 from cog_pipeline.core.errors import PipelineError
-from cog_pipeline.core.naming import ManifestKeys, claim_marker_key, is_pipeline_object, manifest_stem
+from cog_pipeline.core.naming import (ManifestKeys, claim_marker_key, is_pipeline_object, is_tiff_key, jpeg_key,
+                                     key_stem, manifest_stem, tiff_suffix)
 
 
 @pytest.mark.parametrize("raw,stem", [
@@ -19,6 +20,40 @@ from cog_pipeline.core.naming import ManifestKeys, claim_marker_key, is_pipeline
 ])
 def test_manifest_stem(raw, stem):
     assert manifest_stem(raw) == stem
+
+
+@pytest.mark.parametrize("key,suffix,stem,jpeg", [
+    ("a/b.tif", ".tif", "a/b", "a/b.jpg"),
+    ("a/b.TIF", ".TIF", "a/b", "a/b.jpg"),
+    ("a/b.tiff", ".tiff", "a/b", "a/b.jpg"),
+    ("a/b.TiFf", ".TiFf", "a/b", "a/b.jpg"),
+    ("a.tif/b.tif", ".tif", "a.tif/b", "a.tif/b.jpg"),
+])
+def test_the_tiff_key_rule(key, suffix, stem, jpeg):
+    """The original's '.tif' rule, extended to '.tiff' and any case: one place decides it."""
+    assert (tiff_suffix(key), key_stem(key), jpeg_key(key), is_tiff_key(key)) == (suffix, stem, jpeg, True)
+
+
+@pytest.mark.parametrize("key", ["a/b.jpg", "a/b.tif.bak", "a/b.tifff", "tif", "a/b", "a.tif/b", "a/b.ti"])
+def test_keys_that_are_not_geotiffs(key):
+    assert tiff_suffix(key) is None and not is_tiff_key(key) and key_stem(key) == key
+    with pytest.raises(ValueError, match=r"does not end in '\.tif' or '\.tiff'"):
+        jpeg_key(key)
+
+
+def test_the_tiff_key_rule_lives_only_in_core_naming():
+    """Every module asks core.naming (tiff_suffix, key_stem, jpeg_key) instead of spelling '.tif' itself."""
+    import re
+    from pathlib import Path
+
+    import cog_pipeline
+
+    root = Path(cog_pipeline.__file__).parent
+    spelled = re.compile(r"""(endswith|removesuffix|rstrip|len)\(\s*\(?["']\.tif""")
+    found = [f"{path.relative_to(root)}:{number}" for path in sorted(root.rglob("*.py"))
+             if path.relative_to(root).as_posix() != "core/naming.py"
+             for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if spelled.search(line)]
+    assert not found, found
 
 
 def test_manifest_keys_stay_in_the_same_folder():

@@ -41,9 +41,11 @@ def installed(tmp_path_factory):
     src = tmp / "src"
     shutil.copytree(ROOT, src, ignore=_NOT_BUILT)
     pip = [sys.executable, "-m", "pip", "--quiet"]
-    proc = subprocess.run([*pip, "wheel", "--no-deps", str(src), "-w", str(tmp / "dist")],
+    # Verbose: the build backend's own warnings (setuptools deprecations) only show with -v.
+    proc = subprocess.run([sys.executable, "-m", "pip", "-v", "wheel", "--no-deps", str(src), "-w", str(tmp / "dist")],
                           check=False, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    (tmp / "build.log").write_text(proc.stdout + proc.stderr, encoding="utf-8")
     (wheel,) = (tmp / "dist").glob("cog_pipeline-*.whl")
     site = tmp / "site"
     proc = subprocess.run([*pip, "install", "--no-deps", "--target", str(site), str(wheel)],
@@ -68,6 +70,35 @@ def test_wheel_carries_the_workflow(installed):
     assert "cog_pipeline/samples/byte.tif" in names
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
     assert not [n for n in names if n.startswith(("tests/", "bench/", "rules/", "scripts/"))]
+
+
+#: What setuptools prints for a deprecated ``license = { text = ... }`` table (or other deprecated settings).
+DEPRECATION = re.compile(r"SetuptoolsDeprecationWarning|BuildBackendWarning|deprecated|License classifiers|"
+                         r"2027-Feb-18", re.IGNORECASE)
+
+
+@pytest.mark.slow
+def test_wheel_build_shows_no_deprecation_warning(installed):
+    """An SPDX ``license`` and ``license-files`` (setuptools >= 77): no warning that builds stop in 2027."""
+    tmp, wheel, _site = installed
+    warned = [line.strip() for line in (tmp / "build.log").read_text(encoding="utf-8").splitlines()
+              if DEPRECATION.search(line)]
+    assert not warned, warned
+    with zipfile.ZipFile(wheel) as whl:
+        names = whl.namelist()
+        (metadata,) = [n for n in names if n.endswith(".dist-info/METADATA")]
+        text = whl.read(metadata).decode("utf-8")
+    assert "License-Expression: MIT" in text.splitlines(), text[:2000]
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names), names
+
+
+def test_pyproject_license_is_an_spdx_expression_with_a_setuptools_that_reads_it():
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert data["project"]["license"] == "MIT"
+    assert all((ROOT / f).is_file() for f in data["project"]["license-files"])
+    (setuptools,) = [r for r in data["build-system"]["requires"] if _name(r) == "setuptools"]
+    floor = re.search(r">=\s*(\d+)", setuptools)
+    assert floor and int(floor.group(1)) >= 77, f"{setuptools}: SPDX license expressions need setuptools >= 77"
 
 
 PATHS = """

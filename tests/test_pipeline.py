@@ -146,6 +146,13 @@ def test_rerun_of_same_manifest_skips_finished_images(seed, buckets, settings, s
     claimed = [line for line in lines if ": Claimed batch-raw.csv -> batch-processing-" in line]
     assert len(claimed) == 2 and all(line.endswith(".csv") and " UTC pid " in line for line in claimed)
     assert sum(f"Run directory: {second.run_dir}" in line for line in lines) == 1
+    # ...and every run its outcome, from the driver's final step: counts, manifests, report
+    finished = [line for line in lines if " finished: " in line]
+    assert finished == [line for line in finished if " UTC " in line] and len(finished) == 2, lines
+    run_id = second.run_dir.name.removeprefix("workflow-run-")
+    assert finished[1].endswith(f" {run_id} finished: 2 processed, 0 failed (batch-raw.csv) report "
+                                f"{second.run_dir / 'report.html'}"), finished[1]
+    assert lines.index(finished[1]) > next(i for i, line in enumerate(lines) if str(second.run_dir) in line)
 
 
 @pytest.mark.slow
@@ -167,9 +174,11 @@ def test_dry_run_changes_nothing(seed, buckets, settings, samples, tmp_path, cap
     monkeypatch.delenv("CONDOR_CONFIG", raising=False)  # a machine without HTCondor
     upload_samples(seed, samples)
     seed.put_object(Bucket=INPUT_BUCKET, Key="batch-raw.csv", Body=b"imagery/rgb.tif,3\n/bad.tif,1\n")
+    seed.put_object(Bucket=INPUT_BUCKET, Key="more-raw.csv",
+                    Body=b"imagery/rgb.tif,3\nimagery/small/byte.tif,1\n/bad.tif,1\nx.png,1\n")
     before_in, before_out = all_objects(seed, INPUT_BUCKET), all_objects(seed, OUTPUT_BUCKET)
 
-    result = run_tick(settings, tmp_path, dry_run=True)
+    result = run_tick(settings, tmp_path, dry_run=True, run_overrides={"batch_size": 1})
 
     assert result.exit_code == 0
     assert all_objects(seed, INPUT_BUCKET) == before_in
@@ -177,9 +186,14 @@ def test_dry_run_changes_nothing(seed, buckets, settings, samples, tmp_path, cap
     assert not list((tmp_path / "work").glob("workflow-run-*"))
     captured = capfd.readouterr()
     out = captured.out
-    assert "Would claim batch-raw.csv" in out and "1 rows to convert in 1 batches, 1 rejected" in out
+    # counts with their nouns, singular and plural (not "1 rows ... 1 batches")
+    assert "Would claim batch-raw.csv" in out and "1 row to convert in 1 batch, 1 rejected row\n" in out
+    assert "Would claim more-raw.csv" in out and "2 rows to convert in 2 batches, 2 rejected rows\n" in out
     assert "convert_batch" in out  # Snakemake's own plan is printed
     assert "CONDOR_CONFIG" not in out + captured.err  # no HTCondor warning in a local plan
+    # one plan: Snakemake's job counts once, without its banner (host, user, platform)
+    assert out.count("Job stats:") == 1, out
+    assert "Host:" not in out + captured.err and "User:" not in out + captured.err
 
 
 def test_no_matching_manifest_does_nothing(seed, buckets, settings, tmp_path, capsys):
@@ -291,18 +305,18 @@ def test_batch_requests_per_image_and_skip_if_done(seed, buckets, settings, samp
 
     monkeypatch.setattr(s3, "make_client", counting_client)
     first = batch.run_batch(config, run_dir, "m1", 0, run_dir / "status" / "b0.jsonl", threads=1)
-    assert [r["status"] for r in first] == ["ok"] * 3
+    assert [r.status for r in first] == ["ok"] * 3
     assert counts["ListObjectsV2"] == 1 and counts["HeadObject"] == 3 + 6, counts
     assert counts["PutObject"] == 6 and counts["GetObject"] == 3, counts
 
     counts.clear()
     again = batch.run_batch(config, run_dir, "m1", 0, run_dir / "status" / "b1.jsonl", threads=1)
-    assert [r["status"] for r in again] == ["skipped"] * 3
+    assert [r.status for r in again] == ["skipped"] * 3
     assert counts == {"ListObjectsV2": 1, "HeadObject": 6}, counts
 
     seed.upload_file(str(samples / "byte.tif"), INPUT_BUCKET, "imagery/rgb.tif")  # a new input object
     third = batch.run_batch(config, run_dir, "m1", 0, run_dir / "status" / "b2.jsonl", threads=1)
-    assert [r["status"] for r in third] == ["ok", "skipped", "skipped"]
+    assert [r.status for r in third] == ["ok", "skipped", "skipped"]
     etag = seed.head_object(Bucket=INPUT_BUCKET, Key="imagery/rgb.tif")["ETag"]
     cog = seed.head_object(Bucket=OUTPUT_BUCKET, Key="imagery/rgb.tif")
     assert cog["Metadata"][batch.SOURCE_ETAG_META] == etag

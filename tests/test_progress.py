@@ -14,7 +14,10 @@ from cog_pipeline.control.progress import count_records, images_total, wait_with
 def make_run(path):
     (path / "manifests").mkdir(parents=True)
     (path / "manifests" / "a.csv").write_text("a.tif,1\nb.tif,1\n/bad.tif,1\nc.tif,3\n")
-    (path / "run.yaml").write_text(yaml.safe_dump({"manifests": [{"id": "m1", "csv": "manifests/a.csv"}]}))
+    # a valid run.yaml: it is loaded as the workflow does
+    (path / "run.yaml").write_text(yaml.safe_dump({"manifests": [{
+        "id": "m1", "csv": "manifests/a.csv", "key": "a-processing-20260101-000000.csv", "raw_key": "a-raw.csv",
+        "stem": "a-", "timestamp": "20260101-000000"}]}))
     (path / "status" / "m1").mkdir(parents=True)
     return path
 

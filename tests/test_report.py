@@ -34,9 +34,12 @@ def test_report_is_written_uploaded_and_escaped(seed, buckets, settings, samples
     assert re.search(r'id="total-count">4<', page)
     assert re.search(r'id="processed-count">2<', page) and re.search(r'id="failed-count">2<', page)
     assert "<b>bold</b>" not in page and "&lt;b&gt;bold&lt;/b&gt;" in page
-    assert f'content="{CSP}"' in page and "<script" not in page and "http://" not in page
+    assert f'content="{CSP}"' in page and page.count("<script") == 1 and "http://" not in page  # the map's own
+    assert page.count('<path class="fp processed"') == 2, "both converted images are on the map"
+    assert "EPSG:32618" in page and "EPSG:26711" in page and "COG / input size" in page
     assert page.count('src="data:image/jpeg;base64,') == 2  # one thumbnail per converted image
-    assert page.index("missing.tif") < page.index("imagery/rgb.tif"), "failed rows come first"
+    table = page[page.index("<tbody>"):]
+    assert table.index("missing.tif") < table.index("imagery/rgb.tif"), "failed rows come first"
     assert "What to do:" in page and "cog-pipeline retry" in page and "set-failed-" in page
     assert "manifest says 2 bands, file has 1" in page  # the band-count note of a processed row
     reports = [k for k in all_objects(seed, INPUT_BUCKET) if k.startswith("set-report-") and k.endswith(".html")]
@@ -59,7 +62,7 @@ def test_every_row_gets_a_log_named_after_its_image(seed, buckets, settings, sam
     ok = (logs / "imagery" / "rgb.log").read_text()
     assert "outcome:    processed" in ok and "791x718 px, 3 band(s) uint8" in ok
     assert f"s3://{OUTPUT_BUCKET}/imagery/rgb.tif" in ok and "validate" in ok
-    assert "logs/images/imagery/missing.log" in (result.run_dir / "report.html").read_text()
+    assert "logs/<wbr>images/<wbr>imagery/<wbr>missing.log" in (result.run_dir / "report.html").read_text()
 
 
 def test_log_names_stay_inside_the_log_directory():
@@ -101,7 +104,9 @@ def test_captured_lines_go_into_the_record_and_are_bounded():
     ("something new", "see this image's log"),
 ])
 def test_every_failure_says_what_to_do(reason, expected):
-    assert expected in advice(reason)
+    from cog_pipeline.work.outcomes import legacy_code
+
+    assert expected in advice(legacy_code(reason))  # advice is keyed by failure code (reasons of old records: mapped)
 
 
 def write_cog(tmp_path, name, data, **profile):
@@ -147,3 +152,61 @@ def test_thumbnails_follow_the_preview_rules_for_palettes_and_masks(tmp_path):
     nodata_src, _ = write_cog(tmp_path, "nodata", values, nodata=7)
     thumb = thumbnail_array(nodata_src)
     assert thumb[0, 0, 0] == 0 and thumb[0, 40, 40] == 200
+
+
+def hand_made_run(tmp_path):
+    """A finished run directory written by hand: one processed key, a duplicate row of it and a missing image."""
+    import json
+
+    import yaml
+
+    from cog_pipeline.raster.thumbnail import DATA_URI_PREFIX
+
+    run = tmp_path / "workflow-run-20261201-101010"
+    (run / "manifests").mkdir(parents=True)
+    (run / "manifests" / "m1.csv").write_text("key,bands\nfolder/deep/a.tif,1\nfolder/deep/a.tif,1\nlost.tif,1\n")
+    (run / "run.yaml").write_text(yaml.safe_dump({
+        "run_id": "20261201-101010", "s3": {"input_bucket": "in", "output_bucket": "out"},
+        "manifests": [{"id": "m1", "csv": "manifests/m1.csv", "raw_key": "set-raw.csv", "stem": "set-",
+                       "timestamp": "20261201-101010"}]}))
+    thumb = DATA_URI_PREFIX + "AAAA"
+    (run / "status" / "m1").mkdir(parents=True)
+    (run / "status" / "m1" / "batch-00000.jsonl").write_text("\n".join(json.dumps(r) for r in [
+        {"key": "folder/deep/a.tif", "line": 2, "bands": "1", "status": "ok", "width": 640, "height": 480,
+         "input_bytes": 4000, "cog_bytes": 2000, "seconds": 7.5, "thumbnail": thumb, "notes": []},
+        {"key": "lost.tif", "line": 4, "bands": "1", "status": "failed", "step": "download",
+         "reason": "input object not found", "seconds": 0.25}]) + "\n")
+    (run / "outcome" / "m1").mkdir(parents=True)
+    (run / "outcome" / "m1" / "set-processed-20261201-101010.csv").write_text("folder/deep/a.tif,1\n")
+    (run / "outcome" / "m1" / "set-failed-20261201-101010.csv").write_text("folder/deep/a.tif,1\nlost.tif,1\n")
+    (run / "outcome" / "m1" / "set-errors-20261201-101010.csv").write_text(
+        "key,bands,reason\nfolder/deep/a.tif,1,line 3: duplicate of line 2 (each key may be listed once)\n"
+        "lost.tif,1,download: input object not found\n")
+    (run / "outcome" / "m1.json").write_text(json.dumps({
+        "manifest": "m1", "raw_key": "set-raw.csv", "processing_key": "set-processing-20261201-101010.csv",
+        "processed_key": "set-processed-20261201-101010.csv", "failed_key": "set-failed-20261201-101010.csv",
+        "errors_key": "set-errors-20261201-101010.csv", "processed": 1, "failed": 2,
+        "notes": ["line 1: header row skipped", "line 9 (x.tif): <odd> note"]}))
+    return run
+
+
+def test_each_report_row_shows_its_own_record_notes_and_breaks_keys_at_slashes(tmp_path):
+    from cog_pipeline.work.report import render_html, report_rows
+
+    run = hand_made_run(tmp_path)
+    import yaml
+
+    rows = report_rows(run, yaml.safe_load((run / "run.yaml").read_text()))
+    duplicate, lost, processed = rows
+    assert (duplicate["outcome"], duplicate["reason"]) == ("failed", "line 3: duplicate of line 2 (each key may "
+                                                                     "be listed once)")
+    # The duplicate was never converted: none of the processed row's thumbnail, sizes or seconds.
+    assert not {"thumbnail", "width", "input_bytes", "cog_bytes", "seconds"} & set(duplicate)
+    assert lost["seconds"] == 0.25 and processed["seconds"] == 7.5 and processed["width"] == 640
+    page = render_html(run)
+    assert page.count('src="data:image/jpeg;base64,') == 1
+    assert "Manifest notes (2)" in page and "line 1: header row skipped" in page
+    assert "&lt;odd&gt; note" in page and "<odd>" not in page
+    assert '<span class="key">folder/<wbr>deep/<wbr>a.tif</span>' in page
+    assert "<code>logs/<wbr>images/<wbr>folder/<wbr>deep/<wbr>a.log</code>" in page
+    assert "overflow-wrap: anywhere" not in page  # breaks inside a name only when one name is wider than the column

@@ -40,7 +40,8 @@ def test_retry_requeues_failed_rows_once_inputs_exist(seed, buckets, settings, s
     seed.upload_file(str(samples / "byte.tif"), INPUT_BUCKET, "folder/late.tif")
     assert main(["retry", *s3_flags(settings), "--dry-run", failed_key]) == 0
     out = capsys.readouterr().out
-    assert "Would queue 1 row(s)" in out and "folder/late.tif,1" in out and "starts with '/'" in out
+    assert "Would queue 1 row as" in out and "folder/late.tif,1" in out
+    assert "left out (fix the row, then upload it in a new manifest): manifest line 3: key starts with '/'" in out
     assert not [k for k in all_objects(seed, INPUT_BUCKET) if "retry" in k]
 
     plan = plan_retry(client, INPUT_BUCKET, failed_key)
@@ -99,3 +100,27 @@ def test_a_listing_error_is_a_clear_message_not_a_traceback(seed, buckets, setti
     assert f"cannot list '{INPUT_BUCKET}'" in err
     assert "AccessDenied" in err and "Traceback" not in err
     assert not [k for k in all_objects(seed, INPUT_BUCKET) if "retry" in k]
+
+
+def test_left_out_rows_name_their_line_in_the_original_manifest(seed, buckets, settings, samples):
+    """The failed CSV's own line numbers mean nothing to the user: the errors CSV beside it names the manifest's."""
+    seed.upload_file(str(samples / "byte.tif"), INPUT_BUCKET, "folder/late.tif")
+    failed = "folder/set-failed-20260101-000000.csv"
+    seed.put_object(Bucket=INPUT_BUCKET, Key=failed, Body=b"key,bands\nfolder/late.tif,1\n/bad.tif,1\n")
+    seed.put_object(Bucket=INPUT_BUCKET, Key="folder/set-errors-20260101-000000.csv", Body=(
+        b"key,bands,reason\n"
+        b"key,bands,line 5: key 'key' does not end in '.tif' or '.tiff'; band count 'bands' is not an integer\n"
+        b"folder/late.tif,1,download: input object not found\n"
+        b"/bad.tif,1,line 36: key starts with '/' (remove the leading '/')\n"))
+    client = make_client(settings)
+    plan = plan_retry(client, INPUT_BUCKET, failed)
+    assert plan.rows == [("folder/late.tif", "1")]
+    assert sorted(plan.left_out) == [
+        "manifest line 36: key starts with '/' (keys are relative to the input bucket; remove the leading '/')",
+        "manifest line 5: reads like a column header (key,bands) in a failed CSV, so it cannot be retried as "
+        "written"]
+
+    # Without the errors CSV (or one that does not match row for row) the failed CSV's lines are named as such.
+    seed.delete_object(Bucket=INPUT_BUCKET, Key="folder/set-errors-20260101-000000.csv")
+    plan = plan_retry(client, INPUT_BUCKET, failed)
+    assert "line 3 of the failed CSV: key starts with '/'" in plan.left_out[0]

@@ -8,10 +8,12 @@ import pytest
 
 from cog_pipeline.ui import status as status_module
 from cog_pipeline.ui.cli import main
-from cog_pipeline.ui.demo import run_demo
+from cog_pipeline.ui.demo import EXAMPLE_FAILURE_KEY, run_demo
 from cog_pipeline.core.errors import PipelineError
 from cog_pipeline.control.rundirs import RunLock
-from cog_pipeline.control.tick import TickOptions, tick
+from cog_pipeline.control.tick import TickOptions, run_config, tick, write_run
+from cog_pipeline.core.naming import ManifestKeys
+from cog_pipeline.core.rundir import ClaimedManifest
 from conftest import INPUT_BUCKET, OUTPUT_BUCKET
 
 
@@ -40,8 +42,31 @@ def test_status_on_an_empty_bucket_and_no_schedd(buckets, settings, tmp_path, ca
 def test_status_without_a_bucket_and_with_a_missing_one(settings, s3_server, tmp_path, capsys, no_schedd):
     assert main(["status", "--workdir", str(tmp_path)]) == 0
     assert "Input bucket" not in capsys.readouterr().out
-    assert main(["status", *s3_flags(settings), "--input-bucket", "no-such-bucket", "--workdir", str(tmp_path)]) == 2
-    assert "cannot list bucket 'no-such-bucket'" in capsys.readouterr().err
+    unfinished_run(tmp_path)
+    assert main(["status", *s3_flags(settings), "--input-bucket", "no-such-bucket", "--workdir", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    [line] = [line for line in out.splitlines() if "cannot list bucket 'no-such-bucket'" in line]
+    assert line.startswith("Input bucket: S3 UNREACHABLE")
+    assert "workflow-run-20260102-030405" in out and "HTCondor" in out, "local runs and the pool are still shown"
+
+
+def test_status_with_s3_unreachable_still_shows_local_runs_and_the_pool(settings, tmp_path, capsys, no_schedd):
+    import socket
+
+    with socket.socket() as sock:  # a port nothing listens on: connection refused
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    unfinished_run(tmp_path)
+    flags = ["-a", settings.access_key_file, "-s", settings.secret_key_file, "-e", f"http://127.0.0.1:{port}"]
+    code = main(["status", *flags, "--input-bucket", INPUT_BUCKET, "--workdir", str(tmp_path)])
+    captured = capsys.readouterr()
+    assert code == 1 and captured.err == ""
+    assert "Input bucket: S3 UNREACHABLE: cannot list bucket" in captured.out
+    assert "Runs in" in captured.out and "workflow-run-20260102-030405" in captured.out
+    assert "HTCondor" in captured.out
+    assert main(["status", *flags, "--input-bucket", INPUT_BUCKET, "--workdir", str(tmp_path), "--json"]) == 1
+    state = json.loads(capsys.readouterr().out)
+    assert "cannot list bucket" in state["bucket_error"] and len(state["runs"]) == 1
 
 
 @pytest.mark.slow
@@ -68,9 +93,10 @@ def test_status_counts_manifests_and_runs(seed, buckets, settings, samples, tmp_
 
     assert main(["status", *s3_flags(settings), "--input-bucket", INPUT_BUCKET, "--workdir", str(work)]) == 0
     text = capsys.readouterr().out
-    assert "set1-…-" in text and "1 processed, 1 failed" in text and "(1 with failed rows)" in text
+    assert "…" not in text and f"{finished[0]['processed']}  1 processed, 1 failed" in text
+    assert "(1 with failed rows)" in text
     assert f"cog-pipeline retry -a KEY -s KEY -e HOST --input-bucket {INPUT_BUCKET} {finished[0]['failed']}" in text
-    assert "finished: 1 done, 1 failed, 0 pending, took" in text
+    assert "finished: 1 processed, 1 failed, 0 pending, took" in text
 
 
 def test_a_processing_manifest_without_heartbeat_is_flagged_stale(seed, buckets, settings, monkeypatch, tmp_path,
@@ -83,17 +109,16 @@ def test_a_processing_manifest_without_heartbeat_is_flagged_stale(seed, buckets,
 
 
 def unfinished_run(workdir, run_id="20260102-030405", executor="local"):
-    import yaml
-
+    """A run directory as a tick leaves it (run.yaml written by the tick's own run_config / write_run), one
+    batch of its manifest recorded: a.tif ok, b.tif failed, c.tif pending."""
     run = workdir / f"workflow-run-{run_id}"
-    (run / "manifests").mkdir(parents=True)
-    (run / "manifests" / "m1.csv").write_text("a.tif,1\nb.tif,1\nc.tif,1\n")
+    run.mkdir(parents=True)
+    opts = TickOptions(input_bucket=INPUT_BUCKET, output_bucket=OUTPUT_BUCKET, executor=executor, workdir=workdir)
+    manifest = ClaimedManifest.of("m1", "manifests/m1.csv", ManifestKeys.for_raw("x-raw.csv", run_id))
+    write_run(run, run_config(opts, run_id, [manifest]), {"m1": b"a.tif,1\nb.tif,1\nc.tif,1\n"})
     (run / "status" / "m1").mkdir(parents=True)
     (run / "status" / "m1" / "batch-00000.jsonl").write_text(
         '{"key": "a.tif", "status": "ok"}\n{"key": "b.tif", "status": "failed"}\n')
-    (run / "run.yaml").write_text(yaml.safe_dump({
-        "run_id": run_id, "executor": executor,
-        "manifests": [{"id": "m1", "csv": "manifests/m1.csv", "raw_key": "x-raw.csv"}]}))
     return run
 
 
@@ -108,6 +133,53 @@ def test_local_runs_say_running_or_stalled(tmp_path, no_schedd):
     [shown] = status_module.local_runs(tmp_path)
     assert shown["state"].startswith("stalled") and "next tick" in shown["state"]
     assert shown["elapsed_s"] > 0 and shown["report"] is None
+
+
+def test_local_runs_count_rows_as_the_bucket_does(tmp_path, no_schedd):
+    """Rejected rows are failed rows (as in the failed CSV); a finished manifest has nothing pending, even when a
+    removed batch recorded nothing (seen on a pool: "4 done, 1 failed, 2 pending" beside "4 processed, 3 failed")."""
+    import json as json_
+
+    run = unfinished_run(tmp_path)
+    (run / "manifests" / "m1.csv").write_text("a.tif,1\nb.tif,1\nc.tif,1\n/bad.tif,1\nd.png,1\n")
+    [shown] = status_module.local_runs(tmp_path)
+    assert (shown["done"], shown["failed"], shown["pending"]) == (1, 3, 1)
+
+    (run / "outcome").mkdir()
+    (run / "outcome" / "m1.json").write_text(json_.dumps({"processed": 1, "failed": 4, "notes": []}))
+    [shown] = status_module.local_runs(tmp_path)
+    assert (shown["state"], shown["done"], shown["failed"], shown["pending"]) == ("finished", 1, 4, 0)
+
+
+def test_a_run_yaml_the_loader_refuses_is_shown_invalid_with_its_reason(tmp_path, capsys, no_schedd):
+    """A hand-made or damaged run.yaml (here: no s3 section, a codec GDAL does not have) is one line naming the
+    loader's reason; the other runs are still shown, and status does not fail."""
+    import yaml
+
+    unfinished_run(tmp_path)
+    bad = tmp_path / "workflow-run-20260103-000000"
+    bad.mkdir()
+    (bad / "run.yaml").write_text(yaml.safe_dump({"run_id": "20260103-000000", "cog": {"compress": "WINZIP"},
+                                                  "manifests": [{"id": "m1", "csv": "manifests/m1.csv"}]}))
+    broken = tmp_path / "workflow-run-20260104-000000"
+    broken.mkdir()
+    (broken / "run.yaml").write_text("manifests: [unclosed\n")
+    claiming = tmp_path / "workflow-run-20260105-000000"
+    (claiming / "claims").mkdir(parents=True)
+
+    good, invalid, unreadable, incomplete = status_module.local_runs(tmp_path)
+    assert good["state"].startswith("stalled") and (good["done"], good["failed"], good["pending"]) == (1, 1, 1)
+    assert invalid["state"].startswith("invalid") and "cog.compress" in invalid["problem"]
+    assert "WINZIP" in invalid["state"] and str(bad / "run.yaml") in invalid["problem"]
+    assert "done" not in invalid
+    assert unreadable["state"].startswith("invalid") and "not valid YAML" in unreadable["problem"]
+    assert incomplete["state"].startswith("incomplete") and "problem" not in incomplete
+
+    assert main(["status", "--workdir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    [line] = [line for line in out.splitlines() if "workflow-run-20260103-000000" in line]
+    assert "invalid (ticks leave it alone; fix or remove its run.yaml)" in line and "cog.compress" in line
+    assert "workflow-run-20260102-030405  stalled" in out
 
 
 def test_pool_jobs_are_grouped_by_batch_name(tmp_path, monkeypatch, capsys):
@@ -148,17 +220,18 @@ def test_status_and_retry_work_against_the_demo_bucket(tmp_path, capsys, no_sche
         capsys.readouterr()
         seen["status"] = main(["status", *flags, "--workdir", str(tmp_path), "--json"])
         seen["state"] = json.loads(capsys.readouterr().out)
-        seen["retry"] = main(["retry", *flags, result.manifests[0]["failed_key"]])
+        seen["retry"] = main(["retry", *flags, "--dry-run", result.manifests[0]["failed_key"]])
         seen["retry_out"] = capsys.readouterr().out
 
     assert run_demo(tmp_path, after=operate) == 0
     assert seen["status"] == 0 and seen["retry"] == 0
     [finished] = seen["state"]["bucket"]["finished"]
-    assert (finished["processed_rows"], finished["failed_rows"]) == (6, 0) and seen["state"]["bucket"]["raw"] == []
+    # The demo's one deliberate failure (not a GeoTIFF), counted the same way in the bucket and the run.
+    assert (finished["processed_rows"], finished["failed_rows"]) == (6, 1) and seen["state"]["bucket"]["raw"] == []
     [run] = seen["state"]["runs"]
-    assert (run["state"], run["done"], run["failed"], run["pending"]) == ("finished", 6, 0, 0)
-    assert "Nothing to retry" in seen["retry_out"]
-    assert len(list((tmp_path).glob("workflow-run-*/logs/images/imagery/*/*.log"))) == 6
+    assert (run["state"], run["done"], run["failed"], run["pending"]) == ("finished", 6, 1, 0)
+    assert "Would queue 1 row as" in seen["retry_out"] and EXAMPLE_FAILURE_KEY in seen["retry_out"]
+    assert len(list((tmp_path).glob("workflow-run-*/logs/images/imagery/*/*.log"))) == 7
 
 
 def test_status_shows_only_the_manifests_of_its_pattern(seed, buckets, settings, tmp_path, capsys, no_schedd):

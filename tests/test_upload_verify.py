@@ -317,7 +317,7 @@ def test_short_cog_fails_its_row_with_the_reason_and_leaves_nothing_at_its_key(b
     records = batch.run_batch(config, run_dir, "m1", 0, run_dir / "status" / "b0.jsonl", threads=1)
 
     status = {r["key"]: r for r in map(json.loads, (run_dir / "status" / "b0.jsonl").read_text().splitlines())}
-    assert [r["status"] for r in records] == ["failed", "ok"] and status[key]["status"] == "failed"
+    assert [r.status for r in records] == ["failed", "ok"] and status[key]["status"] == "failed"
     row = status[key]
     assert row["step"] == "upload"
     assert key in row["reason"] and "bytes expected" in row["reason"] and "the object was removed" in row["reason"]

@@ -33,18 +33,18 @@ from typing import Any
 
 import botocore.exceptions
 
-from cog_pipeline.storage import endpoint, s3
+from cog_pipeline.control.options import TickOptions
+from cog_pipeline.control.rundirs import write_synced
 from cog_pipeline.core.crash import crash_point
-from cog_pipeline.storage.endpoint import Semantics
 from cog_pipeline.core.errors import PipelineError
 from cog_pipeline.core.naming import PROCESSING_KEY, ManifestKeys, claim_marker_key
-from cog_pipeline.control.options import TickOptions
 from cog_pipeline.core.processes import holder_dead, owner_id, process_identity
-from cog_pipeline.control.rundirs import CLAIMS_DIR, write_synced
+from cog_pipeline.core.rundir import ClaimedManifest, RunDir
+from cog_pipeline.storage import endpoint, s3
+from cog_pipeline.storage.endpoint import Semantics
+from cog_pipeline.storage.s3 import S3_ERRORS
 
 log = logging.getLogger(__name__)
-
-S3_ERRORS = s3.S3_ERRORS  # (re-exported: tick, recovery and preflight import it from here)
 
 # User metadata of a processing object.
 CLAIM_META = "cog-pipeline-claim"
@@ -255,7 +255,10 @@ def raw_key_of(processing_key: str, meta: dict[str, str]) -> str:
     """The raw manifest a processing object was claimed from (its metadata, else its name)."""
     if RAW_META in meta:
         return urllib.parse.unquote(meta[RAW_META])
-    return PROCESSING_KEY.match(processing_key).group("stem") + "raw.csv"
+    match = PROCESSING_KEY.match(processing_key)
+    if match is None:
+        raise PipelineError(f"{processing_key} is not a processing object (<stem>processing-<TS>.csv)")
+    return match.group("stem") + "raw.csv"
 
 
 class ClaimConflict(Exception):
@@ -276,54 +279,63 @@ def _put_processing(client: Any, bucket: str, key: str, data: bytes, meta: dict[
 
 # ------------------------------------------------------------------------------------------ journal
 
-def journal_claim(run_dir: Path, keys: ManifestKeys, etag: str, token: str, marker: str, data: bytes) -> Path:
-    """Record a claim in the run directory before it is committed (what recovery reads after a crash)."""
-    claims = run_dir / CLAIMS_DIR
-    claims.mkdir(exist_ok=True)
-    seq = len(list(claims.glob("*-*.json"))) + 1
+@dataclass(frozen=True)
+class Claim:
+    """A committed claim: the manifest's keys, its bytes as claimed and where the run directory keeps them."""
+
+    keys: ManifestKeys
+    csv: str  #: the claimed CSV, relative to the run directory
+    body: bytes
+    journal: Path | None = None  #: its claim journal entry (None for an adopted processing object)
+
+    def manifest(self, manifest_id: str) -> ClaimedManifest:
+        """The run config's entry for this claim under ``manifest_id``."""
+        return ClaimedManifest.of(manifest_id, self.csv, self.keys)
+
+
+def journal_claim(run: RunDir, keys: ManifestKeys, etag: str, token: str, marker: str, data: bytes) -> tuple[Path, str]:
+    """Record a claim in the run directory before it is committed (what recovery reads after a crash);
+    returns the journal entry and the claimed CSV's path relative to the run directory."""
+    run.claims_dir.mkdir(exist_ok=True)
+    seq = len(run.journal_entries()) + 1
     base = keys.processing.rpartition("/")[2]
     csv = f"manifests/{base}"
-    if (run_dir / csv).exists():  # same base name in another folder: keep both
+    if (run.path / csv).exists():  # same base name in another folder: keep both
         csv = f"manifests/{seq:05d}-{base}"
-    write_synced(run_dir / csv, data)
+    write_synced(run.path / csv, data)
     record = {"raw_key": keys.raw, "etag": etag, "processing_key": keys.processing, "stem": keys.stem,
               "timestamp": keys.ts, "token": token, "marker": marker, "csv": csv}
-    path = claims / f"{seq:05d}-{token}.json"
+    path = run.claims_dir / f"{seq:05d}-{token}.json"
     write_synced(path, json.dumps(record, ensure_ascii=False).encode("utf-8"))
-    return path
+    return path, csv
 
 
-def _unjournal(run_dir: Path, journal: Path) -> None:
+def _unjournal(run: RunDir, journal: Path) -> None:
     try:
         record = json.loads(journal.read_text(encoding="utf-8"))
-        (run_dir / record["csv"]).unlink(missing_ok=True)
+        (run.path / record["csv"]).unlink(missing_ok=True)
         journal.unlink(missing_ok=True)
     except (OSError, ValueError, KeyError):
         pass
 
 
-def journal_entries(run_dir: Path) -> list[Path]:
-    """The run directory's claim journal entries, oldest first."""
-    return sorted((run_dir / CLAIMS_DIR).glob("*-*.json"))
-
-
 # ------------------------------------------------------------------------------------------ claim
 
-def claim(client: Any, bucket: str, obj: dict[str, Any], keys: ManifestKeys, run_dir: Path,
-          opts: TickOptions, sem: Semantics) -> bytes | None:
-    """Claim one listed manifest into ``run_dir`` (journaled there); returns its bytes, or None if
+def claim(client: Any, bucket: str, obj: dict[str, Any], keys: ManifestKeys, run: RunDir,
+          opts: TickOptions, sem: Semantics) -> Claim | None:
+    """Claim one listed manifest into ``run`` (journaled there); returns the committed claim, or None if
     another tick has it or it changed."""
     workdir, lease = opts.workdir, opts.claim_lease
     etag = obj["ETag"]
     token = secrets.token_hex(8)
     marker = claim_marker_key(keys.raw, etag)
     record = {**process_identity(), "owner": owner_id(workdir), "token": token, "claimed_as": keys.processing,
-              "run": run_dir.name, "time": time.time()}
+              "run": run.name, "time": time.time()}
     taken = take_marker(client, bucket, marker, record, lease, sem)
     if taken is None:
         log.info("%s is being claimed by another tick; skipping", keys.raw)
         return None
-    marker, stale = taken
+    held, stale = taken
     started = time.monotonic()
     crash_point("claim.marker")
     journal: Path | None = None
@@ -344,9 +356,9 @@ def claim(client: Any, bucket: str, obj: dict[str, Any], keys: ManifestKeys, run
         crash_point("claim.downloaded")
         if stale:  # the stale claimant never committed (the raw manifest is still this version)
             roll_back(client, bucket, stale.get("claimed_as"), stale.get("token"))
-        journal = journal_claim(run_dir, keys, etag, token, marker.key, data)
+        journal, csv = journal_claim(run, keys, etag, token, held.key, data)
         crash_point("claim.journaled")
-        meta = processing_metadata(token, record["owner"], run_dir.name, keys.raw, etag)
+        meta = processing_metadata(token, record["owner"], run.name, keys.raw, etag)
         try:
             _put_processing(client, bucket, keys.processing, data, meta)
         except ClaimConflict as exc:
@@ -362,14 +374,14 @@ def claim(client: Any, bucket: str, obj: dict[str, Any], keys: ManifestKeys, run
             return None
         committed = True
         crash_point("claim.renamed")
-        return data
+        return Claim(keys, csv, data, journal)
     finally:
         if not committed:
             if provisional:
                 roll_back(client, bucket, keys.processing, token)
             if journal is not None:
-                _unjournal(run_dir, journal)
-        release_marker(client, bucket, marker)
+                _unjournal(run, journal)
+        release_marker(client, bucket, held)
 
 
 def _commit(client: Any, bucket: str, key: str, etag: str, version_id: str | None, sem: Semantics,

@@ -13,11 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from cog_pipeline import WORKFLOW_DIR
-from cog_pipeline.core import config as config_model
-from cog_pipeline.work.aggregate import aggregate_manifest
-from cog_pipeline.core.errors import PipelineError
-from cog_pipeline.core.naming import RUN_CONFIG, ManifestKeys, outcome_path
+from cog_pipeline.control import tickslog
 from cog_pipeline.control.progress import wait_with_progress
+from cog_pipeline.core import config as config_model
+from cog_pipeline.core.errors import PipelineError
+from cog_pipeline.core.rundir import RunDir
+from cog_pipeline.work.aggregate import aggregate_manifest, publish_report as aggregate_report
+from cog_pipeline.work.outcomes import manifest_finished
 
 log = logging.getLogger(__name__)
 
@@ -31,12 +33,9 @@ def default_config() -> dict[str, Any]:
 
 
 def load_run_config(run_dir: Path) -> dict[str, Any]:
-    """The run's config: the defaults deep-merged with its run.yaml (run values win), validated, exactly as
-    Snakemake sees it."""
-    path = Path(run_dir) / RUN_CONFIG
-    if not path.is_file():
-        raise PipelineError(f"{path} not found: is {run_dir} a workflow-run directory?")
-    return config_model.load(run=config_model.read_file(path, "run config"), source=str(path))
+    """The run's config as a mapping (``RunDir(run_dir).config.data``: the defaults deep-merged with its
+    run.yaml, validated, exactly as Snakemake sees it)."""
+    return RunDir(run_dir).config.data
 
 
 def snakemake_command(run_dir: Path, executor: str, cores: int, extra: list[str] | None = None) -> list[str]:
@@ -49,8 +48,8 @@ def snakemake_command(run_dir: Path, executor: str, cores: int, extra: list[str]
     if executor == "htcondor":
         from cog_pipeline import htcondor
 
-        config = load_run_config(run_dir)
-        cmd += htcondor.snakemake_args(Path(run_dir), config["run_id"], config.get("pattern", ""))
+        config = RunDir(run_dir).config
+        cmd += htcondor.snakemake_args(Path(run_dir), config.run_id, config.pattern)
     elif executor != "local":
         raise PipelineError(f"unknown executor {executor!r} (use local or htcondor)")
     return cmd + list(extra or [])
@@ -83,39 +82,35 @@ def run_snakemake(run_dir: Path, executor: str, cores: int, extra: list[str] | N
 
 
 def finish(run_dir: Path) -> tuple[int, list[dict[str, Any]]]:
-    """Aggregate every manifest the workflow left without an outcome; return (exit code, summaries)."""
-    config = load_run_config(run_dir)
+    """Aggregate every manifest the workflow left without an outcome; return (exit code, summaries). The
+    run's outcome (counts, manifests, report) is one line of the working directory's ticks.log."""
+    run = RunDir(run_dir)
+    config = run.config.data
     summaries, code = [], 0
-    for manifest in config.get("manifests", []):
-        path = outcome_path(run_dir, manifest["id"])
-        if not path.is_file():
-            log.info("aggregating %s after the workflow (final step)", manifest["raw_key"])
+    for manifest in run.manifests:
+        path = run.outcome(manifest.id)
+        if not manifest_finished(run_dir, manifest.id):  # the rule did not run, or stopped half-way
+            log.info("aggregating %s after the workflow (final step)", manifest.raw_key)
             try:
-                aggregate_manifest(config, run_dir, manifest["id"])
+                aggregate_manifest(config, run_dir, manifest.id)
             except PipelineError as exc:
                 log.error("%s", exc)
                 code = 1
                 continue
         summaries.append(json.loads(path.read_text(encoding="utf-8")))
-    if summaries:
+    if len(summaries) > 1:
         publish_report(run_dir, config)
+    tickslog.record_outcome(run, summaries)
     return code, summaries
 
 
 def publish_report(run_dir: Path, config: dict[str, Any]) -> None:
-    """Write report.html and logs/images/ (one log per image), and upload the report beside each manifest's
-    outcome CSVs (best effort: never fatal)."""
-    from cog_pipeline.storage import s3
-    from cog_pipeline.work.report import write_report
-
+    """Each manifest's aggregate already wrote and uploaded the report of what was aggregated by then; with
+    several manifests, upload the complete one beside each of them (best effort: never fatal)."""
     try:
-        report = write_report(run_dir, config).read_bytes()
-        client = s3.make_client(s3.S3Settings.from_config(config["s3"]))
-        for manifest in config.get("manifests", []):
-            keys = ManifestKeys.from_run(manifest)
-            s3.put_bytes(client, config["s3"]["input_bucket"], keys.report, report, content_type="text/html")
-    except Exception as exc:  # noqa: BLE001 - the outcome CSVs are what counts
-        log.warning("run report not published: %s", s3.describe_error(exc))
+        aggregate_report(run_dir, config)
+    except PipelineError as exc:
+        log.warning("combined run report not published: %s", exc)
 
 
 def drive(run_dir: Path, executor: str = "local", cores: int = 2) -> tuple[int, list[dict[str, Any]]]:
@@ -131,11 +126,31 @@ def drive(run_dir: Path, executor: str = "local", cores: int = 2) -> tuple[int, 
         if executor == "htcondor":
             from cog_pipeline import htcondor
 
-            htcondor.cleanup_run(load_run_config(run_dir)["run_id"])
+            htcondor.cleanup_run(RunDir(run_dir).config.run_id)
     return code, summaries
 
 
+def job_stats(output: str) -> str:
+    """The first "Job stats:" table of Snakemake's output (a dry run prints it twice), without the banner."""
+    lines = output.splitlines()
+    try:
+        start = next(i for i, line in enumerate(lines) if line.strip() == "Job stats:")
+    except StopIteration:
+        return ""
+    end = next((i for i in range(start, len(lines)) if not lines[i].strip()), len(lines))
+    return "\n".join(lines[start:end])
+
+
 def dry_run(run_dir: Path, executor: str = "local", cores: int = 2) -> int:
-    """Print Snakemake's job plan for the run directory without running anything."""
-    cmd = snakemake_command(run_dir, executor, cores, ["--dry-run", "--quiet", "rules"])
-    return subprocess.run(cmd, cwd=run_dir, check=False, env=snakemake_env(executor)).returncode
+    """Print the workflow's job plan for the run directory once (Snakemake's job counts; no banner with the
+    host and user) without running anything. Snakemake's whole output is printed when it fails."""
+    cmd = snakemake_command(run_dir, executor, cores, ["--dry-run", "--quiet", "host", "rules"])
+    proc = subprocess.run(cmd, cwd=run_dir, check=False, env=snakemake_env(executor), capture_output=True,
+                          text=True)
+    table = job_stats(proc.stdout + "\n" + proc.stderr)
+    if proc.returncode != 0 or not table:
+        sys.stdout.write(proc.stdout)
+        sys.stderr.write(proc.stderr)
+        return proc.returncode
+    print(f"Workflow plan (snakemake --dry-run):\n{table}")
+    return 0

@@ -11,10 +11,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from cog_pipeline.storage import endpoint, s3
-from cog_pipeline.control.claims import S3_ERRORS
-from cog_pipeline.core.errors import PipelineError
 from cog_pipeline.control.options import TickOptions
+from cog_pipeline.core.errors import PipelineError
+from cog_pipeline.storage import endpoint, s3
+from cog_pipeline.storage.s3 import S3_ERRORS
 
 log = logging.getLogger(__name__)
 

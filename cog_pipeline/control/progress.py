@@ -1,8 +1,9 @@
 """A progress bar for a foreground run: images done / total, failures, rate and ETA.
 
-Counted from the per-batch status files while Snakemake runs (each batch appends one JSON line per
-finished image to ``status/<m>/batch-<n>.jsonl.tmp``, renamed when the batch ends): one directory
-listing and a few small reads per second, nothing more. Shown only when standard output is a
+Counted from the per-batch status files while Snakemake runs (each batch appends one outcome record per
+finished image to ``status/<m>/batch-<n>.jsonl.tmp``, renamed when the batch ends) by
+:class:`cog_pipeline.work.outcomes.OutcomeCounter`: one directory listing per second and only the lines
+written since the last poll, nothing more. Shown only when standard output is a
 terminal (rich); quiet in logs, cron jobs, HTCondor jobs and tests.
 """
 
@@ -13,35 +14,22 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from cog_pipeline.core.naming import RUN_CONFIG
+from cog_pipeline.core.rundir import RunDir
+from cog_pipeline.work.manifest import read_manifest
+from cog_pipeline.work.outcomes import OutcomeCounter, count_outcomes
 
 POLL_SECONDS = 1.0
-_FAILED = b'"status": "failed"'
 
 
 def images_total(run_dir: Path) -> int:
     """Rows to convert in a run (accepted rows of every claimed manifest)."""
-    from cog_pipeline.work.batch import manifest_entries
-
-    config = yaml.safe_load((Path(run_dir) / RUN_CONFIG).read_text(encoding="utf-8")) or {}
-    return sum(len(manifest_entries(run_dir, m)) for m in config.get("manifests", []))
+    run = RunDir(run_dir)
+    return sum(len(read_manifest(run.manifest_csv(m)).entries) for m in run.manifests)
 
 
 def count_records(run_dir: Path) -> tuple[int, int]:
     """(images recorded so far, of which failed): finished batches plus the ones in progress."""
-    done = failed = 0
-    for path in Path(run_dir).glob("status/*/batch-*.jsonl*"):
-        try:
-            with open(path, "rb") as fh:
-                for line in fh:
-                    if line.strip():
-                        done += 1
-                        failed += _FAILED in line
-        except OSError:  # renamed between the listing and the open: counted at the next poll
-            continue
-    return done, failed
+    return count_outcomes(run_dir)
 
 
 def _columns() -> list[Any]:
@@ -72,8 +60,10 @@ def wait_with_progress(process: subprocess.Popen, run_dir: Path, show: bool | No
         return process.wait()
     from rich.progress import Progress
 
+    counter = OutcomeCounter()
+
     def update() -> None:
-        done, failed = count_records(run_dir)
+        done, failed = counter.count(run_dir)
         bar.update(task, completed=done, failed=f"{failed} failed" if failed else "",
                    description="converting" if done < total else "converted")
 

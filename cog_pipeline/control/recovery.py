@@ -19,37 +19,40 @@ import secrets
 import shutil
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import botocore.exceptions
 
-from cog_pipeline.storage import s3
-from cog_pipeline.control.claims import (CLAIM_META, HEARTBEAT_META, OWNER_META, RAW_ETAG_META, RUN_META, S3_ERRORS, Marker,
-                     delete_version, journal_entries, processing_metadata, raw_key_of, read_state_object,
-                     release_marker, rewrite_if_unchanged, roll_back, take_marker)
-from cog_pipeline.storage.endpoint import Semantics, remove_versions
-from cog_pipeline.core.naming import (HEARTBEAT_WARNING, PROCESSING_KEY, RUN_CONFIG, RUN_DIR_PREFIX, ManifestKeys, claim_marker_key,
-                     outcome_path)
+from cog_pipeline.control.claims import (CLAIM_META, HEARTBEAT_META, OWNER_META, RAW_ETAG_META, RUN_META, Claim,
+                                         Marker, delete_version, processing_metadata, raw_key_of, read_state_object,
+                                         release_marker, rewrite_if_unchanged, roll_back, take_marker)
 from cog_pipeline.control.options import TickOptions
+from cog_pipeline.control.rundirs import RUN_LOCK, RunLock, write_run, write_synced
+from cog_pipeline.core.errors import PipelineError
+from cog_pipeline.core.naming import PROCESSING_KEY, RUN_DIR_PREFIX, ManifestKeys, claim_marker_key
 from cog_pipeline.core.processes import busy, owner_id, process_cwds, process_identity
-from cog_pipeline.control.rundirs import CLAIMS_DIR, FINISHED, PENDING_CONFIG, RUN_LOCK, RunLock, is_finished, read_yaml, write_run
+from cog_pipeline.core.rundir import CLAIMS_DIR, ClaimedManifest, RunConfig, RunDir, RunState, summary_finished
+from cog_pipeline.storage import s3
+from cog_pipeline.storage.endpoint import Semantics, remove_versions
+from cog_pipeline.storage.s3 import S3_ERRORS
 
 log = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------------------------------------ heartbeat
 
-def heartbeat(client: Any, bucket: str, run_dir: Path, config: dict[str, Any], every: float, sem: Semantics) -> None:
+def heartbeat(client: Any, bucket: str, run: RunDir, every: float, sem: Semantics) -> None:
     """Refresh the processing objects of a live run that are older than ``every`` (a conditional rewrite:
     a processing object deleted meanwhile is not brought back). A heartbeat that cannot be written is a
     WARNING, also kept in the run directory for ``status``."""
-    problems, written = [], 0
-    for manifest in config.get("manifests", []):
-        if outcome_path(run_dir, manifest["id"]).is_file():
+    problems: list[str] = []
+    written = 0
+    for manifest in run.manifests:
+        if summary_finished(run.outcome(manifest.id)):
             continue
-        key = manifest["key"]
+        key = manifest.key
         try:
             head = s3.head(client, bucket, key)
             if head is None or s3.server_age(head) < every:
@@ -60,15 +63,15 @@ def heartbeat(client: Any, bucket: str, run_dir: Path, config: dict[str, Any], e
                 continue
             meta = dict(head.get("Metadata", {}))
             meta[HEARTBEAT_META] = str(int(time.time()))
-            if rewrite_if_unchanged(client, bucket, key, head, (run_dir / manifest["csv"]).read_bytes(), meta, sem):
+            if rewrite_if_unchanged(client, bucket, key, head, run.manifest_csv(manifest).read_bytes(), meta, sem):
                 written += 1
         except (OSError, *S3_ERRORS) as exc:
             if isinstance(exc, botocore.exceptions.ClientError) and s3.is_missing(exc):
                 continue  # finished meanwhile
             problems.append(f"heartbeat of {key} failed: {s3.describe_error(exc)}")
-    warning_file = run_dir / HEARTBEAT_WARNING
+    warning_file = run.heartbeat_warning
     for text in problems:
-        log.warning("%s: %s", run_dir.name, text)
+        log.warning("%s: %s", run.name, text)
     try:
         if problems:
             warning_file.parent.mkdir(exist_ok=True)
@@ -81,15 +84,14 @@ def heartbeat(client: Any, bucket: str, run_dir: Path, config: dict[str, Any], e
 
 
 @contextmanager
-def heartbeat_while_driven(opts: TickOptions, sem: Semantics, run_dir: Path,
-                           config: dict[str, Any]) -> Iterator[None]:
+def heartbeat_while_driven(opts: TickOptions, sem: Semantics, run: RunDir) -> Iterator[None]:
     """While a run is driven in the foreground, keep its processing objects fresh (a thread)."""
     stop = threading.Event()
 
     def beat() -> None:
         client = s3.make_client(opts.settings)
         while not stop.wait(opts.heartbeat):
-            heartbeat(client, opts.input_bucket, run_dir, config, opts.heartbeat, sem)
+            heartbeat(client, opts.input_bucket, run, opts.heartbeat, sem)
 
     thread = threading.Thread(target=beat, name="cog-pipeline-heartbeat", daemon=True)
     thread.start()
@@ -101,10 +103,9 @@ def heartbeat_while_driven(opts: TickOptions, sem: Semantics, run_dir: Path,
 
 # ------------------------------------------------------------------------------------------ resume
 
-def _same_source(config: dict[str, Any], opts: TickOptions) -> bool:
-    s3cfg = config.get("s3") or {}
-    return (s3cfg.get("input_bucket") == opts.input_bucket
-            and s3cfg.get("endpoint_url") == s3.normalize_endpoint(opts.settings.endpoint_url))
+def _same_source(config: RunConfig, opts: TickOptions) -> bool:
+    return (config.s3.get("input_bucket") == opts.input_bucket
+            and config.endpoint_url == s3.normalize_endpoint(opts.settings.endpoint_url))
 
 
 def _queued_on_pool(run_id: str) -> bool:
@@ -118,15 +119,16 @@ def _queued_on_pool(run_id: str) -> bool:
         return True
 
 
-def repair(client: Any, opts: TickOptions, run_dir: Path) -> dict[str, Any] | None:
+def repair(client: Any, opts: TickOptions, run: RunDir) -> RunConfig | None:
     """A run directory left without run.yaml by a crash while claiming: keep its committed claims, roll
     back the others; returns the config written (None when nothing was committed)."""
-    pending = read_yaml(run_dir / PENDING_CONFIG)
-    journals = journal_entries(run_dir)
+    pending = run.pending_config
+    journals = run.journal_entries()
     if pending is None or not journals:
         return None
     bucket = opts.input_bucket
-    manifests, data = [], {}
+    manifests: list[ClaimedManifest] = []
+    data: dict[str, bytes] = {}
     for path in journals:
         try:
             rec = json.loads(path.read_text(encoding="utf-8"))
@@ -142,68 +144,73 @@ def repair(client: Any, opts: TickOptions, run_dir: Path) -> dict[str, Any] | No
         if held is not None and held.record.get("token") == rec["token"]:
             release_marker(client, bucket, Marker(rec["marker"], held.etag, held.version_id))
         if not ours:
-            log.info("%s: the claim of %s was not committed; it is left for claiming", run_dir.name, rec["raw_key"])
+            log.info("%s: the claim of %s was not committed; it is left for claiming", run.name, rec["raw_key"])
             continue
-        mid = f"m{len(manifests) + 1}"
-        data[mid] = (run_dir / rec["csv"]).read_bytes()
-        manifests.append({"id": mid, "csv": rec["csv"], "key": rec["processing_key"], "raw_key": rec["raw_key"],
-                          "stem": rec["stem"], "timestamp": rec["timestamp"]})
-        log.info("%s: recovered the committed claim %s -> %s", run_dir.name, rec["raw_key"], rec["processing_key"])
+        manifest = ClaimedManifest(id=f"m{len(manifests) + 1}", csv=rec["csv"], key=rec["processing_key"],
+                                   raw_key=rec["raw_key"], stem=rec["stem"], timestamp=rec["timestamp"])
+        data[manifest.id] = run.manifest_csv(manifest).read_bytes()
+        manifests.append(manifest)
+        log.info("%s: recovered the committed claim %s -> %s", run.name, rec["raw_key"], rec["processing_key"])
     if not manifests:
         return None
-    pending["manifests"] = manifests
-    write_run(run_dir, pending, data)
-    return pending
+    write_run(run, {**pending.data, "manifests": [m.to_dict() for m in manifests]}, data)
+    return run.config
 
 
-def recover(client: Any, opts: TickOptions, sem: Semantics) -> list[tuple[Path, RunLock]]:
+def _leftover(run: RunDir) -> bool:
+    """A run directory a tick made and left before writing any config or journal entry (safe to remove)."""
+    names = {p.name for p in run.path.iterdir()}
+    return names <= {RUN_LOCK, CLAIMS_DIR, "manifests", "logs"} and not run.journal_entries()
+
+
+def recover(client: Any, opts: TickOptions, sem: Semantics) -> list[tuple[RunDir, RunLock]]:
     """Unfinished run directories of this working directory that nobody drives any more, each locked
     for this tick; also repairs the ones a crash left while claiming and refreshes live ones."""
-    todo: list[tuple[Path, RunLock]] = []
+    todo: list[tuple[RunDir, RunLock]] = []
     cwds: set[str] | None = None
-    for run_dir in sorted(p for p in opts.workdir.glob(f"{RUN_DIR_PREFIX}*") if p.is_dir()):
-        if (run_dir / FINISHED).exists():
+    for run in RunDir.all_in(opts.workdir):
+        state = run.state
+        if state is RunState.FINISHED:
             continue
-        config = read_yaml(run_dir / RUN_CONFIG) or read_yaml(run_dir / PENDING_CONFIG)
+        config = run.config_or_pending()
         if config is not None and not _same_source(config, opts):
             continue  # another pipeline's run: its own ticks look after it
         try:
-            lock = RunLock.acquire(run_dir)
+            lock = RunLock.acquire(run)
         except OSError as exc:
-            log.warning("cannot lock %s: %s", run_dir, exc.strerror)
+            log.warning("cannot lock %s: %s", run.path, exc.strerror)
             continue
         if lock is None:
-            if config and (run_dir / RUN_CONFIG).exists():
-                heartbeat(client, opts.input_bucket, run_dir, config, opts.heartbeat, sem)
+            if state in (RunState.CONFIGURED, RunState.AGGREGATED):
+                heartbeat(client, opts.input_bucket, run, opts.heartbeat, sem)
             continue
         keep = False
         try:
-            if config is None:
-                if not any(run_dir.iterdir()) or {p.name for p in run_dir.iterdir()} <= {RUN_LOCK, "claims",
-                                                                                       "manifests", "logs"}:
-                    if not list(run_dir.glob(f"{CLAIMS_DIR}/*.json")):
-                        shutil.rmtree(run_dir, ignore_errors=True)
+            if state is RunState.INVALID:
+                log.warning("%s is left alone: %s", run.name, run.problem())
+                continue
+            if config is None:  # nothing written yet (or an unreadable pending config)
+                if _leftover(run):
+                    shutil.rmtree(run.path, ignore_errors=True)
                 continue
             cwds = process_cwds() if cwds is None else cwds
-            pool_run = config.get("executor") == "htcondor"
-            if busy(run_dir, cwds) or (pool_run and _queued_on_pool(str(config.get("run_id")))):
-                if (run_dir / RUN_CONFIG).exists():
-                    heartbeat(client, opts.input_bucket, run_dir, config, opts.heartbeat, sem)
+            pool_run = config.executor == "htcondor"
+            if busy(run.path, cwds) or (pool_run and _queued_on_pool(config.run_id)):
+                if state is not RunState.CLAIMING:
+                    heartbeat(client, opts.input_bucket, run, opts.heartbeat, sem)
                 continue
-            if not (run_dir / RUN_CONFIG).exists():
-                config = repair(client, opts, run_dir)
-                if config is None:
-                    log.info("%s: a tick died there before committing any claim; removed", run_dir.name)
-                    shutil.rmtree(run_dir, ignore_errors=True)
-                    continue
-            if is_finished(run_dir, config):
-                (run_dir / FINISHED).touch()
+            if state is RunState.CLAIMING and repair(client, opts, run) is None:
+                log.info("%s: a tick died there before committing any claim; removed", run.name)
+                shutil.rmtree(run.path, ignore_errors=True)
                 continue
-            log.warning("%s is unfinished and nothing drives it any more: resuming it", run_dir.name)
-            todo.append((run_dir, lock))
+            if run.state is RunState.AGGREGATED:
+                run.mark_finished()
+                continue
+            log.warning("%s is unfinished and nothing drives it any more: resuming it", run.name)
+            todo.append((run, lock))
             keep = True
         except S3_ERRORS as exc:
-            log.error("cannot recover %s now: %s (the next tick retries)", run_dir.name, s3.describe_error(exc))
+            log.error("cannot recover %s now: %s (the next tick retries)", run.name, s3.describe_error(exc))
         finally:
             if not keep:
                 lock.release()
@@ -228,7 +235,7 @@ def find_orphans(client: Any, opts: TickOptions, sem: Semantics,
             mine = meta.get(OWNER_META) == owner
             run_name = meta.get(RUN_META, "")
             if mine and run_name.startswith(RUN_DIR_PREFIX) and (opts.workdir / run_name).is_dir():
-                if (opts.workdir / run_name / FINISHED).exists():
+                if RunDir(opts.workdir / run_name).state is RunState.FINISHED:
                     log.info("%s belongs to a finished run; deleting the leftover", key)
                     if sem.versioned:
                         remove_versions(client, opts.input_bucket, key)
@@ -251,12 +258,14 @@ def find_orphans(client: Any, opts: TickOptions, sem: Semantics,
     return out
 
 
-def adopt(client: Any, opts: TickOptions, sem: Semantics, obj: dict, head: dict,
-          run_dir: Path) -> tuple[ManifestKeys, bytes] | None:
-    """Take over an orphaned processing object: it becomes a manifest of ``run_dir`` (same timestamp,
-    so the same outcome keys)."""
+def adopt(client: Any, opts: TickOptions, sem: Semantics, obj: dict, head: dict, run: RunDir,
+          csv: str) -> Claim | None:
+    """Take over an orphaned processing object: it becomes a manifest of ``run`` (same timestamp, so the
+    same outcome keys), its CSV written at ``csv`` in the run directory."""
     key, bucket = obj["Key"], opts.input_bucket
     match = PROCESSING_KEY.match(key)
+    if match is None:
+        raise PipelineError(f"{key} is not a processing object (<stem>processing-<TS>.csv)")
     meta = dict(head.get("Metadata", {}))
     raw_key = raw_key_of(key, meta)
     keys = ManifestKeys(raw=raw_key, stem=match.group("stem"), ts=match.group("ts"))
@@ -270,7 +279,7 @@ def adopt(client: Any, opts: TickOptions, sem: Semantics, obj: dict, head: dict,
     try:
         try:
             data = s3.get_bytes(client, bucket, key, if_match=head["ETag"])
-            meta.update(processing_metadata(token, record["owner"], run_dir.name, raw_key, meta.get(RAW_ETAG_META, "")))
+            meta.update(processing_metadata(token, record["owner"], run.name, raw_key, meta.get(RAW_ETAG_META, "")))
             if sem.rewrite == "none":  # the server cannot: a HEAD right before the rewrite instead
                 log.warning("adopting %s without If-Match on PutObject (%s): checked by a HEAD first", key,
                             sem.caps.put_if_match)
@@ -286,7 +295,8 @@ def adopt(client: Any, opts: TickOptions, sem: Semantics, obj: dict, head: dict,
             raise
         log.warning("adopted %s (claimed %s, no live run found for it)", key,
                     "from this working directory" if head.get("Metadata", {}).get(OWNER_META) == record["owner"]
-                    else "elsewhere, no heartbeat for %.0f s" % s3.server_age(head))
-        return keys, data
+                    else f"elsewhere, no heartbeat for {s3.server_age(head):.0f} s")
+        write_synced(run.path / csv, data)
+        return Claim(keys, csv, data)
     finally:
         release_marker(client, bucket, taken[0])

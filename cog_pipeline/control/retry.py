@@ -9,6 +9,8 @@ already waiting in the queue.
 
 from __future__ import annotations
 
+import csv
+import io
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +22,7 @@ from cog_pipeline.core.naming import timestamp
 
 FAILED_KEY = re.compile(r"^(?P<stem>.*)failed-(?P<ts>\d{8}-\d{6})\.csv$", re.DOTALL)
 _RETRY_STEM = re.compile(r"retry-\d{8}-\d{6}-$")
+_LINE = re.compile(r"line (\d+): ")
 #: At most this many missing keys are listed in the refusal.
 SHOW_MISSING = 20
 
@@ -60,9 +63,17 @@ def plan_retry(client: Any, bucket: str, failed_key: str) -> RetryPlan | None:
     manifest = parse_manifest(body)
     if not manifest.entries and not manifest.rejected:
         return None
+    original = original_lines(client, bucket, f"{match['stem']}errors-{match['ts']}.csv", body)
+    rejected = [_in_manifest_terms(r.reason, r.line, original) for r in manifest.rejected]
+    # A failed row that reads like a column header ("key,bands") is skipped by the parser: never silently.
+    for note in manifest.notes:
+        if found := re.match(r"line (\d+): header row skipped", note):
+            line = int(found.group(1))
+            rejected.append(_in_manifest_terms(f"line {line}: reads like a column header (key,bands) in a failed CSV, "
+                                               "so it cannot be retried as written", line, original))
     if not manifest.entries:
         raise PipelineError(f"no row of {failed_key} can be retried as written: fix these rows and upload them in a "
-                            "new manifest" + "".join(f"\n  {r.reason}" for r in manifest.rejected))
+                            "new manifest" + "".join(f"\n  {reason}" for reason in rejected))
     missing = []
     for entry in manifest.entries:
         try:
@@ -79,12 +90,48 @@ def plan_retry(client: Any, bucket: str, failed_key: str) -> RetryPlan | None:
                             f"retry command again:\n  {shown}")
     stem = retry_stem(match["stem"])
     plan = RetryPlan(key=f"{stem}{timestamp()}-raw.csv", rows=[(e.key, e.bands_text) for e in manifest.entries],
-                     left_out=[r.reason for r in manifest.rejected])
+                     left_out=rejected)
     queued = _already_queued(client, bucket, stem, plan.body)
     if queued:
         raise PipelineError(f"these rows are already queued as {queued}: the next tick picks them up "
                             "(`cog-pipeline status` shows it waiting or processing)")
     return plan
+
+
+def original_lines(client: Any, bucket: str, errors_key: str, failed_body: bytes) -> dict[int, int]:
+    """Failed-CSV line -> line of the original manifest, for the rows whose reason in the errors CSV written
+    beside it names that line (rows the manifest parser refused: "line 36: ..."). The two CSVs list the same
+    rows in the same order; an errors CSV that does not match row for row (or is missing) maps nothing."""
+    try:
+        errors = s3.get_bytes(client, bucket, errors_key).decode("utf-8", "replace")
+    except Exception:  # noqa: BLE001 - without it the failed CSV's own lines are named, said so
+        return {}
+    reasons = [row for row in csv.reader(io.StringIO(errors, newline=""))][1:]
+    starts, line = [], 1
+    text = failed_body.decode("utf-8", "replace")
+    reader = csv.reader(io.StringIO(text, newline=""))
+    rows = []
+    for row in reader:
+        if row:
+            rows.append(row)
+            starts.append(line)
+        line = reader.line_num + 1
+    if len(rows) != len(reasons) or any(a[:1] != b[:1] for a, b in zip(rows, reasons, strict=True)):
+        return {}
+    mapped = {}
+    for start, reason in zip(starts, reasons, strict=True):
+        found = _LINE.match(reason[2]) if len(reason) > 2 else None
+        if found:
+            mapped[start] = int(found.group(1))
+    return mapped
+
+
+def _in_manifest_terms(reason: str, failed_line: int, original: dict[int, int]) -> str:
+    """A refusal of a failed-CSV row, naming the row's line in the original manifest where it is known."""
+    rest = reason.removeprefix(f"line {failed_line}: ")
+    if failed_line in original:
+        return f"manifest line {original[failed_line]}: {rest}"
+    return f"line {failed_line} of the failed CSV: {rest}"
 
 
 def _already_queued(client: Any, bucket: str, stem: str, body: bytes) -> str | None:

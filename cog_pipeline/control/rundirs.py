@@ -1,5 +1,6 @@
-"""Local state of a working directory: the tick lock, run directories (``workflow-run-<TS>/``), their
-run lock, marker files and run config (``run.yaml``)."""
+"""Making and locking run directories (``workflow-run-<TS>/``): the working directory's tick lock, a
+run's lock, and writing its config (``run.yaml``) and claimed manifests. Reading them is
+:class:`cog_pipeline.core.rundir.RunDir`'s."""
 
 from __future__ import annotations
 
@@ -7,29 +8,26 @@ import fcntl
 import json
 import os
 import time
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import IO, Any
 
 import yaml
 
-from cog_pipeline.core import config as config_model
-from cog_pipeline.storage import s3
-from cog_pipeline.core.errors import PipelineError
-from cog_pipeline.core.naming import RUN_CONFIG, RUN_DIR_PREFIX, outcome_path, timestamp
 from cog_pipeline.control.options import TickOptions
+from cog_pipeline.core import config as config_model
+from cog_pipeline.core.errors import PipelineError
+from cog_pipeline.core.naming import RUN_DIR_PREFIX, timestamp
 from cog_pipeline.core.processes import process_identity
+from cog_pipeline.core.rundir import (CLAIMS_DIR, FINISHED, PENDING_CONFIG, RESUMES, RUN_LOCK, ClaimedManifest,
+                                      RunDir, RunState)
+from cog_pipeline.storage import s3
 
-#: Held (flock) by whoever drives a run directory.
-RUN_LOCK = ".cog-pipeline-run.lock"
-#: Present once every manifest of the run has its outcome.
-FINISHED = ".cog-pipeline-finished"
-#: How many times the run was resumed.
-RESUMES = ".cog-pipeline-resumes"
-#: The claim journal (claimed CSV names and tokens) of a run directory.
-CLAIMS_DIR = "claims"
-#: The run config without manifests, written before claiming (``run.yaml`` comes once claims commit).
-PENDING_CONFIG = f"{CLAIMS_DIR}/run-config.yaml"
+__all__ = [
+    "CLAIMS_DIR", "FINISHED", "PENDING_CONFIG", "RESUMES", "RUN_LOCK", "RunLock", "local_lock", "new_run_dir",
+    "run_config", "unfinished_runs_exist", "write_pending", "write_run", "write_synced",
+]
 
 
 @contextmanager
@@ -37,9 +35,10 @@ def local_lock(workdir: Path) -> Iterator[None]:
     """Serialise ticks started in the same working directory on this host."""
     try:
         workdir.mkdir(parents=True, exist_ok=True)
-        fh = open(workdir / ".cog-pipeline-tick.lock", "w")
+        fh = open(workdir / ".cog-pipeline-tick.lock", "w")  # noqa: SIM115 - held across the yield
     except OSError as exc:
-        raise PipelineError(f"working directory {workdir} is not writable ({exc.strerror}); nothing was claimed") from None
+        raise PipelineError(f"working directory {workdir} is not writable ({exc.strerror}); "
+                            "nothing was claimed") from None
     with fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
@@ -51,13 +50,14 @@ def local_lock(workdir: Path) -> Iterator[None]:
 class RunLock:
     """An exclusive flock on a run directory, held by whoever drives it (released when it dies)."""
 
-    def __init__(self, fh: Any) -> None:
+    def __init__(self, fh: IO[str]) -> None:
         self.fh = fh
 
     @classmethod
-    def acquire(cls, run_dir: Path) -> "RunLock | None":
+    def acquire(cls, run_dir: Path | RunDir) -> RunLock | None:
         """The lock, or None if a live process holds it."""
-        fh = open(Path(run_dir) / RUN_LOCK, "a+")
+        path = run_dir.lock_file if isinstance(run_dir, RunDir) else Path(run_dir) / RUN_LOCK
+        fh = open(path, "a+")  # noqa: SIM115 - kept open while the lock is held
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -76,14 +76,14 @@ class RunLock:
             self.fh.close()
 
 
-def new_run_dir(workdir: Path) -> tuple[str, Path]:
+def new_run_dir(workdir: Path) -> tuple[str, RunDir]:
     """Create ``workflow-run-<TS>/`` (waiting for the next second if that name is taken)."""
     while True:
         ts = timestamp()
-        run_dir = workdir / f"{RUN_DIR_PREFIX}{ts}"
+        path = workdir / f"{RUN_DIR_PREFIX}{ts}"
         try:
-            run_dir.mkdir(parents=True)
-            return ts, run_dir
+            path.mkdir(parents=True)
+            return ts, RunDir(path)
         except FileExistsError:
             time.sleep(0.2)
         except OSError as exc:
@@ -93,7 +93,7 @@ def new_run_dir(workdir: Path) -> tuple[str, Path]:
 
 def unfinished_runs_exist(workdir: Path) -> bool:
     """True when the working directory has a run directory not marked finished."""
-    return any(p.is_dir() and not (p / FINISHED).exists() for p in workdir.glob(f"{RUN_DIR_PREFIX}*"))
+    return any(run.state is not RunState.FINISHED for run in RunDir.all_in(workdir))
 
 
 def write_synced(path: Path, data: bytes) -> None:
@@ -107,7 +107,7 @@ def write_synced(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def run_config(opts: TickOptions, ts: str, manifests: list[dict[str, Any]]) -> dict[str, Any]:
+def run_config(opts: TickOptions, ts: str, manifests: Sequence[ClaimedManifest]) -> dict[str, Any]:
     """The run's whole validated config (no secret values: key *file* paths only; the CA bundle as a path
     too); PipelineError naming the key and the rule for a bad value."""
     settings = opts.settings
@@ -129,33 +129,32 @@ def run_config(opts: TickOptions, ts: str, manifests: list[dict[str, Any]]) -> d
             "checksums": settings.checksums,
             "delete_fallback": settings.delete_fallback,
         },
-        "manifests": manifests,
+        "manifests": [m.to_dict() for m in manifests],
     }
     # The whole config goes into run.yaml (defaults, site file, overrides): driver, jobs and manual reruns
     # all see exactly what the tick validated.
     return config_model.load(opts.config_file, config_model.merge(config, opts.run_overrides))
 
 
-def write_run(run_dir: Path, config: dict[str, Any], manifest_bytes: dict[str, bytes]) -> None:
-    """Write run.yaml and the claimed manifests into the run directory."""
-    (run_dir / "manifests").mkdir(exist_ok=True)
-    (run_dir / "logs").mkdir(exist_ok=True)
-    for manifest in config["manifests"]:
-        path = run_dir / manifest["csv"]
-        if not (path.is_file() and path.read_bytes() == manifest_bytes[manifest["id"]]):
-            path.write_bytes(manifest_bytes[manifest["id"]])
-    write_synced(run_dir / RUN_CONFIG, yaml.safe_dump(config, sort_keys=False, allow_unicode=True).encode("utf-8"))
+def _yaml(config: dict[str, Any]) -> bytes:
+    return yaml.safe_dump(config, sort_keys=False, allow_unicode=True).encode("utf-8")
 
 
-def read_yaml(path: Path) -> dict[str, Any] | None:
-    """A YAML mapping, or None if the file is missing, unreadable or not a mapping."""
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError, UnicodeDecodeError):
-        return None
-    return data if isinstance(data, dict) else None
+def write_pending(run: RunDir, config: dict[str, Any]) -> None:
+    """Write the run config without manifests before anything is claimed into ``run``."""
+    write_synced(run.pending_config_file, _yaml(config))
+    run.reload()
 
 
-def is_finished(run_dir: Path, config: dict[str, Any]) -> bool:
-    """True when every manifest of the run has its outcome."""
-    return all(outcome_path(run_dir, m["id"]).is_file() for m in config.get("manifests", []))
+def write_run(run: RunDir | Path, config: dict[str, Any], manifest_bytes: dict[str, bytes]) -> None:
+    """Write run.yaml and the claimed manifests (``manifest_bytes`` by manifest id) into the run directory."""
+    run = run if isinstance(run, RunDir) else RunDir(run)
+    (run.path / "manifests").mkdir(exist_ok=True)
+    (run.path / "logs").mkdir(exist_ok=True)
+    for entry in config["manifests"]:
+        manifest = ClaimedManifest.from_dict(entry)
+        path = run.manifest_csv(manifest)
+        if not (path.is_file() and path.read_bytes() == manifest_bytes[manifest.id]):
+            path.write_bytes(manifest_bytes[manifest.id])
+    write_synced(run.config_file, _yaml(config))
+    run.reload()

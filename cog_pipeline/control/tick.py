@@ -12,30 +12,29 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-import json
 import logging
 import os
 import shutil
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from cog_pipeline.storage import s3
-from cog_pipeline.control.claims import S3_ERRORS, claim, journal_entries
-from cog_pipeline.core.crash import crash_point
-from cog_pipeline.core.errors import PipelineError
-from cog_pipeline.work.manifest import batch_slices, parse_manifest
-from cog_pipeline.core.naming import PROCESSING_KEY, STATE_PREFIX, ManifestKeys, is_pipeline_object, timestamp
+from cog_pipeline.control import tickslog
+from cog_pipeline.control.claims import Claim, claim
 from cog_pipeline.control.options import TickOptions
-from cog_pipeline.storage.endpoint import Semantics
 from cog_pipeline.control.preflight import check_endpoint, check_local_resources, connect
 from cog_pipeline.control.recovery import adopt, find_orphans, heartbeat_while_driven, recover
-from cog_pipeline.control.rundirs import (FINISHED, PENDING_CONFIG, RESUMES, RUN_LOCK, RunLock, is_finished, local_lock,
-                      new_run_dir, run_config, unfinished_runs_exist, write_run, write_synced)
+from cog_pipeline.control.rundirs import (RUN_LOCK, RunLock, local_lock, new_run_dir, run_config,
+                                          unfinished_runs_exist, write_pending, write_run)
+from cog_pipeline.core.crash import crash_point
+from cog_pipeline.core.errors import PipelineError
+from cog_pipeline.core.naming import PROCESSING_KEY, STATE_PREFIX, ManifestKeys, is_pipeline_object, plural, timestamp
+from cog_pipeline.core.rundir import ClaimedManifest, RunDir, RunState
+from cog_pipeline.storage import s3
+from cog_pipeline.storage.endpoint import Semantics
+from cog_pipeline.storage.s3 import S3_ERRORS
+from cog_pipeline.work.manifest import batch_slices, parse_manifest
 
 __all__ = [
     "MAX_RESUMES", "Listing", "TickResult", "launch", "plan", "scan", "tick",
@@ -112,7 +111,7 @@ def tick(opts: TickOptions) -> TickResult:
         check_local_resources(opts, config)
     sem = check_endpoint(client, opts)
 
-    new: tuple[Path, RunLock, dict[str, Any]] | None = None
+    new: tuple[RunDir, RunLock] | None = None
     with local_lock(opts.workdir):
         resumable = recover(client, opts, sem)
         orphans = find_orphans(client, opts, sem, listing.processing)
@@ -125,31 +124,21 @@ def tick(opts: TickOptions) -> TickResult:
             print("Every matching manifest was claimed by another tick; nothing to do.")
         return TickResult()
 
-    result = TickResult(run_dir=new[0] if new else None, resumed=[d for d, _ in resumable])
-    for run_dir, lock in resumable:
-        _announce(opts.workdir, f"Resuming {run_dir}")
-        _absorb(result, _drive_locked(run_dir, lock, opts, sem, resumed=True))
+    result = TickResult(run_dir=new[0].path if new else None, resumed=[run.path for run, _ in resumable])
+    for run, lock in resumable:
+        _announce(opts.workdir, f"Resuming {run.path}")
+        _absorb(result, _drive_locked(run, lock, opts, sem, resumed=True))
     if new is not None:
-        run_dir, lock, _config = new
-        _announce(opts.workdir, f"Run directory: {run_dir}")
-        _absorb(result, _drive_locked(run_dir, lock, opts, sem, resumed=False))
+        run, lock = new
+        _announce(opts.workdir, f"Run directory: {run.path}")
+        _absorb(result, _drive_locked(run, lock, opts, sem, resumed=False))
     return result
 
 
-#: One line per thing a tick did (claim, adoption, resume, run directory, driver), appended in the
-#: working directory: crondor_<cluster>.out only keeps the latest tick's output.
-TICKS_LOG = "ticks.log"
-
-
 def _announce(workdir: Path, message: str) -> None:
-    """Print ``message`` and append it, timestamped, to the working directory's :data:`TICKS_LOG`."""
+    """Print ``message`` and append it, timestamped, to the working directory's ticks.log."""
     print(message)
-    stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
-    try:
-        with open(Path(workdir) / TICKS_LOG, "a", encoding="utf-8") as fh:
-            fh.write(f"{stamp} pid {os.getpid()}: {message}\n")
-    except OSError as exc:
-        log.warning("cannot append to %s: %s", Path(workdir) / TICKS_LOG, exc.strerror)
+    tickslog.append(workdir, f"pid {os.getpid()}: {message}")
 
 
 def _absorb(result: TickResult, part: TickResult) -> None:
@@ -158,92 +147,78 @@ def _absorb(result: TickResult, part: TickResult) -> None:
 
 
 def _claim_new(client: Any, opts: TickOptions, sem: Semantics, matches: list[dict[str, Any]],
-               orphans: list[tuple[dict, dict]]) -> tuple[Path, RunLock, dict[str, Any]] | None:
+               orphans: list[tuple[dict, dict]]) -> tuple[RunDir, RunLock] | None:
     """Create this tick's run directory, adopt orphans and claim new manifests into it (under the local lock)."""
-    ts, run_dir = new_run_dir(opts.workdir)
-    lock = RunLock.acquire(run_dir)
+    ts, run = new_run_dir(opts.workdir)
+    lock = RunLock.acquire(run)
     assert lock is not None
-    write_synced(run_dir / PENDING_CONFIG, yaml.safe_dump(run_config(opts, ts, []), sort_keys=False,
-                                                           allow_unicode=True).encode("utf-8"))
+    write_pending(run, run_config(opts, ts, []))
     crash_point("tick.run-dir")
-    manifests: list[dict[str, Any]] = []
-    data: dict[str, bytes] = {}
-
-    def add(keys: ManifestKeys, body: bytes, csv: str) -> None:
-        mid = f"m{len(manifests) + 1}"
-        data[mid] = body
-        manifests.append({"id": mid, "csv": csv, "key": keys.processing, "raw_key": keys.raw, "stem": keys.stem,
-                          "timestamp": keys.ts})
+    claims: list[Claim] = []
 
     for obj, head in orphans:
+        csv = f"manifests/{len(claims) + 1:05d}-adopted-{obj['Key'].rpartition('/')[2]}"
         try:
-            adopted = adopt(client, opts, sem, obj, head, run_dir)
+            adopted = adopt(client, opts, sem, obj, head, run, csv)
         except S3_ERRORS as exc:
             log.error("could not adopt %s: %s (the next tick retries)", obj["Key"], s3.describe_error(exc))
             continue
         if adopted is not None:
-            keys, body = adopted
-            csv = f"manifests/{len(manifests) + 1:05d}-adopted-{keys.processing.rpartition('/')[2]}"
-            write_synced(run_dir / csv, body)
-            add(keys, body, csv)
-            _announce(opts.workdir, f"Adopted {keys.processing}")
+            claims.append(adopted)
+            _announce(opts.workdir, f"Adopted {adopted.keys.processing}")
     for obj in matches:
         keys = ManifestKeys.for_raw(obj["Key"], ts)
         try:
-            body = claim(client, opts.input_bucket, obj, keys, run_dir, opts, sem)
+            claimed = claim(client, opts.input_bucket, obj, keys, run, opts, sem)
         except S3_ERRORS as exc:
             log.error("could not claim %s: %s (left as is; the next tick retries)", keys.raw, s3.describe_error(exc))
             continue
-        if body is None:
+        if claimed is None:
             continue
-        journals = journal_entries(run_dir)
-        add(keys, body, json.loads(journals[-1].read_text(encoding="utf-8"))["csv"])
+        claims.append(claimed)
         _announce(opts.workdir, f"Claimed {keys.raw} -> {keys.processing}")
         crash_point("claim.done")
-    if not manifests:
+    if not claims:
         lock.release()
-        shutil.rmtree(run_dir, ignore_errors=True)
+        shutil.rmtree(run.path, ignore_errors=True)
         return None
-    config = run_config(opts, ts, manifests)
-    write_run(run_dir, config, data)
+    manifests = [c.manifest(f"m{i}") for i, c in enumerate(claims, start=1)]
+    write_run(run, run_config(opts, ts, manifests), {m.id: c.body for m, c in zip(manifests, claims, strict=True)})
     crash_point("tick.run-written")
-    return run_dir, lock, config
+    return run, lock
 
 
-def _drive_locked(run_dir: Path, lock: RunLock, opts: TickOptions, sem: Semantics, resumed: bool) -> TickResult:
+def _drive_locked(run: RunDir, lock: RunLock, opts: TickOptions, sem: Semantics, resumed: bool) -> TickResult:
     """Launch (or resume) a run directory whose run lock we hold; release it afterwards."""
     from cog_pipeline.control import driver
 
     try:
-        config = driver.load_run_config(run_dir)
+        config = run.config
         if resumed:
-            shutil.rmtree(run_dir / ".snakemake" / "locks", ignore_errors=True)  # left by a dead Snakemake
-            count_file = run_dir / RESUMES
-            count = int(count_file.read_text() or 0) + 1 if count_file.is_file() else 1
-            count_file.write_text(str(count))
+            shutil.rmtree(run.path / ".snakemake" / "locks", ignore_errors=True)  # left by a dead Snakemake
+            count = run.count_resume()
             if count > MAX_RESUMES:
-                log.warning("%s was resumed %d times already: writing its outcome with what is done", run_dir.name,
+                log.warning("%s was resumed %d times already: writing its outcome with what is done", run.name,
                             count - 1)
-                code, summaries = driver.finish(run_dir)
-                result = TickResult(run_dir=run_dir, manifests=summaries, exit_code=code)
+                code, summaries = driver.finish(run.path)
+                result = TickResult(run_dir=run.path, manifests=summaries, exit_code=code)
             else:
-                with heartbeat_while_driven(opts, sem, run_dir, config):  # on the executor it was started with
-                    result = launch(run_dir, config, dataclasses.replace(opts, executor=config.get("executor",
-                                                                                                    opts.executor)))
+                with heartbeat_while_driven(opts, sem, run):  # on the executor it was started with
+                    result = launch(run, dataclasses.replace(opts, executor=config.executor))
         else:
-            with heartbeat_while_driven(opts, sem, run_dir, config):
-                result = launch(run_dir, config, opts)
-        if is_finished(run_dir, config):
-            (run_dir / FINISHED).touch()
+            with heartbeat_while_driven(opts, sem, run):
+                result = launch(run, opts)
+        if run.state is RunState.AGGREGATED:
+            run.mark_finished()
         return result
     except PipelineError as exc:
-        log.error("%s: %s (the next tick resumes it)", run_dir.name, exc)
-        return TickResult(run_dir=run_dir, exit_code=1)
+        log.error("%s: %s (the next tick resumes it)", run.name, exc)
+        return TickResult(run_dir=run.path, exit_code=1)
     finally:
         lock.release()
 
 
-def launch(run_dir: Path, config: dict[str, Any], opts: TickOptions) -> TickResult:
+def launch(run: RunDir, opts: TickOptions) -> TickResult:
     """Start the workflow for a prepared run directory with the chosen executor."""
     from cog_pipeline.control import driver
 
@@ -251,13 +226,13 @@ def launch(run_dir: Path, config: dict[str, Any], opts: TickOptions) -> TickResu
     if opts.executor == "htcondor":
         from cog_pipeline import htcondor
 
-        argv = driver.drive_argv(run_dir, executor="htcondor")
-        cluster = htcondor.submit_driver(run_dir, opts.pattern, config["run_id"], argv)
+        argv = driver.drive_argv(run.path, executor="htcondor")
+        cluster = htcondor.submit_driver(run.path, opts.pattern, run.config.run_id, argv)
         _announce(opts.workdir, f"Submitted the run's driver as HTCondor cluster {cluster} "
                                 f"(batch name COG-Pipeline-DAG-{opts.pattern})")
-        return TickResult(run_dir=run_dir)
-    code, summaries = driver.drive(run_dir, executor=opts.executor, cores=opts.cores)
-    return TickResult(run_dir=run_dir, manifests=summaries, exit_code=code)
+        return TickResult(run_dir=run.path)
+    code, summaries = driver.drive(run.path, executor=opts.executor, cores=opts.cores)
+    return TickResult(run_dir=run.path, manifests=summaries, exit_code=code)
 
 
 def plan(client: Any, opts: TickOptions, matches: list[dict[str, Any]], config: dict[str, Any]) -> TickResult:
@@ -267,24 +242,24 @@ def plan(client: Any, opts: TickOptions, matches: list[dict[str, Any]], config: 
     batch_size = int(config["batch_size"])
     ts = timestamp()
     with tempfile.TemporaryDirectory(prefix="cog-pipeline-plan-") as tmp:
-        run_dir = Path(tmp)
-        manifests, data = [], {}
+        run = RunDir(tmp)
+        manifests: list[ClaimedManifest] = []
+        data: dict[str, bytes] = {}
         for i, obj in enumerate(matches, start=1):
             keys = ManifestKeys.for_raw(obj["Key"], ts)
             body = s3.get_bytes(client, opts.input_bucket, keys.raw)
             parsed = parse_manifest(body)
-            print(f"Would claim {keys.raw} -> {keys.processing}: {len(parsed.entries)} rows to convert in "
-                  f"{len(batch_slices(len(parsed.entries), batch_size))} batches, "
-                  f"{len(parsed.rejected)} rejected rows")
+            batches = len(batch_slices(len(parsed.entries), batch_size))
+            print(f"Would claim {keys.raw} -> {keys.processing}: {plural(len(parsed.entries), 'row')} to convert "
+                  f"in {plural(batches, 'batch', 'batches')}, {plural(len(parsed.rejected), 'rejected row')}")
             for rejected in parsed.rejected:
                 print(f"  rejected: {rejected.reason}")
             for note in parsed.notes:
                 print(f"  note: {note}")
-            mid = f"m{i}"
-            data[mid] = body
-            manifests.append({"id": mid, "csv": f"manifests/{i:05d}-{keys.processing.rpartition('/')[2]}",
-                              "key": keys.processing, "raw_key": keys.raw, "stem": keys.stem, "timestamp": ts})
-        write_run(run_dir, run_config(opts, ts, manifests), data)
-        code = driver.dry_run(run_dir, executor=opts.executor, cores=opts.cores)
+            manifest = ClaimedManifest.of(f"m{i}", f"manifests/{i:05d}-{keys.processing.rpartition('/')[2]}", keys)
+            data[manifest.id] = body
+            manifests.append(manifest)
+        write_run(run, run_config(opts, ts, manifests), data)
+        code = driver.dry_run(run.path, executor=opts.executor, cores=opts.cores)
     print("Dry run: nothing was renamed or written.")
     return TickResult(exit_code=code)

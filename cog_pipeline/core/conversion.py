@@ -8,8 +8,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["LOSSLESS_CODECS", "LEVEL_RANGES", "PREDICTORS", "RESAMPLINGS", "CogOptions", "JpegOptions",
-           "cog_options_from_config", "jpeg_options_from_config"]
+__all__ = ["JPEG_MAX_SIDE", "LOSSLESS_CODECS", "LEVEL_RANGES", "MIN_PREVIEW_SIZE", "NODATA_COLORS", "PREDICTORS",
+           "RESAMPLINGS", "CogOptions", "JpegOptions", "cog_options_from_config", "jpeg_options_from_config"]
 
 #: Codecs of the COG driver that give back the exact pixels (JPEG is lossy and always refused;
 #: WEBP is written lossless, QUALITY=100, and only takes uint8 RGB or RGBA images).
@@ -80,12 +80,31 @@ class CogOptions:
         object.__setattr__(self, "num_threads", threads)
 
 
+#: Names ``jpeg.nodata_color`` takes besides ``[r, g, b]``.
+NODATA_COLORS = {"black": (0, 0, 0), "white": (255, 255, 255)}
+#: The JPEG format's limit on each side (the largest ``jpeg.sizes`` entry).
+JPEG_MAX_SIDE = 65500
+#: The smallest ``jpeg.sizes`` entry.
+MIN_PREVIEW_SIZE = 16
+
+
 @dataclass(frozen=True)
 class JpegOptions:
-    """How JPEG previews are written (the ``jpeg:`` config section); see the module docstring for the stretch."""
+    """How JPEG previews are written (the ``jpeg:`` config section); the rules: cog_pipeline.raster.preview.
+
+    ``nodata_color``: what nodata, masked and fill pixels are drawn in, ``[r, g, b]`` or ``black``/``white``
+    (default black, as the original). ``sizes``: longer sides of smaller previews written besides the
+    full-resolution one (default none). ``georeference``: a world file and ``.aux.xml`` beside each preview
+    of a georeferenced image. ``detect_fill``: an undeclared fill value (raster/fill.py) is left out of the
+    stretch and drawn as nodata.
+    """
 
     quality: int = 80
     stretch_percentiles: tuple[float, float] = (2.0, 98.0)
+    nodata_color: tuple[int, int, int] = (0, 0, 0)
+    sizes: tuple[int, ...] = ()
+    georeference: bool = True
+    detect_fill: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.quality, bool) or not isinstance(self.quality, int) or not 1 <= self.quality <= 100:
@@ -99,6 +118,37 @@ class JpegOptions:
             raise ValueError(f"jpeg.stretch_percentiles {list(self.stretch_percentiles)} must satisfy "
                              "0 <= low < high <= 100")
         object.__setattr__(self, "stretch_percentiles", (low, high))
+        object.__setattr__(self, "nodata_color", _nodata_color(self.nodata_color))
+        object.__setattr__(self, "sizes", _sizes(self.sizes))
+        for name in ("georeference", "detect_fill"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"jpeg.{name} must be true or false, not {getattr(self, name)!r}")
+
+
+def _nodata_color(value: Any) -> tuple[int, int, int]:
+    """``[r, g, b]`` (0..255 each) or a name of NODATA_COLORS, as a tuple."""
+    if isinstance(value, str):
+        if value.lower() in NODATA_COLORS:
+            return NODATA_COLORS[value.lower()]
+        raise ValueError(f"jpeg.nodata_color {value!r} is not one of {', '.join(NODATA_COLORS)} or [r, g, b]")
+    if isinstance(value, (list, tuple)) and len(value) == 3 and all(
+            isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in value):
+        return (int(value[0]), int(value[1]), int(value[2]))
+    raise ValueError(f"jpeg.nodata_color {value!r} must be [r, g, b] with each from 0 to 255, "
+                     f"or one of {', '.join(NODATA_COLORS)}")
+
+
+def _sizes(value: Any) -> tuple[int, ...]:
+    """Distinct longer sides from MIN_PREVIEW_SIZE to JPEG_MAX_SIDE, ascending."""
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"jpeg.sizes {value!r} must be a list of longer sides in pixels, e.g. [512, 2048]")
+    for size in value:
+        if isinstance(size, bool) or not isinstance(size, int) or not MIN_PREVIEW_SIZE <= size <= JPEG_MAX_SIDE:
+            raise ValueError(f"jpeg.sizes: {size!r} must be an integer from {MIN_PREVIEW_SIZE} to {JPEG_MAX_SIDE} "
+                             "(the longer side of a smaller preview, in pixels)")
+    if len(set(value)) != len(value):
+        raise ValueError(f"jpeg.sizes {list(value)} lists a size twice")
+    return tuple(sorted(value))
 
 
 def _options_from_config(cls: type, section: str, d: dict[str, Any] | None) -> Any:
@@ -122,6 +172,7 @@ def cog_options_from_config(d: dict[str, Any]) -> CogOptions:
 def jpeg_options_from_config(d: dict[str, Any]) -> JpegOptions:
     """JpegOptions from the ``jpeg:`` config section (missing keys take defaults; unknown keys -> ValueError)."""
     d = dict(d or {})
-    if isinstance(d.get("stretch_percentiles"), list):
-        d["stretch_percentiles"] = tuple(d["stretch_percentiles"])
+    for key in ("stretch_percentiles", "nodata_color", "sizes"):
+        if isinstance(d.get(key), list):
+            d[key] = tuple(d[key])
     return _options_from_config(JpegOptions, "jpeg", d)

@@ -25,6 +25,42 @@ PROCESSING_KEY = re.compile(r"^(?P<stem>.*)processing-(?P<ts>\d{8}-\d{6})\.csv$"
 _OWNED = re.compile(r"(processing|processed|failed|errors|report)-\d{8}-\d{6}\.(csv|html)$")
 
 
+#: The GeoTIFF key rule: the original accepted keys ending in ``.tif``; this pipeline also accepts
+#: ``.tiff`` in any case (``.TIF``, ``.Tiff``, ... as written by Windows exports).
+TIFF_SUFFIXES = (".tif", ".tiff")
+
+
+def tiff_suffix(key: str) -> str | None:
+    """The GeoTIFF extension a key ends in, as written (``.tif``, ``.TIFF``, ...), or None."""
+    dot = key.rfind(".")
+    if dot < 0 or key[dot:].lower() not in TIFF_SUFFIXES:
+        return None
+    return key[dot:]
+
+
+def is_tiff_key(key: str) -> bool:
+    """Whether a key ends in a GeoTIFF extension (``.tif`` or ``.tiff``, any case)."""
+    return tiff_suffix(key) is not None
+
+
+def key_stem(key: str) -> str:
+    """A GeoTIFF key without its extension: ``a/b.TIFF`` -> ``a/b``; other keys unchanged."""
+    suffix = tiff_suffix(key)
+    return key[: -len(suffix)] if suffix else key
+
+
+def jpeg_key(key: str) -> str:
+    """Key of the JPEG preview: ``a/b.tif`` or ``a/b.TIFF`` -> ``a/b.jpg`` (only the final extension)."""
+    if not is_tiff_key(key):
+        raise ValueError(f"key {key!r} does not end in '.tif' or '.tiff'")
+    return key_stem(key) + ".jpg"
+
+
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """A count with its noun: ``1 row``, ``2 rows``, ``1 batch``, ``3 batches`` (``many`` when not ``word + s``)."""
+    return f"{n} {word if n == 1 else (many or word + 's')}"
+
+
 def timestamp(now: float | None = None) -> str:
     """UTC time as ``YYYYmmdd-HHMMSS``."""
     return time.strftime(TIMESTAMP_FORMAT, time.gmtime(time.time() if now is None else now))

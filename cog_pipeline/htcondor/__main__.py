@@ -9,8 +9,9 @@ import sys
 from pathlib import Path
 
 from cog_pipeline.core.errors import PipelineError
+from cog_pipeline.core.rundir import RunDir
 from .schedd import submit_driver
-from .settings import load_settings, read_yaml
+from .settings import load_settings
 from .staging import snakemake_args
 from .supervisor import SUPERVISOR_LOG, append_log_to, supervise
 
@@ -45,12 +46,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"periodic_release = {policy.release_expression()}")
             print(f"periodic_remove = {policy.remove_expression()}")
             return 0
-        run = read_yaml(run_dir / "run.yaml", "run config")
+        run = RunDir(run_dir).config
         if args.command == "snakemake-args":
-            print(shlex.join(snakemake_args(run_dir, str(run["run_id"]), str(run.get("pattern", "")))))
+            print(shlex.join(snakemake_args(run_dir, run.run_id, run.pattern)))
             return 0
-        cluster = submit_driver(run_dir, str(run.get("pattern", "")), str(run["run_id"]),
-                                ["drive", str(run_dir), "--executor", "htcondor"])
+        cluster = submit_driver(run_dir, run.pattern, run.run_id, ["drive", str(run_dir), "--executor", "htcondor"])
         print(f"driver of {run_dir.name}: cluster {cluster}")
         return 0
     except PipelineError as exc:

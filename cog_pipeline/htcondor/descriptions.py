@@ -13,7 +13,8 @@ import sys
 import warnings
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable
 
 from cog_pipeline.core.errors import PipelineError
 
@@ -243,7 +244,7 @@ def max_running_value(value: Any, what: str) -> int:
 
 
 def crondor_submit(*, tick_argv: list[str], pattern: str, every_minutes: int = 15, workdir: Path,
-                   max_running: int | None = None) -> "htcondor2.Submit":
+                   max_running: int | None = None) -> htcondor2.Submit:
     """The Crondor: a local-universe cron job running ``cog-pipeline tick ... --executor htcondor``.
 
     ``max_running`` reaches each run's Snakemake (``--jobs``) through the environment
@@ -280,7 +281,7 @@ def crondor_submit(*, tick_argv: list[str], pattern: str, every_minutes: int = 1
     return bindings().Submit(description)
 
 
-def driver_submit(*, run_dir: Path, pattern: str, run_id: str, drive_argv: list[str]) -> "htcondor2.Submit":
+def driver_submit(*, run_dir: Path, pattern: str, run_id: str, drive_argv: list[str]) -> htcondor2.Submit:
     """One run's driver: a local-universe job running ``cog-pipeline <drive_argv>`` under the supervisor.
 
     ``drive_argv`` are arguments of the ``cog-pipeline`` command (e.g. ``["drive", DIR, "--executor",

@@ -10,7 +10,8 @@ import logging
 import shlex
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable
 
 from cog_pipeline.core.errors import PipelineError
 from .descriptions import (CRONDOR_BATCH_PREFIX, DRIVER_BATCH_PREFIX, HELD, IDLE, REMOVED, ROLE_CRONDOR,
@@ -113,7 +114,7 @@ def run_has_jobs(run_id: str) -> bool:
     return bool(query(connect(), constraint, ["ClusterId"]))
 
 
-def submit(description: "htcondor2.Submit") -> int:
+def submit(description: htcondor2.Submit) -> int:
     """Queue ``description``; returns its cluster id."""
     schedd = connect()
     try:

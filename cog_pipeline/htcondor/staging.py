@@ -12,9 +12,11 @@ from typing import Any
 
 from cog_pipeline import WORKFLOW_DIR
 from cog_pipeline.core.errors import PipelineError
+from cog_pipeline.core.rundir import RunDir
+from cog_pipeline.core.transfer import PRESIGNED, transfer_mode
 from .descriptions import MAX_RUNNING_ENV, ROLE_JOB, check_pattern, classad_string, max_running_value
 from .settings import (JOB_WRAPPER, PROFILE_DIR, Settings, check_transferable, load_settings,
-                       profile_default_resources, profile_held_timeout, read_yaml, software_plan)
+                       profile_default_resources, profile_held_timeout, software_plan)
 
 #: Directory of a run holding its own copy of the workflow (what execute points receive).
 STAGE_DIR = "workflow"
@@ -73,7 +75,8 @@ def stage_workflow(run_dir: Path) -> Path:
 
 
 #: Names in a job's directory that a transferred file must not take.
-RESERVED_NAMES = frozenset({STAGE_DIR, "run.yaml", "manifests", "status", "logs", "outcome", "env", ".snakemake"})
+RESERVED_NAMES = frozenset({STAGE_DIR, "run.yaml", "manifests", "status", "logs", "outcome", "env", ".snakemake",
+                            "urls", "uploads"})
 
 
 def key_files(run: dict[str, Any]) -> list[Path]:
@@ -104,9 +107,18 @@ def ca_bundle_file(run: dict[str, Any]) -> Path | None:
     return path
 
 
+def job_key_files(run: dict[str, Any]) -> list[Path]:
+    """The key files a batch job receives: none with presigned transfers (s3.transfer, the default on a pool:
+    the access point signs each request, docs/htcondor.md), the run's key files with ``direct``."""
+    if transfer_mode(run, "htcondor") == PRESIGNED:
+        return []
+    return key_files(run)
+
+
 def transfer_files(run: dict[str, Any]) -> list[Path]:
-    """Every file of run.yaml's ``s3:`` section a job needs: the key files, then the CA bundle if any."""
-    paths = key_files(run)
+    """Every file of run.yaml's ``s3:`` section a job needs: the key files (direct transfers only), then the CA
+    bundle if any."""
+    paths = job_key_files(run)
     bundle = ca_bundle_file(run)
     if bundle is not None:
         paths.append(bundle)
@@ -122,8 +134,9 @@ def _check_names(paths: list[Path], what: str) -> None:
 
 
 def _run_yaml(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "run.yaml"
-    return read_yaml(path, "run config") if path.is_file() else {}
+    """The run's config as Snakemake sees it (:attr:`RunDir.config`: the defaults deep-merged with run.yaml,
+    validated); PipelineError naming the file when it is missing or refused."""
+    return RunDir(run_dir).config.data
 
 
 def write_job_env(stage: Path, env: dict[str, str]) -> Path:
@@ -149,7 +162,7 @@ def fresh_jobdir(run_dir: Path) -> Path:
 
 
 def _resource_arg(name: str, value: Any) -> str:
-    if isinstance(value, bool) or isinstance(value, (int, float)):
+    if isinstance(value, (bool, int, float)):
         return f"{name}={value}"
     return f"{name}={str(value)!r}"
 
@@ -189,7 +202,7 @@ def snakemake_args(run_dir: Path, run_id: str, pattern: str, *, jobs: int | None
     stage = stage_workflow(run_dir)
     resources = job_resources(run_dir, run_id, pattern, settings)
     plan = software_plan(settings.software)
-    names = [k.name for k in key_files(_run_yaml(run_dir))]
+    names = [k.name for k in job_key_files(_run_yaml(run_dir))]
     write_job_env(stage, {**plan.wrapper_env, "COG_PIPELINE_PRIVATE_FILES": " ".join(names)})
     args = ["--profile", str(PROFILE_DIR),
             "--snakefile", str(stage / "Snakefile"),

@@ -16,6 +16,7 @@ from cog_pipeline.core.errors import PipelineError
 from . import schedd
 from .descriptions import REMOVED, ROLE_JOB, STILL_QUEUED, exception_text, role_constraint, run_constraint
 from .settings import HoldPolicy, load_settings
+import contextlib
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +66,8 @@ def own_job_id() -> tuple[int, int] | None:
     for line in text.splitlines():
         name, sep, value = line.partition("=")
         if sep and name.strip() in ("ClusterId", "ProcId"):
-            try:
+            with contextlib.suppress(ValueError):
                 ids[name.strip()] = int(value.strip())
-            except ValueError:
-                pass
     return (ids["ClusterId"], ids["ProcId"]) if len(ids) == 2 else None
 
 
@@ -107,10 +106,8 @@ def supervise(run_id: str, command: list[str]) -> int:
 
     def forward(signum: int, _frame: Any) -> None:
         terminated.set()
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(child.pid, signum)
-        except ProcessLookupError:
-            pass
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)

@@ -22,6 +22,7 @@ from rasterio.errors import CRSError, NodataShadowWarning, RasterioError
 from rasterio.windows import Window
 
 from cog_pipeline.core.errors import ImageError
+from cog_pipeline.raster.sniff import numpy_dtype
 
 __all__ = ["SAMPLE_MAX_SIDE", "PIXEL_DIGEST_VERSION", "ImageHeader", "read_header", "PixelHasher", "pixel_digest"]
 
@@ -194,8 +195,9 @@ def pixel_digest(path: str | Path) -> str:
         with rasterio.open(path) as ds:
             if len(set(ds.dtypes)) != 1:
                 raise ImageError("digest", f"{path}: bands of different data types {sorted(set(ds.dtypes))}")
-            hasher = PixelHasher(ds.dtypes[0], ds.count, ds.height, ds.width)
-            per_pixel = ds.count * np.dtype(ds.dtypes[0]).itemsize
+            dtype = numpy_dtype(ds.dtypes[0])  # complex_int16 is read (and hashed) as complex64
+            hasher = PixelHasher(dtype.str, ds.count, ds.height, ds.width)
+            per_pixel = ds.count * dtype.itemsize
             for window in _digest_windows(ds.width, ds.height, per_pixel):
                 hasher.update(ds.read(window=window), window)
             return hasher.hexdigest()

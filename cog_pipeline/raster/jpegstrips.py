@@ -10,6 +10,9 @@ RSTn marker between strips. A restart resets the DC predictors and starts on a b
 is exactly how each strip's segment was coded, so the result decodes to the same pixels as one
 libjpeg-turbo encode of the whole image (strips are MCU-aligned: subsampling and DCT blocks never
 cross a strip edge). Memory: one strip.
+
+This is the package's only JPEG encoder: the report's thumbnails (thumbnail.py) are one-strip images
+written by :func:`encode_jpeg` (GDAL's JPEG driver, which they used before, is no longer needed).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-__all__ = ["StripJpegWriter", "strip_rows"]
+__all__ = ["StripJpegWriter", "encode_jpeg", "strip_rows"]
 
 #: The DRI field is 16 bits.
 MAX_RESTART_INTERVAL = 65535
@@ -133,3 +136,16 @@ class StripJpegWriter:
         if self._done != self._height:
             raise ValueError(f"only {self._done} of {self._height} rows were written")
         self._fh.write(b"\xff\xd9")
+
+
+def encode_jpeg(pixels: np.ndarray, quality: int) -> bytes:
+    """JPEG bytes of a small 8-bit (1 or 3, rows, cols) array, as one strip."""
+    if pixels.ndim != 3 or pixels.shape[0] not in (1, 3):
+        raise ValueError(f"an 8-bit (1 or 3, rows, cols) array is needed, not shape {pixels.shape}")
+    components, height, width = pixels.shape
+    mcu_h = _mcu_shape(components)[0]
+    buf = io.BytesIO()
+    writer = StripJpegWriter(buf, width, height, components, quality, -(-height // mcu_h) * mcu_h)
+    writer.write(pixels[0] if components == 1 else pixels.transpose(1, 2, 0))
+    writer.close()
+    return buf.getvalue()

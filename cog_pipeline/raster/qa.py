@@ -7,7 +7,6 @@ docs/delivery.md says what each check means to GIS staff.
 from __future__ import annotations
 
 import csv
-import math
 import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -15,11 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-import numpy as np
 from rasterio.crs import CRS
 from rasterio.errors import CRSError
 
 from cog_pipeline.core.errors import ImageError
+from cog_pipeline.raster.fill import DEFAULT_FILL_VALUES, edge_fill
 from cog_pipeline.raster.header import SAMPLE_MAX_SIDE, ImageHeader, read_header
 from cog_pipeline.raster.kinds import CATEGORICAL_MAX_VALUES, DataKind, classify
 
@@ -43,11 +42,7 @@ CHECKS: dict[str, str] = {
     "paletted": "info",
     "categorical": "info",
 }
-#: Values taken for a fill when they run along the border of an image that declares no nodata (besides the
-#: type's minimum and maximum for integers, and NaN and the float32 lowest for floats).
-DEFAULT_FILL_VALUES = (-9999.0, -32768.0, -32767.0, 0.0)
 QA_CSV_FIELDS = ("key", "check", "severity", "detail")
-_FLOAT32_LOWEST = float(np.finfo(np.float32).min)
 
 
 @dataclass(frozen=True)
@@ -127,44 +122,10 @@ def read_headers(paths: Mapping[str, str | Path], rules: QaRules) -> tuple[list[
 
 # --------------------------------------------------------------------------------------------- one image
 
-def _fill_candidates(dtype: np.dtype, rules: QaRules) -> list[float]:
-    values = list(rules.fill_values)
-    if np.issubdtype(dtype, np.integer):
-        info = np.iinfo(dtype)
-        values = [v for v in values if info.min <= v <= info.max] + [float(info.min), float(info.max)]
-    else:
-        values += [math.nan, _FLOAT32_LOWEST]
-    return list(dict.fromkeys(values))
-
-
-def _longest_run(equal: np.ndarray) -> int:
-    """Longest run of True in a 1-D boolean array."""
-    best = run = 0
-    for value in equal.tolist():
-        run = run + 1 if value else 0
-        best = max(best, run)
-    return best
-
-
 def _edge_fill(header: ImageHeader, rules: QaRules) -> tuple[float, list[str], float] | None:
-    """(value, edges it runs along, share of the sample) of an undeclared fill, or None."""
-    sample = header.sample
-    if sample.ndim != 3 or sample.shape[1] < 2 or sample.shape[2] < 2:
-        return None
-    edges = {"top": sample[:, 0, :], "bottom": sample[:, -1, :], "left": sample[:, :, 0], "right": sample[:, :, -1]}
-    best: tuple[float, list[str], float] | None = None
-    for value in _fill_candidates(np.dtype(header.dtype), rules):
-        hits = []
-        for name, edge in edges.items():
-            same = np.all(np.isnan(edge), axis=0) if math.isnan(value) else np.all(edge == value, axis=0)
-            if _longest_run(same) >= max(2, math.ceil(rules.min_fill_run * edge.shape[1])):
-                hits.append(name)
-        if hits:
-            every = np.all(np.isnan(sample), axis=0) if math.isnan(value) else np.all(sample == value, axis=0)
-            share = float(np.mean(every))
-            if best is None or (len(hits), share) > (len(best[1]), best[2]):
-                best = (value, hits, share)
-    return best
+    """(value, edges it runs along, share of the sample) of an undeclared fill, or None (raster/fill.py)."""
+    found = edge_fill(header.sample, header.dtype, rules.fill_values, rules.min_fill_run)
+    return None if found is None else (found.value, list(found.edges), found.share)
 
 
 def check_image(header: ImageHeader, rules: QaRules) -> list[Finding]:

@@ -19,7 +19,7 @@ import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Literal, cast
 
 import boto3
@@ -486,6 +486,17 @@ def verify_upload(client: Any, bucket: str, key: str, src: Path, settings: S3Set
                 raise
             raise UploadMismatch(key, f"no object at {key} after its upload", missing=True) from None
     size = src.stat().st_size
+    part_size = upload_part_size(settings, size)
+    problems = stored_problems(head, key, size, lambda: expected_etag(src, part_size),
+                               "single PUT" if part_size is None else f"{part_size}-byte parts")
+    if problems:
+        raise UploadMismatch(key, f"stored object {key} is not the file uploaded: {'; '.join(problems)}")
+
+
+def stored_problems(head: dict[str, Any], key: str, size: int, want_etag: str | Callable[[], str],
+                    how: str = "single PUT") -> list[str]:
+    """How the object ``head`` describes differs from a ``size``-byte upload whose ETag is ``want_etag`` (or
+    ``want_etag()``, called only when the server's ETag is an MD5 of the data): [] when it does not."""
     stored_size = head.get("ContentLength")
     problems = []
     if stored_size != size:
@@ -498,13 +509,10 @@ def verify_upload(client: Any, bucket: str, key: str, src: Path, settings: S3Set
         log.info("%s: the server's ETag %r is no MD5 of the data (%s); checked the size only", key,
                  head.get("ETag"), opaque)
     else:
-        part_size = upload_part_size(settings, size)
-        want = expected_etag(src, part_size)
+        want = want_etag if isinstance(want_etag, str) else want_etag()
         if etag != want:
-            how = "single PUT" if part_size is None else f"{part_size}-byte parts"
             problems.append(f"ETag {want} expected ({how}), {etag} found")
-    if problems:
-        raise UploadMismatch(key, f"stored object {key} is not the file uploaded: {'; '.join(problems)}")
+    return problems
 
 
 def version_id(response: dict[str, Any]) -> str | None:

@@ -2,14 +2,17 @@
 
 Read-only and cheap: one listing of the input bucket (as a tick does), one small GET per recent
 outcome to count its rows, the run directories' own files, and one schedd query when a schedd is
-reachable. Works on an empty bucket, without a working directory and without HTCondor.
+reachable. Works on an empty bucket, without a working directory and without HTCondor. When the
+bucket cannot be listed (S3 unreachable, no such bucket) that is one line, the rest is still shown,
+and the command exits 1 (:data:`EXIT_BUCKET_UNREADABLE`).
 """
 
 from __future__ import annotations
 
 import calendar
-import fcntl
+import csv
 import fnmatch
+import io
 import json
 import re
 import shlex
@@ -20,12 +23,14 @@ from typing import Any
 
 from cog_pipeline.storage import endpoint, s3
 from cog_pipeline.core.errors import PipelineError
-from cog_pipeline.core.naming import (HEARTBEAT_WARNING, RUN_CONFIG, RUN_DIR_PREFIX, TIMESTAMP_FORMAT, is_pipeline_object,
-                     outcome_path)
+from cog_pipeline.core.naming import TIMESTAMP_FORMAT, is_pipeline_object
 from cog_pipeline.control.options import HEARTBEAT
+from cog_pipeline.core.rundir import ClaimedManifest, RunConfig, RunDir, RunState
 
 _STATE_KEY = re.compile(r"^(?P<stem>.*)(?P<state>processing|processed|failed|report)-(?P<ts>\d{8}-\d{6})"
                         r"\.(?P<ext>csv|html)$", re.DOTALL)
+#: Exit code of ``status`` when the bucket could not be listed (everything else was still shown).
+EXIT_BUCKET_UNREADABLE = 1
 #: A processing object not refreshed for this long has probably lost its run (live runs refresh it
 #: every options.HEARTBEAT seconds).
 STALE_AFTER = 2 * HEARTBEAT
@@ -63,7 +68,9 @@ def _stem_matches(stem: str, pattern: str) -> bool:
 def bucket_state(client: Any, bucket: str, pattern: str = "*raw.csv", recent: int = 20) -> dict[str, Any]:
     """Manifests waiting (raw), in progress (processing: since when, last refreshed, stale?), and the
     ``recent`` latest outcomes with their processed / failed row counts."""
-    raw, processing, outcomes = [], [], {}
+    raw: list[dict[str, Any]] = []
+    processing: list[dict[str, Any]] = []
+    outcomes: dict[tuple[str, str], dict[str, Any]] = {}
     now = time.time()
     for obj in s3.iter_objects(client, bucket):
         key = obj["Key"]
@@ -90,37 +97,23 @@ def bucket_state(client: Any, bucket: str, pattern: str = "*raw.csv", recent: in
 
 
 def _count_rows(client: Any, bucket: str, key: str) -> int | None:
+    """Rows of an outcome CSV (CSV rows, not lines: a quoted key may hold a line break)."""
     try:
-        return sum(1 for line in s3.get_bytes(client, bucket, key).splitlines() if line.strip())
+        text = s3.get_bytes(client, bucket, key).decode("utf-8", "replace")
     except Exception:  # noqa: BLE001 - a count is best effort
         return None
+    return sum(1 for row in csv.reader(io.StringIO(text, newline="")) if any(field.strip() for field in row))
 
 
-def _locked(run_dir: Path) -> bool:
-    """True when a live process holds the run's lock (it is being driven on this host)."""
-    from cog_pipeline.control.rundirs import RUN_LOCK
-
-    try:
-        with open(run_dir / RUN_LOCK, "rb") as fh:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return True
-            fcntl.flock(fh, fcntl.LOCK_UN)
-    except OSError:
-        return False
-    return False
-
-
-def _run_state(run_dir: Path, config: dict[str, Any], finished: bool, pool: dict[str, Any]) -> str:
+def _run_state(run: RunDir, config: RunConfig, finished: bool, pool: dict[str, Any]) -> str:
     if finished:
         return "finished"
-    if _locked(run_dir):
+    if run.locked():
         return "running"
-    if config.get("executor") == "htcondor":
+    if config.executor == "htcondor":
         if not pool.get("reachable"):
             return "unfinished (pool run; no schedd to ask)"
-        jobs = [j for j in pool["jobs"] if j.get("run") == str(config.get("run_id"))]
+        jobs = [j for j in pool["jobs"] if j.get("run") == config.run_id]
         if any(j["status"] == "held" for j in jobs):
             return "held on the pool"
         if jobs:
@@ -128,55 +121,90 @@ def _run_state(run_dir: Path, config: dict[str, Any], finished: bool, pool: dict
     return "stalled (nothing drives it; the next tick in this directory resumes it)"
 
 
-def local_runs(workdir: Path, pool: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    """Every ``workflow-run-*`` directory of ``workdir``: state, done / failed / pending, elapsed time."""
-    import yaml
+def manifest_counts(run: RunDir, manifest: ClaimedManifest) -> tuple[int, int, int]:
+    """(done, failed, pending) rows of one claimed manifest, counted as the bucket's outcome CSVs count them.
 
-    from cog_pipeline.work.batch import manifest_entries
-    from cog_pipeline.control.progress import count_records
+    A finished manifest (its outcome written) has the outcome's counts and nothing pending, even when a
+    batch of it was removed before it recorded anything. Before that, rejected rows (bad key, bad band
+    count, duplicates) count as failed, like the failed CSV will list them; rows without a record yet
+    are pending.
+    """
+    from cog_pipeline.work.manifest import read_manifest
 
-    pool = pool or {"reachable": False}
-    runs = []
-    now = time.time()
-    for run_dir in sorted(p for p in Path(workdir).glob(f"{RUN_DIR_PREFIX}*") if p.is_dir()):
-        config_path = run_dir / RUN_CONFIG
+    outcome = run.outcome(manifest.id)
+    if outcome.is_file():
+        summary = json.loads(outcome.read_text(encoding="utf-8"))
+        return int(summary["processed"]), int(summary["failed"]), 0
+    parsed = read_manifest(run.manifest_csv(manifest))
+    recorded: dict[str, bool] = {}  # key -> failed; finished batches and the ones in progress
+    for path in sorted(run.status_dir(manifest.id).glob("batch-*.jsonl*")):
         try:
-            config = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError, UnicodeDecodeError):
-            runs.append({"run_dir": str(run_dir), "state": "incomplete (no readable run.yaml: a tick died while "
-                                                            "claiming; the next tick repairs it)"})
+            lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+        except OSError:  # renamed between the listing and the read: counted next time
             continue
-        total = 0
-        recorded, failed = count_records(run_dir)  # finished batches and the ones in progress
-        done = recorded - failed
-        finished = bool(config.get("manifests"))
-        ends = []
-        for manifest in config.get("manifests", []):
+        for line in lines:
             try:
-                total += len(manifest_entries(run_dir, manifest))
-            except OSError:
-                pass
-            outcome = outcome_path(run_dir, manifest["id"])
-            finished = finished and outcome.is_file()
+                record = json.loads(line)
+            except ValueError:  # a line still being written
+                continue
+            if isinstance(record, dict) and "key" in record:
+                recorded[str(record["key"])] = record.get("status") == "failed"
+    keys = {entry.key for entry in parsed.entries}
+    failed = sum(1 for key, bad in recorded.items() if bad and key in keys)
+    done = sum(1 for key, bad in recorded.items() if not bad and key in keys)
+    return done, failed + len(parsed.rejected), max(len(keys) - done - failed, 0)
+
+
+#: What status says of a run directory without run.yaml (RunState.NEW or CLAIMING).
+INCOMPLETE = ("incomplete (no run.yaml yet: a tick is claiming into it, or died while claiming; the next tick "
+              "repairs it)")
+
+
+def local_runs(workdir: Path, pool: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Every ``workflow-run-*`` directory of ``workdir``: state, done / failed / pending, elapsed time. A run
+    whose run.yaml the loader refuses is shown ``invalid`` with the loader's reason (ticks leave it alone)."""
+    pool = pool or {"reachable": False}
+    runs: list[dict[str, Any]] = []
+    now = time.time()
+    for run in RunDir.all_in(Path(workdir)):
+        state = run.state
+        if state in (RunState.NEW, RunState.CLAIMING):
+            runs.append({"run_dir": str(run.path), "state": INCOMPLETE})
+            continue
+        try:
+            config = run.config  # RunState.INVALID (or a finished run whose run.yaml went bad) raises
+        except PipelineError as exc:
+            runs.append({"run_dir": str(run.path), "problem": str(exc),
+                         "state": f"invalid (ticks leave it alone; fix or remove its run.yaml): {exc}"})
+            continue
+        finished = state in (RunState.AGGREGATED, RunState.FINISHED) and bool(config.manifests)
+        done = failed = pending = 0
+        ends = []
+        for manifest in config.manifests:
+            try:
+                counts = manifest_counts(run, manifest)
+            except (OSError, ValueError, KeyError, PipelineError):
+                counts = (0, 0, 0)
+            done, failed, pending = done + counts[0], failed + counts[1], pending + counts[2]
+            outcome = run.outcome(manifest.id)
             if outcome.is_file():
                 ends.append(outcome.stat().st_mtime)
         try:
-            started = _epoch(str(config.get("run_id")))
+            started = _epoch(config.run_id)
         except ValueError:
-            started = config_path.stat().st_mtime
+            started = run.config_file.stat().st_mtime
         end = max(ends) if finished and ends else now
-        report = run_dir / "report.html"
         try:
-            warnings = [] if finished else (run_dir / HEARTBEAT_WARNING).read_text(encoding="utf-8").splitlines()
+            warnings = [] if finished else run.heartbeat_warning.read_text(encoding="utf-8").splitlines()
         except OSError:
             warnings = []
-        runs.append({"warnings": warnings, "run_dir": str(run_dir), "run_id": config.get("run_id"),
-                     "executor": config.get("executor", "local"),
-                     "state": _run_state(run_dir, config, finished, pool),
-                     "manifests": [m.get("raw_key") for m in config.get("manifests", [])],
-                     "done": done, "failed": failed, "pending": max(total - done - failed, 0),
+        runs.append({"warnings": warnings, "run_dir": str(run.path), "run_id": config.run_id,
+                     "executor": config.executor,
+                     "state": _run_state(run, config, finished, pool),
+                     "manifests": [m.raw_key for m in config.manifests],
+                     "done": done, "failed": failed, "pending": pending,
                      "elapsed_s": round(end - started),
-                     "report": str(report) if report.is_file() else None})
+                     "report": str(run.report) if run.report.is_file() else None})
     return runs
 
 
@@ -231,8 +259,8 @@ def collect(client: Any | None, bucket: str | None, workdir: Path, pattern: str 
     if client is not None and bucket:
         try:
             state["bucket"] = bucket_state(client, bucket, pattern)
-        except Exception as exc:  # noqa: BLE001
-            raise PipelineError(f"cannot list bucket '{bucket}': {s3.describe_error(exc)}") from None
+        except Exception as exc:  # noqa: BLE001 - shown in one line; local runs and the pool are still shown
+            state["bucket_error"] = f"cannot list bucket '{bucket}': {s3.describe_error(exc)}"
         state["endpoint"] = endpoint_state(settings or s3.S3Settings(), bucket, workdir)
     state["htcondor"] = pool_jobs()
     state["runs"] = local_runs(workdir, state["htcondor"])
@@ -243,6 +271,8 @@ def render_text(state: dict[str, Any]) -> str:
     """A plain-text view of :func:`collect`'s result."""
     out = []
     bucket = state.get("bucket")
+    if state.get("bucket_error"):
+        out.append(f"Input bucket: S3 UNREACHABLE: {state['bucket_error']} (local runs and HTCondor jobs below)")
     if bucket:
         stale = sum(1 for p in bucket["processing"] if p["stale"])
         failing = sum(1 for f in bucket["finished"] if f.get("failed_rows"))
@@ -261,7 +291,7 @@ def render_text(state: dict[str, Any]) -> str:
                    (f"  ({failing} with failed rows)" if failing else ""))
         for f in bucket["finished"]:
             counts = f"{_count(f.get('processed_rows'))} processed, {_count(f.get('failed_rows'))} failed"
-            out.append(f"    {f['stem']}…-{f['ts']}  {counts}")
+            out.append(f"    {f.get('processed') or f['failed']}  {counts}")
             if f.get("failed_rows"):
                 out.append(f"      failed rows: {f['failed']}  (once fixed: cog-pipeline retry -a KEY -s KEY -e HOST "
                            f"--input-bucket {shlex.quote(bucket['name'])} {shlex.quote(f['failed'])})")
@@ -282,8 +312,8 @@ def render_text(state: dict[str, Any]) -> str:
             out.append(f"  {name}  {run['state']}")
             continue
         took = "took" if run["state"] == "finished" else "for"
-        out.append(f"  {name}  {run['state']}: {run['done']} done, {run['failed']} failed, {run['pending']} pending"
-                   f", {took} {ago(run['elapsed_s'])}")
+        out.append(f"  {name}  {run['state']}: {run['done']} processed, {run['failed']} failed, "
+                   f"{run['pending']} pending, {took} {ago(run['elapsed_s'])}")
         if run.get("report"):
             out.append(f"      report: {run['report']}")
         for warning in run.get("warnings", []):

@@ -1,8 +1,9 @@
 """Per-image work for one batch of manifest rows: fetch, convert, verify, upload, record the outcome.
 
-A bad image never fails the batch: every row gets a JSON record (``ok``, ``skipped`` or ``failed``
-with the step and reason), so the aggregate always runs. A row whose outputs are already in the
-output bucket, converted from the same input object (ETag kept in the COG's metadata), is skipped.
+A bad image never fails the batch: every row gets an outcome record (``ok``, ``skipped`` or ``failed``
+with the step, reason and failure code: work/outcomes.py), so the aggregate always runs. A row whose
+outputs are already in the output bucket, converted from the same input object (ETag kept in the COG's
+metadata), is skipped.
 
 S3 requests per image: one HeadObject of the input (existence, size, ETag), its GET(s), the two
 PUTs and a HeadObject after each (the stored object is confirmed: size, ETag); the skip-if-done check
@@ -13,26 +14,30 @@ that is already there (to read the source ETag it was made from).
 from __future__ import annotations
 
 import errno
-import json
 import logging
-import os
 import secrets
 import shutil
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import botocore.exceptions
 
 from cog_pipeline import __version__
-from cog_pipeline.storage import s3
+from cog_pipeline.storage import presign, s3
 from cog_pipeline.core.crash import crash_point
-from cog_pipeline.raster.convert import ConversionResult, convert_file, cog_options_from_config, jpeg_options_from_config
+from cog_pipeline.raster.convert import (ConversionResult, convert_file, cog_options_from_config,
+                                         jpeg_options_from_config)
 from cog_pipeline.core.errors import ImageError, PipelineError
+from cog_pipeline.core.failures import FailureCode
 from cog_pipeline.work.manifest import Entry, batch_slices, jpeg_key, parse_manifest
 from cog_pipeline.work.imagelogs import capture as capture_image_log
-from cog_pipeline.work.report import MAX_THUMBNAIL_LINE
+from cog_pipeline.work.outcomes import ImageOutcome, Status, write_outcomes
+from cog_pipeline.work.presigned import (START_MARGIN_S, Action, BatchUrls, ImageUrls, JobRecord, Uploaded,
+                                         write_records)
+from cog_pipeline.work.footprints import map_facts
 from cog_pipeline.raster.thumbnail import thumbnail_data_uri
 
 log = logging.getLogger(__name__)
@@ -40,6 +45,10 @@ log = logging.getLogger(__name__)
 SOURCE_ETAG_META = "cog-pipeline-source-etag"
 #: A random token per upload: tells an upload that landed from one that did not when its answer was lost.
 UPLOAD_META = "cog-pipeline-upload"
+#: Rows up to this manifest line get a thumbnail for the report (keeps status files and the page small).
+MAX_THUMBNAIL_LINE = 1000
+#: S3 error codes that mean the pipeline's keys may not do what was asked.
+DENIED_CODES = frozenset({"AccessDenied", "403", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch"})
 
 
 def manifest_entries(run_dir: Path, manifest: dict[str, Any]) -> list[Entry]:
@@ -67,12 +76,14 @@ def manifest_config(config: dict[str, Any], manifest_id: str) -> dict[str, Any]:
 
 
 class ImageContext:
-    """What processing an image needs: the S3 client, settings and conversion options."""
+    """What processing an image needs: the S3 client (none with ``connect`` False: a job with presigned URLs,
+    which reads no key file), settings and conversion options."""
 
-    def __init__(self, config: dict[str, Any], threads: int | None = None):
+    def __init__(self, config: dict[str, Any], threads: int | None = None, connect: bool = True):
         self.config = config
         self.settings = s3.S3Settings.from_config(config["s3"])
-        self.client = s3.make_client(self.settings)
+        self.client: Any = s3.make_client(self.settings) if connect else None
+        self.transport = presign.Transport.from_settings(self.settings)
         self.input_bucket = config["s3"]["input_bucket"]
         self.output_bucket = config["s3"]["output_bucket"]
         cog_cfg = dict(config.get("cog", {}))
@@ -95,7 +106,28 @@ class ImageContext:
 
 
 def _s3_step(step: str, exc: BaseException) -> ImageError:
-    return ImageError(step, s3.describe_error(exc))
+    return ImageError(step, s3.describe_error(exc), code=_s3_code(exc))
+
+
+def _s3_code(exc: BaseException) -> FailureCode:
+    """``s3-denied`` when S3 (or the ClientError an upload failure wraps) refused the keys, else ``s3-failed``."""
+    current: BaseException | None = exc
+    while current is not None:
+        if isinstance(current, botocore.exceptions.ClientError):
+            return FailureCode.S3_DENIED if s3.error_code(current) in DENIED_CODES else FailureCode.S3_FAILED
+        current = current.__cause__ or current.__context__
+    return FailureCode.S3_FAILED
+
+
+#: The failure code of an ImageError raised without one, by step.
+_STEP_CODES = {"download": FailureCode.S3_FAILED, "check-output": FailureCode.S3_FAILED,
+               "upload": FailureCode.S3_FAILED, "validate": FailureCode.VERIFY_FAILED,
+               "verify": FailureCode.VERIFY_FAILED}
+
+
+def failure_code(exc: ImageError) -> FailureCode:
+    """The code of a failed image: the raiser's, else the step's (GDAL steps: ``gdal-failed``)."""
+    return exc.code or _STEP_CODES.get(exc.step, FailureCode.GDAL_FAILED)
 
 
 def already_done(ctx: ImageContext, entry: Entry, source_etag: str) -> bool:
@@ -116,38 +148,54 @@ def already_done(ctx: ImageContext, entry: Entry, source_etag: str) -> bool:
     return s3.head(ctx.client, ctx.output_bucket, jpeg_key(entry.key)) is not None
 
 
-def process_image(ctx: ImageContext, entry: Entry) -> dict[str, Any]:
-    """Convert one manifest row end to end; returns its outcome record (never raises for image faults)."""
-    record: dict[str, Any] = {"key": entry.key, "line": entry.line, "bands": entry.bands_text}
+def process_image(ctx: ImageContext, entry: Entry) -> ImageOutcome:
+    """Convert one manifest row end to end; returns its outcome (never raises for image faults)."""
+    return _outcome(entry, lambda: _process(ctx, entry))
+
+
+def _outcome(entry: Entry, work: Callable[[], dict[str, Any]]) -> ImageOutcome:
+    """The outcome of ``work()`` (its fields), with this image's log lines; an error fails the row only."""
+    fields: dict[str, Any]
+    captured: dict[str, Any] = {}
     started = time.monotonic()
-    with capture_image_log(record):  # this image's log lines -> record["log"] (logs/images/ at the end)
+    with capture_image_log(captured):  # this image's log lines -> its outcome (logs/images/ at the end)
         try:
-            record.update(_process(ctx, entry))
+            fields = work()
         except ImageError as exc:
-            record.update(status="failed", step=exc.step, reason=exc.message)
-        except Exception as exc:  # noqa: BLE001 - one image must never take the batch down
+            fields = {"status": Status.FAILED, "code": failure_code(exc), "step": exc.step, "reason": exc.message}
+        except Exception as exc:  # one image must never take the batch down (logged with its traceback)
             log.exception("unexpected error on %s", entry.key)
-            record.update(status="failed", step="internal", reason=f"{type(exc).__name__}: {exc}")
-    record["seconds"] = round(time.monotonic() - started, 3)
-    return record
+            fields = {"status": Status.FAILED, "code": FailureCode.INTERNAL, "step": "internal",
+                      "reason": f"{type(exc).__name__}: {exc}"}
+    return ImageOutcome(key=entry.key, line=entry.line, bands=entry.bands_text, **fields,
+                        log=tuple(captured.get("log", ())), seconds=round(time.monotonic() - started, 3))
 
 
-def _process(ctx: ImageContext, entry: Entry) -> dict[str, Any]:
+SKIPPED_REASON = "outputs already made from this input"
+
+
+def check_source(ctx: ImageContext, entry: Entry) -> tuple[dict[str, Any], bool]:
+    """The input's HeadObject and whether the row is already done (ImageError when it cannot be converted)."""
     try:
         source = s3.head(ctx.client, ctx.input_bucket, entry.key)
     except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
         raise _s3_step("download", exc) from None
     if source is None:
         raise ImageError("download", f"input object not found in bucket '{ctx.input_bucket}'; "
-                                     "upload it, then retry the failed rows")
+                                     "upload it, then retry the failed rows", code=FailureCode.INPUT_MISSING)
     if source.get("ContentLength", 0) == 0:
-        raise ImageError("download", "input object is empty (0 bytes)")
-    etag = source["ETag"]
+        raise ImageError("download", "input object is empty (0 bytes)", code=FailureCode.INPUT_EMPTY)
     try:
-        if already_done(ctx, entry, etag):
-            return {"status": "skipped", "reason": "outputs already made from this input", "input_bytes": source["ContentLength"]}
+        return source, already_done(ctx, entry, source["ETag"])
     except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
         raise _s3_step("check-output", exc) from None
+
+
+def _process(ctx: ImageContext, entry: Entry) -> dict[str, Any]:
+    source, done = check_source(ctx, entry)
+    etag = source["ETag"]
+    if done:
+        return {"status": Status.SKIPPED, "reason": SKIPPED_REASON, "input_bytes": source["ContentLength"]}
 
     workdir = _private_tmpdir(ctx.tmp_root)
     try:
@@ -158,19 +206,12 @@ def _process(ctx: ImageContext, entry: Entry) -> dict[str, Any]:
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
             if s3.is_precondition_failed(exc):
                 raise ImageError("download", "input object was replaced while it was being downloaded; "
-                                             "retry the failed rows") from None
+                                             "retry the failed rows", code=FailureCode.INPUT_CHANGED) from None
             raise _s3_step("download", exc) from None
         except OSError as exc:
-            raise ImageError("download", _os_reason(exc, workdir)) from None
+            raise ImageError("download", _os_reason(exc, workdir), code=_os_code(exc)) from None
         crash_point("batch.downloaded")
-        try:
-            result = convert_file(local_in, local_cog, local_jpg, ctx.cog_options, ctx.jpeg_options,
-                                  expected_bands=entry.bands)
-        except OSError as exc:
-            raise ImageError("cog", _os_reason(exc, workdir)) from None
-        except ImageError as exc:
-            raise _space_hint(exc, workdir, source["ContentLength"]) from None
-        crash_point("batch.converted")
+        result = _convert(ctx, entry, workdir, source["ContentLength"])
         metadata = {SOURCE_ETAG_META: etag, "cog-pipeline-version": __version__}
         try:
             # JPEG first: the COG (with the source ETag) is the "done" marker checked by reruns. Each is
@@ -183,15 +224,38 @@ def _process(ctx: ImageContext, entry: Entry) -> dict[str, Any]:
                 s3.boto3.exceptions.S3UploadFailedError) as exc:
             raise _s3_step("upload", exc) from None
         crash_point("batch.uploaded")
-        fields = _result_fields(result, source["ContentLength"])
-        if entry.line <= MAX_THUMBNAIL_LINE:
-            try:
-                fields["thumbnail"] = thumbnail_data_uri(local_cog, options=ctx.jpeg_options)  # from its overviews
-            except Exception as exc:  # noqa: BLE001 - a missing thumbnail never fails an image
-                log.warning("%s: no thumbnail for the report: %s", entry.key, exc)
-        return fields
+        return _finish(ctx, entry, result, local_cog, source["ContentLength"])
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _convert(ctx: ImageContext, entry: Entry, workdir: Path, input_bytes: int) -> ConversionResult:
+    """``workdir``/input.tif -> cog.tif + preview.jpg."""
+    try:
+        result = convert_file(workdir / "input.tif", workdir / "cog.tif", workdir / "preview.jpg", ctx.cog_options,
+                              ctx.jpeg_options, expected_bands=entry.bands)
+    except OSError as exc:
+        raise ImageError("cog", _os_reason(exc, workdir), code=_os_code(exc)) from None
+    except ImageError as exc:
+        raise _space_hint(exc, workdir, input_bytes) from None
+    crash_point("batch.converted")
+    return result
+
+
+def _finish(ctx: ImageContext, entry: Entry, result: ConversionResult, local_cog: Path,
+            input_bytes: int) -> dict[str, Any]:
+    """The ``ok`` outcome's fields, with a thumbnail for the report's first rows and the COG's map facts."""
+    fields = _result_fields(result, input_bytes)
+    if entry.line <= MAX_THUMBNAIL_LINE:
+        try:
+            fields["thumbnail"] = thumbnail_data_uri(local_cog, options=ctx.jpeg_options)  # from its overviews
+        except Exception as exc:  # noqa: BLE001 - a missing thumbnail never fails an image
+            log.warning("%s: no thumbnail for the report: %s", entry.key, exc)
+    try:  # CRS, pixel size, overviews, codec and footprint for the report's columns and map
+        fields.update(map_facts(local_cog, entry.key))
+    except Exception as exc:  # noqa: BLE001 - like the thumbnail, never fails an image
+        log.warning("%s: no map footprint for the report: %s", entry.key, exc)
+    return fields
 
 
 def _upload(ctx: ImageContext, key: str, path: Path, content_type: str, metadata: dict[str, str]) -> None:
@@ -254,7 +318,7 @@ def _remove(ctx: ImageContext, key: str, landed: dict[str, Any] | None = None) -
 def _result_fields(result: ConversionResult, input_bytes: int) -> dict[str, Any]:
     info = result.info
     return {
-        "status": "ok",
+        "status": Status.OK,
         "file_bands": info.count,
         "dtype": info.dtype,
         "width": info.width,
@@ -262,7 +326,8 @@ def _result_fields(result: ConversionResult, input_bytes: int) -> dict[str, Any]
         "input_bytes": input_bytes,
         "cog_bytes": result.cog_bytes,
         "jpeg_bytes": result.jpeg_bytes,
-        "notes": list(result.notes),
+        "input_codec": info.compression.upper() if info.compression else None,
+        "notes": tuple(result.notes),
         "step_seconds": {k: round(v, 3) for k, v in result.seconds.items()},
     }
 
@@ -283,8 +348,8 @@ def _space_hint(exc: ImageError, where: Path, input_bytes: int) -> ImageError:
     such a failure, a device with less room left than twice the input (the COG with its overviews,
     then the JPEG) is the likely cause.
     """
-    if "no space left" in exc.message.lower():
-        return exc
+    if "no space left" in exc.message.lower():  # the converter's wording of GDAL's or the OS's ENOSPC
+        return ImageError(exc.step, exc.message, code=FailureCode.DISK_FULL)
     try:
         free = shutil.disk_usage(where).free
     except OSError:
@@ -294,7 +359,11 @@ def _space_hint(exc: ImageError, where: Path, input_bytes: int) -> ImageError:
     mib = 1024 * 1024
     return ImageError(exc.step, f"{exc.message}; most likely no space left on the device holding {where.parent}: "
                                 f"{free / mib:.0f} MiB free for an input of {input_bytes / mib:.0f} MiB "
-                                "(set tmp_dir in the config to a larger disk)")
+                                "(set tmp_dir in the config to a larger disk)", code=FailureCode.DISK_FULL)
+
+
+def _os_code(exc: OSError) -> FailureCode | None:
+    return FailureCode.DISK_FULL if exc.errno == errno.ENOSPC else None
 
 
 def _os_reason(exc: OSError, where: Path) -> str:
@@ -304,44 +373,124 @@ def _os_reason(exc: OSError, where: Path) -> str:
 
 
 def run_batch(config: dict[str, Any], run_dir: Path, manifest_id: str, index: int,
-              status_file: Path, threads: int | None = None) -> list[dict[str, Any]]:
-    """Process batch ``index`` and write one JSON record per row to ``status_file`` (atomically).
+              status_file: Path, threads: int | None = None, urls_file: Path | None = None) -> list[ImageOutcome]:
+    """Process batch ``index`` and record one outcome per row in ``status_file`` (:func:`write_outcomes`:
+    appended to ``<status_file>.tmp`` as images finish, renamed once the whole batch is recorded).
 
-    Records are appended to ``<status_file>.tmp`` as images finish (progress can be followed there);
-    the file is renamed to ``status_file`` only once the whole batch is recorded.
+    With ``urls_file`` (the batch's presigned URLs, s3.transfer: presigned) no S3 client is made and no key
+    file read: ``status_file`` receives the job's records (outcome + uploads) for the access point to confirm.
     """
     entries = batch_entries(config, run_dir, manifest_id, index)
+    if urls_file is not None:
+        return [r.outcome for r in run_presigned_batch(config, entries, Path(urls_file), Path(status_file), threads)]
     ctx = ImageContext(config, threads)
     if entries:
         ctx.list_outputs(entries)
-    records = []
-    status_file = Path(status_file)
-    status_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = status_file.with_name(status_file.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
+
+    def processed() -> Iterator[ImageOutcome]:
         for entry in entries:
-            record = process_image(ctx, entry)
-            log.info("%s: %s%s (%.1f s)", entry.key, record["status"],
-                     f" at {record['step']}: {record['reason']}" if record["status"] == "failed" else "",
-                     record["seconds"])
-            for note in record.get("notes", []):
-                log.info("%s: note: %s", entry.key, note)
-            records.append(record)
-            fh.write(json.dumps(record, ensure_ascii=False) + "\n")
-            fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, status_file)
+            outcome = process_image(ctx, entry)
+            _log_outcome(entry, outcome)
+            yield outcome
+
+    outcomes = write_outcomes(Path(status_file), processed())
+    crash_point("batch.status")
+    return outcomes
+
+
+def _log_outcome(entry: Entry, outcome: ImageOutcome) -> None:
+    log.info("%s: %s%s (%.1f s)", entry.key, outcome.status,
+             f" at {outcome.step}: {outcome.reason}" if outcome.failed else "", outcome.seconds)
+    for note in outcome.notes:
+        log.info("%s: note: %s", entry.key, note)
+
+
+# ------------------------------------------------------------------------------ presigned URLs (no key here)
+
+def run_presigned_batch(config: dict[str, Any], entries: list[Entry], urls_file: Path, records_file: Path,
+                        threads: int | None = None) -> list[JobRecord]:
+    """The batch with the access point's presigned URLs: one JobRecord per row in ``records_file``."""
+    urls = BatchUrls.read(urls_file)
+    ctx = ImageContext(config, threads, connect=False)
+    log.info("batch %s/%s: presigned URLs (%s); no S3 keys on this machine", urls.manifest, urls.batch,
+             urls.describe())
+
+    def processed() -> Iterator[JobRecord]:
+        for entry in entries:
+            uploads: list[Uploaded] = []
+            image = urls.image(entry.key, entry.line)
+            outcome = _outcome(entry, lambda: _process_presigned(ctx, entry, image, urls, uploads))  # noqa: B023
+            _log_outcome(entry, outcome)
+            yield JobRecord(outcome, tuple(uploads))
+
+    records = write_records(records_file, processed())
     crash_point("batch.status")
     return records
 
 
-def read_status_records(run_dir: Path, manifest_id: str) -> dict[str, dict[str, Any]]:
-    """All per-image records written so far for a manifest, by key."""
-    records: dict[str, dict[str, Any]] = {}
-    for path in sorted((Path(run_dir) / "status" / manifest_id).glob("batch-*.jsonl")):
-        with open(path, encoding="utf-8") as fh:
-            for line in fh:
-                if line.strip():
-                    record = json.loads(line)
-                    records[record["key"]] = record
-    return records
+def _expired(urls: BatchUrls, step: str) -> ImageError:
+    return ImageError(step, f"the batch's presigned URLs expired before this image's {step} ({urls.describe()}); "
+                            "the job started too late (a long wait in the queue?): run `cog-pipeline retry` on "
+                            "the failed CSV, which signs new URLs (raise s3.presign_expiry_s for long queues)",
+                      code=FailureCode.URLS_EXPIRED)
+
+
+def _url_error(step: str, exc: presign.PresignedError, urls: BatchUrls) -> ImageError:
+    """The row's failure for a presigned request that failed (its code from what S3 answered)."""
+    if exc.expired:
+        return _expired(urls, step)
+    if step == "download" and exc.precondition_failed:
+        return ImageError("download", f"input object was replaced since the batch was planned ({exc}); "
+                                      "retry the failed rows", code=FailureCode.INPUT_CHANGED)
+    if step == "download" and exc.missing:
+        return ImageError("download", f"input object disappeared since the batch was planned ({exc}); upload "
+                                      "it, then retry the failed rows", code=FailureCode.INPUT_MISSING)
+    return ImageError(step, str(exc), code=FailureCode.S3_DENIED if exc.denied else FailureCode.S3_FAILED)
+
+
+def _process_presigned(ctx: ImageContext, entry: Entry, image: ImageUrls | None, urls: BatchUrls,
+                       uploads: list[Uploaded]) -> dict[str, Any]:
+    """One row with presigned URLs: the access point's decision (skip, fail) or download, convert, PUT both
+    outputs (JPEG first, as direct), each PUT appended to ``uploads`` for the access point to confirm."""
+    if image is None:
+        raise ImageError("internal", f"no presigned URLs for line {entry.line} in the batch's URL file",
+                         code=FailureCode.INTERNAL)
+    if image.action is Action.FAIL:
+        raise ImageError(image.step or "download", image.reason, code=image.code)
+    if image.action is Action.SKIP:
+        return {"status": Status.SKIPPED, "reason": image.reason or SKIPPED_REASON, "input_bytes": image.input_bytes}
+    if image.get is None or image.jpeg_put is None or image.cog_put is None or image.input_bytes is None:
+        raise ImageError("internal", "the batch's URL file lacks this row's requests", code=FailureCode.INTERNAL)
+    if urls.time_left() < START_MARGIN_S:
+        raise _expired(urls, "download")
+    workdir = _private_tmpdir(ctx.tmp_root)
+    try:
+        try:
+            presign.download(ctx.transport, image.get, workdir / "input.tif", image.input_bytes, image.source_etag)
+        except presign.PresignedError as exc:
+            raise _url_error("download", exc, urls) from None
+        except OSError as exc:
+            raise ImageError("download", _os_reason(exc, workdir), code=_os_code(exc)) from None
+        crash_point("batch.downloaded")
+        result = _convert(ctx, entry, workdir, image.input_bytes)
+        for request, path in ((image.jpeg_put, workdir / "preview.jpg"), (image.cog_put, workdir / "cog.tif")):
+            key = jpeg_key(entry.key) if path.suffix == ".jpg" else entry.key
+            _put(ctx, request, path, key, urls, uploads)
+            crash_point("batch.uploaded-jpeg" if path.suffix == ".jpg" else "batch.uploaded")
+        return _finish(ctx, entry, result, workdir / "cog.tif", image.input_bytes)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _put(ctx: ImageContext, request: presign.SignedRequest, path: Path, key: str, urls: BatchUrls,
+         uploads: list[Uploaded]) -> None:
+    """PUT one output; recorded in ``uploads`` whatever the answer (a PUT whose answer was lost may have landed)."""
+    size, md5 = path.stat().st_size, presign.md5_of(path)
+    try:
+        answered = presign.upload(ctx.transport, request, path, md5)
+    except presign.PresignedError as exc:
+        uploads.append(Uploaded(key, size, md5))
+        raise _url_error("upload", exc, urls) from None
+    except PipelineError as exc:  # larger than one PUT may be: nothing sent
+        raise ImageError("upload", str(exc), code=FailureCode.S3_FAILED) from None
+    uploads.append(Uploaded(key, size, md5, answered.strip('"')))

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from cog_pipeline.core.logs import FORMAT
+from cog_pipeline.core.failures import FailureCode
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,9 @@ def log_name(key: str) -> str:
     Never leaves the directory (no empty, ``.`` or ``..`` parts, no control characters) and keeps
     every part within file-name limits.
     """
-    name = key[: -len(".tif")] if key.endswith(".tif") else key
+    from cog_pipeline.core.naming import key_stem
+
+    name = key_stem(key)
     parts = []
     for part in name.split("/"):
         if part in ("", ".", ".."):
@@ -90,45 +93,60 @@ def image_log_path(key: str) -> str:
 
 # ----------------------------------------------------------------------------------- what to do
 
-_ADVICE: list[tuple[re.Pattern[str], str]] = [(re.compile(p, re.IGNORECASE | re.DOTALL), a) for p, a in [
-    (r"input object not found", "upload the image to the input bucket under exactly this key, then run "
-                                "`cog-pipeline retry` on the failed CSV"),
-    (r"input object is empty|file is empty", "the object in the input bucket has 0 bytes: upload the complete "
-                                             "file again, then retry the failed rows"),
-    (r"not a TIFF file", "only GeoTIFFs are accepted: export the image as GeoTIFF (e.g. gdal_translate -of GTiff), "
-                         "upload it under this key, then retry"),
-    (r"truncated or corrupt", "the upload is incomplete or damaged: upload the file again (check it opens with "
-                              "gdalinfo first), then retry"),
-    (r"exceeds max_pixels", "if the image is genuine, raise cog.max_pixels in config/config.yaml (and the job's "
-                            "memory), or split it into tiles; then retry"),
-    (r"no space left|not enough space|disk full", "the job's temp disk is full: set tmp_dir to a larger disk or raise "
-                                                  "disk_mb_per_job in the config, then retry"),
-    (r"JPEG format is limited", "the image is too large for a single JPEG preview: split it into tiles, then upload "
-                                "those with a new manifest"),
-    (r"AccessDenied|Forbidden|InvalidAccessKeyId|SignatureDoesNotMatch",
-     "the pipeline's S3 keys may not read the input or write the output bucket: ask the storage admin, then retry"),
-    (r"^(download|upload|check-output):", "S3 failed for this image (network or server): retry the failed rows; "
-                                          "if it keeps failing, check the endpoint and buckets"),
-    (r"no outcome recorded", "the batch job stopped before this image finished (killed, out of memory or time): "
-                             "see the batch log named in the reason, raise mem_mb_per_job if it ran out of "
-                             "memory, then retry"),
-    (r"output missing from the output bucket", "the outputs disappeared after conversion (deleted or lost on "
-                                               "upload): retry the failed rows"),
-    (r"^(validate|verify|internal):", "this should not happen with a readable GeoTIFF: keep the input, and report "
-                                      "it with this log file to the pipeline's maintainers"),
-    (r"^(open|cog|jpeg):", "GDAL could not read or convert the file: check it with gdalinfo, fix or re-export it, "
-                           "upload it again, then retry"),
-    (r"^line \d+:", "the manifest row itself is wrong: fix the row as the reason says and upload it in a new "
-                    "manifest (cog-pipeline retry leaves such rows out)"),
-]]
+_S3_FAILED = ("S3 failed for this image (network or server): retry the failed rows; if it keeps failing, check the "
+              "endpoint and buckets")
+_REPORT_IT = ("this should not happen with a readable GeoTIFF: keep the input, and report it with this log file to "
+              "the pipeline's maintainers")
+
+#: What an operator should do about a failed row, by its failure code.
+ADVICE: dict[FailureCode, str] = {
+    FailureCode.INPUT_MISSING: "upload the image to the input bucket under exactly this key, then run "
+                               "`cog-pipeline retry` on the failed CSV",
+    FailureCode.INPUT_EMPTY: "the object in the input bucket has 0 bytes: upload the complete file again, then retry "
+                             "the failed rows",
+    FailureCode.INPUT_CHANGED: _S3_FAILED,
+    FailureCode.NOT_A_TIFF: "only GeoTIFFs are accepted: export the image as GeoTIFF (e.g. gdal_translate -of GTiff), "
+                            "upload it under this key, then retry",
+    FailureCode.CORRUPT: "the upload is incomplete or damaged: upload the file again (check it opens with gdalinfo "
+                         "first), then retry",
+    FailureCode.TOO_LARGE: "if the image is genuine, raise cog.max_pixels in config/config.yaml (and the job's "
+                           "memory), or split it into tiles; then retry",
+    FailureCode.DISK_FULL: "the job's temp disk is full: set tmp_dir to a larger disk or raise disk_mb_per_job in the "
+                           "config, then retry",
+    FailureCode.JPEG_TOO_LARGE: "the image is too large for a single JPEG preview: split it into tiles, then upload "
+                                "those with a new manifest",
+    FailureCode.S3_DENIED: "the pipeline's S3 keys may not read the input or write the output bucket: ask the storage "
+                           "admin, then retry",
+    FailureCode.S3_FAILED: _S3_FAILED,
+    FailureCode.BATCH_DID_NOT_FINISH: "the batch job stopped before this image finished (killed, out of memory or "
+                                      "time): see the batch log named in the reason, raise mem_mb_per_job if it ran "
+                                      "out of memory, then retry",
+    FailureCode.BATCH_REMOVED: "the batch job was removed from the pool (condor_rm, or by the pool's policy) before "
+                               "this image finished: see logs/snakemake.log for who removed it, then retry the "
+                               "failed rows",
+    FailureCode.BATCH_HELD: "the pool held the batch job (the hold reason is in the reason): fix what it names (often "
+                            "memory or disk: mem_mb_per_job, disk_mb_per_job), then retry the failed rows",
+    FailureCode.OUTPUT_MISSING: "the outputs disappeared after conversion (deleted or lost on upload): retry the "
+                                "failed rows",
+    FailureCode.VERIFY_FAILED: _REPORT_IT,
+    FailureCode.INTERNAL: _REPORT_IT,
+    FailureCode.GDAL_FAILED: "GDAL could not read or convert the file: check it with gdalinfo, fix or re-export it, "
+                             "upload it again, then retry",
+    FailureCode.URLS_EXPIRED: "the batch job started after its presigned URLs expired (it waited too long in the "
+                              "pool's queue): run `cog-pipeline retry` on the failed CSV (new URLs are signed); "
+                              "raise s3.presign_expiry_s if queues are long",
+    FailureCode.MANIFEST_ROW: "the manifest row itself is wrong: fix the row as the reason says and upload it in a new "
+                              "manifest (cog-pipeline retry leaves such rows out)",
+}
+GENERIC_ADVICE = "see this image's log for details; fix the cause, then retry the failed rows"
 
 
-def advice(reason: str) -> str:
-    """What an operator should do about a failed row, from its reason (``step: message`` or ``line N: ...``)."""
-    for pattern, text in _ADVICE:
-        if pattern.search(reason or ""):
-            return text
-    return "see this image's log for details; fix the cause, then retry the failed rows"
+def advice(code: FailureCode | str | None) -> str:
+    """What an operator should do about a failed row with this failure code (a generic text without one)."""
+    try:
+        return ADVICE[FailureCode(code)] if code is not None else GENERIC_ADVICE
+    except ValueError:
+        return GENERIC_ADVICE
 
 
 # ----------------------------------------------------------------------------------- writing
@@ -151,10 +169,11 @@ def render_image_log(row: dict[str, Any], config: dict[str, Any]) -> str:
              f"manifest:   {row.get('manifest', '?')}" + (f", line {row['line']}" if row.get("line") else ""),
              f"run:        {config.get('run_id', '?')}"]
     if row["outcome"] == "failed":
-        step = row.get("step") or ("manifest row" if str(row.get("reason", "")).startswith("line ") else "?")
+        code = row.get("code")
+        step = row.get("step") or ("manifest row" if code == FailureCode.MANIFEST_ROW else "?")
         lines += [f"outcome:    FAILED at step '{step}'",
                   f"reason:     {row.get('reason', '')}",
-                  f"what to do: {advice(str(row.get('reason', '')))}"]
+                  f"what to do: {advice(code)}"]
     else:
         lines.append(f"outcome:    {row['outcome']}")
         if row.get("reason"):

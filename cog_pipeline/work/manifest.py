@@ -1,6 +1,7 @@
 """The CSV manifest: parse it into accepted entries and rejected rows, and write outcome CSVs back.
 
-A manifest row is ``path/to/image.tif,<NUM BANDS>``: the key of an input object and its band count.
+A manifest row is ``path/to/image.tif,<NUM BANDS>``: the key of an input object and its band count
+(the key ends in ``.tif`` or ``.tiff``, any case: :func:`cog_pipeline.core.naming.tiff_suffix`).
 Parsing is pure (bytes in, :class:`Manifest` out) and never raises for bad content: every non-blank,
 non-header line ends up exactly once in ``entries`` or ``rejected``; only blank lines are skipped,
 and they are counted in ``notes``.
@@ -13,6 +14,11 @@ import io
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+from cog_pipeline.core.naming import TIFF_SUFFIXES, is_tiff_key
+from cog_pipeline.core.naming import jpeg_key as jpeg_key  # re-exported: batch, aggregate and bench import it here
 
 #: Band counts above this are taken for a typo, not a real image.
 MAX_BANDS = 10_000
@@ -90,17 +96,13 @@ def _key_problems(key: str, max_key_bytes: int) -> list[str]:
     problems = []
     if key.startswith("/"):
         problems.append("key starts with '/' (keys are relative to the input bucket; remove the leading '/')")
-    if not key.endswith(".tif"):
+    if not is_tiff_key(key):
         stripped = key.rstrip()
-        lowered = stripped.lower()
-        if stripped != key and stripped.endswith(".tif"):
-            problems.append("key has whitespace after '.tif' (remove it)")
-        elif lowered.endswith((".tif", ".tiff")):
-            suffix = stripped[stripped.rindex("."):]
-            problems.append(f"key ends in {suffix!r}: keys must end in lowercase '.tif'")
+        if stripped != key and is_tiff_key(stripped):
+            problems.append(f"key has whitespace after {stripped[stripped.rindex('.'):]!r} (remove it)")
         else:
-            problems.append(f"key {_show(key)} does not end in '.tif' "
-                            "(only GeoTIFF keys ending in '.tif' are accepted)")
+            problems.append(f"key {_show(key)} does not end in '.tif' or '.tiff' "
+                            "(only GeoTIFF keys are accepted; any case: .tif, .TIF, .tiff, .TIFF)")
     if ".." in key.split("/"):
         problems.append("key contains a '..' path segment (not allowed)")
     bad = _BAD_KEY_CHAR.search(key)
@@ -145,7 +147,7 @@ def _is_header(row: list[str]) -> bool:
         return False
     key, bands = row[0].strip(), row[1].strip()
     return (not _INT.fullmatch(bands) and any(c.isalpha() for c in bands)
-            and not key.lower().endswith((".tif", ".tiff")) and "/" not in key)
+            and not key.lower().endswith(TIFF_SUFFIXES) and "/" not in key)
 
 
 def parse_manifest(data: bytes, max_key_bytes: int = 1024) -> Manifest:
@@ -170,6 +172,7 @@ def parse_manifest(data: bytes, max_key_bytes: int = 1024) -> Manifest:
     blank = 0
     seen_data = False
     first_line: dict[str, int] = {}
+    first_preview: dict[str, tuple[int, str]] = {}  # JPEG key -> (line, key) of the first row with it
     prev = 0
     while True:
         try:
@@ -209,7 +212,7 @@ def parse_manifest(data: bytes, max_key_bytes: int = 1024) -> Manifest:
             continue
 
         # Fast paths for the common, valid case; the full checks name every problem.
-        if (key.endswith(".tif") and not key.startswith("/") and ".." not in key
+        if (is_tiff_key(key) and not key.startswith("/") and ".." not in key
                 and len(key) * 4 <= max_key_bytes and not _BAD_KEY_CHAR.search(key)):
             problems = []
         else:
@@ -226,11 +229,16 @@ def parse_manifest(data: bytes, max_key_bytes: int = 1024) -> Manifest:
                 problems.append(problem)
         if not problems and key in first_line:
             problems.append(f"duplicate of line {first_line[key]} (each key may be listed once)")
+        elif not problems and jpeg_key(key) in first_preview:
+            other = first_preview[jpeg_key(key)]
+            problems.append(f"same preview key {jpeg_key(key)!r} as line {other[0]} ({other[1]!r}): two images "
+                            "whose keys differ only in the extension would overwrite each other's JPEG; rename one")
         if problems:
             manifest.rejected.append(Rejected(line, key, bands_text, row, f"line {line}: " + "; ".join(problems)))
             continue
         assert bands is not None
         first_line[key] = line
+        first_preview.setdefault(jpeg_key(key), (line, key))
         manifest.entries.append(Entry(line, key, bands, bands_text))
 
     if blank:
@@ -240,13 +248,6 @@ def parse_manifest(data: bytes, max_key_bytes: int = 1024) -> Manifest:
     return manifest
 
 
-def jpeg_key(key: str) -> str:
-    """Key of the JPEG preview: ``a/b.tif`` -> ``a/b.jpg`` (only the final ``.tif`` is replaced)."""
-    if not key.endswith(".tif"):
-        raise ValueError(f"key {key!r} does not end in '.tif'")
-    return key[: -len(".tif")] + ".jpg"
-
-
 def batch_slices(n_entries: int, batch_size: int) -> list[tuple[int, int]]:
     """``[(start, stop), ...]`` covering ``range(n_entries)`` in order, each at most ``batch_size`` long."""
     if batch_size < 1:
@@ -254,6 +255,19 @@ def batch_slices(n_entries: int, batch_size: int) -> list[tuple[int, int]]:
     if n_entries < 0:
         raise ValueError(f"n_entries must not be negative, got {n_entries}")
     return [(start, min(start + batch_size, n_entries)) for start in range(0, n_entries, batch_size)]
+
+
+@lru_cache(maxsize=64)
+def _read_manifest(path: str, _size: int, _mtime_ns: int) -> Manifest:
+    return parse_manifest(Path(path).read_bytes())
+
+
+def read_manifest(path: Path | str) -> Manifest:
+    """The claimed manifest CSV at ``path``, parsed once per process while the file is unchanged (size and
+    mtime): Snakemake's input functions, the progress bar and status share one parse. Do not modify it."""
+    path = Path(path).resolve()
+    stat = path.stat()
+    return _read_manifest(str(path), stat.st_size, stat.st_mtime_ns)
 
 
 def _write(rows: Iterable[Iterable[str]], header: list[str] | None = None) -> bytes:

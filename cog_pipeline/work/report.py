@@ -1,10 +1,12 @@
 """The run report: ``workflow-run-<TS>/report.html``, one self-contained page per run.
 
-Summary counts, then one row per image (failed rows first) with its key, sizes, bands, data type,
-compression ratio, time, outcome, reason and what to do, and a small thumbnail (made by the batch job
-from the COG's overviews, see thumbnail.py) embedded as a data URI. Everything that comes from users
-or files (keys, reasons, notes, bucket names) is HTML-escaped, and the page forbids scripts and any
-remote content with a Content-Security-Policy, so it is safe to open straight from the bucket.
+Summary counts, a map of the delivery (every image's footprint, coloured by outcome: work/reportmap.py),
+then one row per image (failed rows first) with its key, sizes, bands, data type, CRS, pixel size, overview
+levels, codec, COG / input size (with a warning where the COG is the larger), time, outcome, reason and what
+to do, and a small thumbnail (made by the batch job from the COG's overviews, see thumbnail.py) embedded as a
+data URI. Everything that comes from users or files (keys, reasons, notes, bucket names) is HTML-escaped,
+and the page's Content-Security-Policy allows one script (the map's, by its hash) and no remote content
+(except the tiles of ``report.basemap_url`` when it is set), so it is safe to open straight from the bucket.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import html
 import io
 import json
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -22,15 +25,48 @@ from typing import Any
 import yaml
 
 from cog_pipeline.work.imagelogs import advice, format_size, image_log_path, write_image_logs
+from cog_pipeline.work.outcomes import failure_codes, read_outcomes
 from cog_pipeline.core.naming import RUN_CONFIG, TIMESTAMP_FORMAT, ManifestKeys, batch_log_path, outcome_path
+from cog_pipeline.work.reportmap import MAP_CSS, SCRIPT, SCRIPT_HASH, BasemapError, basemap_origin, \
+    check_basemap_url, render_map
 from cog_pipeline.raster.thumbnail import DATA_URI_PREFIX, THUMBNAIL_SIDE
 
-#: Rows up to this manifest line get a thumbnail (keeps status files and the page small).
-MAX_THUMBNAIL_LINE = 1000
 #: At most this many processed rows are listed (every failed row always is); the processed CSV has all.
 MAX_PROCESSED_ROWS = 5000
 
-CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
+CSP = f"default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src {SCRIPT_HASH}"
+#: Inputs with these codecs are lossy: a lossless COG of their decoded pixels is usually several times larger.
+LOSSY_CODECS = frozenset({"JPEG", "WEBP", "JPEG2000", "JXL"})
+#: A COG larger than its input by less than this is not warned of (a tiny image's COG headers and overviews).
+MIN_LARGER_BYTES = 256 * 1024
+
+
+def content_security_policy(basemap_url: str | None = None) -> str:
+    """The page's policy: :data:`CSP`, with the basemap's origin added to ``img-src`` when there is one."""
+    if not basemap_url:
+        return CSP
+    return CSP.replace("img-src data:", f"img-src data: {basemap_origin(basemap_url)}", 1)
+#: The reason of a row the manifest parser refused (cog_pipeline.work.manifest: "line N: ...").
+_REFUSED_ROW = re.compile(r"line \d+: ")
+#: At most this many manifest notes are listed (outcome/<m>.json has them all).
+MAX_NOTES = 200
+
+
+def _breakable(text: str) -> str:
+    """HTML-escaped text that a narrow column wraps after a '/' (``<wbr>``), not in the middle of a name."""
+    return "/<wbr>".join(html.escape(part) for part in text.split("/"))
+
+
+def manifest_notes(run_dir: Path, config: dict[str, Any]) -> list[tuple[str, str]]:
+    """(manifest raw key, note) for every note of the manifests' summaries ("line 1: header row skipped")."""
+    notes = []
+    for manifest in config.get("manifests", []):
+        try:
+            summary = json.loads(outcome_path(run_dir, manifest["id"]).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        notes += [(str(manifest.get("raw_key", "")), str(note)) for note in summary.get("notes") or []]
+    return notes
 
 
 def _csv_rows(path: Path) -> list[list[str]]:
@@ -41,15 +77,8 @@ def _csv_rows(path: Path) -> list[list[str]]:
 
 def _records(run_dir: Path, manifest_id: str) -> dict[str, dict[str, Any]]:
     """Per-image records of a manifest by key, each with the path of the batch log that has its lines."""
-    records: dict[str, dict[str, Any]] = {}
-    for path in sorted((run_dir / "status" / manifest_id).glob("batch-*.jsonl")):
-        batch_log = batch_log_path(manifest_id, path.stem.removeprefix("batch-"))
-        with open(path, encoding="utf-8") as fh:
-            for line in fh:
-                if line.strip():
-                    record = json.loads(line)
-                    records[record["key"]] = {**record, "batch_log": batch_log}
-    return records
+    return {key: {**outcome.to_record(), "batch_log": batch_log_path(manifest_id, outcome.batch or "")}
+            for key, outcome in read_outcomes(run_dir, manifest_id).items()}
 
 
 def report_rows(run_dir: Path, config: dict[str, Any]) -> list[dict[str, Any]]:
@@ -64,8 +93,13 @@ def report_rows(run_dir: Path, config: dict[str, Any]) -> list[dict[str, Any]]:
         local = run_dir / "outcome" / manifest["id"]
         records = _records(run_dir, manifest["id"])
         errors = _csv_rows(local / summary["errors_key"].rpartition("/")[2])[1:]
-        for key, bands, reason in (r[:3] for r in errors if len(r) >= 3):
-            rows.append({**records.get(key, {}), "key": key, "bands": bands, "outcome": "failed", "reason": reason,
+        failed = [r[:3] for r in errors if len(r) >= 3]
+        codes = failure_codes(summary, [r[2] for r in failed])  # one per errors-CSV row
+        for (key, bands, reason), code in zip(failed, codes, strict=True):
+            # A row refused by the manifest parser ("line N: ...", e.g. a duplicate of a processed key) was
+            # never converted: the record under its key, if any, is another row's and is not shown here.
+            record = {} if _REFUSED_ROW.match(reason) else records.get(key, {})
+            rows.append({**record, "key": key, "bands": bands, "outcome": "failed", "reason": reason, "code": code,
                          "manifest": manifest["raw_key"], "log_path": image_log_path(key)})
         for key, bands in (r[:2] for r in _csv_rows(local / summary["processed_key"].rpartition("/")[2])):
             record = records.get(key, {})
@@ -98,30 +132,85 @@ def _run_times(run_dir: Path, config: dict[str, Any]) -> tuple[str, str]:
     return shown, _duration(max(ends) - started) if ends else ""
 
 
-def _row_html(r: dict[str, Any], show_manifest: bool) -> str:
+_UNITS = {"metre": "m", "meter": "m", "degree": "\u00b0", "US survey foot": "US ft", "foot": "ft"}
+
+
+def _pixel_size(r: dict[str, Any]) -> str:
+    """``0.5 m``, ``0.0001°``, ``0.5x0.6 m`` (x and y differ, with a multiplication sign); empty when unknown."""
+    size = r.get("pixel_size")
+    if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(isinstance(v, (int, float)) for v in size)):
+        return ""
+    unit = str(r.get("pixel_unit") or "")
+    unit = _UNITS.get(unit, unit)
+    x, y = (f"{v:.4g}" for v in size)
+    text = x if x == y else f"{x}\u00d7{y}"
+    return html.escape(text + ("" if unit in ("", "\u00b0") else " ") + unit)
+
+
+def _sub(text: str) -> str:
+    """A second line in a cell (already escaped ``text``; nothing when empty)."""
+    return f'<div class="sub">{text}</div>' if text else ""
+
+
+def size_ratio(r: dict[str, Any]) -> float | None:
+    """COG bytes / input bytes of a converted row (None when either is unknown)."""
+    cog, source = r.get("cog_bytes"), r.get("input_bytes")
+    if isinstance(cog, int) and isinstance(source, int) and source > 0 and r["outcome"] == "processed":
+        return cog / source
+    return None
+
+
+def larger_warning(r: dict[str, Any]) -> str:
+    """What to say of a COG larger than its input (empty when it is not): why, and the preset that helps."""
+    ratio = size_ratio(r)
+    if ratio is None or ratio <= 1 or r["cog_bytes"] - r["input_bytes"] < MIN_LARGER_BYTES:
+        return ""
+    source, codec = str(r.get("input_codec") or ""), str(r.get("codec") or "the COG's codec")
+    if source in LOSSY_CODECS:
+        why = (f"the input is {source}-compressed (lossy) and the COG keeps its decoded pixels exactly with "
+               f"{codec}, which cannot get near a lossy codec's size. For such imagery enable presets "
+               "(<code>presets.enabled: true</code>): <code>imagery: {compress: WEBP, quality: 100}</code> is "
+               "lossless and smaller than LZW; a lossy <code>quality</code> below 100 with "
+               "<code>min_psnr_db</code> (checked per image) comes near the input's size.")
+    else:
+        why = (f"the input ({source or 'its codec unknown'}) was compressed more tightly than {codec}. Try a "
+               "predictor (<code>cog.predictor: STANDARD</code>, <code>FLOATING_POINT</code> for floats) or "
+               "presets per data kind (<code>presets.enabled: true</code>: ZSTD, WEBP or LERC).")
+    return f'<div class="warn"><b>COG {ratio:.1f}&times; its input:</b> {why}</div>'
+
+
+def _row_html(r: dict[str, Any], show_manifest: bool, index: int) -> str:
     esc = html.escape
     failed = r["outcome"] == "failed"
-    ratio = f"{r['input_bytes'] / r['cog_bytes']:.2f}" if r.get("input_bytes") and r.get("cog_bytes") else ""
+    ratio_value = size_ratio(r)
+    ratio = "" if ratio_value is None else (
+        f'<span class="{"bigger" if ratio_value > 1 else "smaller"}">{ratio_value:.2f}</span>')
     thumb = str(r.get("thumbnail", ""))
     if thumb.startswith(DATA_URI_PREFIX) and all(c.isalnum() or c in "+/=" for c in thumb[len(DATA_URI_PREFIX):]):
         preview = f'<img alt="preview of {esc(r["key"])}" src="{thumb}">'
     else:
         preview = '<span class="none">no preview</span>' if not failed else ""
-    reason = esc(str(r.get("reason", "")))
+    reason = esc(str(r.get("reason", ""))) + larger_warning(r)
     if failed:
-        reason = (f"{reason}<div class=\"todo\"><b>What to do:</b> {esc(advice(str(r.get('reason', ''))))}</div>")
+        reason = (f"{reason}<div class=\"todo\"><b>What to do:</b> {esc(advice(r.get('code')))}</div>")
+    reason = f'<div class="reason">{reason}</div>'
+    overviews = r.get("overviews") or []
+    levels = ", ".join(str(v) for v in overviews if isinstance(v, int)) or ("none" if r.get("codec") else "")
+    codec = esc(str(r.get("codec") or "")) + _sub(f"input {esc(str(r['input_codec']))}" if r.get("input_codec") else "")
     sized = isinstance(r.get("width"), int) and isinstance(r.get("height"), int)
     dims = f"{r['width']}&times;{r['height']}" if sized else ""
     bands = esc(str(r["bands"])) + (f"/{esc(str(r['file_bands']))}" if r.get("file_bands") not in (None, "") else "")
     seconds = f"{r['seconds']:.2f}" if isinstance(r.get("seconds"), (int, float)) else ""
-    cells = [preview, f'<span class="key">{esc(r["key"])}</span>']
+    cells = [preview, f'<span class="key">{_breakable(str(r["key"]))}</span>']
     if show_manifest:
         cells.append(esc(str(r.get("manifest", ""))))
     cells += [f'<span class="outcome">{esc(str(r["outcome"]))}</span>', reason, dims, bands,
-              esc(str(r.get("dtype", ""))), format_size(r.get("input_bytes"), ""),
-              format_size(r.get("cog_bytes"), ""), ratio, seconds,
-              f'<code>{esc(str(r.get("log_path", "")))}</code>']
-    return f'<tr class="{"failed" if failed else "ok"}">' + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"
+              esc(str(r.get("dtype", ""))), esc(str(r.get("crs") or "")) + _sub(_pixel_size(r)),
+              codec + _sub(esc(levels) and f"overviews {esc(levels)}"),
+              format_size(r.get("input_bytes"), ""), format_size(r.get("cog_bytes"), ""), ratio, seconds,
+              f'<code>{_breakable(str(r.get("log_path", "")))}</code>']
+    return (f'<tr id="row-{index}" data-i="{index}" class="{"failed" if failed else "ok"}">'
+            + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
 
 
 def render_html(run_dir: Path, rows: list[dict[str, Any]] | None = None,
@@ -157,14 +246,38 @@ def render_html(run_dir: Path, rows: list[dict[str, Any]] | None = None,
     if len(done) > MAX_PROCESSED_ROWS:
         more = (f"<p>Only the first {MAX_PROCESSED_ROWS} of {len(done)} processed rows are listed; the processed "
                 "CSV lists them all.</p>")
+    notes = manifest_notes(run_dir, config)
+    notes_html = ""
+    if notes:
+        items = "".join(f"<li>{(esc(raw) + ': ') if show_manifest else ''}{esc(note)}</li>"
+                        for raw, note in notes[:MAX_NOTES])
+        extra = (f"<p>... and {len(notes) - MAX_NOTES} more (outcome/&lt;manifest&gt;.json in the run directory has "
+                 "them all).</p>") if len(notes) > MAX_NOTES else ""
+        notes_html = f'<details class="notes" open><summary>Manifest notes ({len(notes)})</summary><ul id="notes">' \
+                     f"{items}</ul>{extra}</details>"
     head = ["preview", "key"] + (["manifest"] if show_manifest else []) + [
-        "outcome", "reason / notes", "size (px)", "bands (CSV/file)", "type", "input", "COG", "ratio", "seconds",
-        "image log (in the run directory)"]
-    body = "\n".join(_row_html(r, show_manifest) for r in shown)
+        "outcome", "reason / notes", "size (px)", "bands (CSV/file)", "type", "CRS / pixel size",
+        "codec / overviews", "input", "COG", "COG / input size", "seconds", "image log (in the run directory)"]
+    body = "\n".join(_row_html(r, show_manifest, i) for i, r in enumerate(shown))
+    basemap_note = ""
+    try:
+        basemap = check_basemap_url((config.get("report") or {}).get("basemap_url"))
+    except BasemapError as exc:
+        basemap, basemap_note = None, f'<p class="retry">No basemap: {esc(str(exc))}</p>'
+    map_html = render_map(shown, basemap)
+    bigger = [r for r in done if larger_warning(r)]
+    bigger_html = ""
+    if bigger:
+        lossy = sum(1 for r in bigger if str(r.get("input_codec") or "") in LOSSY_CODECS)
+        bigger_html = (f'<p class="retry" id="bigger-note"><b>{len(bigger)} COG{"s are" if len(bigger) != 1 else " is"}'
+                       f' larger than {"their inputs" if len(bigger) != 1 else "its input"}</b>'
+                       + (f" ({lossy} from lossy JPEG/WEBP-compressed inputs)" if lossy else "")
+                       + ": see the <i>COG / input size</i> column and the note in each such row for the preset "
+                         "that helps.</p>")
     manifest_keys = ", ".join(esc(str(m.get("raw_key", ""))) for m in manifests)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
-<meta http-equiv="Content-Security-Policy" content="{CSP}">
+<meta http-equiv="Content-Security-Policy" content="{esc(content_security_policy(basemap), quote=False)}">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>cog-pipeline run {run_id}</title>
 <style>
@@ -181,13 +294,21 @@ th, td {{ border-bottom: 1px solid #ddd; padding: 4px 6px; text-align: left; ver
 th {{ background: #f5f5f5; position: sticky; top: 0; }}
 tr.failed td {{ background: #fdecea; }}
 tr.failed .outcome {{ color: #b3261e; font-weight: bold; }}
-.key {{ font-family: ui-monospace, monospace; overflow-wrap: anywhere; }}
+.key {{ font-family: ui-monospace, monospace; overflow-wrap: break-word; }}
 td:nth-child(2) {{ min-width: 14em; }}
 .todo {{ margin-top: 0.3em; color: #5f370e; }}
 .none {{ color: #999; font-size: 0.85em; }}
-code {{ font-size: 0.9em; overflow-wrap: anywhere; }}
+code {{ font-size: 0.9em; overflow-wrap: break-word; }}
+.notes {{ margin: 0.5em 0 1em; color: #444; }}
+.notes ul {{ margin: 0.3em 0; }}
 img {{ display: block; min-width: 48px; max-width: {THUMBNAIL_SIDE}px; max-height: {THUMBNAIL_SIDE}px;
        image-rendering: pixelated; }}
+.warn {{ margin-top: 0.3em; color: #6d4c00; background: #fff3cd; padding: 0.2em 0.4em; border-radius: 4px; }}
+.bigger {{ color: #b3261e; font-weight: bold; }}
+.sub {{ color: #666; font-size: 0.9em; }}
+.reason {{ min-width: 16em; }}
+td code {{ font-size: 0.8em; }}
+{MAP_CSS}
 </style></head>
 <body>
 <h1>cog-pipeline run {run_id}</h1>
@@ -205,12 +326,17 @@ img {{ display: block; min-width: 48px; max-width: {THUMBNAIL_SIDE}px; max-heigh
 <div class="count">COGs written<b>{format_size(total_cog, '') or '0 B'}</b></div>
 </div>
 {retry}
+{bigger_html}
+{notes_html}
+{basemap_note}
+{map_html}
 {more}
 <table>
 <thead><tr>{''.join(f'<th>{esc(h)}</th>' for h in head)}</tr></thead>
 <tbody>
 {body}
 </tbody></table>
+<script>{SCRIPT}</script>
 </body></html>
 """
 

@@ -5,7 +5,9 @@
 # Settings: workflow/job.env, written per run by cog_pipeline.htcondor.snakemake_args(); it holds
 # only names and paths (software mode, archive name, interpreter, key FILE names), never secrets.
 #
-# 1. makes the S3 key files private (chmod 600) and deletes them when the job ends;
+# 1. with s3.transfer: direct only, makes the S3 key files private (chmod 600) and deletes them when
+#    the job ends (with presigned, the pool's default, a job receives URLs and no key file: the list
+#    COG_PIPELINE_PRIVATE_FILES is empty and this step does nothing);
 # 2. finds Python: unpacks the environment archive (tarball), or uses the image's (container) or
 #    the shared installation's (shared) interpreter;
 # 3. runs `python -m snakemake "$@"` with the run's own copy of the cog_pipeline package first on

@@ -1,5 +1,6 @@
 """Fixtures of the fault suite: the fault proxy in front of the session's S3 server, a World per test,
-and the figures collector that writes tests/.fault-figures.json at the end of the session."""
+and the figures collector that writes tests/.fault-figures.json at the end of the session (of each
+worker under pytest-xdist: the workers of one run add up their figures there)."""
 
 from __future__ import annotations
 
@@ -16,10 +17,12 @@ FIGURES_FILE = Path(__file__).resolve().parent.parent / ".fault-figures.json"
 
 
 @pytest.fixture(scope="session")
-def figures():
+def figures(request):
+    """The suite's figures; each pytest-xdist worker adds its share to the file of the run."""
     collected = Figures()
     yield collected
-    collected.write(FIGURES_FILE)
+    workerinput = getattr(request.config, "workerinput", None)
+    collected.write(FIGURES_FILE, run=workerinput["testrunuid"] if workerinput else None)
 
 
 @pytest.fixture(scope="session")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import fcntl
 import hashlib
 import io
 import json
@@ -83,10 +84,50 @@ class Figures:
             "measured_bounds": self.bounds,
         }
 
-    def write(self, path: Path) -> None:
-        data = self.as_json()
-        data["written"] = time.strftime("%Y-%m-%d %H:%M:%S")
-        path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    def absorb(self, data: dict[str, Any]) -> None:
+        """Add the figures of another process (its ``as_json()``): one pytest-xdist worker's share of the suite."""
+        for family, names in data["fault_kinds"].items():
+            self.fault_kinds.setdefault(family, set()).update(names)
+        self.fault_kinds["secrets"].update(data["secret_channels_checked"])
+        for op_kind, count in data["s3_faults_by_operation_and_kind"].items():
+            op, _, kind = op_kind.partition("/")
+            self.s3_faults_injected[(op, kind)] += count
+        for attr, key in _COUNTS.items():
+            setattr(self, attr, getattr(self, attr) + data[key])
+        self.bounds.update(data["measured_bounds"])
+
+    def write(self, path: Path, run: str | None = None) -> None:
+        """Write the figures to ``path``; with ``run`` (the pytest-xdist run id) add those that another worker of
+        the same run already wrote there (under a lock), so the file holds the whole suite's."""
+        with open(path, "a+", encoding="utf-8") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            handle.seek(0)
+            text = handle.read()
+            total = Figures()
+            total.absorb(self.as_json())
+            if run is not None and text.strip():
+                try:
+                    earlier = json.loads(text)
+                except ValueError:
+                    earlier = {}
+                if earlier.get("run") == run:
+                    total.absorb(earlier)
+            data = total.as_json()
+            data["written"] = time.strftime("%Y-%m-%d %H:%M:%S")
+            if run is not None:
+                data["run"] = run
+            handle.seek(0)
+            handle.truncate()
+            handle.write(json.dumps(data, indent=2) + "\n")
+
+
+#: Figures attribute -> its key in ``Figures.as_json()``, for the plain counts.
+_COUNTS = {"runs": "runs_executed", "rows_processed": "rows_processed", "rows_failed": "rows_failed_with_reason",
+           "rows_lost": "rows_lost", "rows_duplicated": "rows_accounted_twice",
+           "input_objects_checked": "input_objects_checked", "input_objects_changed": "input_objects_changed",
+           "outputs_checked": "output_objects_checked", "partial_outputs": "partial_outputs_found",
+           "incomplete_multipart_uploads": "incomplete_multipart_uploads_left", "secret_checks": "secret_checks",
+           "secret_leaks": "secret_leaks_found", "tests": "tests"}
 
 
 def rows(text: str) -> list[list[str]]:

@@ -9,13 +9,15 @@ import json
 import time
 
 import pytest
+import yaml
 
 from cog_pipeline import SAMPLES_DIR
 from cog_pipeline.control import recovery
 from cog_pipeline.storage import s3
 from cog_pipeline.control.claims import CLAIM_META, OWNER_META, RUN_META
 from cog_pipeline.storage.endpoint import Semantics
-from cog_pipeline.core.naming import claim_marker_key
+from cog_pipeline.core.naming import RUN_CONFIG, claim_marker_key
+from cog_pipeline.core.rundir import RunDir
 from faults.harness import rows
 
 
@@ -134,11 +136,14 @@ def test_heartbeat_refreshes_a_live_run_and_never_resurrects_a_finished_one(worl
     run_dir = tmp_path / "workflow-run-20260101-000000"
     (run_dir / "manifests").mkdir(parents=True)
     (run_dir / "manifests" / "hb.csv").write_bytes(b"a.tif,1\n")
-    config = {"manifests": [{"id": "m1", "csv": "manifests/hb.csv", "key": key}]}
+    (run_dir / RUN_CONFIG).write_text(yaml.safe_dump({"manifests": [
+        {"id": "m1", "csv": "manifests/hb.csv", "key": key, "raw_key": "s/hb-raw.csv", "stem": "s/hb-",
+         "timestamp": "20260101-000000"}]}))
+    run = RunDir(run_dir)
     client = s3.make_client(world.settings)
     before = world.seed.head_object(Bucket=world.input_bucket, Key=key)
     time.sleep(1.1)
-    recovery.heartbeat(client, world.input_bucket, run_dir, config, every=0, sem=Semantics.assumed())
+    recovery.heartbeat(client, world.input_bucket, run, every=0, sem=Semantics.assumed())
     after = world.seed.head_object(Bucket=world.input_bucket, Key=key)
     assert after["LastModified"] > before["LastModified"] and after["Metadata"][CLAIM_META] == "t"
     assert world.body(world.input_bucket, key) == b"a.tif,1\n"
@@ -152,7 +157,7 @@ def test_heartbeat_refreshes_a_live_run_and_never_resurrects_a_finished_one(worl
 
     s3.head = head_then_delete
     try:
-        recovery.heartbeat(client, world.input_bucket, run_dir, config, every=0, sem=Semantics.assumed())
+        recovery.heartbeat(client, world.input_bucket, run, every=0, sem=Semantics.assumed())
     finally:
         s3.head = real_head
     assert key not in world.objects(world.input_bucket)

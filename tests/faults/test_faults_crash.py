@@ -41,6 +41,7 @@ STEPS = {
     "aggregate.listed": True,
     "aggregate.csv:1": True,
     "aggregate.csv:3": True,
+    "aggregate.report": True,  # outcome CSVs and report uploaded, processing file not yet deleted (issue 12)
     "aggregate.deleted": True,
 }
 

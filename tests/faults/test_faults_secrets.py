@@ -79,10 +79,10 @@ def sentinel_keys(tmp_path):
     return write_key_files(tmp_path / "sentinel-keys", ACCESS, SECRET, mode=0o644)  # readable by others: warned about
 
 
-def cli_tick(world, keys, sampler_runs: list) -> subprocess.CompletedProcess:
+def cli_tick(world, keys, sampler_runs: list, extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
     args = [sys.executable, "-m", "cog_pipeline.ui.cli", "tick", "-a", str(keys[0]), "-s", str(keys[1]),
             "-e", world.proxy.endpoint, "--input-bucket", world.input_bucket, "--output-bucket", world.output_bucket,
-            "--workdir", str(world.workdir)]
+            "--workdir", str(world.workdir), *extra]
     sampler = ProcSampler()
     sampler.start()
     world.figures.runs += 1
@@ -177,3 +177,48 @@ def test_the_leak_detectors_do_detect(tmp_path):
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "f.log").write_text("x " + urllib.parse.quote(SECRET, safe="") + " y")
     assert scan_tree(tmp_path) == (1, [str(tmp_path / "sub" / "f.log")])
+
+
+@pytest.mark.slow
+def test_presigned_run_gives_batch_jobs_no_key(world, sentinel_keys, tmp_path):
+    """s3.transfer: presigned (the pool's default; forced here on the local executor): the access point signs,
+    the batch jobs convert with URLs and the access point confirms. No key file is listed for a pool job's
+    transfer nor named in its wrapper's settings; no sentinel (the secret, nor the access key id a presigned URL
+    names) stays in the run directory, argv, environments or outputs: the URL files are removed after use."""
+    world.put("a/one.tif", SAMPLES_DIR / "byte.tif")
+    world.image("a/two.tif", seed=2)
+    world.manifest("pre/jobs-raw.csv", ["a/one.tif,1", "a/two.tif,1", "a/missing.tif,1"])
+    world.snapshot()
+    site = tmp_path / "site.yaml"
+    site.write_text("s3:\n  transfer: presigned\n  presign_expiry_s: 3600\n")
+    samplers: list[ProcSampler] = []
+    proc = cli_tick(world, sentinel_keys, samplers, ("--config", str(site)))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    world.check({"pre/jobs-": {"processed": ["a/one.tif", "a/two.tif"], "failed": {"a/missing.tif": "not found"}}})
+    run_dir = sorted(world.workdir.glob("workflow-run-*"))[-1]
+    snakemake_log = (run_dir / "logs" / "snakemake.log").read_text()
+    assert "execute points get presigned URLs, no keys" in snakemake_log
+    assert "presign_batch" in snakemake_log and "confirm_batch" in snakemake_log
+    assert list(run_dir.glob("uploads/*/batch-*.jsonl")), "the batch job wrote its records for confirm_batch"
+    assert not list(run_dir.glob("urls/**/*.json")), "the URL files (bearer tokens) outlived their batch"
+
+    from cog_pipeline import htcondor
+
+    args = htcondor.snakemake_args(run_dir, run_dir.name[-15:], "*raw.csv")
+    transfer = " ".join(args)
+    job_files = transfer.split("htcondor_transfer_input_files")[-1]
+    for key_file in sentinel_keys:
+        assert str(key_file) not in transfer and key_file.name not in job_files
+    job_env = (run_dir / "workflow" / htcondor.JOB_ENV).read_text()
+    assert "COG_PIPELINE_PRIVATE_FILES=''" in job_env
+
+    leaks = [f"/proc sample: {leak}" for s in samplers for leak in s.leaks]
+    n, found = scan_tree(world.workdir)
+    leaks += found
+    m, found = scan_buckets(world)
+    leaks += found
+    said = (proc.stdout + proc.stderr + transfer).encode()
+    leaks += ["tick output or Snakemake args" for needle in NEEDLES if needle in said]
+    world.figures.secret_checks += n + m
+    world.figures.secret_leaks += len(leaks)
+    assert not leaks, "\n".join(leaks[:20])

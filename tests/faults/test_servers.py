@@ -3,7 +3,13 @@
 
 RGW 16.2 ignores If-Match on DeleteObject, so an unversioned RGW bucket is refused by default and
 these tests run it with the opted-in ``verify-first`` fallback; the versioned one commits claims by
-VersionId. The end state is checked strictly (``World.check``), as the fault suite does."""
+VersionId. The end state is checked strictly (``World.check``), as the fault suite does.
+
+Each test says on its parametrisation which servers it runs on and why. The in-process checks (probe,
+heartbeat, listing) run on all three; a tick runs only where the server changes the S3 calls the behaviour
+rests on (claim markers, commit by If-Match / HEAD first / VersionId, deletes, rewrites): on RGW. Moto is
+the server of the rest of the suite (the fault suite reaches it through a transparent proxy), so a tick on
+moto here would repeat those tests, but for the one path tested nowhere else (a re-delivery met by If-Match)."""
 
 from __future__ import annotations
 
@@ -12,17 +18,25 @@ import json
 import time
 
 import pytest
+import yaml
 
 from cog_pipeline.control import claims, recovery
 from cog_pipeline.storage import endpoint, s3
 from cog_pipeline.core import processes
 from cog_pipeline.ui import status
 from cog_pipeline.control.claims import CLAIM_META, OWNER_META, RUN_META
-from cog_pipeline.core.naming import HEARTBEAT_WARNING
+from cog_pipeline.core.naming import HEARTBEAT_WARNING, RUN_CONFIG
+from cog_pipeline.core.rundir import RunDir
 from cog_pipeline.control.retry import plan_retry, queue_retry
 from faults.test_faults_crash import EXPECTED, OVERRIDES, crash, scenario
 
 MIB = 1024 * 1024
+#: Ceph RGW unversioned (commit by HEAD first, the opted-in fallback) and versioned (commit by VersionId).
+RGW_TARGETS = ["rgw-https", "rgw-https-versioned"]
+#: Crash points whose recovery goes through the server's claim, commit or delete path (test_faults_crash runs
+#: every step on moto): a processing object written but not committed (deleted and claimed afresh), the raw
+#: manifest committed (the run resumed), an outcome CSV written (the processing object deleted after).
+SERVER_CRASH_STEPS = ["claim.processing", "claim.renamed", "aggregate.csv:1"]
 
 
 def tick_settings(world) -> s3.S3Settings:
@@ -42,6 +56,7 @@ def no_bookkeeping_versions(world) -> None:
     assert left == [], f"bookkeeping versions piled up: {left}"
 
 
+# All three: what the probe finds is the server's own answer (in process, no tick).
 def test_probe_finds_what_each_server_does(server_world):
     world = server_world
     caps = endpoint.probe(s3.make_client(world.settings), world.settings, world.input_bucket)
@@ -64,6 +79,8 @@ def test_probe_finds_what_each_server_does(server_world):
     assert ("Werkzeug" if world.target.name == "moto" else "Ceph RGW") in caps.server
 
 
+# RGW both ways: the plain tick through each commit path (moto: the rest of the suite).
+@pytest.mark.parametrize("s3_target", RGW_TARGETS, indirect=True)
 def test_end_to_end_tick(server_world):
     world = server_world
     scenario(world)
@@ -73,6 +90,7 @@ def test_end_to_end_tick(server_world):
     no_bookkeeping_versions(world)
 
 
+# Unversioned RGW only: the one server that ignores If-Match on DeleteObject without versioning.
 @pytest.mark.parametrize("s3_target", ["rgw-https"], indirect=True)
 def test_unversioned_rgw_bucket_is_refused_by_default_and_nothing_changes(server_world):
     world = server_world
@@ -85,6 +103,7 @@ def test_unversioned_rgw_bucket_is_refused_by_default_and_nothing_changes(server
     assert {k: o["ETag"] for k, o in world.objects(world.input_bucket).items()} == before
 
 
+# All three: the claim sees the new version by If-Match (moto), HEAD first (RGW) or VersionId (versioned RGW).
 def test_manifest_redelivered_during_a_claim_is_never_lost(server_world, monkeypatch):
     """A new version uploaded under the claimed key right before the commit point: processed by this
     or the next tick, never deleted unprocessed (the issue's reproduction, on the real server)."""
@@ -115,7 +134,9 @@ def test_manifest_redelivered_during_a_claim_is_never_lost(server_world, monkeyp
     no_bookkeeping_versions(world)
 
 
-@pytest.mark.parametrize("step", ["claim.processing", "claim.renamed", "batch.uploaded", "aggregate.csv:1"])
+# RGW both ways x the crash points on the claim, commit and delete paths (every step on moto: test_faults_crash).
+@pytest.mark.parametrize("s3_target", RGW_TARGETS, indirect=True)
+@pytest.mark.parametrize("step", SERVER_CRASH_STEPS)
 def test_crash_then_next_tick_reaches_the_same_outcome(server_world, step):
     world = server_world
     scenario(world)
@@ -127,6 +148,8 @@ def test_crash_then_next_tick_reaches_the_same_outcome(server_world, step):
     no_bookkeeping_versions(world)
 
 
+# RGW both ways: the rewrite is by unquoted If-Match unversioned, by version check versioned (moto: concurrency).
+@pytest.mark.parametrize("s3_target", RGW_TARGETS, indirect=True)
 def test_orphan_claimed_elsewhere_is_adopted(server_world):
     """Adoption rewrites the processing object with If-Match (RGW 16.2: only the unquoted ETag passes)."""
     world = server_world
@@ -143,6 +166,7 @@ def test_orphan_claimed_elsewhere_is_adopted(server_world):
     no_bookkeeping_versions(world)
 
 
+# All three: the heartbeat's rewrite per server (in process, no tick).
 def test_heartbeat_refreshes_a_live_run_without_piling_up_versions(server_world, tmp_path):
     world = server_world
     key = "s/hb-processing-20260101-000000.csv"
@@ -150,13 +174,16 @@ def test_heartbeat_refreshes_a_live_run_without_piling_up_versions(server_world,
     run_dir = tmp_path / "workflow-run-20260101-000000"
     (run_dir / "manifests").mkdir(parents=True)
     (run_dir / "manifests" / "hb.csv").write_bytes(b"a.tif,1\n")
-    config = {"manifests": [{"id": "m1", "csv": "manifests/hb.csv", "key": key}]}
+    (run_dir / RUN_CONFIG).write_text(yaml.safe_dump({"manifests": [
+        {"id": "m1", "csv": "manifests/hb.csv", "key": key, "raw_key": "s/hb-raw.csv", "stem": "s/hb-",
+         "timestamp": "20260101-000000"}]}))
+    run = RunDir(run_dir)
     client = s3.make_client(world.settings)
     sem = endpoint.semantics(endpoint.probe(client, world.settings, world.input_bucket), tick_settings(world),
                              tick_settings(world).delete_fallback)
     before = world.seed.head_object(Bucket=world.input_bucket, Key=key)
     time.sleep(1.1)
-    recovery.heartbeat(client, world.input_bucket, run_dir, config, every=0, sem=sem)
+    recovery.heartbeat(client, world.input_bucket, run, every=0, sem=sem)
     after = world.seed.head_object(Bucket=world.input_bucket, Key=key)
     assert not (run_dir / HEARTBEAT_WARNING).exists(), (run_dir / HEARTBEAT_WARNING).read_text()
     assert after["LastModified"] > before["LastModified"] and after["Metadata"][CLAIM_META] == "t"
@@ -165,6 +192,8 @@ def test_heartbeat_refreshes_a_live_run_without_piling_up_versions(server_world,
         assert [v["VersionId"] for v in versions] == [after["VersionId"]]
 
 
+# Unversioned RGW: RGW's multipart ETags and ranged GETs (versioning does not change them; moto: test_faults_s3).
+@pytest.mark.parametrize("s3_target", ["rgw-https"], indirect=True)
 def test_multipart_transfers_are_verified(server_world):
     """Inputs and outputs above the multipart threshold: ranged downloads, multipart uploads whose
     ETag (``-<parts>``) the upload check recomputes."""
@@ -180,6 +209,7 @@ def test_multipart_transfers_are_verified(server_world):
     assert head["ContentLength"] > 5 * MIB and head["ETag"].strip('"').rsplit("-", 1)[1].isdigit()
 
 
+# All three: each server's paging of ListObjectsV2 with StartAfter (in process, no tick).
 def test_listing_skip_scan_pages_correctly(server_world):
     world = server_world
     keys = [f"list/{i:03d}.tif" for i in range(40)]
@@ -191,6 +221,9 @@ def test_listing_skip_scan_pages_correctly(server_world):
                                                                                    + keys[37:])
 
 
+# Unversioned RGW: status probes the endpoint and shows the opted-in fallback, retry queues through it
+# (moto: test_retry, test_status; the versioned commit path is covered above).
+@pytest.mark.parametrize("s3_target", ["rgw-https"], indirect=True)
 def test_retry_and_status(server_world):
     world = server_world
     world.image("a/one.tif", seed=1)
@@ -213,6 +246,7 @@ def test_retry_and_status(server_world):
     assert len(retried) == 1 and retried[0]["processed"].splitlines() == ["a/later.tif,1"]
 
 
+# Versioned RGW only: the one server that ignores If-None-Match (in process).
 @pytest.mark.parametrize("s3_target", ["rgw-https-versioned"], indirect=True)
 def test_claim_markers_are_exclusive_by_oldest_version_where_if_none_match_is_ignored(server_world):
     """RGW 16.2 ignores If-None-Match on a versioned bucket: the marker is held by its oldest live version."""
@@ -241,6 +275,7 @@ def test_claim_markers_are_exclusive_by_oldest_version_where_if_none_match_is_ig
     assert [v["VersionId"] for v in versions] == [taken[0].version_id]
 
 
+# Versioned RGW: the real race on the markers by oldest version (moto's staged one: test_faults_concurrency).
 @pytest.mark.parametrize("s3_target", ["rgw-https-versioned"], indirect=True)
 def test_two_hosts_ticking_at_once_claim_each_manifest_once(server_world):
     """Two ticks from two working directories at the same moment on versioned RGW (no fault proxy there:
@@ -260,6 +295,7 @@ def test_two_hosts_ticking_at_once_claim_each_manifest_once(server_world):
     no_bookkeeping_versions(world)
 
 
+# RGW over HTTPS (moto runs plain HTTP): an untrusted CA.
 @pytest.mark.parametrize("s3_target", ["rgw-https"], indirect=True)
 def test_untrusted_certificate_is_one_clear_line_naming_the_endpoint_and_the_option(server_world, monkeypatch):
     world = server_world

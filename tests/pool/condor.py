@@ -291,8 +291,11 @@ def _can_search(directory: Path, user: pwd.struct_passwd) -> bool:
                           capture_output=True).returncode == 0
 
 
-def write_config(path: Path, *, release_dir: Path, local_dir: Path, port: int, user: pwd.struct_passwd) -> None:
-    """The pool's whole configuration (nothing from /etc/condor): the README's facts for a loopback pool."""
+def write_config(path: Path, *, release_dir: Path, local_dir: Path, port: int, user: pwd.struct_passwd,
+                 num_cpus: int = NUM_CPUS) -> None:
+    """The pool's whole configuration (nothing from /etc/condor): the README's facts for a loopback pool.
+
+    ``num_cpus``: CPUs the startd advertises (more than the machine has for scale runs of tiny jobs)."""
     text = f"""\
 # Personal HTCondor {VERSION} pool for cog-pipeline's tests (tests/pool/condor.py). Loopback only.
 RELEASE_DIR = {release_dir}
@@ -322,9 +325,11 @@ DAEMON_LIST = MASTER, COLLECTOR, NEGOTIATOR, SCHEDD, STARTD
 use SECURITY : recommended({user.pw_name})
 use POLICY : ALWAYS_RUN_JOBS
 use FEATURE : PartitionableSlot
-NUM_CPUS = {NUM_CPUS}
+NUM_CPUS = {num_cpus}
 
 SCHEDD_INTERVAL = 5
+# Periodic job expressions (the hold policy's PeriodicRelease/PeriodicRemove) every 5 s, not 60.
+PERIODIC_EXPR_INTERVAL = 5
 NEGOTIATOR_INTERVAL = 2
 NEGOTIATOR_CYCLE_DELAY = 5
 STARTER_UPDATE_INTERVAL = 5
@@ -402,8 +407,10 @@ def _start_watchdog(base_dir: Path) -> subprocess.Popen:
 # ------------------------------------------------------------------------------------------ the pool
 
 @contextlib.contextmanager
-def personal_pool(base_dir: Path, *, ready_timeout: float = READY_TIMEOUT) -> Iterator[Pool]:
+def personal_pool(base_dir: Path, *, ready_timeout: float = READY_TIMEOUT, num_cpus: int = NUM_CPUS) -> Iterator[Pool]:
     """Unpack, configure and start a personal pool in ``base_dir`` (must exist); stop it on exit.
+
+    ``num_cpus``: CPUs the startd advertises (bench/sec_pool.py uses 32 on a 2-core machine).
 
     Raises PoolError when :func:`available` finds nothing wrong but the pool cannot be set up or does not
     answer within ``ready_timeout`` s (the message has the daemons' log tails).
@@ -436,7 +443,7 @@ def personal_pool(base_dir: Path, *, ready_timeout: float = READY_TIMEOUT) -> It
         os.lchown(p, user.pw_uid, user.pw_gid)
     port = free_port()
     config = base_dir / "condor_config"
-    write_config(config, release_dir=release_dir, local_dir=local_dir, port=port, user=user)
+    write_config(config, release_dir=release_dir, local_dir=local_dir, port=port, user=user, num_cpus=num_cpus)
     bin_dir, sbin_dir = release_dir / "bin", release_dir / "sbin"
     env = {"CONDOR_CONFIG": str(config),
            "PATH": os.pathsep.join([str(bin_dir), str(sbin_dir), str(Path(sys.executable).parent), _SYSTEM_PATH]),
@@ -459,7 +466,7 @@ def personal_pool(base_dir: Path, *, ready_timeout: float = READY_TIMEOUT) -> It
                                                                                        "master.pid")]),
                                       stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                       start_new_session=True)
-        _wait_ready(pool, master, ready_timeout)
+        _wait_ready(pool, master, ready_timeout, num_cpus)
         pool.startup_seconds = time.monotonic() - started
         yield pool
     finally:
@@ -472,7 +479,7 @@ def personal_pool(base_dir: Path, *, ready_timeout: float = READY_TIMEOUT) -> It
                 watchdog.wait(timeout=10)
 
 
-def _wait_ready(pool: Pool, master: subprocess.Popen, timeout: float) -> None:
+def _wait_ready(pool: Pool, master: subprocess.Popen, timeout: float, num_cpus: int = NUM_CPUS) -> None:
     """Until the collector lists the startd's slot with all its CPUs and the schedd answers condor_q."""
     deadline = time.monotonic() + timeout
     last = ""
@@ -482,7 +489,7 @@ def _wait_ready(pool: Pool, master: subprocess.Popen, timeout: float) -> None:
         status = pool.condor("condor_status", "-af", "Cpus", check=False, timeout=30)
         queue = pool.condor("condor_q", "-totals", check=False, timeout=30)
         cpus = sum(int(x) for x in status.stdout.split() if x.isdigit())
-        if status.returncode == 0 and cpus >= NUM_CPUS and queue.returncode == 0:
+        if status.returncode == 0 and cpus >= num_cpus and queue.returncode == 0:
             return
         last = f"condor_status: {status.returncode} {status.stdout.strip()} {status.stderr.strip()}\n" \
                f"condor_q: {queue.returncode} {queue.stderr.strip()}"

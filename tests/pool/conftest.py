@@ -102,11 +102,12 @@ class PoolUser:
     def bucket_flags(self, pattern: str) -> list[str]:
         return [*self.s3_flags(), "--input-bucket", INPUT_BUCKET, "--output-bucket", OUTPUT_BUCKET, "-p", pattern]
 
-    def cli(self, *args: str, timeout: float = 120, check: bool = True) -> Any:
-        """``cog-pipeline ARGS`` as the pool user, in the working directory, with the pool's environment."""
+    def cli(self, *args: str, timeout: float = 120, check: bool = True, extra_env: dict[str, str] | None = None) -> Any:
+        """``cog-pipeline ARGS`` as the pool user, in the working directory, with the pool's environment
+        (+ ``extra_env``)."""
         command = Path(sys.executable).parent / "cog-pipeline"
         extra = {"AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE": os.devnull,
-                 "AWS_SHARED_CREDENTIALS_FILE": os.devnull}
+                 "AWS_SHARED_CREDENTIALS_FILE": os.devnull, **(extra_env or {})}
         return self.pool.run([str(command), *args], cwd=self.workdir, timeout=timeout, check=check, extra_env=extra)
 
 
@@ -115,11 +116,9 @@ class PoolUser:
 TEST_CONFIG = "batch_size: 2\ndisk_mb_per_job: 2000\nmem_mb_per_job: 1000\n"
 
 
-@pytest.fixture
-def pool_user(pool, s3_server, buckets, request):
-    """A fresh working directory and key files for one test on the pool (S3 reset, buckets created)."""
-    name = request.node.name.replace("/", "_")[:60]
-    home = pool.base_dir / "tests" / f"{name}-{uuid.uuid4().hex[:6]}"
+def make_pool_user(pool: condor.Pool, endpoint: str, name: str) -> PoolUser:
+    """A fresh working directory and key files for one scenario on the pool, owned by the pool user."""
+    home = pool.base_dir / "tests" / f"{name.replace('/', '_')[:60]}-{uuid.uuid4().hex[:6]}"
     workdir = home / "work"
     keys = home / "keys"
     workdir.mkdir(parents=True)
@@ -135,4 +134,10 @@ def pool_user(pool, s3_server, buckets, request):
         p.chmod(0o755)
     keys.chmod(0o700)
     pool.give(home)
-    return PoolUser(pool, s3_server, workdir, access_file, secret_file, access, secret, config_file)
+    return PoolUser(pool, endpoint, workdir, access_file, secret_file, access, secret, config_file)
+
+
+@pytest.fixture
+def pool_user(pool, s3_server, buckets, request):
+    """A fresh working directory and key files for one test on the pool (S3 reset, buckets created)."""
+    return make_pool_user(pool, s3_server, request.node.name)

@@ -14,12 +14,19 @@ import io
 import json
 import re
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import boto3
 import pytest
+from botocore.config import Config
 from rio_cogeo.cogeo import cog_validate
 
+from cog_pipeline import SAMPLES_DIR
+from cog_pipeline.storage.local_s3 import reset
 from conftest import INPUT_BUCKET, OUTPUT_BUCKET, all_objects
+from pool.conftest import PoolUser, make_pool_user
 
 pytestmark = pytest.mark.slow
 
@@ -30,6 +37,9 @@ IMAGES = {
     "imagery/small/byte.tif": ("byte.tif", 1),
 }
 MISSING = "imagery/missing.tif"
+#: An object that is no TIFF beyond its first bytes: its row fails at conversion (open), in the batch job.
+CORRUPT = "imagery/corrupt.tif"
+CORRUPT_BYTES = b"II*\x00" + b"not a TIFF past its header " * 4
 DRIVER_WAIT = 300
 CRON_WAIT = 150
 LOCAL_UNIVERSE, VANILLA_UNIVERSE = 12, 5
@@ -49,13 +59,17 @@ def csv_rows(text: str) -> list[list[str]]:
 
 
 def outcome_objects(seed, stem: str) -> dict[str, str]:
-    """{'processed': text, 'failed': text, 'errors': text} of the manifest with ``stem``, when all three exist."""
-    objs = all_objects(seed, INPUT_BUCKET)
+    """{'processed': text, 'failed': text, 'errors': text} of the manifest with ``stem``, when all three exist.
+
+    Lists the keys first and reads only the outcome CSVs: the aggregate may delete the processing object
+    between the listing and a read (seen as NoSuchKey when every object was read)."""
+    keys = [o["Key"] for page in seed.get_paginator("list_objects_v2").paginate(Bucket=INPUT_BUCKET, Prefix=stem)
+            for o in page.get("Contents", [])]
     found = {}
     for kind in ("processed", "failed", "errors"):
-        keys = [k for k in objs if k.startswith(f"{stem}{kind}-")]
-        if len(keys) == 1:
-            found[kind] = objs[keys[0]].decode("utf-8")
+        matching = [k for k in keys if k.startswith(f"{stem}{kind}-")]
+        if len(matching) == 1:
+            found[kind] = seed.get_object(Bucket=INPUT_BUCKET, Key=matching[0])["Body"].read().decode("utf-8")
     return found
 
 
@@ -117,30 +131,111 @@ def secret_places(pool, user) -> list[str]:
 
 # ---------------------------------------------------------------------------------------------- tests
 
-def test_tick_runs_a_manifest_on_the_pool(pool, pool_user, seed, samples):
-    """tick --executor htcondor queues a driver; the pool runs it and the batch jobs; outcome, COGs, clean queue."""
-    pattern = "pool-e2e/*raw.csv"
-    upload_images(seed, samples)
-    rows = [(k, b) for k, (_n, b) in IMAGES.items()] + [(MISSING, 3)]
+def seed_client(endpoint: str) -> Any:
+    return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="seed",
+                        aws_secret_access_key="seed", config=Config(s3={"addressing_style": "path"}))
+
+
+def batch_jobs_of(pool, run_id: str, manifest_id: str) -> list[dict[str, Any]]:
+    """Queued batch jobs of one manifest of a run (their TransferOutput names logs/convert/<m>/batch-...)."""
+    ads = pool.query(f'{run_constraint(run_id)} && CogPipelineRole =?= "job"',
+                     ["ClusterId", "JobStatus", "TransferOutput", "HoldReasonCode", "NumHolds", "PeriodicRelease",
+                      "PeriodicRemove", "CogPipelineHoldPolicy", "RequestMemory", "RequestDisk", "RequestCpus"])
+    return [ad for ad in ads if f"logs/convert/{manifest_id}/batch-" in str(ad.get("TransferOutput", ""))]
+
+
+def manifest_ids(run_dir: Path) -> dict[str, str]:
+    """{raw manifest key: manifest id} of a run (run.yaml)."""
+    import yaml
+
+    config = yaml.safe_load((run_dir / "run.yaml").read_text(encoding="utf-8"))
+    return {m["raw_key"]: m["id"] for m in config["manifests"]}
+
+
+@dataclass
+class E2ERun:
+    """One tick on the pool with two manifests: ``batch`` (good, missing and corrupt rows) and ``removed``
+    (one row whose batch job, and Snakemake's resubmission of it, the test removes with condor_rm)."""
+
+    user: PoolUser
+    seed: Any
+    pattern: str
+    tick_stdout: str
+    tick_seconds: float
+    run_dir: Path
+    run_id: str
+    ids: dict[str, str]
+    status_text: str
+    status_json: dict[str, Any]
+    removed_clusters: list[int] = field(default_factory=list)
+
+
+PATTERN_E2E = "pool-e2e/*raw.csv"
+
+
+@pytest.fixture(scope="module")
+def e2e(pool, s3_endpoint) -> E2ERun:
+    """Run the scenario once for the tests below (pool time is precious)."""
+    reset(s3_endpoint)
+    seed = seed_client(s3_endpoint)
+    seed.create_bucket(Bucket=INPUT_BUCKET)
+    seed.create_bucket(Bucket=OUTPUT_BUCKET)
+    user = make_pool_user(pool, s3_endpoint, "e2e")
+    upload_images(seed, SAMPLES_DIR)
+    seed.put_object(Bucket=INPUT_BUCKET, Key=CORRUPT, Body=CORRUPT_BYTES)
+    rows = [(k, b) for k, (_n, b) in IMAGES.items()] + [(MISSING, 3), (CORRUPT, 1)]
     seed.put_object(Bucket=INPUT_BUCKET, Key="pool-e2e/batch-raw.csv", Body=manifest(rows))
+    seed.put_object(Bucket=INPUT_BUCKET, Key="pool-e2e/removed-raw.csv",
+                    Body=manifest([("imagery/small/byte.tif", 1)]))
 
     started = time.monotonic()
-    tick = pool_user.cli("tick", "--executor", "htcondor", *pool_user.bucket_flags(pattern),
-                         "--config", str(pool_user.config_file), "--workdir", str(pool_user.workdir))
+    tick = user.cli("tick", "--executor", "htcondor", *user.bucket_flags(PATTERN_E2E),
+                    "--config", str(user.config_file), "--workdir", str(user.workdir))
     tick_seconds = time.monotonic() - started
     assert "Submitted the run's driver as HTCondor cluster" in tick.stdout, tick.stdout + tick.stderr
-    assert tick_seconds < 30, f"the tick only queues a driver; it took {tick_seconds:.1f} s"
-    run_dirs = sorted(pool_user.workdir.glob("workflow-run-*"))
+    run_dirs = sorted(user.workdir.glob("workflow-run-*"))
     assert len(run_dirs) == 1, run_dirs
     run_dir = run_dirs[0]
     run_id = run_dir.name.removeprefix("workflow-run-")
+    ids = manifest_ids(run_dir)
+    removed_id = ids["pool-e2e/removed-raw.csv"]
+    run = E2ERun(user, seed, PATTERN_E2E, tick.stdout, tick_seconds, run_dir, run_id, ids, "", {})
+
+    # condor_rm every batch job of the "removed" manifest as soon as it is queued (Snakemake resubmits a
+    # failed batch once: retries 1), until that manifest's aggregate has run. The live status is taken
+    # once, right after the first removal, while the run's driver and jobs are in the queue.
+    outcome = run_dir / "outcome" / f"{removed_id}.json"
+    deadline = time.monotonic() + DRIVER_WAIT
+    while not outcome.is_file():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for the aggregate of the removed batch\n{diagnostics(pool, run_dir)}",
+                        pytrace=False)
+        for ad in batch_jobs_of(pool, run_id, removed_id):
+            cluster = int(ad["ClusterId"])
+            if cluster not in run.removed_clusters and int(ad["JobStatus"]) not in (3, 4):
+                pool.condor("condor_rm", str(cluster))
+                run.removed_clusters.append(cluster)
+        if run.removed_clusters and not run.status_json:
+            run.status_text = user.cli("status", "-p", PATTERN_E2E, "--workdir", str(user.workdir)).stdout
+            run.status_json = json.loads(user.cli("status", "--json", "-p", PATTERN_E2E, "--workdir",
+                                                  str(user.workdir)).stdout)
+        time.sleep(0.5)
 
     def finished():
-        done = list((run_dir / "outcome").glob("*.json"))
-        return done and not pool.query(run_constraint(run_id), ["ClusterId"])
+        return len(list((run_dir / "outcome").glob("*.json"))) == 2 and not pool.query(run_constraint(run_id),
+                                                                                      ["ClusterId"])
 
-    wait_for(finished, DRIVER_WAIT, "the driver to write the outcome and leave the queue",
+    wait_for(finished, DRIVER_WAIT, "the driver to write both outcomes and leave the queue",
              lambda: diagnostics(pool, run_dir))
+    return run
+
+
+def test_tick_runs_a_manifest_on_the_pool(pool, e2e):
+    """tick --executor htcondor queues a driver; the pool runs it and the batch jobs; outcome, COGs, clean queue.
+    A row that fails conversion in the batch job (a corrupt TIFF) fails with its reason; the aggregate ran."""
+    pattern, run_id, seed = e2e.pattern, e2e.run_id, e2e.seed
+    assert e2e.tick_seconds < 30, f"the tick only queues a driver; it took {e2e.tick_seconds:.1f} s"
+    batch_id = e2e.ids["pool-e2e/batch-raw.csv"]
 
     # The driver: one local-universe job with the original's batch name, finished with status 0.
     drivers = pool.history(f'{run_constraint(run_id)} && CogPipelineRole =?= "driver"',
@@ -150,34 +245,41 @@ def test_tick_runs_a_manifest_on_the_pool(pool, pool_user, seed, samples):
     assert driver["JobBatchName"] == f"COG-Pipeline-DAG-{pattern}"
     assert (driver["JobUniverse"], driver["JobStatus"], driver["ExitCode"]) == (LOCAL_UNIVERSE, 4, 0), driver
     assert driver["Owner"] == pool.user
-    # The batch jobs: vanilla jobs matched to the startd's slot, 4 rows in batches of 2 = 2 clusters.
-    jobs = pool.history(f'{run_constraint(run_id)} && CogPipelineRole =?= "job"',
-                        ["ClusterId", "JobBatchName", "JobUniverse", "JobStatus", "ExitCode", "LastRemoteHost",
-                         "CogPipelinePattern"])
-    assert len(jobs) == 2, jobs
+    # The batch jobs of the first manifest: vanilla jobs matched to the startd's slot, 5 rows in batches
+    # of 2 = 3 clusters, each sized to its images (far below the config's caps of 1000 MB / 2000 MB).
+    jobs = [j for j in pool.history(f'{run_constraint(run_id)} && CogPipelineRole =?= "job"',
+                                    ["ClusterId", "JobBatchName", "JobUniverse", "JobStatus", "ExitCode",
+                                     "LastRemoteHost", "CogPipelinePattern", "TransferOutput", "RequestMemory",
+                                     "RequestDisk", "RequestCpus"])
+            if f"logs/convert/{batch_id}/batch-" in j.get("TransferOutput", "")]
+    assert len(jobs) == 3, jobs
     for job in jobs:
         assert (job["JobUniverse"], job["JobStatus"], job["ExitCode"]) == (VANILLA_UNIVERSE, 4, 0), job
         assert job["JobBatchName"].startswith("convert_batch-") and job["CogPipelinePattern"] == pattern, job
         assert "@" in job.get("LastRemoteHost", ""), job
+        assert job["RequestCpus"] == 1, job
+        assert 200 <= job["RequestMemory"] < 1000, job
+        assert job["RequestDisk"] < 2000 * 1024, job  # KiB
 
-    # The outcome CSVs: 3 processed, the missing object failed with its reason.
+    # The outcome CSVs: 3 processed; the missing object and the corrupt one failed with their reasons.
     out = outcome_objects(seed, "pool-e2e/batch-")
     assert set(out) == {"processed", "failed", "errors"}, out
     assert sorted(csv_rows(out["processed"])) == sorted([k, str(b)] for k, (_n, b) in IMAGES.items())
-    assert csv_rows(out["failed"]) == [[MISSING, "3"]]
-    errors = csv_rows(out["errors"])
-    assert errors[0] == ["key", "bands", "reason"] and len(errors) == 2
-    assert errors[1][0] == MISSING and "not found" in errors[1][2], errors
+    assert sorted(csv_rows(out["failed"])) == sorted([[MISSING, "3"], [CORRUPT, "1"]])
+    errors = {row[0]: row[2] for row in csv_rows(out["errors"])[1:]}
+    assert csv_rows(out["errors"])[0] == ["key", "bands", "reason"] and len(errors) == 2
+    assert "not found" in errors[MISSING], errors
+    assert "corrupt" in errors[CORRUPT] and "did not finish" not in errors[CORRUPT], errors
     objs = all_objects(seed, INPUT_BUCKET)
     assert "pool-e2e/batch-raw.csv" not in objs and not [k for k in objs if "processing" in k]
-    summary = json.loads(next((run_dir / "outcome").glob("*.json")).read_text())
-    assert (summary["processed"], summary["failed"]) == (3, 1), summary
+    summary = json.loads((e2e.run_dir / "outcome" / f"{batch_id}.json").read_text())
+    assert (summary["processed"], summary["failed"]) == (3, 2), summary
 
     # The COGs (made on the pool's execute side) are valid; each has its JPEG.
     outputs = all_objects(seed, OUTPUT_BUCKET)
     assert sorted(outputs) == sorted([*IMAGES, *(k[:-4] + ".jpg" for k in IMAGES)])
     for i, key in enumerate(IMAGES):
-        cog = pool_user.workdir.parent / f"check-{i}.tif"
+        cog = e2e.user.workdir.parent / f"check-{i}.tif"
         cog.write_bytes(outputs[key])
         valid, errs, _warnings = cog_validate(str(cog), quiet=True)
         assert valid, (key, errs)
@@ -185,7 +287,115 @@ def test_tick_runs_a_manifest_on_the_pool(pool, pool_user, seed, samples):
     # Nothing of the run (or of the pipeline) left in the queue; no secret in ads, spool, logs, run files.
     assert pool.query(run_constraint(run_id)) == []
     assert pool.query("CogPipeline =?= true") == []
-    assert secret_places(pool, pool_user) == []
+    assert secret_places(pool, e2e.user) == []
+
+
+def test_status_shows_the_runs_jobs_from_the_live_schedd(e2e):
+    """status while the run is on the pool: its pool section lists the run's driver and batch jobs."""
+    state = e2e.status_json
+    assert state["htcondor"]["reachable"], state["htcondor"]
+    mine = [j for j in state["htcondor"]["jobs"] if j["run"] == e2e.run_id]
+    assert {j["role"] for j in mine} >= {"driver"}, state["htcondor"]
+    groups = {g["batch_name"]: g for g in state["htcondor"]["by_batch_name"]}
+    assert f"COG-Pipeline-DAG-{e2e.pattern}" in groups, groups
+    assert e2e.run_id in groups[f"COG-Pipeline-DAG-{e2e.pattern}"]["runs"], groups
+    runs = [r for r in state["runs"] if r.get("run_id") == e2e.run_id]
+    assert len(runs) == 1 and runs[0]["state"] == "running on the pool", state["runs"]
+    assert f"COG-Pipeline-DAG-{e2e.pattern}" in e2e.status_text, e2e.status_text
+
+
+def test_removed_batch_rows_fail_with_the_removal_as_reason(pool, e2e):
+    """condor_rm of a batch job (and of its resubmission): its rows fail with a reason naming the removal,
+    the aggregate still runs and the manifest gets its outcome CSVs."""
+    assert len(e2e.removed_clusters) == 2, e2e.removed_clusters  # the job and Snakemake's one retry
+    removed = pool.history(" || ".join(f"ClusterId == {c}" for c in e2e.removed_clusters), ["ClusterId", "JobStatus"])
+    assert sorted(j["JobStatus"] for j in removed) == [3, 3], removed
+    out = outcome_objects(e2e.seed, "pool-e2e/removed-")
+    assert set(out) == {"processed", "failed", "errors"}, out
+    assert csv_rows(out["processed"]) == []
+    assert csv_rows(out["failed"]) == [["imagery/small/byte.tif", "1"]]
+    reason = csv_rows(out["errors"])[1][2]
+    # The real cause, not only "did not finish" pointing at a batch log a removed job never brings back.
+    assert re.search(r"remov|abort", reason, re.IGNORECASE), reason
+
+
+#: Hold policy for the hold test: release after 2 s (then 4 s), remove after 10 min (the test stops first).
+FAST_HOLD_POLICY = """\
+hold_policy:
+  max_holds: 5
+  backoff_seconds: 2
+  backoff_cap_seconds: 4
+  jitter_slots: 1
+  jitter_seconds: 0
+  remove_after_held_seconds: 600
+  poll_seconds: 1
+"""
+
+
+def test_hold_policy_then_stop_during_the_run_and_resume(pool, pool_user, seed, samples):
+    """A batch job held by a real transfer failure (its software archive unreadable on the access point)
+    gets the hold policy and is released by the schedd itself, held again, released again (NumHolds
+    grows); ``stop`` during the run empties the queue and keeps the processing object; with working
+    settings the next tick resumes the same run directory and finishes it."""
+    pattern = "pool-hold/*raw.csv"
+    upload_images(seed, samples)
+    rows = [("imagery/small/byte.tif", 1), ("imagery/rgb.tif", 3)]
+    seed.put_object(Bucket=INPUT_BUCKET, Key="pool-hold/one-raw.csv", Body=manifest(rows))
+    home = pool_user.workdir.parent
+    archive = home / "unreadable-env.tar.gz"  # exists (the settings check passes) but cannot be transferred
+    archive.write_bytes(b"not read")
+    held_settings, good_settings = home / "settings-held.yaml", home / "settings-shared.yaml"
+    held_settings.write_text(f"software:\n  mode: tarball\n  tarball: {archive}\n" + FAST_HOLD_POLICY)
+    good_settings.write_text("software:\n  mode: shared\n" + FAST_HOLD_POLICY)
+    for path in (archive, held_settings, good_settings):
+        pool.give(path)
+    archive.chmod(0o000)
+    args = ("tick", "--executor", "htcondor", *pool_user.bucket_flags(pattern), "--config",
+            str(pool_user.config_file), "--workdir", str(pool_user.workdir))
+
+    tick = pool_user.cli(*args, extra_env={"COG_PIPELINE_HTCONDOR_SETTINGS": str(held_settings)})
+    assert "Submitted the run's driver as HTCondor cluster" in tick.stdout, tick.stdout + tick.stderr
+    run_dir = next(pool_user.workdir.glob("workflow-run-*"))
+    run_id = run_dir.name.removeprefix("workflow-run-")
+    mid = manifest_ids(run_dir)["pool-hold/one-raw.csv"]
+
+    def held_twice():
+        jobs = batch_jobs_of(pool, run_id, mid)
+        return jobs if jobs and int(jobs[0].get("NumHolds", 0)) >= 2 else None
+
+    jobs = wait_for(held_twice, 120, "the batch job to be held, released by the policy and held again",
+                    lambda: diagnostics(pool, run_dir), interval=1)
+    job = jobs[0]
+    assert job["CogPipelineHoldPolicy"] is True, job
+    # The schedd stores them as expressions (condor_q -json: "/Expr(...)/", =!= written as isnt).
+    release, remove = str(job["PeriodicRelease"]), str(job["PeriodicRemove"])
+    assert "NumHolds < 5" in release and "HoldReasonCode isnt 1" in release, release
+    assert "NumHolds >= 5" in remove, remove
+    history = pool.condor("condor_q", "-allusers", "-constraint", f"ClusterId == {int(job['ClusterId'])}", "-af",
+                          "HoldReasonCode", "NumHolds", "JobStatus").stdout.split()
+    assert history and history[0] not in ("undefined", "1", "16"), history  # a transfer hold, not a user's
+
+    # stop during the run: the driver and the held job leave the queue; nothing is lost.
+    stop = pool_user.cli("stop", "-p", pattern, check=False)
+    assert stop.returncode == 0 and "Removed" in stop.stdout, stop.stdout + stop.stderr
+    wait_for(lambda: not pool.query(run_constraint(run_id), ["ClusterId"]), 60,
+             "the run's jobs to leave the queue after stop", lambda: diagnostics(pool, run_dir), interval=1)
+    assert not list((run_dir / "outcome").glob("*.json")) if (run_dir / "outcome").is_dir() else True
+    assert [k for k in all_objects(seed, INPUT_BUCKET) if k.startswith("pool-hold/one-processing-")]
+
+    # The next tick resumes that run (no new claim) with a new driver, which finishes it.
+    resume = pool_user.cli(*args, extra_env={"COG_PIPELINE_HTCONDOR_SETTINGS": str(good_settings)})
+    assert "Resuming" in resume.stdout and run_dir.name in resume.stdout, resume.stdout + resume.stderr
+    assert "Claimed" not in resume.stdout, resume.stdout
+    assert len(list(pool_user.workdir.glob("workflow-run-*"))) == 1
+    out = wait_for(lambda: (lambda o: o if len(o) == 3 else None)(outcome_objects(seed, "pool-hold/one-")),
+                   DRIVER_WAIT, "the resumed run's outcome CSVs", lambda: diagnostics(pool, run_dir))
+    assert sorted(csv_rows(out["processed"])) == sorted([list(map(str, r)) for r in rows]), out
+    assert csv_rows(out["failed"]) == []
+    wait_for(lambda: not pool.query(run_constraint(run_id), ["ClusterId"]), 60,
+             "the resumed run to leave the queue", lambda: diagnostics(pool, run_dir))
+    drivers = pool.history(f'{run_constraint(run_id)} && CogPipelineRole =?= "driver"', ["JobStatus", "ExitCode"])
+    assert sorted(d["JobStatus"] for d in drivers) == [3, 4], drivers  # the stopped driver, the resumed one
 
 
 def test_crondor_ticks_by_itself_then_stop_empties_the_queue(pool, pool_user, seed, samples):
