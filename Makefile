@@ -29,8 +29,11 @@ test: $(BIN)/cog-pipeline
 CHECK_DESELECT := \
 	--deselect tests/faults/test_endpoint_probe.py::test_manifest_redelivered_during_a_claim_is_processed_never_lost \
 	--deselect tests/test_config.py::test_the_site_config_reaches_run_yaml_and_the_outputs
+# Its tests wait more than they compute too: on 3 workers it takes about half the time of one.
+CHECK_WORKERS ?= 3
 check: $(BIN)/cog-pipeline
-	$(BIN)/python -m pytest -q -m "not slow" --ignore=tests/faults/test_servers.py --ignore=tests/pool $(CHECK_DESELECT)
+	$(BIN)/python -m pytest -q -n $(CHECK_WORKERS) -m "not slow" --ignore=tests/faults/test_servers.py --ignore=tests/pool \
+		$(CHECK_DESELECT)
 
 # ruff (config in pyproject.toml), mypy on cog_pipeline, and snakemake --lint on a generated run directory
 # (that last one is also part of `make test`). No `ruff format --check`: the code is not ruff-formatted.

@@ -17,6 +17,7 @@ if os.path.exists("run.yaml"):
 
 
 include: "rules/common.smk"
+include: "rules/qa.smk"
 include: "rules/convert.smk"
 include: "rules/aggregate.smk"
 

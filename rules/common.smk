@@ -123,9 +123,23 @@ if workflow.is_main_process:
                 "batch jobs reach S3 with the run's key files (s3.transfer: direct)")
 
 
+# Delivery QA (rules/qa.smk, cog_pipeline/work/qa_step.py): a manifest's batches wait for its verdict and leave
+# out the rows it fails (qa.enabled: false, no QA step).
+from cog_pipeline.work import qa_step
+
+QA_ENABLED = qa_step.qa_enabled(config)
+
+
+def qa_verdict(wildcards):
+    """The manifest's QA verdict (qa/<m>.json), or nothing when QA is off."""
+    return [str(qa_step.verdict_path("", wildcards.manifest))] if QA_ENABLED else []
+
+
 def convert_inputs(wildcards):
-    """The manifest, and with presigned transfers the batch's URL file."""
+    """The manifest, the QA verdict (qa.enabled), and with presigned transfers the batch's URL file."""
     inputs = {"manifest": manifest_csv(wildcards)}
+    if QA_ENABLED:
+        inputs["qa"] = str(qa_step.verdict_path("", wildcards.manifest))
     if PRESIGNED:
         inputs["urls"] = f"urls/{wildcards.manifest}/batch-{wildcards.batch}.json"
     return inputs

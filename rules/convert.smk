@@ -29,6 +29,7 @@ if PRESIGNED:
         """On the access point: decide each row (input HEAD, skip-if-done) and sign its GET and PUTs."""
         input:
             manifest=manifest_csv,
+            qa=qa_verdict,
         output:
             urls=temp("urls/{manifest}/batch-{batch}.json"),
         log:

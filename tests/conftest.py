@@ -139,6 +139,7 @@ if importlib.util.find_spec("xdist") is not None:
                 nodeid = nodeid.rsplit("@", 1)[0]
             return xdist_group(nodeid) or nodeid
 
+    @pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist: unknown under -p no:xdist
     def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> LoadScopeScheduling | None:
         """The scheduler of ``--dist loadgroup`` (``make test``); pytest-xdist's own for the other modes."""
         return GroupScheduling(config, log) if config.getvalue("dist") == "loadgroup" else None

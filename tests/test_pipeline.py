@@ -113,7 +113,9 @@ def test_mixed_batch_sorts_every_row_and_loses_nothing(seed, buckets, settings, 
     after = all_objects(seed, INPUT_BUCKET)
     assert all(after[k] == v for k, v in inputs_before.items())
     out = all_objects(seed, OUTPUT_BUCKET)
-    assert sorted(out) == sorted([k for k in GOOD] + [k[:-4] + ".jpg" for k in GOOD])
+    # COG, JPEG (with its world file and .aux.xml: georeferenced samples) and STAC Item per good row.
+    assert sorted(out) == sorted(k[:-4] + ext for k in GOOD for ext in (".tif", ".jpg", ".jgw", ".jpg.aux.xml",
+                                                                        ".json"))
     for key, name in GOOD.items():
         cog = tmp_path / "check.tif"
         cog.write_bytes(out[key])
@@ -194,6 +196,19 @@ def test_dry_run_changes_nothing(seed, buckets, settings, samples, tmp_path, cap
     # one plan: Snakemake's job counts once, without its banner (host, user, platform)
     assert out.count("Job stats:") == 1, out
     assert "Host:" not in out + captured.err and "User:" not in out + captured.err
+
+
+def test_pool_dry_run_needs_no_schedd_and_prints_no_htcondor_warning(seed, buckets, settings, samples, tmp_path,
+                                                                     capfd, monkeypatch):
+    """``tick --executor htcondor --dry-run`` on a machine without HTCondor: the pool's plan, no warning."""
+    monkeypatch.delenv("CONDOR_CONFIG", raising=False)
+    upload_samples(seed, samples)
+    seed.put_object(Bucket=INPUT_BUCKET, Key="batch-raw.csv", Body=b"imagery/rgb.tif,3\n")
+    result = run_tick(settings, tmp_path, dry_run=True, executor="htcondor")
+    captured = capfd.readouterr()
+    assert result.exit_code == 0, captured.out + captured.err
+    assert "Would claim batch-raw.csv" in captured.out and "convert_batch" in captured.out
+    assert "CONDOR_CONFIG" not in captured.out + captured.err
 
 
 def test_no_matching_manifest_does_nothing(seed, buckets, settings, tmp_path, capsys):
@@ -306,8 +321,9 @@ def test_batch_requests_per_image_and_skip_if_done(seed, buckets, settings, samp
     monkeypatch.setattr(s3, "make_client", counting_client)
     first = batch.run_batch(config, run_dir, "m1", 0, run_dir / "status" / "b0.jsonl", threads=1)
     assert [r.status for r in first] == ["ok"] * 3
-    assert counts["ListObjectsV2"] == 1 and counts["HeadObject"] == 3 + 6, counts
-    assert counts["PutObject"] == 6 and counts["GetObject"] == 3, counts
+    # outputs per image: COG, JPEG and (georeferenced samples) the JPEG's world file and .aux.xml
+    assert counts["ListObjectsV2"] == 1 and counts["HeadObject"] == 3 + 3 * 4, counts
+    assert counts["PutObject"] == 3 * 4 and counts["GetObject"] == 3, counts
 
     counts.clear()
     again = batch.run_batch(config, run_dir, "m1", 0, run_dir / "status" / "b1.jsonl", threads=1)

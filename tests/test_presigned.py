@@ -5,6 +5,7 @@ over HTTPS with the test CA, unversioned and versioned), checksums ``auto`` (= w
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -12,13 +13,14 @@ from pathlib import Path
 import pytest
 
 from cog_pipeline import SAMPLES_DIR
+from cog_pipeline.core.conversion import JpegOptions
 from cog_pipeline.core.failures import FailureCode
 from cog_pipeline.storage import presign, s3
 from cog_pipeline.work import batch, presigned, signing
 from cog_pipeline.work.imagelogs import advice
 from cog_pipeline.work.manifest import jpeg_key
 from cog_pipeline.work.outcomes import read_outcomes
-from conftest import INPUT_BUCKET, OUTPUT_BUCKET, write_key_files
+from conftest import INPUT_BUCKET, OUTPUT_BUCKET, all_objects, write_key_files
 
 #: Every server of the suite; the Ceph RGW ones are slow (a cluster per session), so off the quick tier (make check).
 SERVERS = pytest.mark.parametrize("s3_target", ["moto", pytest.param("rgw-https", marks=pytest.mark.slow),
@@ -232,3 +234,104 @@ def test_the_plan_signs_and_confirms_each_batch_only_with_presigned_transfers(tm
     assert counts == want, proc.stdout
     announced = "execute points get presigned URLs, no keys" in proc.stdout + proc.stderr
     assert announced is presigned_plan
+
+
+# --------------------------------------------------------------------------------- files beside the JPEG, STAC
+
+def sidecar_config(settings: s3.S3Settings) -> dict:
+    return {**run_config(settings), "jpeg": {"sizes": [64]}}
+
+
+SIDECARS = {f"a/one{suffix}" for suffix in (".jgw", ".jpg.aux.xml", ".64.jpg", ".64.jgw", ".64.jpg.aux.xml")}
+
+
+@SERVERS
+def test_presigned_puts_the_files_beside_the_jpeg_and_confirms_them(s3_target, target_settings, tmp_path):
+    """Every key the jpeg: settings can produce is signed; the job PUTs those it wrote, the access point confirms
+    them like the JPEG; the recorded STAC Item has the checksums of the stored COG and JPEG."""
+    client = s3_target.client()
+    client.upload_file(str(SAMPLES_DIR / "byte.tif"), INPUT_BUCKET, "a/one.tif")
+    run_dir = make_run(tmp_path, ["a/one.tif,1"])
+    config = sidecar_config(target_settings)
+    [outcome] = run_presigned(config, run_dir)
+    assert outcome.status.value == "ok", outcome.reason
+    assert set(outcome.sidecars) == SIDECARS
+    urls = presigned.BatchUrls.read(presigned.urls_path(run_dir, "m1", "00000"))
+    assert {s for s, _ in urls.images[0].sidecar_puts} == set(batch.sidecar_suffixes(JpegOptions(sizes=(64,))))
+    records = list(presigned.read_records(presigned.records_path(run_dir, "m1", "00000")))
+    assert {u.key for u in records[0].uploads} == {"a/one.tif", "a/one.jpg"} | SIDECARS
+    for key in SIDECARS:
+        head = client.head_object(Bucket=OUTPUT_BUCKET, Key=key)
+        assert head["Metadata"][batch.UPLOAD_META] == urls.images[0].token
+    assert client.head_object(Bucket=OUTPUT_BUCKET, Key="a/one.jgw")["ContentType"] == "text/plain"
+    image = outcome.stac_item["assets"]["image"]
+    cog = client.get_object(Bucket=OUTPUT_BUCKET, Key="a/one.tif")["Body"].read()
+    assert image["file:checksum"] == "1220" + hashlib.sha256(cog).hexdigest() and image["file:size"] == len(cog)
+    assert outcome.stac_item["properties"]["cog_pipeline:cog_pixel_digest"] == outcome.cog_pixel_digest
+
+
+def test_presigned_a_failed_cog_put_leaves_no_file_beside_the_jpeg(buckets, seed, settings, tmp_path):
+    """The COG's PUT fails (its URL names a bucket that does not exist): the image fails at upload, and the access
+    point removes the files beside the JPEG the job had stored (the JPEG stays, as in direct mode)."""
+    seed.upload_file(str(SAMPLES_DIR / "byte.tif"), INPUT_BUCKET, "a/one.tif")
+    run_dir = make_run(tmp_path, ["a/one.tif,1"])
+    config = sidecar_config(settings)
+    urls_file = presigned.urls_path(run_dir, "m1", "00000")
+    records = presigned.records_path(run_dir, "m1", "00000")
+    urls = signing.presign_batch(config, run_dir, "m1", 0, urls_file)
+    image = urls.images[0]
+    broken = dataclasses.replace(image.cog_put, url=image.cog_put.url.replace(f"/{OUTPUT_BUCKET}/", "/no-such-bucket/"))
+    dataclasses.replace(urls, images=(dataclasses.replace(image, cog_put=broken),)).write(urls_file)
+    batch.run_batch(job_config(config), run_dir, "m1", 0, records, threads=1, urls_file=urls_file)
+    assert {k for k in all_objects(seed, OUTPUT_BUCKET)} == {"a/one.jpg"} | SIDECARS  # before the confirmation
+    [outcome] = signing.confirm_batch(config, run_dir, "m1", 0, urls_file, records, run_dir / "status" / "b.jsonl")
+    assert outcome.failed and outcome.step == "upload"
+    assert "the files beside the JPEG stored before were removed" in outcome.reason and "a/one.64.jpg" in outcome.reason
+    assert set(all_objects(seed, OUTPUT_BUCKET)) == {"a/one.jpg"}
+
+
+def test_presigned_confirm_fails_an_image_whose_world_file_is_not_the_file_made(buckets, seed, settings, tmp_path):
+    seed.upload_file(str(SAMPLES_DIR / "byte.tif"), INPUT_BUCKET, "a/one.tif")
+    run_dir = make_run(tmp_path, ["a/one.tif,1"])
+    config = sidecar_config(settings)
+    urls_file = presigned.urls_path(run_dir, "m1", "00000")
+    records = presigned.records_path(run_dir, "m1", "00000")
+    signing.presign_batch(config, run_dir, "m1", 0, urls_file)
+    batch.run_batch(job_config(config), run_dir, "m1", 0, records, threads=1, urls_file=urls_file)
+    stored = seed.head_object(Bucket=OUTPUT_BUCKET, Key="a/one.jgw")
+    seed.put_object(Bucket=OUTPUT_BUCKET, Key="a/one.jgw", Body=b"1\n0\n0\n-1\n0\n0\n", Metadata=stored["Metadata"])
+    [outcome] = signing.confirm_batch(config, run_dir, "m1", 0, urls_file, records, run_dir / "status" / "b.jsonl")
+    assert outcome.failed and outcome.step == "upload" and outcome.stac_item is None and outcome.sidecars == ()
+    assert "a/one.jgw is not the file uploaded" in outcome.reason
+    left = set(all_objects(seed, OUTPUT_BUCKET))
+    assert not left & SIDECARS and "a/one.jpg" in left  # the bad one and the others of the failed image removed
+
+
+def test_presigned_a_file_beside_the_jpeg_without_its_url_fails_before_any_put(buckets, seed, settings, tmp_path):
+    """URLs signed for other jpeg: settings than the job's: the image fails (internal) naming the key; nothing sent."""
+    seed.upload_file(str(SAMPLES_DIR / "byte.tif"), INPUT_BUCKET, "a/one.tif")
+    run_dir = make_run(tmp_path, ["a/one.tif,1"])
+    urls_file = presigned.urls_path(run_dir, "m1", "00000")
+    records = presigned.records_path(run_dir, "m1", "00000")
+    signing.presign_batch(run_config(settings), run_dir, "m1", 0, urls_file)  # no smaller previews signed
+    batch.run_batch(job_config(sidecar_config(settings)), run_dir, "m1", 0, records, threads=1, urls_file=urls_file)
+    [record] = presigned.read_records(records)
+    assert record.outcome.failed and record.outcome.code is FailureCode.INTERNAL
+    assert "no presigned URL for a/one.64.jpg" in record.outcome.reason and record.uploads == ()
+    assert all_objects(seed, OUTPUT_BUCKET) == {}
+
+
+def test_presigned_confirm_wants_every_file_the_job_says_it_made(buckets, seed, settings, tmp_path):
+    """An outcome naming a file beside the JPEG whose upload the job did not report is not confirmed."""
+    seed.upload_file(str(SAMPLES_DIR / "byte.tif"), INPUT_BUCKET, "a/one.tif")
+    run_dir = make_run(tmp_path, ["a/one.tif,1"])
+    config = sidecar_config(settings)
+    urls_file = presigned.urls_path(run_dir, "m1", "00000")
+    records = presigned.records_path(run_dir, "m1", "00000")
+    signing.presign_batch(config, run_dir, "m1", 0, urls_file)
+    batch.run_batch(job_config(config), run_dir, "m1", 0, records, threads=1, urls_file=urls_file)
+    [record] = presigned.read_records(records)
+    kept = tuple(u for u in record.uploads if u.key != "a/one.64.jgw")
+    presigned.write_records(records, [presigned.JobRecord(record.outcome, kept)])
+    [outcome] = signing.confirm_batch(config, run_dir, "m1", 0, urls_file, records, run_dir / "status" / "b.jsonl")
+    assert outcome.failed and "the job reported no confirmed upload of a/one.64.jgw" in outcome.reason

@@ -148,7 +148,7 @@ def test_an_unreadable_image_is_a_finding_not_a_crash(tmp_path, rules):
 def test_qa_csv_round_trips(tmp_path):
     findings = [Finding("a/b.tif", "srs_mismatch", "fail", 'SRS "x", while 2 of 3 images are EPSG:2193'),
                 Finding("c.tif", "categorical", "info", "one uint8 band\nwith 3 values")]
-    name = qa.qa_csv_name("county", "20250101-120000")
+    name = qa.qa_csv_name("county-", "20250101-120000")
     assert name == "county-qa-20250101-120000.csv"
     path = qa.write_qa_csv(findings, tmp_path / name)
     with path.open(newline="", encoding="utf-8") as f:

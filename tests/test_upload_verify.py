@@ -327,5 +327,7 @@ def test_short_cog_fails_its_row_with_the_reason_and_leaves_nothing_at_its_key(b
     assert key not in listed
     assert jpeg_key(key) in listed  # uploaded (and confirmed) before the COG: it stays
     assert {"imagery/fine.tif", "imagery/fine.jpg"} <= listed
-    # per image: the input's HeadObject and one per output (the short COG too: its own, no more)
-    assert proxy.calls["head"] == 2 * (1 + 2) and proxy.calls["delete"] == 1
+    # per image: the input's HeadObject and one per output (JPEG, its world file and .aux.xml, COG; the short COG
+    # too: its own, no more); deleted: the short COG and the failed image's two files beside its JPEG
+    assert proxy.calls["head"] == 2 * (1 + 4) and proxy.calls["delete"] == 1 + 2
+    assert {"imagery/short.jgw", "imagery/short.jpg.aux.xml"}.isdisjoint(listed)

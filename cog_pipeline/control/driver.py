@@ -60,12 +60,12 @@ def drive_argv(run_dir: Path, executor: str) -> list[str]:
     return ["drive", str(Path(run_dir).resolve()), "--executor", executor]
 
 
-def snakemake_env(executor: str) -> dict[str, str]:
-    """Snakemake's environment: this one, plus ``CONDOR_CONFIG=/dev/null`` for a local run on a machine
-    without HTCondor (Snakemake loads every installed executor plugin, and the htcondor bindings
-    otherwise warn that no HTCondor configuration was found)."""
+def snakemake_env(executor: str, dry_run: bool = False) -> dict[str, str]:
+    """Snakemake's environment: this one, plus ``CONDOR_CONFIG=/dev/null`` for a local run or any dry run
+    (neither talks to a schedd) when none is set (Snakemake loads every installed executor plugin, and the
+    htcondor bindings otherwise warn that no HTCondor configuration was found)."""
     env = dict(os.environ)
-    if executor == "local" and "CONDOR_CONFIG" not in env:
+    if (executor == "local" or dry_run) and "CONDOR_CONFIG" not in env:
         env["CONDOR_CONFIG"] = os.devnull
     return env
 
@@ -145,7 +145,7 @@ def dry_run(run_dir: Path, executor: str = "local", cores: int = 2) -> int:
     """Print the workflow's job plan for the run directory once (Snakemake's job counts; no banner with the
     host and user) without running anything. Snakemake's whole output is printed when it fails."""
     cmd = snakemake_command(run_dir, executor, cores, ["--dry-run", "--quiet", "host", "rules"])
-    proc = subprocess.run(cmd, cwd=run_dir, check=False, env=snakemake_env(executor), capture_output=True,
+    proc = subprocess.run(cmd, cwd=run_dir, check=False, env=snakemake_env(executor, dry_run=True), capture_output=True,
                           text=True)
     table = job_stats(proc.stdout + "\n" + proc.stderr)
     if proc.returncode != 0 or not table:

@@ -34,6 +34,7 @@ from cog_pipeline.core.rundir import ClaimedManifest, RunDir, RunState
 from cog_pipeline.storage import s3
 from cog_pipeline.storage.endpoint import Semantics
 from cog_pipeline.storage.s3 import S3_ERRORS
+from cog_pipeline.work import qa_step
 from cog_pipeline.work.manifest import batch_slices, parse_manifest
 
 __all__ = [
@@ -256,6 +257,10 @@ def plan(client: Any, opts: TickOptions, matches: list[dict[str, Any]], config: 
                 print(f"  rejected: {rejected.reason}")
             for note in parsed.notes:
                 print(f"  note: {note}")
+            if parsed.entries:  # the inputs (one listing) and the delivery QA, as the run would do them
+                verdict = qa_step.run_qa(config, f"m{i}", [e.key for e in parsed.entries], client)
+                print("\n".join(qa_step.summary_lines(verdict, parsed.entries, opts.input_bucket,
+                                                       qa_step.qa_enabled(config))))
             manifest = ClaimedManifest.of(f"m{i}", f"manifests/{i:05d}-{keys.processing.rpartition('/')[2]}", keys)
             data[manifest.id] = body
             manifests.append(manifest)

@@ -32,6 +32,7 @@ class FailureCode(str, Enum):
     OUTPUT_MISSING = "output-missing"
     MANIFEST_ROW = "manifest-row"
     URLS_EXPIRED = "urls-expired"
+    QA_FAILED = "qa-failed"
 
     def __str__(self) -> str:
         return self.value

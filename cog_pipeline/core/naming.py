@@ -1,7 +1,9 @@
 """Names of things: manifest keys through their life cycle, run directories, per-run files.
 
 ``folder/X-raw.csv`` is claimed as ``folder/X-processing-<TS>.csv`` and ends as
-``folder/X-processed-<TS>.csv``, ``folder/X-failed-<TS>.csv`` and ``folder/X-errors-<TS>.csv``.
+``folder/X-processed-<TS>.csv``, ``folder/X-failed-<TS>.csv`` and ``folder/X-errors-<TS>.csv``, with the
+report ``folder/X-report-<TS>.html``, the delivery's STAC Collection ``folder/X-collection-<TS>.json`` and its
+capture area ``folder/X-capture-area-<TS>.geojson`` beside them.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ STATE_PREFIX = ".cog-pipeline/"
 #: A processing object: ``<stem>processing-<TS>.csv``.
 PROCESSING_KEY = re.compile(r"^(?P<stem>.*)processing-(?P<ts>\d{8}-\d{6})\.csv$", re.DOTALL)
 
-_OWNED = re.compile(r"(processing|processed|failed|errors|report)-\d{8}-\d{6}\.(csv|html)$")
+_OWNED = re.compile(r"(processing|processed|failed|errors|report|collection|capture-area|qa)-\d{8}-\d{6}"
+                    r"\.(csv|html|json|geojson)$")
 
 
 #: The GeoTIFF key rule: the original accepted keys ending in ``.tif``; this pipeline also accepts
@@ -107,6 +110,27 @@ class ManifestKeys:
     @property
     def report(self) -> str:
         return f"{self.stem}report-{self.ts}.html"
+
+    @property
+    def qa(self) -> str:
+        """The delivery QA's findings (cog_pipeline/work/qa_step.py)."""
+        return f"{self.stem}qa-{self.ts}.csv"
+
+    @property
+    def collection(self) -> str:
+        """The delivery's STAC Collection (cog_pipeline/work/delivery.py)."""
+        return f"{self.stem}collection-{self.ts}.json"
+
+    @property
+    def capture_area(self) -> str:
+        """The delivery's capture area, a GeoJSON Feature (cog_pipeline/work/delivery.py)."""
+        return f"{self.stem}capture-area-{self.ts}.geojson"
+
+    @property
+    def collection_id(self) -> str:
+        """The STAC Collection's id: the manifest's name without ``-raw.csv`` (``folder/X``), the same for
+        every run of that name, so an Item written by an earlier run still names its Collection."""
+        return self.stem.rstrip("-_") or "delivery"
 
     @classmethod
     def from_run(cls, manifest: dict) -> ManifestKeys:

@@ -9,11 +9,13 @@ from __future__ import annotations
 import csv
 import os
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import rasterio
 from rasterio.crs import CRS
 from rasterio.errors import CRSError
 
@@ -23,7 +25,8 @@ from cog_pipeline.raster.header import SAMPLE_MAX_SIDE, ImageHeader, read_header
 from cog_pipeline.raster.kinds import CATEGORICAL_MAX_VALUES, DataKind, classify
 
 __all__ = ["CHECKS", "SEVERITIES", "Finding", "QaRules", "qa_rules_from_config", "read_header", "read_headers",
-           "check_image", "check_delivery", "failing_keys", "qa_csv_name", "write_qa_csv", "QA_CSV_FIELDS"]
+           "check_image", "check_delivery", "failing_keys", "qa_csv_name", "write_qa_csv", "QA_CSV_FIELDS",
+           "DEFAULT_THREADS"]
 
 SEVERITIES = ("fail", "warn", "info", "off")
 #: Every check and its default severity (the ``qa.checks`` defaults of config/config.schema.yaml).
@@ -43,6 +46,8 @@ CHECKS: dict[str, str] = {
     "categorical": "info",
 }
 QA_CSV_FIELDS = ("key", "check", "severity", "detail")
+#: Headers read at once by default (``qa.threads``).
+DEFAULT_THREADS = 8
 
 
 @dataclass(frozen=True)
@@ -71,6 +76,10 @@ class QaRules:
     #: A fill's run along one edge must cover at least this fraction of it.
     min_fill_run: float = 0.1
     categorical_max_values: int = CATEGORICAL_MAX_VALUES
+    #: True: the run has a QA step (``qa.enabled``, off by default); the checks run whenever called.
+    enabled: bool = False
+    #: Headers read at once (``qa.threads``): each is a few range requests, so mostly waiting.
+    threads: int = DEFAULT_THREADS
 
     def severity(self, check: str) -> str:
         return self.severities.get(check, CHECKS[check])
@@ -79,7 +88,7 @@ class QaRules:
 def qa_rules_from_config(config: Mapping[str, Any]) -> QaRules:
     """QaRules from a whole config (``qa:``, and ``presets.categorical_max_values``); ValueError naming the key."""
     section = dict(config.get("qa") or {})
-    known = {"checks", "sample_max_side", "gsd_tolerance", "fill_values", "min_fill_run"}
+    known = {"enabled", "threads", "checks", "sample_max_side", "gsd_tolerance", "fill_values", "min_fill_run"}
     unknown = sorted(set(section) - known)
     if unknown:
         raise ValueError(f"qa: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
@@ -101,22 +110,40 @@ def qa_rules_from_config(config: Mapping[str, Any]) -> QaRules:
     run = section.get("min_fill_run", 0.1)
     if isinstance(run, bool) or not isinstance(run, (int, float)) or not 0 < run <= 1:
         raise ValueError(f"qa.min_fill_run {run!r} must be a fraction above 0, at most 1")
+    enabled = section.get("enabled", False)
+    if not isinstance(enabled, bool):
+        raise ValueError(f"qa.enabled {enabled!r} must be true or false")
+    threads = section.get("threads", DEFAULT_THREADS)
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= 64:
+        raise ValueError(f"qa.threads {threads!r} must be an integer from 1 to 64")
     max_values = (config.get("presets") or {}).get("categorical_max_values", CATEGORICAL_MAX_VALUES)
     return QaRules({**CHECKS, **checks}, side, float(tolerance), tuple(float(v) for v in fills), float(run),
-                   int(max_values))
+                   int(max_values), enabled, threads)
 
 
-def read_headers(paths: Mapping[str, str | Path], rules: QaRules) -> tuple[list[ImageHeader], list[Finding]]:
-    """The headers of ``paths`` (key -> local path or GDAL virtual path), and an ``unreadable`` finding for
-    each one that cannot be read."""
-    headers: list[ImageHeader] = []
-    findings: list[Finding] = []
-    for key, path in paths.items():
+def read_headers(paths: Mapping[str, str | Path], rules: QaRules,
+                 gdal_options: Mapping[str, str] | None = None) -> tuple[list[ImageHeader], list[Finding]]:
+    """The headers of ``paths`` (key -> local path or GDAL virtual path), ``rules.threads`` at a time, each
+    under ``gdal_options`` (GDAL config options, e.g. for /vsicurl/), and an ``unreadable`` finding for each
+    one that cannot be read; both in the order of ``paths``."""
+    options = dict(gdal_options or {})
+
+    def read(item: tuple[str, str | Path]) -> ImageHeader | Finding:
+        key, path = item
         try:
-            headers.append(read_header(path, key=key, sample_max_side=rules.sample_max_side))
+            with rasterio.Env(**options):  # GDAL's config options are per thread
+                return read_header(path, key=key, sample_max_side=rules.sample_max_side)
         except ImageError as exc:
-            if rules.severity("unreadable") != "off":
-                findings.append(Finding(key, "unreadable", rules.severity("unreadable"), exc.message))
+            return Finding(key, "unreadable", rules.severity("unreadable"), exc.message)
+
+    items = list(paths.items())
+    if rules.threads > 1 and len(items) > 1:
+        with ThreadPoolExecutor(max_workers=min(rules.threads, len(items)), thread_name_prefix="qa") as pool:
+            results = list(pool.map(read, items))
+    else:
+        results = [read(item) for item in items]
+    headers = [r for r in results if isinstance(r, ImageHeader)]
+    findings = [r for r in results if isinstance(r, Finding) and r.severity != "off"]
     return headers, findings
 
 
@@ -250,8 +277,9 @@ def failing_keys(findings: Iterable[Finding]) -> set[str]:
 
 
 def qa_csv_name(stem: str, timestamp: str) -> str:
-    """``<name>-qa-<TS>.csv``, beside the outcome CSVs."""
-    return f"{stem}-qa-{timestamp}.csv"
+    """``<stem>qa-<TS>.csv`` beside the outcome CSVs (the stem ends in its separator: ``county-``, as
+    ``ManifestKeys.stem``), so ``county-raw.csv`` gets ``county-qa-<TS>.csv``."""
+    return f"{stem}qa-{timestamp}.csv"
 
 
 def write_qa_csv(findings: Iterable[Finding], path: str | Path) -> Path:

@@ -130,25 +130,13 @@ def manifest_counts(run: RunDir, manifest: ClaimedManifest) -> tuple[int, int, i
     are pending.
     """
     from cog_pipeline.work.manifest import read_manifest
+    from cog_pipeline.work.outcomes import read_summary, recorded_failures
 
-    outcome = run.outcome(manifest.id)
-    if outcome.is_file():
-        summary = json.loads(outcome.read_text(encoding="utf-8"))
+    summary = read_summary(run.path, manifest.id)
+    if summary is not None:
         return int(summary["processed"]), int(summary["failed"]), 0
     parsed = read_manifest(run.manifest_csv(manifest))
-    recorded: dict[str, bool] = {}  # key -> failed; finished batches and the ones in progress
-    for path in sorted(run.status_dir(manifest.id).glob("batch-*.jsonl*")):
-        try:
-            lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-        except OSError:  # renamed between the listing and the read: counted next time
-            continue
-        for line in lines:
-            try:
-                record = json.loads(line)
-            except ValueError:  # a line still being written
-                continue
-            if isinstance(record, dict) and "key" in record:
-                recorded[str(record["key"])] = record.get("status") == "failed"
+    recorded = recorded_failures(run.path, manifest.id)
     keys = {entry.key for entry in parsed.entries}
     failed = sum(1 for key, bad in recorded.items() if bad and key in keys)
     done = sum(1 for key, bad in recorded.items() if not bad and key in keys)

@@ -6,9 +6,14 @@ Existence is checked with one skip-scan listing over the wanted keys
 (:func:`cog_pipeline.storage.s3.existing_keys`), not one request per row.
 
 The order (each step only after the one before it, so a stop at any point is finished by a rerun):
-the three outcome CSVs -> ``outcome/<m>.json`` with ``"finished": false`` -> ``report.html``, the
-per-image logs and ``<stem>report-<TS>.html`` uploaded -> the ``processing`` manifest deleted ->
-``outcome/<m>.json`` with ``"finished": true`` (:func:`cog_pipeline.work.outcomes.manifest_finished`).
+the three outcome CSVs -> the STAC (:func:`cog_pipeline.work.delivery.publish_stac`: each processed image's
+Item in the output bucket, ``<stem>capture-area-<TS>.geojson`` and ``<stem>collection-<TS>.json`` beside
+the CSVs) -> ``outcome/<m>.json`` with ``"finished": false`` -> ``report.html``, the per-image logs and
+``<stem>report-<TS>.html`` uploaded -> the ``processing`` manifest deleted -> ``outcome/<m>.json`` with
+``"finished": true`` (:func:`cog_pipeline.work.outcomes.manifest_finished`). A STAC object that could not be
+written loses no outcome: the CSVs, the summary (``stac``, and a note per failed Item) and the report are
+written, then the aggregate fails with the processing file left in place, so the next tick's resume
+writes the STAC again (the Items from the records in ``status/``).
 The Snakemake rule runs it (scripts/aggregate.py), and so does the driver for a manifest the workflow
 left unfinished: a tick, a manual ``snakemake`` rerun and ``cog-pipeline aggregate`` give the same files.
 """
@@ -28,8 +33,10 @@ from cog_pipeline.core.errors import PipelineError
 from cog_pipeline.core.failures import FailureCode
 from cog_pipeline.core.naming import ManifestKeys, batch_id, batch_log_path, outcome_path
 from cog_pipeline.work.batch import manifest_config
+from cog_pipeline.work.delivery import StacResult, StacRow, publish_stac
 from cog_pipeline.work.manifest import Entry, batch_slices, jpeg_key, parse_manifest, write_errors_csv, write_rows_csv
 from cog_pipeline.work.presigned import discard_urls
+from cog_pipeline.work.qa_step import qa_outcomes
 from cog_pipeline.work.outcomes import ImageOutcome, Status, read_outcomes, read_summary
 
 log = logging.getLogger(__name__)
@@ -188,8 +195,9 @@ def unfinished_outcomes(run_dir: Path, manifest_id: str, entries: list[Entry], b
 
 # ------------------------------------------------------------------------------ the aggregate
 
-def _summary(manifest_id: str, keys: ManifestKeys, outcome: Outcome, finished: bool) -> dict[str, Any]:
-    return {
+def _summary(manifest_id: str, keys: ManifestKeys, outcome: Outcome, finished: bool,
+             stac: StacResult | None = None) -> dict[str, Any]:
+    summary = {
         "manifest": manifest_id,
         "raw_key": keys.raw,
         "processing_key": keys.processing,
@@ -205,6 +213,10 @@ def _summary(manifest_id: str, keys: ManifestKeys, outcome: Outcome, finished: b
                      for f in outcome.failed],
         "finished": finished,
     }
+    if stac is not None:
+        summary["notes"] = [*outcome.notes, *stac.summary_notes()]
+        summary["stac"] = stac.to_summary()
+    return summary
 
 
 def _write_summary(run_dir: Path, manifest_id: str, summary: dict[str, Any]) -> None:
@@ -258,6 +270,7 @@ def aggregate_manifest(config: dict[str, Any], run_dir: Path, manifest_id: str) 
         raise PipelineError(f"cannot list output bucket '{output_bucket}': {s3.describe_error(exc)}") from None
     crash_point("aggregate.listed")
     records = read_outcomes(run_dir, manifest_id)
+    records.update(qa_outcomes(config, run_dir, manifest_id, entries, set(records)))  # rows the QA failed
     unfinished = unfinished_outcomes(run_dir, manifest_id, entries, int(config["batch_size"]), set(records))
     outcome = classify(manifest_bytes, records, present, unfinished)
     discard_urls(run_dir, manifest_id)  # presigned URLs a batch that did not finish left (bearer tokens)
@@ -277,7 +290,10 @@ def aggregate_manifest(config: dict[str, Any], run_dir: Path, manifest_id: str) 
             raise PipelineError(f"cannot write {key} to '{input_bucket}': {s3.describe_error(exc)}; "
                                 f"{keys.processing} was left in place") from None
         crash_point("aggregate.csv")
-    summary = _summary(manifest_id, keys, outcome, finished=False)
+    rows = [StacRow(key, records[key].stac_item, records[key].status is Status.SKIPPED)
+            for key, _bands in outcome.processed]
+    stac = publish_stac(client, config, keys, rows, local_dir)
+    summary = _summary(manifest_id, keys, outcome, finished=False, stac=stac)
     _write_summary(run_dir, manifest_id, summary)  # the report reads it
 
     try:
@@ -285,6 +301,12 @@ def aggregate_manifest(config: dict[str, Any], run_dir: Path, manifest_id: str) 
     except PipelineError as exc:
         raise PipelineError(f"outcome CSVs written, but {exc}; {keys.processing} was left in place") from None
     crash_point("aggregate.report")
+    if not stac.complete:
+        first = stac.failed[0][0] + ": " + stac.failed[0][1] if stac.failed else stac.errors[0]
+        raise PipelineError(f"outcome CSVs and report written, but the STAC is incomplete "
+                            f"({len(stac.failed)} Item(s) and {len(stac.errors)} other object(s) not written; "
+                            f"first: {first}); {keys.processing} was left in place, so the next tick's resume "
+                            "writes them again")
     try:
         endpoint.delete_owned(client, input_bucket, keys.processing)
     except Exception as exc:  # noqa: BLE001

@@ -5,15 +5,21 @@ with the step, reason and failure code: work/outcomes.py), so the aggregate alwa
 outputs are already in the output bucket, converted from the same input object (ETag kept in the COG's
 metadata), is skipped.
 
-S3 requests per image: one HeadObject of the input (existence, size, ETag), its GET(s), the two
-PUTs and a HeadObject after each (the stored object is confirmed: size, ETag); the skip-if-done check
-lists the batch's output keys once (one ListObjectsV2 per batch) and sends a HeadObject only for a COG
-that is already there (to read the source ETag it was made from).
+Each converted image gets (docs/delivery.md, "What each image gets"): its COG, written with the preset of
+its data kind when ``presets.enabled`` (raster/kinds.py), the JPEG preview and the files beside it (world
+files, ``.aux.xml``, smaller previews), and in its outcome the kind, preset, check (with the measured error
+of a lossy preset), both pixel digests and its STAC Item (work/stac.py; uploaded by the aggregate).
+
+S3 requests per image: one HeadObject of the input (existence, size, ETag), its GET(s), a PUT per output
+(JPEG, each file beside it, then the COG: the "done" marker) and a HeadObject after each (the stored object is
+confirmed: size, ETag); the skip-if-done check lists the batch's output keys once (one ListObjectsV2 per
+batch) and sends a HeadObject only for a COG that is already there (to read the source ETag it was made from).
 """
 
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import secrets
 import shutil
@@ -28,8 +34,12 @@ import botocore.exceptions
 from cog_pipeline import __version__
 from cog_pipeline.storage import presign, s3
 from cog_pipeline.core.crash import crash_point
-from cog_pipeline.raster.convert import (ConversionResult, convert_file, cog_options_from_config,
-                                         jpeg_options_from_config)
+from cog_pipeline.core.conversion import JpegOptions
+from cog_pipeline.raster.convert import (ConversionResult, convert_file, cog_options_from_config, inspect_input,
+                                         jpeg_options_from_config, preview_content_type, preview_key)
+from cog_pipeline.raster.georef import world_file_suffix
+from cog_pipeline.raster.header import read_header
+from cog_pipeline.raster.kinds import Preset, preset_for, presets_from_config
 from cog_pipeline.core.errors import ImageError, PipelineError
 from cog_pipeline.core.failures import FailureCode
 from cog_pipeline.work.manifest import Entry, batch_slices, jpeg_key, parse_manifest
@@ -38,6 +48,8 @@ from cog_pipeline.work.outcomes import ImageOutcome, Status, write_outcomes
 from cog_pipeline.work.presigned import (START_MARGIN_S, Action, BatchUrls, ImageUrls, JobRecord, Uploaded,
                                          write_records)
 from cog_pipeline.work.footprints import map_facts
+from cog_pipeline.work import qa_step
+from cog_pipeline.work.stac import file_info, item_for
 from cog_pipeline.raster.thumbnail import thumbnail_data_uri
 
 log = logging.getLogger(__name__)
@@ -57,14 +69,15 @@ def manifest_entries(run_dir: Path, manifest: dict[str, Any]) -> list[Entry]:
 
 
 def batch_entries(config: dict[str, Any], run_dir: Path, manifest_id: str, index: int) -> list[Entry]:
-    """The rows batch ``index`` of manifest ``manifest_id`` owns (deterministic slicing)."""
+    """The rows batch ``index`` of manifest ``manifest_id`` owns (deterministic slicing), less those the
+    delivery QA failed (work/qa_step.py: the aggregate records them)."""
     manifest = manifest_config(config, manifest_id)
     entries = manifest_entries(run_dir, manifest)
     slices = batch_slices(len(entries), int(config["batch_size"]))
     if index >= len(slices):
         return []
     start, stop = slices[index]
-    return entries[start:stop]
+    return qa_step.without_failed(config, run_dir, manifest_id, entries[start:stop])
 
 
 def manifest_config(config: dict[str, Any], manifest_id: str) -> dict[str, Any]:
@@ -90,6 +103,9 @@ class ImageContext:
         if threads:
             cog_cfg["num_threads"] = str(threads)
         self.cog_options = cog_options_from_config(cog_cfg)
+        #: What raster.kinds.preset_for reads: the whole config with this job's ``cog:`` (threads).
+        self.preset_config = {**config, "cog": cog_cfg}
+        self.presets_on = presets_from_config(config).enabled
         self.jpeg_options = jpeg_options_from_config(config.get("jpeg", {}))
         self.tmp_root = config.get("tmp_dir") or None
         #: Output keys found by the batch's one listing (None: not listed, ask per image).
@@ -103,6 +119,19 @@ class ImageContext:
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, PipelineError) as exc:
             log.info("cannot list the batch's outputs (%s); checking each image's instead", s3.describe_error(exc))
             self.listed_outputs = None
+
+
+def sidecar_suffixes(options: JpegOptions) -> tuple[str, ...]:
+    """Every suffix (``raster.convert.preview_key``) of a file the previews of ``options`` may put beside the JPEG:
+    with ``georeference`` the world file and ``.aux.xml``, per ``sizes`` entry its JPEG (and their two). An image
+    gets a subset (no CRS: none of the georeference; GCPs only: no world file)."""
+    suffixes: list[str] = []
+    for size in ("", *(f".{n}" for n in options.sizes)):
+        if size:
+            suffixes.append(f"{size}.jpg")
+        if options.georeference:
+            suffixes += [size + world_file_suffix(".jpg"), f"{size}.jpg.aux.xml"]
+    return tuple(suffixes)
 
 
 def _s3_step(step: str, exc: BaseException) -> ImageError:
@@ -213,27 +242,37 @@ def _process(ctx: ImageContext, entry: Entry) -> dict[str, Any]:
         crash_point("batch.downloaded")
         result = _convert(ctx, entry, workdir, source["ContentLength"])
         metadata = {SOURCE_ETAG_META: etag, "cog-pipeline-version": __version__}
+        stored: list[tuple[str, dict[str, Any]]] = []  # the files beside the JPEG stored so far
         try:
-            # JPEG first: the COG (with the source ETag) is the "done" marker checked by reruns. Each is
-            # confirmed once stored; a JPEG that is not is removed (and no COG sent), a COG that is not is
-            # removed (the JPEG before it, confirmed, stays).
-            _upload(ctx, jpeg_key(entry.key), local_jpg, "image/jpeg", metadata)
-            crash_point("batch.uploaded-jpeg")
-            _upload(ctx, entry.key, local_cog, "image/tiff; application=geotiff; profile=cloud-optimized", metadata)
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError,
-                s3.boto3.exceptions.S3UploadFailedError) as exc:
-            raise _s3_step("upload", exc) from None
+            # JPEG and the files beside it first: the COG (with the source ETag) is the "done" marker checked
+            # by reruns. Each is confirmed once stored; one that is not is removed (and no COG sent), a COG that
+            # is not is removed. A failed image keeps no file beside the JPEG (the JPEG, confirmed, stays).
+            try:
+                _upload(ctx, jpeg_key(entry.key), local_jpg, "image/jpeg", metadata)
+                crash_point("batch.uploaded-jpeg")
+                for path, suffix in result.preview_sidecars:
+                    key = preview_key(jpeg_key(entry.key), suffix)
+                    stored.append((key, _upload(ctx, key, path, preview_content_type(suffix), metadata)))
+                _upload(ctx, entry.key, local_cog, "image/tiff; application=geotiff; profile=cloud-optimized",
+                        metadata)
+            except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError,
+                    s3.boto3.exceptions.S3UploadFailedError) as exc:
+                raise _s3_step("upload", exc) from None
+        except ImageError as exc:
+            raise ImageError(exc.step, exc.message + _remove_stored(ctx, stored), code=exc.code) from None
         crash_point("batch.uploaded")
-        return _finish(ctx, entry, result, local_cog, source["ContentLength"])
+        return _finish(ctx, entry, result, local_cog, local_jpg, source["ContentLength"])
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _convert(ctx: ImageContext, entry: Entry, workdir: Path, input_bytes: int) -> ConversionResult:
-    """``workdir``/input.tif -> cog.tif + preview.jpg."""
+    """``workdir``/input.tif -> cog.tif + preview.jpg (+ the files beside it), with the image's preset when
+    ``presets.enabled``."""
     try:
+        preset = _preset(ctx, entry, workdir / "input.tif") if ctx.presets_on else None
         result = convert_file(workdir / "input.tif", workdir / "cog.tif", workdir / "preview.jpg", ctx.cog_options,
-                              ctx.jpeg_options, expected_bands=entry.bands)
+                              ctx.jpeg_options, expected_bands=entry.bands, preset=preset)
     except OSError as exc:
         raise ImageError("cog", _os_reason(exc, workdir), code=_os_code(exc)) from None
     except ImageError as exc:
@@ -242,10 +281,23 @@ def _convert(ctx: ImageContext, entry: Entry, workdir: Path, input_bytes: int) -
     return result
 
 
-def _finish(ctx: ImageContext, entry: Entry, result: ConversionResult, local_cog: Path,
+def _preset(ctx: ImageContext, entry: Entry, local_in: Path) -> Preset:
+    """The preset of the downloaded input's kind (its header and decimated read). An input whose header cannot
+    be read fails as the conversion would (step ``open``, with its failure code)."""
+    try:
+        header = read_header(local_in, key=entry.key)
+    except ImageError as exc:
+        inspect_input(local_in, ctx.cog_options)  # raises the open step's own error (code) for a bad file
+        raise ImageError("open", exc.message.removeprefix(f"{entry.key}: ")) from None
+    return preset_for(header, ctx.preset_config)
+
+
+def _finish(ctx: ImageContext, entry: Entry, result: ConversionResult, local_cog: Path, local_jpg: Path,
             input_bytes: int) -> dict[str, Any]:
-    """The ``ok`` outcome's fields, with a thumbnail for the report's first rows and the COG's map facts."""
+    """The ``ok`` outcome's fields, with a thumbnail for the report's first rows, the COG's map facts and the
+    delivery standard's (kind, preset, check, digests, files beside the JPEG, STAC Item)."""
     fields = _result_fields(result, input_bytes)
+    fields.update(_delivery_fields(ctx, entry, result, local_cog, local_jpg))
     if entry.line <= MAX_THUMBNAIL_LINE:
         try:
             fields["thumbnail"] = thumbnail_data_uri(local_cog, options=ctx.jpeg_options)  # from its overviews
@@ -258,10 +310,48 @@ def _finish(ctx: ImageContext, entry: Entry, result: ConversionResult, local_cog
     return fields
 
 
-def _upload(ctx: ImageContext, key: str, path: Path, content_type: str, metadata: dict[str, str]) -> None:
+def _delivery_fields(ctx: ImageContext, entry: Entry, result: ConversionResult, local_cog: Path,
+                     local_jpg: Path) -> dict[str, Any]:
+    """Kind, preset, check and error, pixel digests, the keys beside the JPEG and the STAC Item of a converted
+    image (its Item from the COG's header and the sha256 of the very files uploaded). With presets off the
+    kind is still detected, from the COG (the same pixels, verified). An image without a CRS has no Item
+    (a note says so); a failure to make one is noted, never fails the image."""
+    started = time.perf_counter()
+    notes = list(result.notes)
+    fields: dict[str, Any] = {
+        "kind": result.kind, "preset": result.preset, "check": result.check,
+        "input_pixel_digest": result.input_pixel_digest, "cog_pixel_digest": result.cog_pixel_digest,
+        "sidecars": tuple(preview_key(jpeg_key(entry.key), suffix) for _, suffix in result.preview_sidecars)}
+    if result.error is not None:
+        fields.update(max_abs_error=result.error.max_abs_error, rmse=result.error.rmse, psnr_db=result.error.psnr_db)
+    try:
+        header = read_header(local_cog, key=entry.key)
+        if result.kind is None:
+            disabled = preset_for(header, ctx.preset_config)
+            fields.update(kind=disabled.kind.value, preset=disabled.summary())
+        if header.crs_wkt is None:
+            notes.append("no STAC Item: the image has no CRS")
+        else:
+            digests = {name: digest for name, digest in (("input", result.input_pixel_digest),
+                                                         ("cog", result.cog_pixel_digest)) if digest}
+            item = item_for(entry.key, header, file_info(local_cog), file_info(local_jpg), pixel_digests=digests,
+                            extra_properties={"cog_pipeline:kind": fields["kind"], "cog_pipeline:check": result.check})
+            # as the status file holds it (lists, not shapely's tuples), and strict JSON (no NaN)
+            fields["stac_item"] = json.loads(json.dumps(item.to_dict(include_self_link=False), allow_nan=False))
+    except Exception as exc:  # noqa: BLE001 - like the thumbnail, never fails an image
+        log.warning("%s: no STAC Item: %s", entry.key, exc)
+        notes.append(f"no STAC Item: {exc}")
+    fields["notes"] = tuple(notes)
+    seconds = dict(result.seconds)
+    seconds["stac"] = time.perf_counter() - started
+    fields["step_seconds"] = {k: round(v, 3) for k, v in seconds.items()}
+    return fields
+
+
+def _upload(ctx: ImageContext, key: str, path: Path, content_type: str, metadata: dict[str, str]) -> dict[str, Any]:
     """Upload one output and confirm the stored object (size, ETag: ``s3.verify_upload``) with one
-    HeadObject; an object that is not the file (a short one, chunk framing stored inside it) is removed
-    and the image fails at ``upload`` with what was expected and found.
+    HeadObject, which is returned; an object that is not the file (a short one, chunk framing stored inside
+    it) is removed and the image fails at ``upload`` with what was expected and found.
 
     When boto3 gives up but the object did land (a lost answer to the last PUT or CompleteMultipartUpload,
     after retries), it is recognised by its upload token (same HeadObject) and verified instead of failing.
@@ -280,7 +370,7 @@ def _upload(ctx: ImageContext, key: str, path: Path, content_type: str, metadata
             raise
         _verify(ctx, key, path, token, landed)
         log.info("%s: the upload reported %s, but the object is there, complete", key, s3.describe_error(exc))
-        return
+        return landed
     try:
         landed = s3.head(ctx.client, ctx.output_bucket, key)
     except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
@@ -290,6 +380,7 @@ def _upload(ctx: ImageContext, key: str, path: Path, content_type: str, metadata
     if landed is None:
         raise ImageError("upload", f"no object at {key} after its upload reported success")
     _verify(ctx, key, path, token, landed)
+    return landed
 
 
 def _verify(ctx: ImageContext, key: str, path: Path, token: str, landed: dict[str, Any]) -> None:
@@ -313,6 +404,16 @@ def _remove(ctx: ImageContext, key: str, landed: dict[str, Any] | None = None) -
         log.warning("%s: cannot remove the unconfirmed object: %s", key, s3.describe_error(exc))
         return f"; removing it failed ({s3.describe_error(exc)}): delete it by hand"
     return "; the object was removed"
+
+
+def _remove_stored(ctx: ImageContext, stored: list[tuple[str, dict[str, Any]]]) -> str:
+    """Remove the objects ``stored`` (key, HeadObject) of a failed image; says so, to append to its reason."""
+    if not stored:
+        return ""
+    failed = [f"{key}{said}" for key, head in stored if (said := _remove(ctx, key, head)) != "; the object was removed"]
+    if failed:
+        return f"; of the files beside the JPEG stored before, not removed: {', '.join(failed)}"
+    return f"; the files beside the JPEG stored before were removed ({', '.join(k for k, _ in stored)})"
 
 
 def _result_fields(result: ConversionResult, input_bytes: int) -> dict[str, Any]:
@@ -450,8 +551,9 @@ def _url_error(step: str, exc: presign.PresignedError, urls: BatchUrls) -> Image
 
 def _process_presigned(ctx: ImageContext, entry: Entry, image: ImageUrls | None, urls: BatchUrls,
                        uploads: list[Uploaded]) -> dict[str, Any]:
-    """One row with presigned URLs: the access point's decision (skip, fail) or download, convert, PUT both
-    outputs (JPEG first, as direct), each PUT appended to ``uploads`` for the access point to confirm."""
+    """One row with presigned URLs: the access point's decision (skip, fail) or download, convert, PUT the
+    outputs (JPEG, the files beside it, COG, as direct), each PUT appended to ``uploads`` for the access point to
+    confirm (which also removes the files beside the JPEG of an image that failed)."""
     if image is None:
         raise ImageError("internal", f"no presigned URLs for line {entry.line} in the batch's URL file",
                          code=FailureCode.INTERNAL)
@@ -461,6 +563,7 @@ def _process_presigned(ctx: ImageContext, entry: Entry, image: ImageUrls | None,
         return {"status": Status.SKIPPED, "reason": image.reason or SKIPPED_REASON, "input_bytes": image.input_bytes}
     if image.get is None or image.jpeg_put is None or image.cog_put is None or image.input_bytes is None:
         raise ImageError("internal", "the batch's URL file lacks this row's requests", code=FailureCode.INTERNAL)
+    jpeg_put, cog_put = image.jpeg_put, image.cog_put
     if urls.time_left() < START_MARGIN_S:
         raise _expired(urls, "download")
     workdir = _private_tmpdir(ctx.tmp_root)
@@ -473,11 +576,22 @@ def _process_presigned(ctx: ImageContext, entry: Entry, image: ImageUrls | None,
             raise ImageError("download", _os_reason(exc, workdir), code=_os_code(exc)) from None
         crash_point("batch.downloaded")
         result = _convert(ctx, entry, workdir, image.input_bytes)
-        for request, path in ((image.jpeg_put, workdir / "preview.jpg"), (image.cog_put, workdir / "cog.tif")):
-            key = jpeg_key(entry.key) if path.suffix == ".jpg" else entry.key
+        jpeg = jpeg_key(entry.key)
+        beside = []  # every file beside the JPEG has its URL, or nothing is sent
+        for path, suffix in result.preview_sidecars:
+            request = image.sidecar_put(suffix)
+            if request is None:
+                raise ImageError("internal", f"no presigned URL for {preview_key(jpeg, suffix)} in the batch's URL "
+                                             "file (the access point's jpeg: settings differ from this job's?)",
+                                 code=FailureCode.INTERNAL)
+            beside.append((request, path, preview_key(jpeg, suffix)))
+        _put(ctx, jpeg_put, workdir / "preview.jpg", jpeg, urls, uploads)
+        crash_point("batch.uploaded-jpeg")
+        for request, path, key in beside:
             _put(ctx, request, path, key, urls, uploads)
-            crash_point("batch.uploaded-jpeg" if path.suffix == ".jpg" else "batch.uploaded")
-        return _finish(ctx, entry, result, workdir / "cog.tif", image.input_bytes)
+        _put(ctx, cog_put, workdir / "cog.tif", entry.key, urls, uploads)
+        crash_point("batch.uploaded")
+        return _finish(ctx, entry, result, workdir / "cog.tif", workdir / "preview.jpg", image.input_bytes)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 

@@ -137,6 +137,10 @@ ADVICE: dict[FailureCode, str] = {
                               "raise s3.presign_expiry_s if queues are long",
     FailureCode.MANIFEST_ROW: "the manifest row itself is wrong: fix the row as the reason says and upload it in a new "
                               "manifest (cog-pipeline retry leaves such rows out)",
+    FailureCode.QA_FAILED: "delivery QA found the image inconsistent with the rest of its delivery (the reason names "
+                           "the check and what differs; all findings are in the QA CSV beside the outcome CSVs): fix "
+                           "or re-export the image, upload it under the same key, then retry the failed rows (or set "
+                           "that check to warn under qa.checks in the config)",
 }
 GENERIC_ADVICE = "see this image's log for details; fix the cause, then retry the failed rows"
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import re
 from collections.abc import Iterable, Iterator, Mapping
@@ -30,7 +31,7 @@ from cog_pipeline.core.naming import outcome_path
 from cog_pipeline.core.rundir import summary_finished
 
 __all__ = ["FailureCode", "ImageOutcome", "OutcomeCounter", "Status", "count_outcomes", "failure_codes",
-           "legacy_code", "manifest_finished", "read_outcomes", "read_summary", "write_outcomes"]
+           "legacy_code", "manifest_finished", "read_outcomes", "recorded_failures", "read_summary", "write_outcomes"]
 
 
 class Status(str, Enum):
@@ -78,6 +79,20 @@ class ImageOutcome:
     codec: str | None = None
     input_codec: str | None = None
     footprint: Mapping[str, Any] | None = None
+    #: The delivery standard (docs/delivery.md): the data kind detected, the preset's summary, the check its COG
+    #: passed (``lossless`` or ``bounded``) with the measured error of a bounded one (``psnr_db`` may be inf:
+    #: written as ``"inf"``), the pixel digests of the input and the COG, the output keys of the files uploaded
+    #: beside the JPEG (world files, ``.aux.xml``, smaller previews) and the image's STAC Item (a dict).
+    kind: str | None = None
+    preset: str | None = None
+    check: str | None = None
+    max_abs_error: float | None = None
+    rmse: float | None = None
+    psnr_db: float | None = None
+    input_pixel_digest: str | None = None
+    cog_pixel_digest: str | None = None
+    sidecars: tuple[str, ...] = ()
+    stac_item: Mapping[str, Any] | None = None
     batch: str | None = field(default=None, compare=False)
 
     @property
@@ -134,6 +149,16 @@ class ImageOutcome:
             record["overviews"] = list(self.overviews)
         if self.footprint is not None:
             record["footprint"] = dict(self.footprint)
+        for name in ("kind", "preset", "check", "input_pixel_digest", "cog_pixel_digest"):
+            if getattr(self, name) is not None:
+                record[name] = getattr(self, name)
+        for name in ("max_abs_error", "rmse", "psnr_db"):
+            if getattr(self, name) is not None:
+                record[name] = _json_float(getattr(self, name))
+        if self.sidecars:
+            record["sidecars"] = list(self.sidecars)
+        if self.stac_item is not None:
+            record["stac_item"] = dict(self.stac_item)
         return record
 
     @classmethod
@@ -174,7 +199,13 @@ class ImageOutcome:
                    pixel_unit=_str(record.get("pixel_unit")),
                    overviews=tuple(v for v in record.get("overviews") or () if _int(v) is not None),
                    codec=_str(record.get("codec")), input_codec=_str(record.get("input_codec")),
-                   footprint=_polygon(record.get("footprint")))
+                   footprint=_polygon(record.get("footprint")),
+                   kind=_str(record.get("kind")), preset=_str(record.get("preset")), check=_str(record.get("check")),
+                   max_abs_error=_float(record.get("max_abs_error")), rmse=_float(record.get("rmse")),
+                   psnr_db=_float(record.get("psnr_db")), input_pixel_digest=_str(record.get("input_pixel_digest")),
+                   cog_pixel_digest=_str(record.get("cog_pixel_digest")),
+                   sidecars=tuple(k for k in record.get("sidecars") or () if isinstance(k, str)),
+                   stac_item=_item(record.get("stac_item")))
 
 
 def _int(value: Any) -> int | None:
@@ -183,6 +214,27 @@ def _int(value: Any) -> int | None:
 
 def _str(value: Any) -> str | None:
     return value if isinstance(value, str) else None
+
+
+def _json_float(value: float) -> float | str:
+    """A float as strict JSON holds it: inf and nan as the strings ``"inf"``, ``"-inf"``, ``"nan"``."""
+    return value if math.isfinite(value) else str(value)
+
+
+def _float(value: Any) -> float | None:
+    """A number as recorded (``"inf"``, ``"-inf"``, ``"nan"`` too); anything else is none."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if value in ("inf", "-inf", "nan"):
+        return float(value)
+    return None
+
+
+def _item(value: Any) -> dict[str, Any] | None:
+    """A STAC Item as recorded (a mapping of type Feature); anything else is no Item."""
+    if isinstance(value, Mapping) and value.get("type") == "Feature":
+        return dict(value)
+    return None
 
 
 def _pair(value: Any) -> tuple[float, float] | None:
@@ -269,6 +321,25 @@ def write_outcomes(status_file: Path, outcomes: Iterable[ImageOutcome]) -> list[
         os.fsync(fh.fileno())
     os.replace(tmp, status_file)
     return written
+
+
+def recorded_failures(run_dir: Path, manifest_id: str) -> dict[str, bool]:
+    """Key -> failed? for every outcome recorded so far (finished batches and those in progress, a later
+    record of a key wins); lines still being written and files renamed meanwhile are left for the next look."""
+    recorded: dict[str, bool] = {}
+    for path in _batch_files(run_dir, manifest_id, "batch-*.jsonl*"):
+        try:
+            lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and "key" in record:
+                recorded[str(record["key"])] = record.get("status") == Status.FAILED.value
+    return recorded
 
 
 class OutcomeCounter:

@@ -7,8 +7,8 @@ execute points").
 
 The access point writes a batch's :class:`BatchUrls` (``urls/<m>/batch-<n>.json``: per row, convert with
 these URLs, skip, or fail with a reason decided there); the job writes one :class:`JobRecord` per row
-(``uploads/<m>/batch-<n>.jsonl``: its outcome and what it uploaded: key, size, MD5); the access point
-confirms the uploads and writes the batch's status file (work/signing.py).
+(``uploads/<m>/batch-<n>.jsonl``: its outcome and what it uploaded: key, size, MD5, the JPEG's side files
+included); the access point confirms the uploads and writes the batch's status file (work/signing.py).
 """
 
 from __future__ import annotations
@@ -70,7 +70,9 @@ def _request(data: Any) -> SignedRequest | None:
 
 @dataclass(frozen=True)
 class ImageUrls:
-    """One row: its action; for ``convert`` the input's size and ETag, the upload token and three requests."""
+    """One row: its action; for ``convert`` the input's size and ETag, the upload token, the GET, the JPEG's and
+    COG's PUTs and a PUT per file the previews may put beside the JPEG (``sidecar_puts``: (suffix, request), the
+    suffix as ``raster.convert.preview_key`` takes it)."""
 
     key: str
     line: int
@@ -81,9 +83,14 @@ class ImageUrls:
     get: SignedRequest | None = None
     jpeg_put: SignedRequest | None = None
     cog_put: SignedRequest | None = None
+    sidecar_puts: tuple[tuple[str, SignedRequest], ...] = ()
     code: FailureCode | None = None
     step: str | None = None
     reason: str = ""
+
+    def sidecar_put(self, suffix: str) -> SignedRequest | None:
+        """The PUT of the file beside the JPEG with this suffix (None: not signed)."""
+        return dict(self.sidecar_puts).get(suffix)
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"key": self.key, "line": self.line, "action": self.action.value}
@@ -96,6 +103,8 @@ class ImageUrls:
             request = getattr(self, name)
             if request is not None:
                 out[name] = request.as_dict()
+        if self.sidecar_puts:
+            out["sidecar_puts"] = {suffix: request.as_dict() for suffix, request in self.sidecar_puts}
         if self.code is not None:
             out["code"] = self.code.value
         if self.reason:
@@ -108,6 +117,8 @@ class ImageUrls:
                    input_bytes=data.get("input_bytes"), source_etag=data.get("source_etag"),
                    token=str(data.get("token", "")), get=_request(data.get("get")),
                    jpeg_put=_request(data.get("jpeg_put")), cog_put=_request(data.get("cog_put")),
+                   sidecar_puts=tuple((str(suffix), SignedRequest.from_dict(request))
+                                      for suffix, request in (data.get("sidecar_puts") or {}).items()),
                    code=FailureCode(data["code"]) if data.get("code") else None, step=data.get("step"),
                    reason=str(data.get("reason", "")))
 

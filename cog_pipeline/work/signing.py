@@ -2,10 +2,11 @@
 confirm what the job uploaded after it. Both run in the driver's Snakemake (local rules), with the run's keys.
 
 :func:`presign_batch` decides each row there (the input's HeadObject, skip-if-done from one listing of the
-batch's outputs, as a direct batch does) and signs a GET pinned to the listed ETag and the two PUTs (with the
-source ETag and an upload token in signed metadata). :func:`confirm_batch` checks each upload the job reports
-as ``s3.verify_upload`` does (HeadObject: size and ETag against the file's MD5, and that the object carries this
-batch's token), removes a mismatched object of ours, and writes the batch's status file.
+batch's outputs, as a direct batch does) and signs a GET pinned to the listed ETag and the PUTs (COG, JPEG and
+every file the ``jpeg:`` settings may put beside it, all with the source ETag and an upload token in signed
+metadata). :func:`confirm_batch` checks each upload the job reports as ``s3.verify_upload`` does (HeadObject:
+size and ETag against the file's MD5, and that the object carries this batch's token), removes a mismatched
+object of ours and the files beside the JPEG of an image that failed, and writes the batch's status file.
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ from cog_pipeline import __version__
 from cog_pipeline.core.errors import ImageError
 from cog_pipeline.core.failures import FailureCode
 from cog_pipeline.core.naming import batch_id
+from cog_pipeline.raster.convert import preview_content_type, preview_key
 from cog_pipeline.storage import endpoint, presign, s3
-from cog_pipeline.work.batch import (SOURCE_ETAG_META, UPLOAD_META, ImageContext, _remove, batch_entries,
-                                     check_source, failure_code)
+from cog_pipeline.work.batch import (SOURCE_ETAG_META, UPLOAD_META, ImageContext, _remove, _remove_stored,
+                                     batch_entries, check_source, failure_code, sidecar_suffixes)
 from cog_pipeline.work.manifest import Entry, jpeg_key
 from cog_pipeline.work.outcomes import ImageOutcome, Status, write_outcomes
 from cog_pipeline.work.presigned import Action, BatchUrls, ImageUrls, JobRecord, expiry_s, read_records
@@ -70,11 +72,15 @@ def _sign(ctx: ImageContext, signer: Any, entry: Entry, expires: int, pin: bool)
                          reason="outputs already made from this input")
     token = secrets.token_hex(8)
     metadata = {SOURCE_ETAG_META: etag, "cog-pipeline-version": __version__, UPLOAD_META: token}
+    jpeg = jpeg_key(entry.key)
     return ImageUrls(
         entry.key, entry.line, Action.CONVERT, input_bytes=size, source_etag=etag, token=token,
         get=presign.presign_get(signer, ctx.input_bucket, entry.key, expires, etag if pin else None),
-        jpeg_put=presign.presign_put(signer, ctx.output_bucket, jpeg_key(entry.key), expires, JPEG_TYPE, metadata),
-        cog_put=presign.presign_put(signer, ctx.output_bucket, entry.key, expires, COG_TYPE, metadata))
+        jpeg_put=presign.presign_put(signer, ctx.output_bucket, jpeg, expires, JPEG_TYPE, metadata),
+        cog_put=presign.presign_put(signer, ctx.output_bucket, entry.key, expires, COG_TYPE, metadata),
+        sidecar_puts=tuple((suffix, presign.presign_put(signer, ctx.output_bucket, preview_key(jpeg, suffix), expires,
+                                                        preview_content_type(suffix), metadata))
+                           for suffix in sidecar_suffixes(ctx.jpeg_options)))
 
 
 def confirm_batch(config: dict[str, Any], run_dir: Path, manifest_id: str, index: int, urls_file: Path,
@@ -101,7 +107,7 @@ def _confirm(ctx: ImageContext, record: JobRecord, image: ImageUrls | None) -> I
     if outcome.status is Status.SKIPPED and image is not None and image.action is Action.SKIP:
         return outcome
     problems: list[str] = []
-    confirmed: set[str] = set()
+    confirmed: dict[str, dict[str, Any]] = {}  # key -> its HeadObject
     for up in record.uploads:
         try:
             head = s3.head(ctx.client, ctx.output_bucket, up.key)
@@ -121,15 +127,18 @@ def _confirm(ctx: ImageContext, record: JobRecord, image: ImageUrls | None) -> I
             problems.append(f"stored object {up.key} is not the file uploaded: {'; '.join(found)}"
                             f"{_remove(ctx, up.key, head)}")
         else:
-            confirmed.add(up.key)
+            confirmed[up.key] = head
     if outcome.status is Status.OK:
-        wanted = [jpeg_key(outcome.key), outcome.key]
+        wanted = [jpeg_key(outcome.key), *outcome.sidecars, outcome.key]
         problems += [f"the job reported no confirmed upload of {k}" for k in wanted
                      if k not in confirmed and not any(k in p for p in problems)]
-    if not problems:
+    if not problems and not outcome.failed:
         return outcome
+    # A failed image keeps no file beside its JPEG (those of this batch's token; the JPEG, confirmed, stays).
+    removed = _remove_stored(ctx, [(k, head) for k, head in confirmed.items()
+                                   if k not in (jpeg_key(outcome.key), outcome.key)])
     reason = "; ".join(problems)
     if outcome.failed:
-        return outcome.replace(reason=f"{outcome.reason}; {reason}")
-    return outcome.replace(status=Status.FAILED, code=FailureCode.S3_FAILED, step="upload", reason=reason,
-                           thumbnail=None)
+        return outcome.replace(reason="; ".join(filter(None, (outcome.reason, reason))) + removed)
+    return outcome.replace(status=Status.FAILED, code=FailureCode.S3_FAILED, step="upload", reason=reason + removed,
+                           thumbnail=None, stac_item=None, sidecars=())

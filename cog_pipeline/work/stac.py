@@ -39,9 +39,9 @@ from cog_pipeline import __version__
 from cog_pipeline.core.naming import jpeg_key, key_stem
 from cog_pipeline.raster.header import PIXEL_DIGEST_VERSION, ImageHeader
 
-__all__ = ["PROCESSING_SCHEMA", "FileInfo", "Footprint", "StacSettings", "stac_settings_from_config", "file_info",
-           "footprint", "item_key", "item_for", "collection_for", "capture_area", "software_versions",
-           "write_json"]
+__all__ = ["PROCESSING_SCHEMA", "FileInfo", "Footprint", "ItemFacts", "StacSettings", "stac_settings_from_config",
+           "file_info", "footprint", "item_key", "item_for", "item_facts", "collection_for", "capture_area",
+           "software_versions", "write_json"]
 
 PROCESSING_SCHEMA = "https://stac-extensions.github.io/processing/v1.2.0/schema.json"
 #: Colour interpretations that are eo common band names.
@@ -154,7 +154,8 @@ def capture_area(footprints: Sequence[Footprint], gsd: float) -> dict[str, Any]:
     if not footprints:
         raise ValueError("capture area: no footprint (no image with valid pixels)")
     crs = rasterio.crs.CRS.from_wkt(footprints[0].crs_wkt)
-    other = [f.key for f in footprints[1:] if rasterio.crs.CRS.from_wkt(f.crs_wkt) != crs]
+    others = {wkt for wkt in {f.crs_wkt for f in footprints} if rasterio.crs.CRS.from_wkt(wkt) != crs}
+    other = [f.key for f in footprints if f.crs_wkt in others]
     if other:
         raise ValueError(f"capture area: {', '.join(other[:5])} are not in the CRS of {footprints[0].key}")
     if not gsd > 0:
@@ -269,23 +270,53 @@ def item_for(key: str, header: ImageHeader, cog: FileInfo, jpeg: FileInfo | None
     return item
 
 
-def collection_for(collection_id: str, items: Mapping[str, pystac.Item], settings: StacSettings, *,
-                   title: str | None = None, capture_area_href: str | None = None) -> pystac.Collection:
-    """The Collection of a delivery: ``items`` (href of each Item, as the Collection should link it -> Item),
-    its extent (union of the Items' bboxes, their first and last datetime), license and providers from
-    ``settings``, and optionally the capture-area GeoJSON as an asset."""
+@dataclass(frozen=True)
+class ItemFacts:
+    """What a Collection takes from one of its Items: its id, bbox and time(s)."""
+
+    id: str
+    bbox: tuple[float, float, float, float]
+    times: tuple[dt.datetime, ...]
+
+
+def item_facts(item: pystac.Item | Mapping[str, Any]) -> ItemFacts:
+    """The id, bbox and datetime (or start and end datetimes) of an Item or an Item's dict (read without
+    building a pystac.Item: 100k of them cost minutes). ValueError naming the Item if one is missing."""
+    if isinstance(item, pystac.Item):
+        item = item.to_dict(include_self_link=False, transform_hrefs=False)
+    ident, bbox, props = item.get("id"), item.get("bbox"), item.get("properties") or {}
+    if not isinstance(bbox, list) or len(bbox) not in (4, 6) or not all(isinstance(v, (int, float)) for v in bbox):
+        raise ValueError(f"Item {ident}: no valid bbox ({bbox!r:.80})")
+    half = len(bbox) // 2
+    try:
+        times = tuple(pystac.utils.str_to_datetime(props[name]) for name in ("datetime", "start_datetime",
+                                                                              "end_datetime") if props.get(name))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"Item {ident}: unreadable datetime ({exc})") from None
+    if not times:
+        raise ValueError(f"Item {ident}: no datetime")
+    return ItemFacts(str(ident), (float(bbox[0]), float(bbox[1]), float(bbox[half]), float(bbox[half + 1])), times)
+
+
+def collection_for(collection_id: str, items: Mapping[str, pystac.Item | Mapping[str, Any]], settings: StacSettings,
+                   *, title: str | None = None, capture_area_href: str | None = None) -> pystac.Collection:
+    """The Collection of a delivery: ``items`` (href of each Item, as the Collection should link it -> the Item
+    or its dict), its extent (union of the Items' bboxes, their first and last datetime), license and providers
+    from ``settings``, and optionally the capture-area GeoJSON as an asset. ValueError for an Item without a
+    bbox or datetime (:func:`item_facts`)."""
     if not items:
         raise ValueError(f"collection {collection_id}: no items")
-    bboxes = [item.bbox for item in items.values() if item.bbox]
+    facts = {href: item_facts(item) for href, item in items.items()}
+    bboxes = [f.bbox for f in facts.values()]
     bbox = [min(b[0] for b in bboxes), min(b[1] for b in bboxes), max(b[2] for b in bboxes),
             max(b[3] for b in bboxes)]
-    times = sorted(item.datetime for item in items.values() if item.datetime is not None)
+    times = sorted(t for f in facts.values() for t in f.times)
     extent = pystac.Extent(pystac.SpatialExtent([bbox]), pystac.TemporalExtent([[times[0], times[-1]]]))
     collection = pystac.Collection(id=collection_id, description=settings.description, extent=extent,
                                    title=title, license=settings.license, providers=list(settings.providers) or None)
-    for href, item in items.items():
+    for href, fact in facts.items():
         collection.add_link(pystac.Link(pystac.RelType.ITEM, href, media_type=pystac.MediaType.GEOJSON,
-                                        title=item.id))
+                                        title=fact.id))
     if capture_area_href:
         collection.add_asset("capture_area", pystac.Asset(href=capture_area_href, media_type=pystac.MediaType.GEOJSON,
                                                           roles=["metadata"], title="Capture area"))

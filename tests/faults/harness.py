@@ -349,6 +349,27 @@ class World:
 
     def _check_output(self, key: str) -> str | None:
         data = self.body(self.output_bucket, key)
+        if key.endswith(".json"):  # a STAC Item (work/delivery.py): checksums of the COG and JPEG beside it
+            try:
+                assets = json.loads(data)["assets"]
+                for name, other in (("image", key[:-5] + ".tif"), ("preview", key[:-5] + ".jpg")):
+                    if assets[name]["file:checksum"] != "1220" + hashlib.sha256(self.body(self.output_bucket,
+                                                                                          other)).hexdigest():
+                        return f"its {name} checksum is not that of {other}"
+            except Exception as exc:  # noqa: BLE001
+                return f"not a STAC Item of the outputs beside it: {exc!r}"
+            return None
+        beside = re.fullmatch(r"(.*?)(\.\d+)?(\.jgw|\.jpg\.aux\.xml|\.jpg)", key)
+        if beside and (beside.group(2) or beside.group(3) != ".jpg"):  # a file beside a JPEG preview (work/batch.py)
+            if beside.group(1) + ".jpg" not in self.objects(self.output_bucket):
+                return "beside no JPEG preview"
+            if beside.group(3) == ".jgw" and len(data.split()) != 6:
+                return "not a world file (six numbers)"
+            if beside.group(3) == ".jpg.aux.xml" and b"<PAMDataset" not in data:
+                return "not a GDAL .aux.xml"
+            if beside.group(3) == ".jpg" and not data.startswith(b"\xff\xd8"):
+                return "not a JPEG"
+            return None
         head = self.seed.head_object(Bucket=self.output_bucket, Key=key)
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / ("out.tif" if key.endswith(".tif") else "out.jpg")

@@ -277,7 +277,9 @@ def test_tick_runs_a_manifest_on_the_pool(pool, e2e):
 
     # The COGs (made on the pool's execute side) are valid; each has its JPEG.
     outputs = all_objects(seed, OUTPUT_BUCKET)
-    assert sorted(outputs) == sorted([*IMAGES, *(k[:-4] + ".jpg" for k in IMAGES)])
+    beside = [k[:-4] + suffix for k in IMAGES for suffix in (".jgw", ".jpg.aux.xml")]  # the JPEGs' georeference
+    assert sorted(k for k in outputs if not k.endswith(".json")) == sorted(  # .json: the STAC Items
+        [*IMAGES, *(k[:-4] + ".jpg" for k in IMAGES), *beside])
     for i, key in enumerate(IMAGES):
         cog = e2e.user.workdir.parent / f"check-{i}.tif"
         cog.write_bytes(outputs[key])
