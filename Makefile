@@ -35,10 +35,12 @@ check: $(BIN)/cog-pipeline
 	$(BIN)/python -m pytest -q -n $(CHECK_WORKERS) -m "not slow" --ignore=tests/faults/test_servers.py --ignore=tests/pool \
 		$(CHECK_DESELECT)
 
-# ruff (config in pyproject.toml), mypy on cog_pipeline, and snakemake --lint on a generated run directory
-# (that last one is also part of `make test`). No `ruff format --check`: the code is not ruff-formatted.
+# ruff (lint and format; config in pyproject.toml), mypy on cog_pipeline, and snakemake --lint on a generated
+# run directory (that last one is also part of `make test`). CI (.ci/run) runs this before the tests.
+LINT_PATHS := cog_pipeline tests bench scripts setup.py
 lint: $(BIN)/cog-pipeline
-	$(BIN)/ruff check cog_pipeline tests bench scripts
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q tests/test_workflow.py -k lint
 

@@ -42,16 +42,24 @@ def client(endpoint: str, keys: tuple[Path, Path]) -> Any:
 
 def manifest_rows(n: int, prefix: str = "county/2026", bands: int = 4, folders: int = 1) -> list[str]:
     """``n`` manifest rows ``key.tif,<bands>`` spread over ``folders`` folders."""
-    return [f"{prefix}/f{i % folders:03d}/tile_{i:06d}.tif,{bands}" if folders > 1 else
-            f"{prefix}/tile_{i:06d}.tif,{bands}" for i in range(n)]
+    return [
+        f"{prefix}/f{i % folders:03d}/tile_{i:06d}.tif,{bands}" if folders > 1 else f"{prefix}/tile_{i:06d}.tif,{bands}"
+        for i in range(n)
+    ]
 
 
 def manifest_bytes(rows: list[str]) -> bytes:
     return ("\n".join(rows) + "\n").encode()
 
 
-def prepare_run_dir(run_dir: Path, manifest: bytes, endpoint: str | None, keys: tuple[Path, Path] | None,
-                    batch_size: int | None = None, raw_key: str = "bench/plan-raw.csv") -> Path:
+def prepare_run_dir(
+    run_dir: Path,
+    manifest: bytes,
+    endpoint: str | None,
+    keys: tuple[Path, Path] | None,
+    batch_size: int | None = None,
+    raw_key: str = "bench/plan-raw.csv",
+) -> Path:
     """A run directory exactly as ``tick`` writes it (its own functions), without claiming anything."""
     from cog_pipeline.core.naming import ManifestKeys, timestamp
     from cog_pipeline.core.rundir import ClaimedManifest
@@ -61,8 +69,12 @@ def prepare_run_dir(run_dir: Path, manifest: bytes, endpoint: str | None, keys: 
     ts = timestamp()
     keys_ = ManifestKeys.for_raw(raw_key, ts)
     manifests = [ClaimedManifest.of("m1", f"manifests/{keys_.processing.rpartition('/')[2]}", keys_)]
-    opts = TickOptions(input_bucket=INPUT_BUCKET, output_bucket=OUTPUT_BUCKET, settings=settings(endpoint, keys),
-                       workdir=run_dir.parent)
+    opts = TickOptions(
+        input_bucket=INPUT_BUCKET,
+        output_bucket=OUTPUT_BUCKET,
+        settings=settings(endpoint, keys),
+        workdir=run_dir.parent,
+    )
     config = run_config(opts, ts, manifests)
     if batch_size is not None:
         config["batch_size"] = batch_size  # run.yaml is read after config/config.yaml: it overrides

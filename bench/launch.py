@@ -19,6 +19,14 @@ _pid, status, usage = os.wait4(proc.pid, 0)
 wall = time.perf_counter() - t0
 code = os.waitstatus_to_exitcode(status)
 with open(result_path, "w") as fh:
-    json.dump({"wall": wall, "rss_mb": usage.ru_maxrss / 1024.0, "user": usage.ru_utime, "sys": usage.ru_stime,
-               "returncode": code}, fh)
+    json.dump(
+        {
+            "wall": wall,
+            "rss_mb": usage.ru_maxrss / 1024.0,
+            "user": usage.ru_utime,
+            "sys": usage.ru_stime,
+            "returncode": code,
+        },
+        fh,
+    )
 sys.exit(code if 0 <= code < 256 else 1)

@@ -25,8 +25,14 @@ def load() -> float:
     return round(os.getloadavg()[0], 2)
 
 
-def run(argv: list[str], *, cwd: Path | None = None, env: dict[str, str] | None = None,
-        timeout: float = 1800, stdout_path: Path | None = None) -> dict[str, Any]:
+def run(
+    argv: list[str],
+    *,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 1800,
+    stdout_path: Path | None = None,
+) -> dict[str, Any]:
     """Run ``argv``; returns wall seconds, peak RSS in MB, return code, output, load before/after."""
     import tempfile
 
@@ -37,8 +43,13 @@ def run(argv: list[str], *, cwd: Path | None = None, env: dict[str, str] | None 
     fd, result_path = tempfile.mkstemp(prefix="bench-launch-", suffix=".json")
     os.close(fd)
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, str(BENCH_DIR / "launch.py"), result_path, "--", *argv], cwd=cwd,
-                            env=env, stdout=out, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, str(BENCH_DIR / "launch.py"), result_path, "--", *argv],
+        cwd=cwd,
+        env=env,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+    )
     output = b""
     if stdout_path is None:
         # Drain the pipe while waiting (a full pipe would block the child).
@@ -74,8 +85,9 @@ def run(argv: list[str], *, cwd: Path | None = None, env: dict[str, str] | None 
     }
 
 
-def run_task(name: str, timeout: float = 1800, extra_env: dict[str, str] | None = None,
-             **kwargs: Any) -> dict[str, Any]:
+def run_task(
+    name: str, timeout: float = 1800, extra_env: dict[str, str] | None = None, **kwargs: Any
+) -> dict[str, Any]:
     """Run ``bench/tasks.py NAME`` in a fresh interpreter; merges the task's own JSON line in."""
     env = dict(os.environ)
     env.update(extra_env or {})

@@ -65,26 +65,42 @@ class Report:
         self.figures: list[Figure] = []
         self.details: dict[str, Any] = {}
         self.meta = {
-            "argv": argv, "quick": quick, "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime()),
-            "host": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version(),
+            "argv": argv,
+            "quick": quick,
+            "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime()),
+            "host": platform.node(),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
         }
         try:
             import rasterio
             import snakemake
 
-            self.meta.update(rasterio=rasterio.__version__, gdal=rasterio.__gdal_version__,
-                             snakemake=snakemake.__version__)
+            self.meta.update(
+                rasterio=rasterio.__version__, gdal=rasterio.__gdal_version__, snakemake=snakemake.__version__
+            )
         except Exception:  # noqa: BLE001
             pass
 
-    def add(self, section: str, name: str, measured: float | None, unit: str = "", target: str = "",
-            load: float | None = None, note: str = "") -> Figure:
+    def add(
+        self,
+        section: str,
+        name: str,
+        measured: float | None,
+        unit: str = "",
+        target: str = "",
+        load: float | None = None,
+        note: str = "",
+    ) -> Figure:
         ratio, passed = check(measured, target)
         fig = Figure(section, name, measured, unit, target, ratio, passed, load, note)
         self.figures.append(fig)
         row = fig.row()
-        print(f"  [{row[0]}] {row[1]}: {row[3]}  (target {row[2]}, ratio {row[4] or '-'}, {row[5]}, load {row[6]})"
-              + (f"  -- {note}" if note else ""), flush=True)
+        print(
+            f"  [{row[0]}] {row[1]}: {row[3]}  (target {row[2]}, ratio {row[4] or '-'}, {row[5]}, load {row[6]})"
+            + (f"  -- {note}" if note else ""),
+            flush=True,
+        )
         return fig
 
     def detail(self, key: str, value: Any) -> None:
@@ -96,9 +112,11 @@ class Report:
             lines.append("| " + " | ".join(fig.row()) + " |")
         notes = [f"- [{f.section}] {f.name}: {f.note}" for f in self.figures if f.note]
         elapsed = time.time() - self.started
-        head = (f"Run {self.meta['started']} on {self.meta['host']} ({self.meta['cpus']} CPUs), "
-                f"`{' '.join(self.meta['argv'])}`, {elapsed / 60:.1f} min; GDAL {self.meta.get('gdal')}, "
-                f"rasterio {self.meta.get('rasterio')}, Snakemake {self.meta.get('snakemake')}.")
+        head = (
+            f"Run {self.meta['started']} on {self.meta['host']} ({self.meta['cpus']} CPUs), "
+            f"`{' '.join(self.meta['argv'])}`, {elapsed / 60:.1f} min; GDAL {self.meta.get('gdal')}, "
+            f"rasterio {self.meta.get('rasterio')}, Snakemake {self.meta.get('snakemake')}."
+        )
         return "\n".join([head, "", *lines, "", *(["Notes:", "", *notes] if notes else [])]) + "\n"
 
     def save(self) -> Path:

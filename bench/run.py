@@ -36,10 +36,26 @@ sys.path.insert(0, str(REPO))
 
 from report import Report  # noqa: E402
 
-FULL = dict(size=8000, big=20000, repeats=2, images=200, image_size=512, batch_sizes=[20, 200],
-            plan_rows=[10_000, 100_000], agg_rows=[1_000, 10_000])
-QUICK = dict(size=2000, big=6000, repeats=1, images=30, image_size=256, batch_sizes=[10, 30],
-             plan_rows=[1_000, 10_000], agg_rows=[1_000])
+FULL = dict(
+    size=8000,
+    big=20000,
+    repeats=2,
+    images=200,
+    image_size=512,
+    batch_sizes=[20, 200],
+    plan_rows=[10_000, 100_000],
+    agg_rows=[1_000, 10_000],
+)
+QUICK = dict(
+    size=2000,
+    big=6000,
+    repeats=1,
+    images=30,
+    image_size=256,
+    batch_sizes=[10, 30],
+    plan_rows=[1_000, 10_000],
+    agg_rows=[1_000],
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,8 +79,11 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
     rep = Report(out, ["python", "bench/run.py", *(argv if argv is not None else sys.argv[1:])], args.quick)
     rep.detail("config", cfg)
-    print(f"cog-pipeline bench ({'quick' if args.quick else 'full'}), sections {sorted(sections)}, "
-          f"scratch {work}, load {os.getloadavg()[0]:.2f}", flush=True)
+    print(
+        f"cog-pipeline bench ({'quick' if args.quick else 'full'}), sections {sorted(sections)}, "
+        f"scratch {work}, load {os.getloadavg()[0]:.2f}",
+        flush=True,
+    )
 
     failures = 0
     s1 = None
@@ -88,8 +107,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import sec_convert
 
-    s1 = run("1", "Per-image conversion vs the original", sec_convert.section1, rep, cache, work, cfg["size"],
-             cfg["repeats"])
+    s1 = run(
+        "1", "Per-image conversion vs the original", sec_convert.section1, rep, cache, work, cfg["size"], cfg["repeats"]
+    )
     run("2", "Memory", sec_convert.section2, rep, cache, work, cfg["size"], cfg["big"], s1)
     if "3" in sections:
         import sec_pipeline
@@ -107,8 +127,16 @@ def main(argv: list[str] | None = None) -> int:
     if "7" in sections:
         import sec_whatif
 
-        run("7", "Proposed convert.py changes (what-if)", sec_whatif.section7, rep, cache, work, cfg["size"],
-            cfg["repeats"])
+        run(
+            "7",
+            "Proposed convert.py changes (what-if)",
+            sec_whatif.section7,
+            rep,
+            cache,
+            work,
+            cfg["size"],
+            cfg["repeats"],
+        )
 
     if "8" in sections:  # optional: job sizing model + scale on a personal HTCondor pool (bench/sec_pool.py)
         import sec_pool

@@ -87,9 +87,14 @@ class Counter:
 
     def snapshot(self) -> dict[str, Any]:
         with self.lock:
-            return {"counts": dict(self.counts), "seconds": {k: round(v, 4) for k, v in self.seconds.items()},
-                    "bytes_in": self.bytes_in, "bytes_out": self.bytes_out,
-                    "peak_in_flight": dict(self.peak_in_flight), "total": sum(self.counts.values())}
+            return {
+                "counts": dict(self.counts),
+                "seconds": {k: round(v, 4) for k, v in self.seconds.items()},
+                "bytes_in": self.bytes_in,
+                "bytes_out": self.bytes_out,
+                "peak_in_flight": dict(self.peak_in_flight),
+                "total": sum(self.counts.values()),
+            }
 
 
 def make_app() -> tuple[Any, Counter]:
@@ -177,8 +182,9 @@ class CountingS3Server:
         port_file = self.workdir / "s3count.port"
         port_file.unlink(missing_ok=True)
         log = open(self.workdir / "s3count.log", "wb")
-        self.proc = subprocess.Popen([sys.executable, __file__, "serve", str(port_file)], stdout=log,
-                                     stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "serve", str(port_file)], stdout=log, stderr=subprocess.STDOUT
+        )
         deadline = time.time() + 60
         while not port_file.exists():
             if self.proc.poll() is not None or time.time() > deadline:
@@ -210,13 +216,14 @@ class CountingS3Server:
 
     def reset_all(self) -> None:
         """Forget every bucket and object (moto reset) and the counts."""
-        urllib.request.urlopen(urllib.request.Request(self.endpoint + "/moto-api/reset", method="POST"),
-                               timeout=30).close()
+        urllib.request.urlopen(
+            urllib.request.Request(self.endpoint + "/moto-api/reset", method="POST"), timeout=30
+        ).close()
         self.reset_counts()
 
     def seed(self, bucket: str, keys: list[str], size: int = 1) -> None:
         for i in range(0, len(keys), 20000):
-            self._call("/__bench__/seed", {"bucket": bucket, "keys": keys[i:i + 20000], "size": size})
+            self._call("/__bench__/seed", {"bucket": bucket, "keys": keys[i : i + 20000], "size": size})
 
 
 def summarize(counts: dict[str, Any]) -> dict[str, int]:

@@ -46,25 +46,53 @@ def empty_bucket(client: Any, bucket: str) -> None:
             client.delete_objects(Bucket=bucket, Delete={"Objects": objs})
 
 
-def run_tick(srv: CountingS3Server, client: Any, keys: tuple[Path, Path], rows: list[tuple[str, int]],
-             overrides: dict[str, Any], w: Path) -> dict[str, Any]:
+def run_tick(
+    srv: CountingS3Server,
+    client: Any,
+    keys: tuple[Path, Path],
+    rows: list[tuple[str, int]],
+    overrides: dict[str, Any],
+    w: Path,
+) -> dict[str, Any]:
     """One tick over a fresh manifest of ``rows`` with run-config ``overrides``; timings and counts."""
     empty_bucket(client, common.OUTPUT_BUCKET)
     raw_key = "runs/" + "-".join(f"{k}{v}" for k, v in overrides.items()) + "-raw.csv"
-    client.put_object(Bucket=common.INPUT_BUCKET, Key=raw_key,
-                      Body="".join(f"{k},{b}\n" for k, b in rows).encode())
+    client.put_object(Bucket=common.INPUT_BUCKET, Key=raw_key, Body="".join(f"{k},{b}\n" for k, b in rows).encode())
     srv.reset_counts()
-    cmd = [sys.executable, str(Path(__file__).with_name("tick_with.py")), json.dumps(overrides), "tick",
-           "-a", str(keys[0]), "-s", str(keys[1]), "-e", srv.endpoint, "--input-bucket", common.INPUT_BUCKET,
-           "--output-bucket", common.OUTPUT_BUCKET, "-p", raw_key, "--cores", "2", "--workdir", str(w / "ticks")]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).with_name("tick_with.py")),
+        json.dumps(overrides),
+        "tick",
+        "-a",
+        str(keys[0]),
+        "-s",
+        str(keys[1]),
+        "-e",
+        srv.endpoint,
+        "--input-bucket",
+        common.INPUT_BUCKET,
+        "--output-bucket",
+        common.OUTPUT_BUCKET,
+        "-p",
+        raw_key,
+        "--cores",
+        "2",
+        "--workdir",
+        str(w / "ticks"),
+    ]
     res = proc.run(cmd, cwd=w, env=common.python_env())
     counts = srv.counts()
     m = re.search(r"Run directory: (\S+)", res["output"])
     if res["returncode"] != 0 or not m:
         raise RuntimeError(f"tick failed ({res['returncode']}):\n{res['output'][-3000:]}")
     run_dir = Path(m.group(1))
-    records = [json.loads(line) for p in sorted((run_dir / "status").rglob("batch-*.jsonl"))
-               for line in p.read_text().splitlines() if line.strip()]
+    records = [
+        json.loads(line)
+        for p in sorted((run_dir / "status").rglob("batch-*.jsonl"))
+        for line in p.read_text().splitlines()
+        if line.strip()
+    ]
     summary = json.loads((run_dir / "outcome" / "m1.json").read_text())
     if summary["processed"] != len(rows):
         log = (run_dir / "logs" / "snakemake.log").read_text()[-3000:]
@@ -77,9 +105,18 @@ def run_tick(srv: CountingS3Server, client: Any, keys: tuple[Path, Path], rows: 
     image_s = sum(r.get("seconds", 0.0) for r in records)
     convert_s = sum(sum(r.get("step_seconds", {}).values()) for r in records)
     status_files = sorted((run_dir / "status").rglob("batch-*.jsonl"), key=lambda p: p.stat().st_mtime)
-    out = {"wall": res["wall"], "rss_mb": res["rss_mb"], "load": res["load"], "cpu_util": res["cpu_util"],
-           "image_seconds": image_s, "convert_seconds": convert_s, "jobs": len(status_files),
-           "snakemake_noop": noop["wall"], "counts": counts, "run_dir": str(run_dir)}
+    out = {
+        "wall": res["wall"],
+        "rss_mb": res["rss_mb"],
+        "load": res["load"],
+        "cpu_util": res["cpu_util"],
+        "image_seconds": image_s,
+        "convert_seconds": convert_s,
+        "jobs": len(status_files),
+        "snakemake_noop": noop["wall"],
+        "counts": counts,
+        "run_dir": str(run_dir),
+    }
     out.update(timeline(res["started"], res["wall"], status_files, run_dir / "outcome" / "m1.json"))
     m = re.search(r"^BENCH_TIMES (.*)$", res["output"], re.M)
     if m:
@@ -112,18 +149,29 @@ def timeline(started: float, wall: float, status_files: list[Path], outcome: Pat
     first_start = min(s for s, _ in spans)
     gaps = [b[0] - a[1] for a, b in itertools.pairwise(spans)]
     last_end = max(e for _, e in spans)
-    return {"before_first_image": first_start - started, "job_gaps": [round(g, 3) for g in gaps],
-            "after_last_batch": (started + wall) - last_end,
-            "aggregate_done_after_last_batch": outcome.stat().st_mtime - last_end}
+    return {
+        "before_first_image": first_start - started,
+        "job_gaps": [round(g, 3) for g in gaps],
+        "after_last_batch": (started + wall) - last_end,
+        "aggregate_done_after_last_batch": outcome.stat().st_mtime - last_end,
+    }
 
 
-def run_floor(srv: CountingS3Server, client: Any, keys: tuple[Path, Path], rows: list[tuple[str, int]],
-              w: Path) -> dict[str, Any]:
+def run_floor(
+    srv: CountingS3Server, client: Any, keys: tuple[Path, Path], rows: list[tuple[str, int]], w: Path
+) -> dict[str, Any]:
     empty_bucket(client, common.OUTPUT_BUCKET)
     srv.reset_counts()
-    res = proc.run_task("floor", endpoint=srv.endpoint, access_key_file=str(keys[0]), secret_key_file=str(keys[1]),
-                        input_bucket=common.INPUT_BUCKET, output_bucket=common.OUTPUT_BUCKET,
-                        rows=[list(r) for r in rows], workdir=str(w / "floor"))
+    res = proc.run_task(
+        "floor",
+        endpoint=srv.endpoint,
+        access_key_file=str(keys[0]),
+        secret_key_file=str(keys[1]),
+        input_bucket=common.INPUT_BUCKET,
+        output_bucket=common.OUTPUT_BUCKET,
+        rows=[list(r) for r in rows],
+        workdir=str(w / "floor"),
+    )
     res["counts"] = srv.counts()
     return res
 
@@ -160,14 +208,20 @@ def section3(rep: Report, work: Path, cfg: dict[str, Any]) -> None:
         ticks = [min(runs, key=lambda r: r["wall"]) for runs in zip(*rounds, strict=True)]  # one per variant
         import_cost = proc.run_task("import_cost")
     floor = min(floors, key=lambda r: r["wall"])
-    rep.add("3", f"floor: {n} images {size}x{size} 4-band, download + convert_file + upload in one loop "
-                 f"(best of {len(floors)})", floor["wall"], "s", load=floor["load"],
-            note=f"convert {floor['convert_seconds']:.1f} s, S3 {floor['s3_seconds']:.1f} s, "
-                 f"requests {summarize(floor['counts'])}")
+    rep.add(
+        "3",
+        f"floor: {n} images {size}x{size} 4-band, download + convert_file + upload in one loop (best of {len(floors)})",
+        floor["wall"],
+        "s",
+        load=floor["load"],
+        note=f"convert {floor['convert_seconds']:.1f} s, S3 {floor['s3_seconds']:.1f} s, "
+        f"requests {summarize(floor['counts'])}",
+    )
     for v, t in zip(variants, ticks, strict=True):
         ratio = floor["wall"] / t["wall"]
-        label = ", ".join(f"{k} {val}" if not k.startswith("__") else "Snakemake exits without its 1 s timer"
-                          for k, val in v.items())
+        label = ", ".join(
+            f"{k} {val}" if not k.startswith("__") else "Snakemake exits without its 1 s timer" for k, val in v.items()
+        )
         if v == {"batch_size": default_bs}:
             label += " (defaults)"
         s3_and_checks = t["image_seconds"] - t["convert_seconds"]
@@ -178,18 +232,32 @@ def section3(rep: Report, work: Path, cfg: dict[str, Any]) -> None:
             gap = "none: jobs overlap (two at a time)"
         else:
             gap = f"{sorted(gaps)[len(gaps) // 2]:.2f} s median x {len(gaps)}"
-        rep.add("3", f"tick, {label}: {t['jobs']} batch jobs, wall (best of {len(rounds)})", t["wall"], "s",
-                load=t["load"],
-                note=(f"images {t['image_seconds']:.1f} s (convert_file {t['convert_seconds']:.1f} s, S3 transfers "
-                      f"+ HEADs {s3_and_checks:.1f} s); before the first image {t['before_first_image']:.1f} s "
-                      f"(CLI start, claim, Snakemake start-up + DAG: a no-op rerun takes {t['snakemake_noop']:.1f} s, "
-                      f"first job start); between batch jobs {gap}; after the last batch "
-                      f"{t['after_last_batch']:.1f} s (aggregate job done after "
-                      f"{t['aggregate_done_after_last_batch']:.1f} s, "
-                      f"Snakemake exits {t.get('snakemake_end_after_aggregate', float('nan')):.1f} s after that); "
-                      f"requests {summarize(t['counts'])}"))
+        rep.add(
+            "3",
+            f"tick, {label}: {t['jobs']} batch jobs, wall (best of {len(rounds)})",
+            t["wall"],
+            "s",
+            load=t["load"],
+            note=(
+                f"images {t['image_seconds']:.1f} s (convert_file {t['convert_seconds']:.1f} s, S3 transfers "
+                f"+ HEADs {s3_and_checks:.1f} s); before the first image {t['before_first_image']:.1f} s "
+                f"(CLI start, claim, Snakemake start-up + DAG: a no-op rerun takes {t['snakemake_noop']:.1f} s, "
+                f"first job start); between batch jobs {gap}; after the last batch "
+                f"{t['after_last_batch']:.1f} s (aggregate job done after "
+                f"{t['aggregate_done_after_last_batch']:.1f} s, "
+                f"Snakemake exits {t.get('snakemake_end_after_aggregate', float('nan')):.1f} s after that); "
+                f"requests {summarize(t['counts'])}"
+            ),
+        )
         rep.add("3", f"floor / pipeline, {label}", ratio, "", ">= 0.7", load=t["load"])
-    rep.detail("section3", {"floors": [{k: v for k, v in f.items() if k != "output"} for f in floors],
-                            "variants": variants, "ticks": ticks, "all_rounds": rounds,
-                            "import_cost": {k: v for k, v in import_cost.items() if k != "output"}})
+    rep.detail(
+        "section3",
+        {
+            "floors": [{k: v for k, v in f.items() if k != "output"} for f in floors],
+            "variants": variants,
+            "ticks": ticks,
+            "all_rounds": rounds,
+            "import_cost": {k: v for k, v in import_cost.items() if k != "output"},
+        },
+    )
     shutil.rmtree(w, ignore_errors=True)

@@ -43,11 +43,16 @@ def section4(rep: Report, work: Path, cfg: dict[str, Any]) -> None:
     for n in cfg["plan_rows"]:
         data = common.manifest_bytes(common.manifest_rows(n))
         run_dir = common.prepare_run_dir(w / f"run-{n}", data, "http://127.0.0.1:9", keys)
-        best = min((snakemake_dry_run(run_dir) for _ in range(2 if n == biggest else 1)),
-                   key=lambda r: r["wall"])
+        best = min((snakemake_dry_run(run_dir) for _ in range(2 if n == biggest else 1)), key=lambda r: r["wall"])
         target_t, target_m = ("<= 15", "<= 500") if n == biggest else ("", "")
-        rep.add("4", f"snakemake -n, {n:,} rows (batch_size {batch_size}: {best['jobs']} jobs): time", best["wall"],
-                "s", target_t, load=best["load"])
+        rep.add(
+            "4",
+            f"snakemake -n, {n:,} rows (batch_size {batch_size}: {best['jobs']} jobs): time",
+            best["wall"],
+            "s",
+            target_t,
+            load=best["load"],
+        )
         rep.add("4", f"snakemake -n, {n:,} rows: peak RSS", best["rss_mb"], "MB", target_m, load=best["load"])
         rep.detail(f"section4.snakemake.{n}", {k: v for k, v in best.items() if k != "output"})
 
@@ -56,8 +61,14 @@ def section4(rep: Report, work: Path, cfg: dict[str, Any]) -> None:
     data = common.manifest_bytes(common.manifest_rows(n))
     run_dir = common.prepare_run_dir(w / f"run-{n}-bs1", data, "http://127.0.0.1:9", keys, batch_size=1)
     one = snakemake_dry_run(run_dir)
-    rep.add("4", f"reference: snakemake -n, {n:,} rows, batch_size 1 ({one['jobs']} jobs): time", one["wall"], "s",
-            load=one["load"], note=f"peak RSS {one['rss_mb']:.0f} MB")
+    rep.add(
+        "4",
+        f"reference: snakemake -n, {n:,} rows, batch_size 1 ({one['jobs']} jobs): time",
+        one["wall"],
+        "s",
+        load=one["load"],
+        note=f"peak RSS {one['rss_mb']:.0f} MB",
+    )
 
     # The user-facing command: cog-pipeline tick --dry-run against the local S3 server.
     with CountingS3Server(w / "s3") as srv:
@@ -65,22 +76,53 @@ def section4(rep: Report, work: Path, cfg: dict[str, Any]) -> None:
         client.create_bucket(Bucket=common.INPUT_BUCKET)
         client.create_bucket(Bucket=common.OUTPUT_BUCKET)
         for n in cfg["plan_rows"]:
-            client.put_object(Bucket=common.INPUT_BUCKET, Key=f"plan{n}/bench-raw.csv",
-                              Body=common.manifest_bytes(common.manifest_rows(n)))
+            client.put_object(
+                Bucket=common.INPUT_BUCKET,
+                Key=f"plan{n}/bench-raw.csv",
+                Body=common.manifest_bytes(common.manifest_rows(n)),
+            )
         for n in cfg["plan_rows"]:
             srv.reset_counts()
-            cmd = common.cli("tick", "-a", str(keys[0]), "-s", str(keys[1]), "-e", srv.endpoint,
-                             "--input-bucket", common.INPUT_BUCKET, "--output-bucket", common.OUTPUT_BUCKET,
-                             "-p", f"plan{n}/*raw.csv", "--dry-run", "--workdir", str(w / "tick"))
+            cmd = common.cli(
+                "tick",
+                "-a",
+                str(keys[0]),
+                "-s",
+                str(keys[1]),
+                "-e",
+                srv.endpoint,
+                "--input-bucket",
+                common.INPUT_BUCKET,
+                "--output-bucket",
+                common.OUTPUT_BUCKET,
+                "-p",
+                f"plan{n}/*raw.csv",
+                "--dry-run",
+                "--workdir",
+                str(w / "tick"),
+            )
             res = proc.run(cmd, cwd=w, env=common.python_env())
             if res["returncode"] != 0:
                 raise RuntimeError(f"tick --dry-run failed:\n{res['output'][-3000:]}")
             counts = srv.counts()
             target_t, target_m = ("<= 15", "<= 500") if n == biggest else ("", "")
-            rep.add("4", f"cog-pipeline tick --dry-run, {n:,} rows: time", res["wall"], "s", target_t,
-                    load=res["load"], note=f"S3 requests {counts['counts']}; jobs planned {_jobs(res['output'])}")
-            rep.add("4", f"cog-pipeline tick --dry-run, {n:,} rows: peak RSS (largest process)", res["rss_mb"], "MB",
-                    target_m, load=res["load"])
+            rep.add(
+                "4",
+                f"cog-pipeline tick --dry-run, {n:,} rows: time",
+                res["wall"],
+                "s",
+                target_t,
+                load=res["load"],
+                note=f"S3 requests {counts['counts']}; jobs planned {_jobs(res['output'])}",
+            )
+            rep.add(
+                "4",
+                f"cog-pipeline tick --dry-run, {n:,} rows: peak RSS (largest process)",
+                res["rss_mb"],
+                "MB",
+                target_m,
+                load=res["load"],
+            )
             remaining = [o["Key"] for o in client.list_objects_v2(Bucket=common.INPUT_BUCKET).get("Contents", [])]
             if f"plan{n}/bench-raw.csv" not in remaining:
                 raise RuntimeError("tick --dry-run changed the bucket: the raw manifest is gone")

@@ -31,13 +31,21 @@ for _p in (str(BENCH), str(REPO), str(REPO / "tests")):
         sys.path.insert(0, _p)
 
 #: (kind, size in pixels): ortho is 4-band uint8, dem 1-band uint16 (bench/synth.py); all striped, uncompressed.
-SIZING_INPUTS = [("ortho", 1000), ("ortho", 2000), ("ortho", 4000), ("ortho", 8000), ("dem", 2000), ("dem", 4000),
-                 ("dem", 8000)]
+SIZING_INPUTS = [
+    ("ortho", 1000),
+    ("ortho", 2000),
+    ("ortho", 4000),
+    ("ortho", 8000),
+    ("dem", 2000),
+    ("dem", 4000),
+    ("dem", 8000),
+]
 QUICK_SIZING_INPUTS = [("ortho", 1000), ("ortho", 2000), ("dem", 2000)]
 MB = 1024 * 1024
 
 
 # ------------------------------------------------------------------------------------------ (a) sizing
+
 
 def _tree_bytes(root: Path) -> int:
     """Apparent bytes of every file under ``root`` (files may vanish while we look)."""
@@ -86,16 +94,24 @@ def measure(src: str, bands: int, threads: str = "1") -> dict[str, Any]:
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
         started = time.perf_counter()
-        result = convert.convert_file(local_in, work / "cog.tif", work / "preview.jpg", cog_options, jpeg_options,
-                                      expected_bands=bands)
+        result = convert.convert_file(
+            local_in, work / "cog.tif", work / "preview.jpg", cog_options, jpeg_options, expected_bands=bands
+        )
         seconds = time.perf_counter() - started
         stop.set()
         sampler.join()
         peak[0] = max(peak[0], _tree_bytes(work))
         info = result.info
-        return {"input_bytes": local_in.stat().st_size, "cog_bytes": result.cog_bytes, "jpeg_bytes": result.jpeg_bytes,
-                "peak_temp_bytes": peak[0], "seconds": round(seconds, 2), "width": info.width, "height": info.height,
-                "count": info.count}
+        return {
+            "input_bytes": local_in.stat().st_size,
+            "cog_bytes": result.cog_bytes,
+            "jpeg_bytes": result.jpeg_bytes,
+            "peak_temp_bytes": peak[0],
+            "seconds": round(seconds, 2),
+            "width": info.width,
+            "height": info.height,
+            "count": info.count,
+        }
     finally:
         stop.set()
         shutil.rmtree(work, ignore_errors=True)
@@ -121,8 +137,10 @@ def sizing(rep: Any, cache: Path, inputs: list[tuple[str, int]]) -> dict[str, An
         src = synth.cached_raster(cache, kind, size)
         bands = 4 if kind == "ortho" else 1
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-        res = proc.run([sys.executable, str(Path(__file__).resolve()), "measure",
-                        json.dumps({"src": str(src), "bands": bands})], env=env)
+        res = proc.run(
+            [sys.executable, str(Path(__file__).resolve()), "measure", json.dumps({"src": str(src), "bands": bands})],
+            env=env,
+        )
         if res["returncode"] != 0:
             raise RuntimeError(f"measure {kind} {size} failed:\n{res['output'][-3000:]}")
         row = json.loads([x for x in res["output"].splitlines() if x.startswith("{")][-1])
@@ -130,25 +148,49 @@ def sizing(rep: Any, cache: Path, inputs: list[tuple[str, int]]) -> dict[str, An
         predicted = model.image_need(row["input_bytes"])
         row.update(model_mem_mb=predicted.mem_mb, model_disk_mb=predicted.disk_mb)
         rows.append(row)
-        print(f"   {kind} {size}x{size}: input {row['input_bytes'] / MB:.0f} MB, peak RSS {row['rss_mb']:.0f} MB "
-              f"(model {predicted.mem_mb}), peak temp {row['peak_temp_bytes'] / MB:.0f} MB "
-              f"(model {predicted.disk_mb}), {row['seconds']} s", flush=True)
-        rep.add("8", f"convert {kind} {size}^2 ({row['input_bytes'] / MB:.0f} MB in): peak RSS", row["rss_mb"], "MB",
-                target=f"<= {predicted.mem_mb}", load=row["load"], note="model")
-        rep.add("8", f"convert {kind} {size}^2: peak temp disk", round(row["peak_temp_bytes"] / MB, 1), "MB",
-                target=f"<= {predicted.disk_mb}", load=row["load"], note="model")
+        print(
+            f"   {kind} {size}x{size}: input {row['input_bytes'] / MB:.0f} MB, peak RSS {row['rss_mb']:.0f} MB "
+            f"(model {predicted.mem_mb}), peak temp {row['peak_temp_bytes'] / MB:.0f} MB "
+            f"(model {predicted.disk_mb}), {row['seconds']} s",
+            flush=True,
+        )
+        rep.add(
+            "8",
+            f"convert {kind} {size}^2 ({row['input_bytes'] / MB:.0f} MB in): peak RSS",
+            row["rss_mb"],
+            "MB",
+            target=f"<= {predicted.mem_mb}",
+            load=row["load"],
+            note="model",
+        )
+        rep.add(
+            "8",
+            f"convert {kind} {size}^2: peak temp disk",
+            round(row["peak_temp_bytes"] / MB, 1),
+            "MB",
+            target=f"<= {predicted.disk_mb}",
+            load=row["load"],
+            note="model",
+        )
     xs = [r["input_bytes"] / MB for r in rows]
     mem = fit(xs, [r["rss_mb"] for r in rows])
     disk = fit(xs, [r["peak_temp_bytes"] / MB for r in rows])
-    fitted = {"mem_mb": {"intercept": round(mem[0], 1), "per_input_mb": round(mem[1], 3)},
-              "disk_mb": {"intercept": round(disk[0], 1), "per_input_mb": round(disk[1], 3)}, "rows": rows}
-    print(f"   fitted: RSS MB = {mem[0]:.0f} + {mem[1]:.3f} x input MB; temp MB = {disk[0]:.1f} + {disk[1]:.3f} x "
-          f"input MB", flush=True)
+    fitted = {
+        "mem_mb": {"intercept": round(mem[0], 1), "per_input_mb": round(mem[1], 3)},
+        "disk_mb": {"intercept": round(disk[0], 1), "per_input_mb": round(disk[1], 3)},
+        "rows": rows,
+    }
+    print(
+        f"   fitted: RSS MB = {mem[0]:.0f} + {mem[1]:.3f} x input MB; temp MB = {disk[0]:.1f} + {disk[1]:.3f} x "
+        f"input MB",
+        flush=True,
+    )
     rep.detail("sizing", fitted)
     return fitted
 
 
 # ------------------------------------------------------------------------------------------ (b) scale
+
 
 def _tiny_tiff() -> bytes:
     """A 16x16 one-band GeoTIFF (enough for the pipeline: COG, JPEG, verification)."""
@@ -156,10 +198,17 @@ def _tiny_tiff() -> bytes:
     from rasterio.io import MemoryFile
     from rasterio.transform import from_origin
 
-    data = (np.arange(256, dtype=np.uint8).reshape(16, 16))
+    data = np.arange(256, dtype=np.uint8).reshape(16, 16)
     with MemoryFile() as mem:
-        with mem.open(driver="GTiff", width=16, height=16, count=1, dtype="uint8", crs="EPSG:26916",
-                      transform=from_origin(500000, 5000000, 1, 1)) as ds:
+        with mem.open(
+            driver="GTiff",
+            width=16,
+            height=16,
+            count=1,
+            dtype="uint8",
+            crs="EPSG:26916",
+            transform=from_origin(500000, 5000000, 1, 1),
+        ) as ds:
             ds.write(data, 1)
         return bytes(mem.read())
 
@@ -253,25 +302,49 @@ def scale(rep: Any, images: int, batch_size: int, cpus: int, timeout: float = 36
     result: dict[str, Any] = {"images": images, "batch_size": batch_size, "cpus": cpus}
     try:
         with local_s3_server() as endpoint, condor.personal_pool(base, num_cpus=cpus) as pool:
-            seed = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="seed",
-                                aws_secret_access_key="seed", config=Config(s3={"addressing_style": "path"},
-                                                                            max_pool_connections=16))
+            seed = boto3.client(
+                "s3",
+                endpoint_url=endpoint,
+                region_name="us-east-1",
+                aws_access_key_id="seed",
+                aws_secret_access_key="seed",
+                config=Config(s3={"addressing_style": "path"}, max_pool_connections=16),
+            )
             for bucket in ("bench-input", "bench-output"):
                 seed.create_bucket(Bucket=bucket)
             body = _tiny_tiff()
             keys = [f"scale/tiles/t{i:06d}.tif" for i in range(images)]
             with ThreadPoolExecutor(8) as ex:
                 list(ex.map(lambda k: seed.put_object(Bucket="bench-input", Key=k, Body=body), keys))
-            seed.put_object(Bucket="bench-input", Key="scale/delivery-raw.csv",
-                            Body=("key,bands\n" + "".join(f"{k},1\n" for k in keys)).encode())
+            seed.put_object(
+                Bucket="bench-input",
+                Key="scale/delivery-raw.csv",
+                Body=("key,bands\n" + "".join(f"{k},1\n" for k in keys)).encode(),
+            )
             user = make_pool_user(pool, endpoint, "scale")
             user.config_file.write_text(f"batch_size: {batch_size}\nmem_mb_per_job: 1000\ndisk_mb_per_job: 2000\n")
             pool.give(user.config_file)
-            flags = [*user.s3_flags(), "--input-bucket", "bench-input", "--output-bucket", "bench-output",
-                     "-p", "scale/*raw.csv"]
+            flags = [
+                *user.s3_flags(),
+                "--input-bucket",
+                "bench-input",
+                "--output-bucket",
+                "bench-output",
+                "-p",
+                "scale/*raw.csv",
+            ]
             started = time.time()
-            tick = user.cli("tick", "--executor", "htcondor", *flags, "--config", str(user.config_file),
-                            "--workdir", str(user.workdir), timeout=600)
+            tick = user.cli(
+                "tick",
+                "--executor",
+                "htcondor",
+                *flags,
+                "--config",
+                str(user.config_file),
+                "--workdir",
+                str(user.workdir),
+                timeout=600,
+            )
             result["tick_seconds"] = round(time.time() - started, 1)
             run_dir = next(user.workdir.glob("workflow-run-*"))
             run_id = run_dir.name.removeprefix("workflow-run-")
@@ -287,16 +360,32 @@ def scale(rep: Any, images: int, batch_size: int, cpus: int, timeout: float = 36
             sampler.stop.set()
             outcome_json = next((run_dir / "outcome").glob("*.json"))
             summary = json.loads(outcome_json.read_text())
-            jobs = pool.history(f'{constraint} && CogPipelineRole =?= "job"',
-                                ["ClusterId", "QDate", "JobCurrentStartDate", "CompletionDate", "TransferOutput",
-                                 "ResidentSetSize_RAW", "ExitCode", "RequestMemory", "RequestDisk", "RemoteUserCpu",
-                                 "RemoteSysCpu", "DiskUsage_RAW"])
-            driver = pool.history(f'{constraint} && CogPipelineRole =?= "driver"',
-                                  ["JobStartDate", "CompletionDate", "RemoteUserCpu", "RemoteSysCpu"])
+            jobs = pool.history(
+                f'{constraint} && CogPipelineRole =?= "job"',
+                [
+                    "ClusterId",
+                    "QDate",
+                    "JobCurrentStartDate",
+                    "CompletionDate",
+                    "TransferOutput",
+                    "ResidentSetSize_RAW",
+                    "ExitCode",
+                    "RequestMemory",
+                    "RequestDisk",
+                    "RemoteUserCpu",
+                    "RemoteSysCpu",
+                    "DiskUsage_RAW",
+                ],
+            )
+            driver = pool.history(
+                f'{constraint} && CogPipelineRole =?= "driver"',
+                ["JobStartDate", "CompletionDate", "RemoteUserCpu", "RemoteSysCpu"],
+            )
             image_seconds: dict[str, float] = {}
             for status in (run_dir / "status").rglob("batch-*.jsonl"):
-                image_seconds[status.stem] = sum(json.loads(line).get("seconds", 0.0)
-                                                 for line in status.read_text().splitlines() if line.strip())
+                image_seconds[status.stem] = sum(
+                    json.loads(line).get("seconds", 0.0) for line in status.read_text().splitlines() if line.strip()
+                )
             overheads = []
             for job in jobs:
                 batch = str(job.get("TransferOutput", "")).split("batch-")[-1].split(".")[0]
@@ -307,7 +396,9 @@ def scale(rep: Any, images: int, batch_size: int, cpus: int, timeout: float = 36
             last_job = max(j["CompletionDate"] for j in jobs)
             overheads.sort()
             result.update(
-                processed=summary.get("processed"), failed=summary.get("failed"), jobs=len(jobs),
+                processed=summary.get("processed"),
+                failed=summary.get("failed"),
+                jobs=len(jobs),
                 wall_seconds=round(finished - started, 1),
                 images_per_second=round(images / (finished - started), 2),
                 first_submit_after_tick_s=round(qdates[0] - started, 1),
@@ -318,24 +409,39 @@ def scale(rep: Any, images: int, batch_size: int, cpus: int, timeout: float = 36
                 image_seconds_mean=round(sum(image_seconds.values()) / images, 3),
                 last_batch_to_outcome_s=round(outcome_json.stat().st_mtime - last_job, 1),
                 last_batch_to_driver_exit_s=round(driver[0]["CompletionDate"] - last_job, 1) if driver else None,
-                driver_peak_rss_mb=round(sampler.peak_total_mb), driver_largest_process_mb=round(
-                    sampler.peak_single_mb),
+                driver_peak_rss_mb=round(sampler.peak_total_mb),
+                driver_largest_process_mb=round(sampler.peak_single_mb),
                 job_cpu_median_s=round(cpu[len(cpu) // 2], 1),
                 driver_cpu_s=round(_num(driver[0].get("RemoteUserCpu")) + _num(driver[0].get("RemoteSysCpu")), 1)
-                if driver else None,
+                if driver
+                else None,
                 batch_job_rss_mb_max=round(max(_num(j.get("ResidentSetSize_RAW")) for j in jobs) / 1024),
                 batch_job_disk_mb_max=round(max(_num(j.get("DiskUsage_RAW")) for j in jobs) / 1024),
                 batch_request_memory_mb=sorted({j.get("RequestMemory") for j in jobs}),
                 batch_request_disk_kb=sorted({j.get("RequestDisk") for j in jobs}),
-                load=os.getloadavg()[0])
+                load=os.getloadavg()[0],
+            )
     finally:
         shutil.rmtree(base, ignore_errors=True)
     print("   " + json.dumps(result), flush=True)
-    for name, unit in (("wall_seconds", "s"), ("images_per_second", "img/s"), ("submission_rate_jobs_per_s", "jobs/s"),
-                       ("job_overhead_median_s", "s"), ("job_overhead_p90_s", "s"), ("last_batch_to_outcome_s", "s"),
-                       ("driver_peak_rss_mb", "MB"), ("job_cpu_median_s", "s"), ("batch_job_rss_mb_max", "MB")):
-        rep.add("8", f"pool scale {images} images / {batch_size} per job / {cpus} slots: {name}", result[name], unit,
-                load=result["load"])
+    for name, unit in (
+        ("wall_seconds", "s"),
+        ("images_per_second", "img/s"),
+        ("submission_rate_jobs_per_s", "jobs/s"),
+        ("job_overhead_median_s", "s"),
+        ("job_overhead_p90_s", "s"),
+        ("last_batch_to_outcome_s", "s"),
+        ("driver_peak_rss_mb", "MB"),
+        ("job_cpu_median_s", "s"),
+        ("batch_job_rss_mb_max", "MB"),
+    ):
+        rep.add(
+            "8",
+            f"pool scale {images} images / {batch_size} per job / {cpus} slots: {name}",
+            result[name],
+            unit,
+            load=result["load"],
+        )
     rep.detail("pool_scale", result)
     return result
 
@@ -347,6 +453,7 @@ def section8(rep: Any, cache: Path, work: Path, cfg: dict[str, Any]) -> None:
 
 
 # ------------------------------------------------------------------------------------------ entry points
+
 
 def main(argv: list[str]) -> int:
     import argparse

@@ -35,8 +35,11 @@ CASES: list[tuple[str, str, dict[str, Any] | None]] = [
     ("imagery ZSTD", "rgb", {"imagery": {"compress": "ZSTD", "predictor": "STANDARD"}}),
     ("default LZW (presets off)", "dem32", None),
     ("elevation ZSTD FLOATING_POINT", "dem32", {}),
-    ("elevation LERC_ZSTD max_z_error 0.01", "dem32",
-     {"elevation": {"compress": "LERC_ZSTD", "max_z_error": 0.01, "max_abs_error": 0.01}}),
+    (
+        "elevation LERC_ZSTD max_z_error 0.01",
+        "dem32",
+        {"elevation": {"compress": "LERC_ZSTD", "max_z_error": 0.01, "max_abs_error": 0.01}},
+    ),
     ("default LZW (presets off)", "classes", None),
     ("categorical LZW + mode", "classes", {}),
 ]
@@ -139,35 +142,63 @@ def section9(rep: Report, cache: Path, work: Path, size: int, repeats: int) -> l
             result = convert_file(src, work / "preset-ours.tif", work / "preset-ours.jpg", preset=preset)
             total = time.perf_counter() - started
             if not ours or total < ours["total_s"]:
-                ours = {"total_s": total, "seconds": result.seconds, "cog_bytes": result.cog_bytes,
-                        "check": result.check, "error": result.error, "equal_digests":
-                        result.input_pixel_digest == result.cog_pixel_digest}
+                ours = {
+                    "total_s": total,
+                    "seconds": result.seconds,
+                    "cog_bytes": result.cog_bytes,
+                    "check": result.check,
+                    "error": result.error,
+                    "equal_digests": result.input_pixel_digest == result.cog_pixel_digest,
+                }
             plain_s = min(plain_s, _plain_gdal(src, work / "preset-plain.tif", creation))
             load_max = max(load_max, proc.load())
         plain_bytes = (work / "preset-plain.tif").stat().st_size
         input_bytes = src.stat().st_size
         err = ours["error"]
         row = {
-            "preset": name, "input": input_name, "summary": preset.summary(), "creation": creation,
-            "input_mb": round(input_bytes / 1e6, 2), "cog_mb": round(ours["cog_bytes"] / 1e6, 2),
+            "preset": name,
+            "input": input_name,
+            "summary": preset.summary(),
+            "creation": creation,
+            "input_mb": round(input_bytes / 1e6, 2),
+            "cog_mb": round(ours["cog_bytes"] / 1e6, 2),
             "cog_over_input": round(ours["cog_bytes"] / input_bytes, 3),
-            "gdal_cog_mb": round(plain_bytes / 1e6, 2), "same_size": ours["cog_bytes"] == plain_bytes,
-            "ours_total_s": round(ours["total_s"], 2), "ours_cog_s": round(ours["seconds"].get("cog", 0.0), 2),
-            "ours_verify_s": round(ours["seconds"].get("verify", 0.0), 2), "gdal_cog_s": round(plain_s, 2),
-            "check": ours["check"], "equal_digests": ours["equal_digests"],
+            "gdal_cog_mb": round(plain_bytes / 1e6, 2),
+            "same_size": ours["cog_bytes"] == plain_bytes,
+            "ours_total_s": round(ours["total_s"], 2),
+            "ours_cog_s": round(ours["seconds"].get("cog", 0.0), 2),
+            "ours_verify_s": round(ours["seconds"].get("verify", 0.0), 2),
+            "gdal_cog_s": round(plain_s, 2),
+            "check": ours["check"],
+            "equal_digests": ours["equal_digests"],
             "max_abs_error": None if err is None else err.max_abs_error,
-            "psnr_db": None if err is None else round(err.psnr_db, 1), "load": load_max,
+            "psnr_db": None if err is None else round(err.psnr_db, 1),
+            "load": load_max,
         }
         rows.append(row)
         label = f"{name} on {input_name}"
-        rep.add("9", f"{label}: COG / input size", row["cog_over_input"], load=load_max,
-                note=f"{row['cog_mb']} MB ours, {row['gdal_cog_mb']} MB plain GDAL"
-                     + ("" if row["same_size"] else " (sizes differ)"))
-        rep.add("9", f"{label}: convert_file total", row["ours_total_s"], "s", load=load_max,
-                note=f"COG step {row['ours_cog_s']} s, verification pass {row['ours_verify_s']} s, "
-                     f"plain GDAL COG {row['gdal_cog_s']} s; check {row['check']}"
-                     + (f", max abs error {row['max_abs_error']:g}, PSNR {row['psnr_db']} dB" if err else
-                        f", digests equal: {row['equal_digests']}"))
+        rep.add(
+            "9",
+            f"{label}: COG / input size",
+            row["cog_over_input"],
+            load=load_max,
+            note=f"{row['cog_mb']} MB ours, {row['gdal_cog_mb']} MB plain GDAL"
+            + ("" if row["same_size"] else " (sizes differ)"),
+        )
+        rep.add(
+            "9",
+            f"{label}: convert_file total",
+            row["ours_total_s"],
+            "s",
+            load=load_max,
+            note=f"COG step {row['ours_cog_s']} s, verification pass {row['ours_verify_s']} s, "
+            f"plain GDAL COG {row['gdal_cog_s']} s; check {row['check']}"
+            + (
+                f", max abs error {row['max_abs_error']:g}, PSNR {row['psnr_db']} dB"
+                if err
+                else f", digests equal: {row['equal_digests']}"
+            ),
+        )
     for path in work.glob("preset-*"):
         path.unlink()
     rep.detail("presets", rows)
@@ -177,14 +208,19 @@ def section9(rep: Report, cache: Path, work: Path, size: int, repeats: int) -> l
 
 def table(rows: list[dict[str, Any]], size: int) -> str:
     """The markdown table for docs/performance.md."""
-    lines = [f"Inputs {size} x {size}. Times in seconds, best of the repeats; sizes in MB.", "",
-             "| preset | input (MB) | COG (MB) | COG / input | plain GDAL COG (MB) | convert_file total | "
-             "of which COG | plain GDAL COG | check |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"Inputs {size} x {size}. Times in seconds, best of the repeats; sizes in MB.",
+        "",
+        "| preset | input (MB) | COG (MB) | COG / input | plain GDAL COG (MB) | convert_file total | "
+        "of which COG | plain GDAL COG | check |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         check = "lossless, digests equal" if r["check"] == "lossless" and r["equal_digests"] else r["check"]
         if r["max_abs_error"] is not None:
             check = f"bounded: max abs error {r['max_abs_error']:.4g}, PSNR {r['psnr_db']} dB"
-        lines.append(f"| {r['preset']} | {r['input']} {r['input_mb']} | {r['cog_mb']} | {r['cog_over_input']:.2f} | "
-                     f"{r['gdal_cog_mb']} | {r['ours_total_s']} | {r['ours_cog_s']} | {r['gdal_cog_s']} | {check} |")
+        lines.append(
+            f"| {r['preset']} | {r['input']} {r['input_mb']} | {r['cog_mb']} | {r['cog_over_input']:.2f} | "
+            f"{r['gdal_cog_mb']} | {r['ours_total_s']} | {r['ours_cog_s']} | {r['gdal_cog_s']} | {check} |"
+        )
     return "\n".join(lines)

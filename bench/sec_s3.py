@@ -35,9 +35,25 @@ class _LoadReport:
 
 def _tick(srv: CountingS3Server, keys: tuple[Path, Path], pattern: str, w: Path) -> dict[str, Any]:
     srv.reset_counts()
-    cmd = common.cli("tick", "-a", str(keys[0]), "-s", str(keys[1]), "-e", srv.endpoint,
-                     "--input-bucket", common.INPUT_BUCKET, "--output-bucket", common.OUTPUT_BUCKET,
-                     "-p", pattern, "--cores", "2", "--workdir", str(w / "ticks"))
+    cmd = common.cli(
+        "tick",
+        "-a",
+        str(keys[0]),
+        "-s",
+        str(keys[1]),
+        "-e",
+        srv.endpoint,
+        "--input-bucket",
+        common.INPUT_BUCKET,
+        "--output-bucket",
+        common.OUTPUT_BUCKET,
+        "-p",
+        pattern,
+        "--cores",
+        "2",
+        "--workdir",
+        str(w / "ticks"),
+    )
     res = proc.run(cmd, cwd=w, env=common.python_env())
     if res["returncode"] != 0:
         raise RuntimeError(f"tick failed:\n{res['output'][-3000:]}")
@@ -77,20 +93,48 @@ def _per_tick(rep: Report, srv: CountingS3Server, client: Any, keys: tuple[Path,
     per_tick = {op: fixed_a[op] - per_csv[op] for op in ops}
     clean = lambda d: {k: round(v, 2) for k, v in d.items() if abs(v) > 1e-9}  # noqa: E731
     constant = all(abs(fixed_a[op] - fixed_b[op]) < 1e-9 for op in ops)
-    rep.add("5", "tick: requests per image (from 40-row minus 10-row tick)", sum(per_image.values()), "requests",
-            note=f"{clean(per_image)}")
-    rep.add("5", "tick: requests per claimed CSV, not per image (same for 10 and 40 rows = constant)",
-            sum(per_csv.values()), "requests", note=f"{clean(per_csv)}; constant in N: {constant}")
-    rep.add("5", "tick: per-CSV requests independent of the row count (1 = yes)", 1 if constant else 0, "", ">= 1",
-            note=f"fixed part with 10 rows {clean(fixed_a)}, with 40 rows {clean(fixed_b)}")
-    rep.add("5", "tick: requests per tick, whatever the CSVs", sum(per_tick.values()), "requests",
-            note=f"{clean(per_tick)}")
-    rep.detail("section5.ticks", {"one10": a, "one40": b, "two10": c, "per_image": per_image, "per_csv": per_csv,
-                                  "per_tick": per_tick})
+    rep.add(
+        "5",
+        "tick: requests per image (from 40-row minus 10-row tick)",
+        sum(per_image.values()),
+        "requests",
+        note=f"{clean(per_image)}",
+    )
+    rep.add(
+        "5",
+        "tick: requests per claimed CSV, not per image (same for 10 and 40 rows = constant)",
+        sum(per_csv.values()),
+        "requests",
+        note=f"{clean(per_csv)}; constant in N: {constant}",
+    )
+    rep.add(
+        "5",
+        "tick: per-CSV requests independent of the row count (1 = yes)",
+        1 if constant else 0,
+        "",
+        ">= 1",
+        note=f"fixed part with 10 rows {clean(fixed_a)}, with 40 rows {clean(fixed_b)}",
+    )
+    rep.add(
+        "5", "tick: requests per tick, whatever the CSVs", sum(per_tick.values()), "requests", note=f"{clean(per_tick)}"
+    )
+    rep.detail(
+        "section5.ticks",
+        {"one10": a, "one40": b, "two10": c, "per_image": per_image, "per_csv": per_csv, "per_tick": per_tick},
+    )
 
 
-def _aggregate(rep: Report, srv: CountingS3Server, client: Any, keys: tuple[Path, Path], w: Path, n: int,
-               folders: int, previous: int, interleaved: bool = False) -> None:
+def _aggregate(
+    rep: Report,
+    srv: CountingS3Server,
+    client: Any,
+    keys: tuple[Path, Path],
+    w: Path,
+    n: int,
+    folders: int,
+    previous: int,
+    interleaved: bool = False,
+) -> None:
     """aggregate_manifest for N rows whose outputs all exist, in a bucket holding ``previous`` older outputs
     (in other folders, or ``interleaved`` with the new tiles in the same folders: the listing's worst case)."""
     from cog_pipeline.control import driver
@@ -101,13 +145,19 @@ def _aggregate(rep: Report, srv: CountingS3Server, client: Any, keys: tuple[Path
     client.create_bucket(Bucket=common.INPUT_BUCKET)
     client.create_bucket(Bucket=common.OUTPUT_BUCKET)
     tops = ["county-a", "county-b"] if folders > 1 else ["county-a"]
-    rows = [(f"{tops[i % len(tops)]}/2026/" + (f"f{i % folders:03d}/" if folders > 1 else "") + f"tile_{i:06d}.tif", 4)
-            for i in range(n)]
+    rows = [
+        (f"{tops[i % len(tops)]}/2026/" + (f"f{i % folders:03d}/" if folders > 1 else "") + f"tile_{i:06d}.tif", 4)
+        for i in range(n)
+    ]
     outputs = [k for key, _ in rows for k in (key, jpeg_key(key))]
     older = [f"county-a/2025/f{i % 50:03d}/tile_{i:06d}.{'tif' if i % 2 else 'jpg'}" for i in range(previous)]
     if interleaved:  # older tiles of the same folders, sorting between the new ones
-        older = [f"{key[:-4]}-{j:02d}-2025.{ext}" for key, _ in rows for j in range(previous // (2 * n))
-                 for ext in ("tif", "jpg")]
+        older = [
+            f"{key[:-4]}-{j:02d}-2025.{ext}"
+            for key, _ in rows
+            for j in range(previous // (2 * n))
+            for ext in ("tif", "jpg")
+        ]
     srv.seed(common.OUTPUT_BUCKET, outputs + older)
     run_dir = w / f"agg-{n}-{folders}"
     data = "".join(f"{k},{b}\n" for k, b in rows).encode()
@@ -118,8 +168,11 @@ def _aggregate(rep: Report, srv: CountingS3Server, client: Any, keys: tuple[Path
     status = run_dir / "status" / "m1"
     status.mkdir(parents=True, exist_ok=True)
     (status / "batch-00000.jsonl").write_text(
-        "".join(json.dumps({"key": k, "line": i + 1, "bands": str(b), "status": "ok", "notes": []}) + "\n"
-                for i, (k, b) in enumerate(rows)))
+        "".join(
+            json.dumps({"key": k, "line": i + 1, "bands": str(b), "status": "ok", "notes": []}) + "\n"
+            for i, (k, b) in enumerate(rows)
+        )
+    )
     srv.reset_counts()
     summary = aggregate_manifest(config, run_dir, "m1")
     counts = srv.counts()
@@ -128,15 +181,20 @@ def _aggregate(rep: Report, srv: CountingS3Server, client: Any, keys: tuple[Path
     limit = n / 1000 + 10
     layout = f"{folders} folder{'s' if folders > 1 else ''}"
     where = "interleaved with the new ones" if interleaved else "in other folders"
-    rep.add("5", f"aggregate, {n:,} rows in {layout}, bucket also holding {len(older):,} older outputs {where}: "
-                 f"list + head calls", list_head, "calls", f"<= {limit:g}" if not interleaved else "",
-            note=f"{counts['counts']}; processed {summary['processed']}/{n}; skip-scan listing; floor for checking 2 "
-                 f"outputs per row by listing (1000 keys a page): ceil(2N/1000) = {math.ceil(2 * n / 1000)}")
+    rep.add(
+        "5",
+        f"aggregate, {n:,} rows in {layout}, bucket also holding {len(older):,} older outputs {where}: "
+        f"list + head calls",
+        list_head,
+        "calls",
+        f"<= {limit:g}" if not interleaved else "",
+        note=f"{counts['counts']}; processed {summary['processed']}/{n}; skip-scan listing; floor for checking 2 "
+        f"outputs per row by listing (1000 keys a page): ceil(2N/1000) = {math.ceil(2 * n / 1000)}",
+    )
     rep.detail(f"section5.aggregate.{n}.{folders}", {"package": counts})
 
 
-def original_post(client: Any, output_bucket: str, input_bucket: str, processing_key: str,
-                  rows: list[str]) -> None:
+def original_post(client: Any, output_bucket: str, input_bucket: str, processing_key: str, rows: list[str]) -> None:
     """The original post script's S3 calls (minio list_objects recursive == paginated ListObjectsV2):
     for each row, list the whole output bucket for the .tif and, if found, again for the .jpg; then
     list the whole input bucket to find the processing file, put the outcome CSV(s), delete it."""
@@ -156,11 +214,13 @@ def original_post(client: Any, output_bucket: str, input_bucket: str, processing
             failed.append(row)
     remote = matching(input_bucket, "*" + processing_key.rpartition("/")[2])[0]
     if ok:
-        client.put_object(Bucket=input_bucket, Key=remote.replace("processing", "processed"),
-                          Body="\n".join(ok).encode())
+        client.put_object(
+            Bucket=input_bucket, Key=remote.replace("processing", "processed"), Body="\n".join(ok).encode()
+        )
     if failed:
-        client.put_object(Bucket=input_bucket, Key=remote.replace("processing", "failed"),
-                          Body="\n".join(failed).encode())
+        client.put_object(
+            Bucket=input_bucket, Key=remote.replace("processing", "failed"), Body="\n".join(failed).encode()
+        )
     client.delete_object(Bucket=input_bucket, Key=remote)
 
 
@@ -181,13 +241,23 @@ def _original(rep: Report, srv: CountingS3Server, client: Any, n: int, previous:
     counts = srv.counts()
     lists = summarize(counts).get("list", 0)
     bucket = len(outputs) + len(older)
-    rep.add("5", f"original post script, {n:,} rows, output bucket of {bucket:,} objects: list calls (emulated)",
-            lists, "calls", note=f"{counts['counts']}; = 2 x rows x ceil(bucket/1000) + input-bucket listing")
+    rep.add(
+        "5",
+        f"original post script, {n:,} rows, output bucket of {bucket:,} objects: list calls (emulated)",
+        lists,
+        "calls",
+        note=f"{counts['counts']}; = 2 x rows x ceil(bucket/1000) + input-bucket listing",
+    )
     for big in (10_000, 100_000):
         pages = math.ceil((2 * big + previous) / 1000)
-        rep.add("5", f"original post script, {big:,} rows (bucket {2 * big + previous:,} objects): list calls "
-                     f"(2 x rows x pages, computed)", 2 * big * pages, "calls",
-                note="ours for the same rows: see the aggregate figures above (about 2 x rows / 1000 pages)")
+        rep.add(
+            "5",
+            f"original post script, {big:,} rows (bucket {2 * big + previous:,} objects): list calls "
+            f"(2 x rows x pages, computed)",
+            2 * big * pages,
+            "calls",
+            note="ours for the same rows: see the aggregate figures above (about 2 x rows / 1000 pages)",
+        )
 
 
 def _multipart(rep: Report, srv: CountingS3Server, client: Any, keys: tuple[Path, Path], w: Path) -> None:
@@ -204,11 +274,22 @@ def _multipart(rep: Report, srv: CountingS3Server, client: Any, keys: tuple[Path
     s3.upload_file(client, common.OUTPUT_BUCKET, "big.tif", big, settings, "image/tiff")
     counts = srv.counts()
     parts = counts["counts"].get("UploadPart", 0)
-    rep.add("5", f"upload of {size / 2**20:.0f} MiB (threshold {s3.MULTIPART_THRESHOLD / 2**20:.0f} MiB): parts "
-                 f"uploaded", parts, "parts", ">= 2", note=f"{counts['counts']}")
-    rep.add("5", "multipart upload: peak concurrent UploadPart requests at the server",
-            counts["peak_in_flight"].get("UploadPart", 0), "requests", ">= 2",
-            note=f"max_concurrency {settings.max_concurrency}, chunk {s3.MULTIPART_CHUNKSIZE / 2**20:.0f} MiB")
+    rep.add(
+        "5",
+        f"upload of {size / 2**20:.0f} MiB (threshold {s3.MULTIPART_THRESHOLD / 2**20:.0f} MiB): parts uploaded",
+        parts,
+        "parts",
+        ">= 2",
+        note=f"{counts['counts']}",
+    )
+    rep.add(
+        "5",
+        "multipart upload: peak concurrent UploadPart requests at the server",
+        counts["peak_in_flight"].get("UploadPart", 0),
+        "requests",
+        ">= 2",
+        note=f"max_concurrency {settings.max_concurrency}, chunk {s3.MULTIPART_CHUNKSIZE / 2**20:.0f} MiB",
+    )
     big.unlink()
 
 

@@ -26,8 +26,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "C: A + cache 64 MB": {"jpeg_mode": "vrt", "trim": True, "options": {"gdal_cache_mb": 64}},
     "D: A + JPEG overlapped with COG/validate/verify": {"jpeg_mode": "vrt", "trim": True, "overlap": True},
     "E: D + cache 128 MB": {"jpeg_mode": "vrt", "trim": True, "overlap": True, "options": {"gdal_cache_mb": 128}},
-    "F: A + GDAL_NUM_THREADS=ALL_CPUS (threaded decode)": {"jpeg_mode": "vrt", "trim": True,
-                                                           "extra_env": {"GDAL_NUM_THREADS": "ALL_CPUS"}},
+    "F: A + GDAL_NUM_THREADS=ALL_CPUS (threaded decode)": {
+        "jpeg_mode": "vrt",
+        "trim": True,
+        "extra_env": {"GDAL_NUM_THREADS": "ALL_CPUS"},
+    },
 }
 
 
@@ -44,17 +47,48 @@ def section7(rep: Report, cache: Path, work: Path, size: int, repeats: int) -> N
             for name in names:
                 kw = dict(VARIANTS[name])
                 extra_env = kw.pop("extra_env", None)
-                runs[name].append(proc.run_task("whatif", src=str(src), cog=str(w / "v.tif"), jpeg=str(w / "v.jpg"),
-                                                bands=bands, extra_env=extra_env, **kw))
+                runs[name].append(
+                    proc.run_task(
+                        "whatif",
+                        src=str(src),
+                        cog=str(w / "v.tif"),
+                        jpeg=str(w / "v.jpg"),
+                        bands=bands,
+                        extra_env=extra_env,
+                        **kw,
+                    )
+                )
         o = min(origs, key=lambda r: r["seconds"])
-        rep.add("7", f"{kind} {size}: original, best of {repeats}", o["seconds"], "s", load=o["load"],
-                note=f"steps {o['steps']}")
+        rep.add(
+            "7",
+            f"{kind} {size}: original, best of {repeats}",
+            o["seconds"],
+            "s",
+            load=o["load"],
+            note=f"steps {o['steps']}",
+        )
         for name, rs in runs.items():
             best = min(rs, key=lambda r: r["seconds"])
-            rep.add("7", f"{kind} {size}: {name}: ours / original", best["seconds"] / o["seconds"], "", "<= 0.75",
-                    load=best["load"], note=f"{best['seconds']:.2f} s, steps {best['steps']}")
-            rep.add("7", f"{kind} {size}: {name}: peak RSS", best["rss_mb"], "MB", "<= 500" if kind == "ortho" else "",
-                    load=best["load"], note=f"per-step peaks {best.get('step_peak_rss_mb')}")
-        rep.detail(f"section7.{kind}", {k: [{kk: vv for kk, vv in r.items() if kk != "output"} for r in v]
-                                        for k, v in runs.items()})
+            rep.add(
+                "7",
+                f"{kind} {size}: {name}: ours / original",
+                best["seconds"] / o["seconds"],
+                "",
+                "<= 0.75",
+                load=best["load"],
+                note=f"{best['seconds']:.2f} s, steps {best['steps']}",
+            )
+            rep.add(
+                "7",
+                f"{kind} {size}: {name}: peak RSS",
+                best["rss_mb"],
+                "MB",
+                "<= 500" if kind == "ortho" else "",
+                load=best["load"],
+                note=f"per-step peaks {best.get('step_peak_rss_mb')}",
+            )
+        rep.detail(
+            f"section7.{kind}",
+            {k: [{kk: vv for kk, vv in r.items() if kk != "output"} for r in v] for k, v in runs.items()},
+        )
         shutil.rmtree(w, ignore_errors=True)

@@ -49,10 +49,19 @@ class OrthoGenerator:
     """Rows of a 4-band orthophoto-like image (see module docstring)."""
 
     # Parcel palette (R, G, B, NIR): crops, bare soil, pasture, stubble, water.
-    PALETTE = np.array([
-        [70, 110, 45, 190], [95, 130, 55, 210], [150, 125, 90, 80], [120, 140, 70, 170],
-        [185, 170, 120, 110], [60, 85, 40, 160], [135, 110, 80, 70], [40, 60, 75, 20],
-    ], dtype=np.float32)
+    PALETTE = np.array(
+        [
+            [70, 110, 45, 190],
+            [95, 130, 55, 210],
+            [150, 125, 90, 80],
+            [120, 140, 70, 170],
+            [185, 170, 120, 110],
+            [60, 85, 40, 160],
+            [135, 110, 80, 70],
+            [40, 60, 75, 20],
+        ],
+        dtype=np.float32,
+    )
 
     def __init__(self, width: int, height: int, seed: int = 1):
         self.width, self.height = width, height
@@ -71,8 +80,10 @@ class OrthoGenerator:
         self.noise = rng.normal(0, 1.5, size=(509, width + 1031, 4)).round().astype(np.int16)
         # Roads: (angle, offset, half-width) lines across the tile, plus a regular section-line grid.
         n_roads = max(2, (width + height) // 4000)
-        self.roads = [(rng.uniform(0, math.pi), rng.uniform(0, width + height) - height / 2, rng.uniform(4, 9))
-                      for _ in range(n_roads)]
+        self.roads = [
+            (rng.uniform(0, math.pi), rng.uniform(0, width + height) - height / 2, rng.uniform(4, 9))
+            for _ in range(n_roads)
+        ]
         self.seed = seed
 
     def rows(self, y0: int, y1: int) -> np.ndarray:
@@ -98,7 +109,7 @@ class OrthoGenerator:
         # Per-band sensor noise: a fixed noise tile read at a position that depends on the rows.
         shift = int(np.random.default_rng([self.seed, y0]).integers(0, self.noise.shape[1] - w))
         rows = np.arange(y0, y1) % self.noise.shape[0]
-        img += self.noise[rows, shift:shift + w]
+        img += self.noise[rows, shift : shift + w]
         return np.clip(img, 0, 255).astype(np.uint8).transpose(2, 0, 1)
 
 
@@ -108,8 +119,10 @@ class DemGenerator:
     def __init__(self, width: int, height: int, seed: int = 2):
         self.width, self.height = width, height
         rng = np.random.default_rng(seed)
-        self.octaves = [(_ValueNoise(rng, width, height, cell), amp)
-                        for cell, amp in ((4000.0, 3000.0), (1200.0, 1200.0), (300.0, 300.0), (60.0, 40.0))]
+        self.octaves = [
+            (_ValueNoise(rng, width, height, cell), amp)
+            for cell, amp in ((4000.0, 3000.0), (1200.0, 1200.0), (300.0, 300.0), (60.0, 40.0))
+        ]
         self.seed = seed
 
     def rows(self, y0: int, y1: int) -> np.ndarray:
@@ -120,7 +133,7 @@ class DemGenerator:
         ys = np.arange(y0, y1, dtype=np.float32)[:, None]
         xs = np.arange(w, dtype=np.float32)[None, :]
         river = np.abs(xs - (w * 0.45 + np.sin(ys / 900.0) * w * 0.1))
-        z -= 800.0 * np.exp(-(river / 400.0) ** 2)
+        z -= 800.0 * np.exp(-((river / 400.0) ** 2))
         rng = np.random.default_rng([self.seed, y0, y1])
         z += rng.normal(0.0, 1.5, size=z.shape).astype(np.float32)
         return np.clip(z, 0, 65535).astype(np.uint16)[None]
@@ -132,9 +145,14 @@ def write_raster(path: Path, kind: str, size: int, seed: int = 1) -> Path:
     from rasterio.transform import from_origin
 
     gen = OrthoGenerator(size, size, seed) if kind == "ortho" else DemGenerator(size, size, seed)
-    profile = dict(driver="GTiff", width=size, height=size, crs="EPSG:26916", tiled=False,
-                   transform=from_origin(300000.0, 4900000.0, 0.6 if kind == "ortho" else 1.0,
-                                         0.6 if kind == "ortho" else 1.0))
+    profile = dict(
+        driver="GTiff",
+        width=size,
+        height=size,
+        crs="EPSG:26916",
+        tiled=False,
+        transform=from_origin(300000.0, 4900000.0, 0.6 if kind == "ortho" else 1.0, 0.6 if kind == "ortho" else 1.0),
+    )
     if kind == "ortho":
         profile.update(count=4, dtype="uint8", photometric="RGB", interleave="pixel")
     else:

@@ -54,9 +54,11 @@ def _band_vrt(ds, path: str, bands: list[int]) -> str:
 
     bx, by = ds.block_shapes[0][1], ds.block_shapes[0][0]
     gt = ", ".join(repr(v) for v in ds.transform.to_gdal())
-    parts = [f'<VRTDataset rasterXSize="{ds.width}" rasterYSize="{ds.height}">',
-             f"<SRS>{escape(ds.crs.to_wkt())}</SRS>" if ds.crs else "",
-             f"<GeoTransform>{gt}</GeoTransform>"]
+    parts = [
+        f'<VRTDataset rasterXSize="{ds.width}" rasterYSize="{ds.height}">',
+        f"<SRS>{escape(ds.crs.to_wkt())}</SRS>" if ds.crs else "",
+        f"<GeoTransform>{gt}</GeoTransform>",
+    ]
     dtype = {"uint8": "Byte", "uint16": "UInt16"}[ds.dtypes[0]]
     for i, b in enumerate(bands, start=1):
         parts.append(
@@ -66,7 +68,8 @@ def _band_vrt(ds, path: str, bands: list[int]) -> str:
             f'BlockXSize="{bx}" BlockYSize="{by}"/>'
             f'<SrcRect xOff="0" yOff="0" xSize="{ds.width}" ySize="{ds.height}"/>'
             f'<DstRect xOff="0" yOff="0" xSize="{ds.width}" ySize="{ds.height}"/>'
-            f"</SimpleSource></VRTRasterBand>")
+            f"</SimpleSource></VRTRasterBand>"
+        )
     parts.append("</VRTDataset>")
     return "".join(parts)
 
@@ -80,8 +83,9 @@ def ours(src: str, cog: str, jpeg: str, bands: int, options: dict | None = None)
 
     cog_options = dataclasses.replace(convert.CogOptions(), **(options or {}))
     t = time.perf_counter()
-    result = convert.convert_file(Path(src), Path(cog), Path(jpeg), cog_options, convert.JpegOptions(),
-                                  expected_bands=bands)
+    result = convert.convert_file(
+        Path(src), Path(cog), Path(jpeg), cog_options, convert.JpegOptions(), expected_bands=bands
+    )
     out = {"seconds": time.perf_counter() - t}
     steps = getattr(result, "seconds", None)
     if isinstance(steps, dict):
@@ -90,8 +94,7 @@ def ours(src: str, cog: str, jpeg: str, bands: int, options: dict | None = None)
     return out
 
 
-def profile_ours(src: str, cog: str, jpeg: str, bands: int, out: str,
-                 options: dict | None = None) -> dict:
+def profile_ours(src: str, cog: str, jpeg: str, bands: int, out: str, options: dict | None = None) -> dict:
     """``ours`` under cProfile (stats dumped to ``out``).
 
     By hand: ``python bench/tasks.py profile_ours '{JSON args}'``.
@@ -106,9 +109,18 @@ def profile_ours(src: str, cog: str, jpeg: str, bands: int, out: str,
     return result
 
 
-def whatif(src: str, cog: str, jpeg: str, bands: int, jpeg_mode: str = "package",
-           parallel: bool = False, options: dict | None = None, verify_cache_mb: int | None = None,
-           trim: bool = False, overlap: bool = False) -> dict:
+def whatif(
+    src: str,
+    cog: str,
+    jpeg: str,
+    bands: int,
+    jpeg_mode: str = "package",
+    parallel: bool = False,
+    options: dict | None = None,
+    verify_cache_mb: int | None = None,
+    trim: bool = False,
+    overlap: bool = False,
+) -> dict:
     """convert_file rebuilt from the package's own steps with one change, to measure a proposed fix.
 
     jpeg_mode "vrt": an 8-bit source with no mask/palette is sent to GDAL's JPEG driver through a
@@ -147,8 +159,11 @@ def whatif(src: str, cog: str, jpeg: str, bands: int, jpeg_mode: str = "package"
     def do_jpeg():
         if jpeg_mode == "vrt":
             with sniff.gdal_env(), rasterio.open(src_p) as ds:
-                simple = (ds.dtypes[0] == "uint8" and not sniff.is_palette(ds)
-                          and not sniff.has_mask(ds, preview.jpeg_bands(ds.count)))
+                simple = (
+                    ds.dtypes[0] == "uint8"
+                    and not sniff.is_palette(ds)
+                    and not sniff.has_mask(ds, preview.jpeg_bands(ds.count))
+                )
                 if simple:
                     source = ds if ds.count in (1, 3) else _band_vrt(ds, str(src_p), preview.jpeg_bands(ds.count))
                     rasterio.shutil.copy(source, str(jpeg_p), driver="JPEG", QUALITY=str(convert.JpegOptions().quality))
@@ -203,8 +218,15 @@ def _peak_rss_mb() -> float:
     return 0.0
 
 
-def floor(endpoint: str, access_key_file: str, secret_key_file: str, input_bucket: str, output_bucket: str,
-          rows: list, workdir: str) -> dict:
+def floor(
+    endpoint: str,
+    access_key_file: str,
+    secret_key_file: str,
+    input_bucket: str,
+    output_bucket: str,
+    rows: list,
+    workdir: str,
+) -> dict:
     """The pipeline's floor: the same downloads, convert_file calls and uploads, in one tight loop.
 
     Conversion options are the workflow's (config/config.yaml ``cog:``/``jpeg:``), uploads carry the
@@ -219,8 +241,7 @@ def floor(endpoint: str, access_key_file: str, secret_key_file: str, input_bucke
     config = driver.default_config()
     cog_options = cog_options_from_config(config.get("cog", {}))
     jpeg_options = jpeg_options_from_config(config.get("jpeg", {}))
-    settings = s3.S3Settings(endpoint_url=endpoint, access_key_file=access_key_file,
-                             secret_key_file=secret_key_file)
+    settings = s3.S3Settings(endpoint_url=endpoint, access_key_file=access_key_file, secret_key_file=secret_key_file)
     client = s3.make_client(settings)
     work = Path(workdir)
     work.mkdir(parents=True, exist_ok=True)
@@ -234,8 +255,9 @@ def floor(endpoint: str, access_key_file: str, secret_key_file: str, input_bucke
         t3 = time.perf_counter()
         meta = {"cog-pipeline-source-etag": "floor"}
         s3.upload_file(client, output_bucket, jpeg_key(key), jpg, settings, "image/jpeg", meta)
-        s3.upload_file(client, output_bucket, key, cog, settings,
-                       "image/tiff; application=geotiff; profile=cloud-optimized", meta)
+        s3.upload_file(
+            client, output_bucket, key, cog, settings, "image/tiff; application=geotiff; profile=cloud-optimized", meta
+        )
         t4 = time.perf_counter()
         convert_s += t3 - t2
         s3_s += (t2 - t1) + (t4 - t3)
@@ -264,8 +286,9 @@ def import_cost() -> dict:
     return {"seconds": time.perf_counter() - t}
 
 
-TASKS = {f.__name__: f for f in (original_cog, original_jpeg, ours, profile_ours, whatif, floor, jpeg_probe,
-                                  import_cost)}
+TASKS = {
+    f.__name__: f for f in (original_cog, original_jpeg, ours, profile_ours, whatif, floor, jpeg_probe, import_cost)
+}
 
 if __name__ == "__main__":
     name, args = sys.argv[1], json.loads(sys.argv[2])

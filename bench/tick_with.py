@@ -25,7 +25,7 @@ if overrides.pop("__daemon_timers", False):
     def snakemake_command(*args, **kwargs):
         cmd = _command(*args, **kwargs)
         i = cmd.index("-m")
-        return [*cmd[:i], _wrapper, *cmd[i + 2:]]
+        return [*cmd[:i], _wrapper, *cmd[i + 2 :]]
 
     driver.snakemake_command = snakemake_command
 _original = tick.run_config

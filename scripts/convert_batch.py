@@ -1,5 +1,6 @@
 """Snakemake script for rule convert_batch: a thin call into cog_pipeline.work.batch (with the batch's
 presigned URLs as input when s3.transfer is presigned: then no S3 key is read here)."""
+
 from cog_pipeline.work.batch import run_batch
 from cog_pipeline.core.logs import log_to_file
 

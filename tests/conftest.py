@@ -45,13 +45,19 @@ def s3_server(s3_endpoint):
 @pytest.fixture
 def seed(s3_server):
     """A separate boto3 client for seeding and inspecting buckets (not the code under test)."""
-    return boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1",
-                        aws_access_key_id="seed", aws_secret_access_key="seed",
-                        config=Config(s3={"addressing_style": "path"}))
+    return boto3.client(
+        "s3",
+        endpoint_url=s3_server,
+        region_name="us-east-1",
+        aws_access_key_id="seed",
+        aws_secret_access_key="seed",
+        config=Config(s3={"addressing_style": "path"}),
+    )
 
 
-def write_key_files(folder: Path, access_key: str, secret_key: str, names: tuple[str, str] = ("access", "secret"),
-                    mode: int = 0o600) -> tuple[Path, Path]:
+def write_key_files(
+    folder: Path, access_key: str, secret_key: str, names: tuple[str, str] = ("access", "secret"), mode: int = 0o600
+) -> tuple[Path, Path]:
     """Create ``folder`` with two one-line key files (access, secret) of permissions ``mode``."""
     folder.mkdir()
     paths = (folder / names[0], folder / names[1])
@@ -104,7 +110,7 @@ def xdist_group(nodeid: str) -> str | None:
     if path.startswith("tests/pool/"):
         return "pool"
     if path == "tests/faults/test_servers.py" and "[" in name:
-        params = name[name.index("[") + 1:]
+        params = name[name.index("[") + 1 :]
         for target in ("rgw-https-versioned", "rgw-https"):
             if target in params:
                 return target
@@ -159,8 +165,10 @@ def rgw(tmp_path_factory):
 
     reason = rgw_server.available()
     if reason:
-        message = (f"REAL S3 SERVER NOT AVAILABLE: Ceph RGW: {reason}. Install it with: apt-get install -y "
-                   "radosgw ceph-mon ceph-osd ceph-common openssl (as .ci/run does)")
+        message = (
+            f"REAL S3 SERVER NOT AVAILABLE: Ceph RGW: {reason}. Install it with: apt-get install -y "
+            "radosgw ceph-mon ceph-osd ceph-common openssl (as .ci/run does)"
+        )
         if REQUIRE_REAL_S3:
             pytest.fail(message + " (COG_PIPELINE_REQUIRE_REAL_S3=1)", pytrace=False)
         pytest.skip(message)
@@ -185,11 +193,19 @@ class S3Target:
 
     def client(self) -> Any:
         """A seeding client (not the code under test)."""
-        return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
-                            aws_access_key_id=self.access_key, aws_secret_access_key=self.secret_key,
-                            verify=self.ca_bundle if self.ca_bundle else None,
-                            config=Config(s3={"addressing_style": "path"}, request_checksum_calculation="when_required",
-                                          response_checksum_validation="when_required"))
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name="us-east-1",
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
+            verify=self.ca_bundle if self.ca_bundle else None,
+            config=Config(
+                s3={"addressing_style": "path"},
+                request_checksum_calculation="when_required",
+                response_checksum_validation="when_required",
+            ),
+        )
 
 
 #: moto over HTTP, and Ceph RGW over HTTPS with unversioned and versioned buckets.
@@ -205,8 +221,15 @@ def s3_target(request) -> S3Target:
         target = S3Target(name, endpoint, LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY, None, False, lambda: reset(endpoint))
     else:
         server = request.getfixturevalue("rgw")
-        target = S3Target(name, server.https_url, server.access_key, server.secret_key, str(server.ca_bundle),
-                          name.endswith("-versioned"), server.reset)
+        target = S3Target(
+            name,
+            server.https_url,
+            server.access_key,
+            server.secret_key,
+            str(server.ca_bundle),
+            name.endswith("-versioned"),
+            server.reset,
+        )
     target.reset()
     client = target.client()
     for bucket in (INPUT_BUCKET, OUTPUT_BUCKET):

@@ -36,8 +36,11 @@ def put_all(seed, keys) -> None:
 
 
 def brute_force(seed, wanted) -> set[str]:
-    listed = {o["Key"] for page in seed.get_paginator("list_objects_v2").paginate(Bucket=OUTPUT_BUCKET)
-              for o in page.get("Contents", [])}
+    listed = {
+        o["Key"]
+        for page in seed.get_paginator("list_objects_v2").paginate(Bucket=OUTPUT_BUCKET)
+        for o in page.get("Contents", [])
+    }
     return listed & set(wanted)
 
 
@@ -76,9 +79,23 @@ def test_missing_keys_are_reported_missing_and_pagination_settles_every_key(seed
 
 
 def test_special_characters_in_keys(seed, client):
-    keys = ["imagery/county scans/shade é.tif", "imagery/county scans/shade é.jpg", "日本/画像.tif", "日本/画像.jpg",
-            "a+b/c%20d.tif", "a+b/c%20d.jpg", "q?/h#.tif", "sp ace/ .tif", "é/z.tif", "z/é.tif", "~/x.tif",
-            "a/b\u00a0c.tif", "a/emoji-\U0001F600.tif", "x/a.tif", "x/a.tif.jpg"]
+    keys = [
+        "imagery/county scans/shade é.tif",
+        "imagery/county scans/shade é.jpg",
+        "日本/画像.tif",
+        "日本/画像.jpg",
+        "a+b/c%20d.tif",
+        "a+b/c%20d.jpg",
+        "q?/h#.tif",
+        "sp ace/ .tif",
+        "é/z.tif",
+        "z/é.tif",
+        "~/x.tif",
+        "a/b\u00a0c.tif",
+        "a/emoji-\U0001f600.tif",
+        "x/a.tif",
+        "x/a.tif.jpg",
+    ]
     put_all(seed, keys[::2])
     assert existing_keys(client, OUTPUT_BUCKET, keys, page_size=3) == set(keys[::2])
     assert existing_keys(client, OUTPUT_BUCKET, keys) == set(keys[::2])
@@ -89,8 +106,9 @@ def test_matches_a_full_listing_on_random_buckets(seed, client):
     characters), random present / wanted subsets, small pages."""
     rng = random.Random(5)
     alphabet = ["a", "b", "/", ".", "-", " ", "é", "z", "0", "9", "+", "日"]
-    universe = sorted({"".join(rng.choice(alphabet) for _ in range(rng.randint(1, 6))).lstrip("/") or "k"
-                       for _ in range(400)})
+    universe = sorted(
+        {"".join(rng.choice(alphabet) for _ in range(rng.randint(1, 6))).lstrip("/") or "k" for _ in range(400)}
+    )
     present = [k for k in universe if rng.random() < 0.5]
     put_all(seed, present)
     for trial in range(6):
@@ -154,17 +172,21 @@ def test_rows_of_an_unfinished_batch_name_their_batch_and_the_wrappers_reason(tm
     log_dir.mkdir(parents=True)
     (log_dir / "batch-00001.log").write_text(
         "converting c.tif\n"
-        "job-wrapper on ep7: Python interpreter '/x/python3' not found on ep7 (software mode shared)\n")
+        "job-wrapper on ep7: Python interpreter '/x/python3' not found on ep7 (software mode shared)\n"
+    )
     keys = ["a.tif", "b.tif", "c.tif", "d.tif", "e.tif"]
     failures = unfinished_outcomes(tmp_path, "m1", _entries(keys), batch_size=2, recorded={"a.tif", "b.tif", "c.tif"})
     assert set(failures) == {"d.tif", "e.tif"}  # c.tif has a record; batch 0 is complete
     assert failures["d.tif"].reason == (
         "no outcome recorded: batch job batch-00001 did not finish: job-wrapper on ep7: "
         "Python interpreter '/x/python3' not found on ep7 (software mode shared) "
-        "(see logs/convert/m1/batch-00001.log)")
+        "(see logs/convert/m1/batch-00001.log)"
+    )
     # no log came back at all: the reason says so instead of pointing at a file that is not there
-    assert failures["e.tif"].reason == ("no outcome recorded: batch job batch-00002 did not finish (no log came back "
-                                        "from the job: logs/convert/m1/batch-00002.log is absent)")
+    assert failures["e.tif"].reason == (
+        "no outcome recorded: batch job batch-00002 did not finish (no log came back "
+        "from the job: logs/convert/m1/batch-00002.log is absent)"
+    )
     assert {f.code for f in failures.values()} == {FailureCode.BATCH_DID_NOT_FINISH}
     assert (failures["d.tif"].line, failures["e.tif"].line) == (4, 5)
 
@@ -211,19 +233,24 @@ def test_a_removed_batch_says_it_was_removed_and_points_at_a_log_that_exists(tmp
 
     (tmp_path / "logs").mkdir()
     (tmp_path / "logs" / "snakemake.log").write_text(
-        "Building DAG of jobs...\n" + SNAKEMAKE_REMOVED + "Select jobs to execute...\n" + SNAKEMAKE_HELD)
+        "Building DAG of jobs...\n" + SNAKEMAKE_REMOVED + "Select jobs to execute...\n" + SNAKEMAKE_HELD
+    )
     errors = snakemake_job_errors(tmp_path)
-    assert errors == {"status/m1/batch-00001.jsonl": "Job 2 with HTCondor Cluster ID 41 was removed/aborted.",
-                      "status/m1/batch-00002.jsonl": "Job 3 with HTCondor Cluster ID 42 is held: Error from "
-                                                     "slot1@ep: Job has gone over cgroup memory limit of 2048 "
-                                                     "megabytes."}
+    assert errors == {
+        "status/m1/batch-00001.jsonl": "Job 2 with HTCondor Cluster ID 41 was removed/aborted.",
+        "status/m1/batch-00002.jsonl": "Job 3 with HTCondor Cluster ID 42 is held: Error from "
+        "slot1@ep: Job has gone over cgroup memory limit of 2048 "
+        "megabytes.",
+    }
     keys = ["a.tif", "b.tif", "c.tif", "d.tif", "e.tif"]
     failures = unfinished_outcomes(tmp_path, "m1", _entries(keys), batch_size=2, recorded={"a.tif", "b.tif"})
     removed, held = failures["c.tif"], failures["e.tif"]
     assert removed.code is FailureCode.BATCH_REMOVED and failures["d.tif"] == removed.replace(key="d.tif", line=4)
-    assert removed.reason == ("no outcome recorded: batch job batch-00001 was removed from the pool before it "
-                              "finished (Job 2 with HTCondor Cluster ID 41 was removed/aborted) (see "
-                              "logs/snakemake.log; the job's own log logs/convert/m1/batch-00001.log never came back)")
+    assert removed.reason == (
+        "no outcome recorded: batch job batch-00001 was removed from the pool before it "
+        "finished (Job 2 with HTCondor Cluster ID 41 was removed/aborted) (see "
+        "logs/snakemake.log; the job's own log logs/convert/m1/batch-00001.log never came back)"
+    )
     assert held.code is FailureCode.BATCH_HELD
     assert "was held on the pool" in held.reason and "cgroup memory limit of 2048 megabytes" in held.reason
     assert "logs/convert/m1/batch-00001.log)" not in removed.reason.replace("never came back)", "")
@@ -238,16 +265,19 @@ def test_a_failed_local_job_keeps_pointing_at_its_batch_log(tmp_path):
     (tmp_path / "logs" / "convert" / "m1" / "batch-00000.log").write_text("Traceback ...\n")
     (tmp_path / "logs" / "snakemake.log").write_text(
         "Error in rule convert:\n    jobid: 1\n    output: status/m1/batch-00000.jsonl\n"
-        "    log: logs/convert/m1/batch-00000.log (check log file(s) for error details)\n")
+        "    log: logs/convert/m1/batch-00000.log (check log file(s) for error details)\n"
+    )
     failures = unfinished_outcomes(tmp_path, "m1", _entries(["a.tif"]), batch_size=2, recorded=set())
     assert failures["a.tif"].code is FailureCode.BATCH_DID_NOT_FINISH
-    assert failures["a.tif"].reason == ("no outcome recorded: batch job batch-00000 did not finish "
-                                        "(see logs/convert/m1/batch-00000.log)")
+    assert failures["a.tif"].reason == (
+        "no outcome recorded: batch job batch-00000 did not finish (see logs/convert/m1/batch-00000.log)"
+    )
 
 
 @pytest.mark.slow
-def test_a_manual_snakemake_rerun_gives_the_same_files_as_a_tick(seed, buckets, settings, samples, tmp_path,
-                                                                  monkeypatch):
+def test_a_manual_snakemake_rerun_gives_the_same_files_as_a_tick(
+    seed, buckets, settings, samples, tmp_path, monkeypatch
+):
     """Issue 14: the README's manual rerun (snakemake --snakefile .../Snakefile --cores 2 in a run directory)
     wrote the outcome CSVs but no report.html and no per-image logs (the driver wrote those after Snakemake).
     The aggregate rule now writes them itself, before the processing file goes."""
@@ -264,14 +294,22 @@ def test_a_manual_snakemake_rerun_gives_the_same_files_as_a_tick(seed, buckets, 
     seed.upload_file(str(samples / "byte.tif"), INPUT_BUCKET, "imagery/byte.tif")
     seed.put_object(Bucket=INPUT_BUCKET, Key="batch-raw.csv", Body=b"imagery/byte.tif,1\nimagery/missing.tif,1\n")
     monkeypatch.setattr(driver, "drive", lambda *a, **k: (0, []))  # the tick claims; nothing runs the workflow
-    result = tick(TickOptions(input_bucket=INPUT_BUCKET, output_bucket=OUTPUT_BUCKET, settings=settings,
-                              workdir=tmp_path / "work"))
+    result = tick(
+        TickOptions(
+            input_bucket=INPUT_BUCKET, output_bucket=OUTPUT_BUCKET, settings=settings, workdir=tmp_path / "work"
+        )
+    )
     run_dir = result.run_dir
     assert run_dir is not None and not (run_dir / "report.html").exists()
 
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(driver.SNAKEFILE), "--cores", "2",
-                           "--nocolor"], cwd=run_dir, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "CONDOR_CONFIG": os.devnull})
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--snakefile", str(driver.SNAKEFILE), "--cores", "2", "--nocolor"],
+        cwd=run_dir,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "CONDOR_CONFIG": os.devnull},
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert (run_dir / "report.html").is_file()
     missing_log = (run_dir / "logs" / "images" / "imagery" / "missing.log").read_text()

@@ -27,14 +27,29 @@ from conftest import INPUT_BUCKET, OUTPUT_BUCKET, all_objects
 from rasters import make_tif
 from test_stac import EXTENSION_URIS, SCHEMAS, valid
 
-MANIFEST = {"id": "m1", "csv": "manifests/m.csv", "key": "m-processing-20261201-000000.csv", "raw_key": "m-raw.csv",
-            "stem": "m-", "timestamp": "20261201-000000"}
+MANIFEST = {
+    "id": "m1",
+    "csv": "manifests/m.csv",
+    "key": "m-processing-20261201-000000.csv",
+    "raw_key": "m-raw.csv",
+    "stem": "m-",
+    "timestamp": "20261201-000000",
+}
 
 
 def run_config(settings: s3.S3Settings, **extra) -> dict:
-    return {"batch_size": 20, "cog": {}, "jpeg": {}, "manifests": [MANIFEST], **extra,
-            "s3": {**{k: v for k, v in dataclasses.asdict(settings).items() if v is not None},
-                   "input_bucket": INPUT_BUCKET, "output_bucket": OUTPUT_BUCKET}}
+    return {
+        "batch_size": 20,
+        "cog": {},
+        "jpeg": {},
+        "manifests": [MANIFEST],
+        **extra,
+        "s3": {
+            **{k: v for k, v in dataclasses.asdict(settings).items() if v is not None},
+            "input_bucket": INPUT_BUCKET,
+            "output_bucket": OUTPUT_BUCKET,
+        },
+    }
 
 
 def run_batch(config: dict, tmp_path: Path, rows: list[str]) -> dict[str, ImageOutcome]:
@@ -48,15 +63,16 @@ def run_batch(config: dict, tmp_path: Path, rows: list[str]) -> dict[str, ImageO
 
 def dem(n=192) -> np.ndarray:
     y, x = np.mgrid[0:n, 0:n]
-    data = (800 + 200 * np.sin(x / 30) * np.cos(y / 25)
-            + np.random.default_rng(0).normal(0, 0.5, (n, n))).astype(np.float32)
+    data = (800 + 200 * np.sin(x / 30) * np.cos(y / 25) + np.random.default_rng(0).normal(0, 0.5, (n, n))).astype(
+        np.float32
+    )
     data[:16, :16] = -9999
     return data
 
 
 def ortho(n=160) -> np.ndarray:
     data = np.random.default_rng(2).integers(1, 255, (3, n, n), dtype=np.uint8)
-    data[:, :, n - 20:] = 0
+    data[:, :, n - 20 :] = 0
     return data
 
 
@@ -68,9 +84,11 @@ def landcover(n=128) -> np.ndarray:
 @pytest.fixture
 def delivery(buckets, seed, tmp_path):
     """An elevation tile, an ortho tile and a land-cover tile in the input bucket."""
-    rasters = {"county/dem.tif": make_tif(tmp_path / "dem.tif", dem(), nodata=-9999),
-               "county/ortho.tif": make_tif(tmp_path / "ortho.tif", ortho(), nodata=0),
-               "county/landcover.tif": make_tif(tmp_path / "landcover.tif", landcover())}
+    rasters = {
+        "county/dem.tif": make_tif(tmp_path / "dem.tif", dem(), nodata=-9999),
+        "county/ortho.tif": make_tif(tmp_path / "ortho.tif", ortho(), nodata=0),
+        "county/landcover.tif": make_tif(tmp_path / "landcover.tif", landcover()),
+    }
     for key, path in rasters.items():
         seed.upload_file(str(path), INPUT_BUCKET, key)
     return rasters
@@ -79,6 +97,7 @@ def delivery(buckets, seed, tmp_path):
 @pytest.fixture
 def validator(monkeypatch):
     """pystac's validator offline, as tests/test_stac.py's: a schema wanted from the network fails the test."""
+
     def no_network(self, source, *args, **kwargs):
         raise AssertionError(f"validation wanted a schema from the network: {source}")
 
@@ -94,8 +113,10 @@ def sha256_multihash(data: bytes) -> str:
 
 
 def test_presets_are_passed_per_kind_and_recorded(delivery, seed, settings, tmp_path):
-    config = run_config(settings, presets={"enabled": True, "elevation": {
-        "compress": "LERC_ZSTD", "max_z_error": 0.01, "max_abs_error": 0.01}})
+    config = run_config(
+        settings,
+        presets={"enabled": True, "elevation": {"compress": "LERC_ZSTD", "max_z_error": 0.01, "max_abs_error": 0.01}},
+    )
     outcomes = run_batch(config, tmp_path, ["county/dem.tif,1", "county/ortho.tif,3", "county/landcover.tif,1"])
     assert {k: o.status for k, o in outcomes.items()} == dict.fromkeys(delivery, Status.OK)
     dem_out, ortho_out, lc_out = (outcomes[k] for k in ("county/dem.tif", "county/ortho.tif", "county/landcover.tif"))
@@ -151,8 +172,9 @@ def test_the_files_beside_each_jpeg_are_uploaded_and_recorded(delivery, seed, se
     assert types["county/ortho.jgw"] == "text/plain" and types["county/ortho.64.jpg"] == "image/jpeg"
     assert types["county/ortho.jpg.aux.xml"] == "application/xml"
     source_etag = seed.head_object(Bucket=INPUT_BUCKET, Key="county/ortho.tif")["ETag"]
-    assert {seed.head_object(Bucket=OUTPUT_BUCKET, Key=k)["Metadata"][batch.SOURCE_ETAG_META] for k in want} \
-        == {source_etag}
+    assert {seed.head_object(Bucket=OUTPUT_BUCKET, Key=k)["Metadata"][batch.SOURCE_ETAG_META] for k in want} == {
+        source_etag
+    }
     # The world file places the JPEG: its first line is the pixel size, its fifth the upper-left pixel's centre.
     world = stored["county/ortho.jgw"].decode().split()
     assert float(world[0]) == 0.5 and float(world[4]) == 1_750_000.25
@@ -163,8 +185,15 @@ def test_the_files_beside_each_jpeg_are_uploaded_and_recorded(delivery, seed, se
     assert set(all_objects(seed, OUTPUT_BUCKET)) == set(stored)
 
 
-@pytest.mark.parametrize("options", [JpegOptions(), JpegOptions(sizes=(64, 100)), JpegOptions(georeference=False),
-                                     JpegOptions(sizes=(64,), georeference=False)])
+@pytest.mark.parametrize(
+    "options",
+    [
+        JpegOptions(),
+        JpegOptions(sizes=(64, 100)),
+        JpegOptions(georeference=False),
+        JpegOptions(sizes=(64,), georeference=False),
+    ],
+)
 def test_the_suffixes_the_access_point_signs_are_those_the_previews_write(samples, tmp_path, options):
     """sidecar_suffixes (what presign_batch signs) is exactly what a georeferenced image's previews write."""
     result = convert_file(samples / "byte.tif", tmp_path / "c.tif", tmp_path / "p.jpg", jpeg_options=options)
@@ -185,8 +214,9 @@ def test_a_failed_image_leaves_no_file_beside_its_jpeg(delivery, seed, settings,
         return real(client, bucket, key, *args, **kwargs)
 
     monkeypatch.setattr(s3, "upload_file", failing_cog)
-    outcomes = run_batch(run_config(settings, jpeg={"sizes": [64]}), tmp_path, ["county/ortho.tif,3",
-                                                                                 "county/landcover.tif,1"])
+    outcomes = run_batch(
+        run_config(settings, jpeg={"sizes": [64]}), tmp_path, ["county/ortho.tif,3", "county/landcover.tif,1"]
+    )
     failed = outcomes["county/ortho.tif"]
     assert failed.failed and failed.step == "upload" and "connection reset" in failed.reason
     assert "the files beside the JPEG stored before were removed" in failed.reason
@@ -197,8 +227,9 @@ def test_a_failed_image_leaves_no_file_beside_its_jpeg(delivery, seed, settings,
     assert {"county/landcover.tif", "county/landcover.jgw", "county/landcover.64.jpg"} <= stored
 
 
-def test_a_file_beside_the_jpeg_that_is_not_stored_whole_fails_the_image_before_its_cog(delivery, seed, settings,
-                                                                                       tmp_path, monkeypatch):
+def test_a_file_beside_the_jpeg_that_is_not_stored_whole_fails_the_image_before_its_cog(
+    delivery, seed, settings, tmp_path, monkeypatch
+):
     """A world file the server reports as another size is removed, the files before it too, and no COG is sent."""
     real_verify = s3.verify_upload
 
@@ -214,8 +245,9 @@ def test_a_file_beside_the_jpeg_that_is_not_stored_whole_fails_the_image_before_
     assert set(all_objects(seed, OUTPUT_BUCKET)) == {"county/ortho.jpg"}
 
 
-def test_each_image_records_its_stac_item_valid_with_the_checksums_of_the_stored_objects(delivery, seed, settings,
-                                                                                        tmp_path, validator):
+def test_each_image_records_its_stac_item_valid_with_the_checksums_of_the_stored_objects(
+    delivery, seed, settings, tmp_path, validator
+):
     outcomes = run_batch(run_config(settings), tmp_path, ["county/dem.tif,1", "county/ortho.tif,3"])
     stored = all_objects(seed, OUTPUT_BUCKET)
     for key, outcome in outcomes.items():

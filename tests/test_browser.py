@@ -37,6 +37,7 @@ HOSTILE_KEY = "imagery/<img src=x onerror=console.error(1)>.tif"
 
 # ------------------------------------------------------------------------------------ the browser
 
+
 @pytest.fixture(scope="session")
 def chromium() -> str:
     """Debian's chromium; never installed by the tests (.ci/run installs it). Skipped loudly without it,
@@ -57,16 +58,36 @@ class Page:
         to_browser_r, self._w = os.pipe()
         self._r, from_browser_w = os.pipe()
         # The protocol pipes must be the browser's fds 3 and 4: a tiny exec shim moves them there.
-        remap = ("import os, sys; a, b = os.dup(int(sys.argv[1])), os.dup(int(sys.argv[2])); "
-                 "os.dup2(a, 3); os.dup2(b, 4); os.set_inheritable(3, True); os.set_inheritable(4, True); "
-                 "os.execv(sys.argv[3], sys.argv[3:])")
+        remap = (
+            "import os, sys; a, b = os.dup(int(sys.argv[1])), os.dup(int(sys.argv[2])); "
+            "os.dup2(a, 3); os.dup2(b, 4); os.set_inheritable(3, True); os.set_inheritable(4, True); "
+            "os.execv(sys.argv[3], sys.argv[3:])"
+        )
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", remap, str(to_browser_r), str(from_browser_w), browser, "--headless",
-             "--no-sandbox", "--disable-gpu", "--no-first-run", "--no-default-browser-check",
-             "--disable-background-networking", "--disable-component-update",
-             "--disable-sync", "--disable-extensions", f"--user-data-dir={profile}", "--remote-debugging-pipe",
-             "about:blank"],
-            pass_fds=(to_browser_r, from_browser_w), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                sys.executable,
+                "-c",
+                remap,
+                str(to_browser_r),
+                str(from_browser_w),
+                browser,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--no-default-browser-check",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--disable-extensions",
+                f"--user-data-dir={profile}",
+                "--remote-debugging-pipe",
+                "about:blank",
+            ],
+            pass_fds=(to_browser_r, from_browser_w),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         os.close(to_browser_r)
         os.close(from_browser_w)
         self._buf, self._id, self.events = b"", 0, []
@@ -74,8 +95,11 @@ class Page:
         self.session = self.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
         for domain in ("Page", "Runtime", "Log", "Network"):
             self.send(f"{domain}.enable", session=True)
-        self.send("Emulation.setDeviceMetricsOverride",
-                  {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False}, session=True)
+        self.send(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False},
+            session=True,
+        )
 
     def send(self, method: str, params: dict | None = None, session: bool = False, timeout: float = 60) -> dict:
         self._id += 1
@@ -116,8 +140,9 @@ class Page:
         self.evaluate("Promise.allSettled([...document.images].map(i => i.decode()))")
 
     def evaluate(self, expression: str) -> Any:
-        result = self.send("Runtime.evaluate", {"expression": expression, "returnByValue": True,
-                                                "awaitPromise": True}, session=True)
+        result = self.send(
+            "Runtime.evaluate", {"expression": expression, "returnByValue": True, "awaitPromise": True}, session=True
+        )
         if "exceptionDetails" in result:
             raise AssertionError(f"{expression}: {result['exceptionDetails']}")
         return result["result"].get("value")
@@ -140,13 +165,18 @@ class Page:
     def screenshot(self, path: Path, max_height: int = 1400, selector: str | None = None) -> None:
         """The page (at most ``max_height`` px), or only the element ``selector`` names."""
         height = min(max_height, int(self.evaluate("document.documentElement.scrollHeight")))
-        self.send("Emulation.setDeviceMetricsOverride",
-                  {"width": 1400, "height": height, "deviceScaleFactor": 1, "mobile": False}, session=True)
+        self.send(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": 1400, "height": height, "deviceScaleFactor": 1, "mobile": False},
+            session=True,
+        )
         params: dict[str, Any] = {"format": "png"}
         if selector:
-            box = self.evaluate(f"(() => {{ const r = document.querySelector({json.dumps(selector)})"
-                                ".getBoundingClientRect();"
-                                " return [r.x + scrollX, r.y + scrollY, r.width, r.height]; })()")
+            box = self.evaluate(
+                f"(() => {{ const r = document.querySelector({json.dumps(selector)})"
+                ".getBoundingClientRect();"
+                " return [r.x + scrollX, r.y + scrollY, r.width, r.height]; })()"
+            )
             params["clip"] = {"x": box[0], "y": box[1], "width": box[2], "height": box[3], "scale": 1}
         data = self.send("Page.captureScreenshot", params, session=True)["data"]
         path.write_bytes(base64.b64decode(data))
@@ -154,15 +184,26 @@ class Page:
     def click(self, x: float, y: float) -> None:
         """A real left click (pressed and released) at viewport point (x, y)."""
         for kind in ("mouseMoved", "mousePressed", "mouseReleased"):
-            self.send("Input.dispatchMouseEvent", {"type": kind, "x": x, "y": y, "button": "left",
-                                                   "buttons": 0 if kind == "mouseReleased" else 1,
-                                                   "clickCount": 0 if kind == "mouseMoved" else 1}, session=True)
+            self.send(
+                "Input.dispatchMouseEvent",
+                {
+                    "type": kind,
+                    "x": x,
+                    "y": y,
+                    "button": "left",
+                    "buttons": 0 if kind == "mouseReleased" else 1,
+                    "clickCount": 0 if kind == "mouseMoved" else 1,
+                },
+                session=True,
+            )
 
     def click_element(self, expression: str) -> None:
         """Scroll the element ``expression`` evaluates to into view and click the middle of it."""
-        x, y = self.evaluate(f"(() => {{ const e = {expression}; e.scrollIntoView({{block: 'center'}});"
-                             " const r = e.getBoundingClientRect();"
-                             " return [r.x + r.width / 2, r.y + r.height / 2]; })()")
+        x, y = self.evaluate(
+            f"(() => {{ const e = {expression}; e.scrollIntoView({{block: 'center'}});"
+            " const r = e.getBoundingClientRect();"
+            " return [r.x + r.width / 2, r.y + r.height / 2]; })()"
+        )
         self.click(x, y)
 
     def close(self) -> None:
@@ -186,6 +227,7 @@ def page(chromium, tmp_path):
 
 # ------------------------------------------------------------------------------------ the tests
 
+
 def test_the_problem_collector_sees_console_errors_and_broken_images(page, tmp_path):
     """Control: without this, 'no console errors' below could pass because nothing is ever collected."""
     bad = tmp_path / "bad.html"
@@ -208,8 +250,11 @@ def mixed_run(seed, settings, tmp_path):
             rows.append((key, str(src.count)))
     rows += [("imagery/not-uploaded-yet.tif", "3"), ("/imagery/leading-slash.tif", "3")]
     seed.put_object(Bucket=INPUT_BUCKET, Key="county-2026-11-25-raw.csv", Body=write_rows_csv(rows))
-    return tick(TickOptions(input_bucket=INPUT_BUCKET, output_bucket=OUTPUT_BUCKET, settings=settings,
-                            workdir=tmp_path / "work"))
+    return tick(
+        TickOptions(
+            input_bucket=INPUT_BUCKET, output_bucket=OUTPUT_BUCKET, settings=settings, workdir=tmp_path / "work"
+        )
+    )
 
 
 @pytest.mark.slow
@@ -220,9 +265,11 @@ def test_report_in_a_real_browser(page, seed, buckets, settings, tmp_path):
 
     page.open((result.run_dir / "report.html").resolve().as_uri())
     assert page.problems() == []
-    counts = page.evaluate("({total: document.getElementById('total-count').textContent,"
-                           " processed: document.getElementById('processed-count').textContent,"
-                           " failed: document.getElementById('failed-count').textContent})")
+    counts = page.evaluate(
+        "({total: document.getElementById('total-count').textContent,"
+        " processed: document.getElementById('processed-count').textContent,"
+        " failed: document.getElementById('failed-count').textContent})"
+    )
     assert counts == {"total": "9", "processed": "7", "failed": "2"}
     outcomes = page.evaluate("[...document.querySelectorAll('tbody tr .outcome')].map(e => e.textContent)")
     assert outcomes == ["failed"] * 2 + ["processed"] * 7, "failed rows come first"
@@ -251,24 +298,59 @@ def test_report_in_a_real_browser(page, seed, buckets, settings, tmp_path):
 
 # ------------------------------------------------------------------------------------ the map
 
+
 def county_delivery() -> list[dict]:
     """A county delivery as the report's rows: a 4x3 grid of orthoimagery tiles (one with a clipped collar, one
     already done, one failed at verify), an elevation model over them, and two rows without a footprint."""
+
     def tile(col: int, row: int, clipped: bool = False) -> dict:
         lon, lat, d = 172.55 + col * 0.03, -43.50 - row * 0.022, 0.03
         ring = [[lon, lat], [lon + d, lat], [lon + d, lat - 0.022], [lon, lat - 0.022]]
         if clipped:
             ring = [[lon + 0.012, lat], [lon + d, lat], [lon + d, lat - 0.022], [lon, lat - 0.022], [lon, lat - 0.009]]
         return {"type": "Polygon", "coordinates": [[*ring, ring[0]]]}
-    done = {"bands": "3", "input_bytes": 42_000_000, "cog_bytes": 61_000_000, "codec": "LZW", "input_codec": "JPEG",
-            "crs": "EPSG:2193", "pixel_size": [0.3, 0.3], "pixel_unit": "metre", "overviews": [2, 4, 8, 16],
-            "dtype": "uint8", "width": 8000, "height": 6000, "seconds": 41.2}
-    table = [{"key": "canterbury/ortho/BX24_0305.tif", "bands": "3", "outcome": "failed", "code": "verify-failed",
-              "step": "verify", "reason": "verify: 12 pixels differ from the source", "footprint": tile(2, 1)},
-             {"key": "canterbury/ortho/BX24_0412.tif", "bands": "3", "outcome": "failed", "code": "input-missing",
-              "step": "download", "reason": "download: input object not found in bucket 'county-in'"},
-             {"key": "canterbury/ortho/BX24_0101.tif", "bands": "3", "outcome": "failed", "code": "manifest-row",
-              "reason": "line 14: duplicate of line 2"}]
+
+    done = {
+        "bands": "3",
+        "input_bytes": 42_000_000,
+        "cog_bytes": 61_000_000,
+        "codec": "LZW",
+        "input_codec": "JPEG",
+        "crs": "EPSG:2193",
+        "pixel_size": [0.3, 0.3],
+        "pixel_unit": "metre",
+        "overviews": [2, 4, 8, 16],
+        "dtype": "uint8",
+        "width": 8000,
+        "height": 6000,
+        "seconds": 41.2,
+    }
+    table = [
+        {
+            "key": "canterbury/ortho/BX24_0305.tif",
+            "bands": "3",
+            "outcome": "failed",
+            "code": "verify-failed",
+            "step": "verify",
+            "reason": "verify: 12 pixels differ from the source",
+            "footprint": tile(2, 1),
+        },
+        {
+            "key": "canterbury/ortho/BX24_0412.tif",
+            "bands": "3",
+            "outcome": "failed",
+            "code": "input-missing",
+            "step": "download",
+            "reason": "download: input object not found in bucket 'county-in'",
+        },
+        {
+            "key": "canterbury/ortho/BX24_0101.tif",
+            "bands": "3",
+            "outcome": "failed",
+            "code": "manifest-row",
+            "reason": "line 14: duplicate of line 2",
+        },
+    ]
     for row in range(3):
         for col in range(4):
             if (col, row) == (2, 1):
@@ -276,18 +358,36 @@ def county_delivery() -> list[dict]:
             key = f"canterbury/ortho/BX24_{row + 1:02d}{col + 1:02d}.tif"
             outcome = "skipped (already done)" if (col, row) == (3, 2) else "processed"
             table.append({**done, "key": key, "outcome": outcome, "footprint": tile(col, row, (col, row) == (0, 0))})
-    table.append({**done, "key": "canterbury/dem/BX24_dem_1m.tif", "bands": "1", "outcome": "processed",
-                  "codec": "ZSTD", "input_codec": "LZW", "dtype": "float32", "input_bytes": 90_000_000,
-                  "cog_bytes": 52_000_000, "pixel_size": [1.0, 1.0], "overviews": [2, 4, 8],
-                  "footprint": {"type": "Polygon", "coordinates": [[[172.57, -43.51], [172.66, -43.505],
-                                                                     [172.665, -43.56], [172.575, -43.565],
-                                                                     [172.57, -43.51]]]}})
+    table.append(
+        {
+            **done,
+            "key": "canterbury/dem/BX24_dem_1m.tif",
+            "bands": "1",
+            "outcome": "processed",
+            "codec": "ZSTD",
+            "input_codec": "LZW",
+            "dtype": "float32",
+            "input_bytes": 90_000_000,
+            "cog_bytes": 52_000_000,
+            "pixel_size": [1.0, 1.0],
+            "overviews": [2, 4, 8],
+            "footprint": {
+                "type": "Polygon",
+                "coordinates": [
+                    [[172.57, -43.51], [172.66, -43.505], [172.665, -43.56], [172.575, -43.565], [172.57, -43.51]]
+                ],
+            },
+        }
+    )
     return table
 
 
 def open_delivery(page: Page, tmp_path: Path, table: list[dict]) -> None:
-    config = {"run_id": "20261125-093000", "manifests": [{"id": "m1", "raw_key": "canterbury-2026-11-25-raw.csv"}],
-              "s3": {"input_bucket": "county-in", "output_bucket": "county-cogs"}}
+    config = {
+        "run_id": "20261125-093000",
+        "manifests": [{"id": "m1", "raw_key": "canterbury-2026-11-25-raw.csv"}],
+        "s3": {"input_bucket": "county-in", "output_bucket": "county-cogs"},
+    }
     (tmp_path / "report.html").write_text(render_html(tmp_path, table, config), encoding="utf-8")
     page.open((tmp_path / "report.html").as_uri())
 
@@ -298,34 +398,42 @@ def test_map_footprints_select_rows_and_rows_highlight_footprints(page, tmp_path
     assert page.problems() == []
     with_footprint = [i for i, row in enumerate(table) if row.get("footprint")]
     assert page.evaluate("document.querySelectorAll('#map path').length") == len(with_footprint) == 13
-    drawn = page.evaluate("[...document.querySelectorAll('#map path')].map(p => p.getBBox().width > 1 && "
-                          "p.getBBox().height > 1)")
+    drawn = page.evaluate(
+        "[...document.querySelectorAll('#map path')].map(p => p.getBBox().width > 1 && p.getBBox().height > 1)"
+    )
     assert all(drawn), "every footprint has a visible size on the map"
     assert page.evaluate("[...document.querySelectorAll('#unmapped li .key')].map(e => e.textContent)") == [
-        "canterbury/ortho/BX24_0412.tif", "canterbury/ortho/BX24_0101.tif"]
+        "canterbury/ortho/BX24_0412.tif",
+        "canterbury/ortho/BX24_0101.tif",
+    ]
     colours = page.evaluate("[...document.querySelectorAll('#map path')].map(p => getComputedStyle(p).fill)")
     drawn_order = page.evaluate("[...document.querySelectorAll('#map path')].map(p => p.dataset.i)")
     assert drawn_order[-1] == "0", "the failed footprint is drawn last, on top"
     assert len(set(colours)) == 3, "processed, already done and failed are told apart"
 
     # A real click on the failed tile's footprint selects its row and scrolls it into view.
-    x, y = page.evaluate("(() => { const r = document.querySelector('#map path.failed').getBoundingClientRect();"
-                         " return [r.x + r.width / 2, r.y + r.height / 2]; })()")
+    x, y = page.evaluate(
+        "(() => { const r = document.querySelector('#map path.failed').getBoundingClientRect();"
+        " return [r.x + r.width / 2, r.y + r.height / 2]; })()"
+    )
     hit = page.evaluate(f"document.elementFromPoint({x}, {y}).getAttribute('data-i')")
     assert hit == "0", "the failed footprint is on top at its centre"
     page.click(x, y)
     selected = page.evaluate("[...document.querySelectorAll('tr.selected')].map(r => r.id)")
     assert selected == ["row-0"]
-    assert page.evaluate("(() => { const r = document.getElementById('row-0').getBoundingClientRect();"
-                         " return r.top >= 0 && r.bottom <= innerHeight; })()"), "the row is scrolled into view"
+    assert page.evaluate(
+        "(() => { const r = document.getElementById('row-0').getBoundingClientRect();"
+        " return r.top >= 0 && r.bottom <= innerHeight; })()"
+    ), "the row is scrolled into view"
 
     # A click on a row highlights its footprint (and only it).
     dem = next(i for i, row in enumerate(table) if "dem" in row["key"])
     page.click_element(f"document.querySelector('#row-{dem} .key')")
     assert page.evaluate("[...document.querySelectorAll('#map path.selected')].map(p => p.dataset.i)") == [str(dem)]
     assert page.evaluate("[...document.querySelectorAll('tr.selected')].map(r => r.id)") == [f"row-{dem}"]
-    assert page.evaluate("document.querySelector('#map path.selected') === "
-                         "document.querySelector('#footprints').lastElementChild"), "drawn on top of the others"
+    assert page.evaluate(
+        "document.querySelector('#map path.selected') === document.querySelector('#footprints').lastElementChild"
+    ), "drawn on top of the others"
 
     # Zoom in keeps the footprints, "fit" gives the whole delivery back.
     home = page.evaluate("document.getElementById('map').getAttribute('viewBox')")
@@ -338,8 +446,9 @@ def test_map_footprints_select_rows_and_rows_highlight_footprints(page, tmp_path
 
     page.click_element("document.querySelector('#map path.failed')")  # the picture shows it selected
     assert page.evaluate("[...document.querySelectorAll('tr.selected')].map(r => r.id)") == ["row-0"]
-    assert page.evaluate("[...document.querySelectorAll('#map path')].map(p => p.dataset.i)") == drawn_order, \
+    assert page.evaluate("[...document.querySelectorAll('#map path')].map(p => p.dataset.i)") == drawn_order, (
         "a footprint no longer selected goes back under the others (the failed one is drawn last anyway)"
+    )
     page.evaluate("window.scrollTo(0, 0)")
     shot = tmp_path / "report-map.png"
     page.screenshot(shot, selector=".map-section")

@@ -53,16 +53,19 @@ def option(args: list[str], name: str) -> str:
 
 
 def command_args(command: str, *extra: str) -> list[str]:
-    buckets = {"tick": ["--input-bucket", "in-bucket", "--output-bucket", "out-bucket"],
-               "start": ["--input-bucket", "in-bucket", "--output-bucket", "out-bucket"],
-               "status": ["--input-bucket", "in-bucket"],
-               "retry": ["--input-bucket", "in-bucket", "m-failed-20260101-000000.csv"]}[command]
+    buckets = {
+        "tick": ["--input-bucket", "in-bucket", "--output-bucket", "out-bucket"],
+        "start": ["--input-bucket", "in-bucket", "--output-bucket", "out-bucket"],
+        "status": ["--input-bucket", "in-bucket"],
+        "retry": ["--input-bucket", "in-bucket", "m-failed-20260101-000000.csv"],
+    }[command]
     return [command, "-e", "http://127.0.0.1:9", *buckets, *extra]
 
 
 # ---------------------------------------------------------------------------------------------
 # parsing
 # ---------------------------------------------------------------------------------------------
+
 
 def test_every_command_that_talks_to_s3_has_the_flags():
     with_s3 = {name for name, p in subcommands().items() if "--endpoint" in options_of(p)}
@@ -73,11 +76,17 @@ def test_every_command_that_talks_to_s3_has_the_flags():
 
 @pytest.mark.parametrize("command", ["tick", "start", "status", "retry"])
 def test_flags_parse_into_s3_settings(command, ca_file):
-    args = cli.build_parser().parse_args(command_args(command, "--ca-bundle", str(ca_file), "--checksums",
-                                                      "when_supported", "--delete-fallback", "verify-first"))
+    args = cli.build_parser().parse_args(
+        command_args(
+            command, "--ca-bundle", str(ca_file), "--checksums", "when_supported", "--delete-fallback", "verify-first"
+        )
+    )
     settings = cli._settings(args)
     assert (settings.ca_bundle, settings.checksums, settings.delete_fallback) == (
-        str(ca_file), "when_supported", "verify-first")
+        str(ca_file),
+        "when_supported",
+        "verify-first",
+    )
     assert settings.endpoint_url == "http://127.0.0.1:9"
 
 
@@ -85,8 +94,11 @@ def test_flags_parse_into_s3_settings(command, ca_file):
 def test_flag_defaults_are_the_settings_defaults(command):
     settings = cli._settings(cli.build_parser().parse_args(command_args(command)))
     default = S3Settings()
-    assert (settings.ca_bundle, settings.checksums, settings.delete_fallback) == (
-        default.ca_bundle, default.checksums, default.delete_fallback) == (None, "auto", "refuse")
+    assert (
+        (settings.ca_bundle, settings.checksums, settings.delete_fallback)
+        == (default.ca_bundle, default.checksums, default.delete_fallback)
+        == (None, "auto", "refuse")
+    )
 
 
 def test_choices_are_the_modules_values(capsys):
@@ -103,6 +115,7 @@ def test_choices_are_the_modules_values(capsys):
 # ---------------------------------------------------------------------------------------------
 # a missing CA bundle: exit 2, a message naming the path and where it came from
 # ---------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("command", ["tick", "start", "status", "retry"])
 def test_missing_ca_bundle_is_a_clear_error(command, tmp_path, capsys):
@@ -125,6 +138,7 @@ def test_missing_ca_bundle_from_the_environment_names_it(tmp_path, monkeypatch, 
 # ---------------------------------------------------------------------------------------------
 # start: what the Crondor's tick is given
 # ---------------------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def started(monkeypatch, tmp_path):
@@ -151,8 +165,9 @@ def started(monkeypatch, tmp_path):
 
 def test_start_passes_the_settings_to_the_tick(started, ca_file, monkeypatch):
     monkeypatch.chdir(ca_file.parent.parent)
-    code, crondor = started("--ca-bundle", "tls/site-ca.pem", "--checksums", "when_required",
-                            "--delete-fallback", "verify-first")
+    code, crondor = started(
+        "--ca-bundle", "tls/site-ca.pem", "--checksums", "when_required", "--delete-fallback", "verify-first"
+    )
     assert code == 0
     argv = crondor["tick_argv"]
     assert option(argv, "--ca-bundle") == str(ca_file.resolve())  # absolute: the Crondor runs elsewhere
@@ -162,7 +177,10 @@ def test_start_passes_the_settings_to_the_tick(started, ca_file, monkeypatch):
     # what the tick will make of it: the same settings as start's own
     tick_settings = cli._settings(cli.build_parser().parse_args(argv))
     assert (tick_settings.ca_bundle, tick_settings.checksums, tick_settings.delete_fallback) == (
-        str(ca_file.resolve()), "when_required", "verify-first")
+        str(ca_file.resolve()),
+        "when_required",
+        "verify-first",
+    )
 
 
 def test_start_turns_aws_ca_bundle_into_a_flag(started, ca_file, monkeypatch):
@@ -183,20 +201,27 @@ def test_start_without_a_ca_bundle_passes_none(started):
 # run.yaml
 # ---------------------------------------------------------------------------------------------
 
+
 def full_config(run: dict) -> dict:
     """run.yaml merged over config/config.yaml, as the workflow validates it."""
     return merge(yaml.safe_load((WORKFLOW_DIR / "config" / "config.yaml").read_text()), run)
 
 
 def tick_options(**settings) -> TickOptions:
-    return TickOptions(input_bucket="in-bucket", output_bucket="out-bucket",
-                       settings=S3Settings(endpoint_url="s3.example.org", **settings))
+    return TickOptions(
+        input_bucket="in-bucket",
+        output_bucket="out-bucket",
+        settings=S3Settings(endpoint_url="s3.example.org", **settings),
+    )
 
 
 def test_run_config_carries_the_settings(ca_file, monkeypatch):
     monkeypatch.chdir(ca_file.parent)
-    config = run_config(tick_options(ca_bundle="site-ca.pem", checksums="when_supported",
-                                     delete_fallback="verify-first"), "20260101-000000", [])
+    config = run_config(
+        tick_options(ca_bundle="site-ca.pem", checksums="when_supported", delete_fallback="verify-first"),
+        "20260101-000000",
+        [],
+    )
     section = config["s3"]
     assert section["ca_bundle"] == str(ca_file.resolve())  # absolute
     assert (section["checksums"], section["delete_fallback"]) == ("when_supported", "verify-first")
@@ -206,7 +231,10 @@ def test_run_config_carries_the_settings(ca_file, monkeypatch):
     # batch jobs, drivers and the aggregate build their client from this section
     again = S3Settings.from_config(yaml.safe_load(text)["s3"])
     assert (again.ca_bundle, again.checksums, again.delete_fallback) == (
-        str(ca_file.resolve()), "when_supported", "verify-first")
+        str(ca_file.resolve()),
+        "when_supported",
+        "verify-first",
+    )
 
 
 def test_run_config_records_aws_ca_bundle(ca_file, monkeypatch):
@@ -218,7 +246,10 @@ def test_run_config_records_aws_ca_bundle(ca_file, monkeypatch):
 def test_run_config_without_a_ca_bundle():
     config = run_config(tick_options(), "20260101-000000", [])
     assert (config["s3"]["ca_bundle"], config["s3"]["checksums"], config["s3"]["delete_fallback"]) == (
-        None, "auto", "refuse")
+        None,
+        "auto",
+        "refuse",
+    )
     validate(full_config(config), str(SCHEMA))
 
 

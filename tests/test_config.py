@@ -28,16 +28,19 @@ def test_schema_enums_are_the_conversion_options_lists():
     assert set(config.load()["cog"]) == set(cog)
 
 
-@pytest.mark.parametrize(("run", "key", "rule"), [
-    ({"cog": {"blocksize": 100}}, "cog.blocksize", "multiple of 16"),
-    ({"cog": {"level": 5}}, "cog.level", "LZW has no compression level"),
-    ({"cog": {"compress": "JPEG"}}, "cog.compress", "is not one of"),
-    ({"cog": {"overview_resampling": "sideways"}}, "cog.overview_resampling", "is not one of"),
-    ({"jpeg": {"quality": 0}}, "jpeg.quality", "minimum"),
-    ({"batchsize": 10}, "(top level)", "'batchsize' was unexpected"),
-    ({"cog": {"blocksise": 512}}, "cog", "'blocksise' was unexpected"),
-    ({"batch_size": "20"}, "batch_size", "is not of type 'integer'"),
-])
+@pytest.mark.parametrize(
+    ("run", "key", "rule"),
+    [
+        ({"cog": {"blocksize": 100}}, "cog.blocksize", "multiple of 16"),
+        ({"cog": {"level": 5}}, "cog.level", "LZW has no compression level"),
+        ({"cog": {"compress": "JPEG"}}, "cog.compress", "is not one of"),
+        ({"cog": {"overview_resampling": "sideways"}}, "cog.overview_resampling", "is not one of"),
+        ({"jpeg": {"quality": 0}}, "jpeg.quality", "minimum"),
+        ({"batchsize": 10}, "(top level)", "'batchsize' was unexpected"),
+        ({"cog": {"blocksise": 512}}, "cog", "'blocksise' was unexpected"),
+        ({"batch_size": "20"}, "batch_size", "is not of type 'integer'"),
+    ],
+)
 def test_bad_values_are_one_line_naming_the_key_and_the_rule(run, key, rule):
     with pytest.raises(PipelineError) as caught:
         config.load(run=run)
@@ -46,8 +49,9 @@ def test_bad_values_are_one_line_naming_the_key_and_the_rule(run, key, rule):
 
 
 def test_names_gdal_takes_in_any_case_are_accepted_and_normalised():
-    loaded = config.load(run={"cog": {"compress": "lzw", "overview_resampling": "GAUSS", "predictor": "standard",
-                                      "num_threads": 2}})
+    loaded = config.load(
+        run={"cog": {"compress": "lzw", "overview_resampling": "GAUSS", "predictor": "standard", "num_threads": 2}}
+    )
     assert (loaded["cog"]["compress"], loaded["cog"]["overview_resampling"]) == ("LZW", "gauss")
     assert (loaded["cog"]["predictor"], loaded["cog"]["num_threads"]) == ("STANDARD", "2")
     cog_options_from_config(loaded["cog"])  # and the conversion options agree
@@ -70,8 +74,21 @@ def test_a_run_config_is_deep_merged_as_snakemake_does(tmp_path):
 
 
 def tick_flags(settings, workdir):
-    return ["tick", "-a", settings.access_key_file, "-s", settings.secret_key_file, "-e", settings.endpoint_url,
-            "--input-bucket", INPUT_BUCKET, "--output-bucket", OUTPUT_BUCKET, "--workdir", str(workdir)]
+    return [
+        "tick",
+        "-a",
+        settings.access_key_file,
+        "-s",
+        settings.secret_key_file,
+        "-e",
+        settings.endpoint_url,
+        "--input-bucket",
+        INPUT_BUCKET,
+        "--output-bucket",
+        OUTPUT_BUCKET,
+        "--workdir",
+        str(workdir),
+    ]
 
 
 def test_a_bad_site_config_is_refused_before_claiming(seed, buckets, settings, samples, tmp_path, capsys):
@@ -84,6 +101,20 @@ def test_a_bad_site_config_is_refused_before_claiming(seed, buckets, settings, s
     code = main([*tick_flags(settings, tmp_path / "work"), "--config", str(site)])
     err = capsys.readouterr().err
     assert code == 2 and "cog.blocksize: 100 is not a multiple of 16" in err and str(site) in err
+    assert all_objects(seed, INPUT_BUCKET) == before, "something was claimed or written"
+    assert not list((tmp_path / "work").glob("workflow-run-*"))
+
+
+def test_a_lossy_preset_without_a_bound_is_refused_before_claiming(seed, buckets, settings, samples, tmp_path, capsys):
+    """The presets' typed rules (beyond the schema) run in the tick too, before anything is claimed."""
+    seed.upload_file(str(samples / "byte.tif"), INPUT_BUCKET, "a/byte.tif")
+    seed.put_object(Bucket=INPUT_BUCKET, Key="m-raw.csv", Body=b"a/byte.tif,1\n")
+    site = tmp_path / "site.yaml"
+    site.write_text("presets:\n  enabled: true\n  imagery: {compress: WEBP, quality: 80}\n")
+    before = all_objects(seed, INPUT_BUCKET)
+    code = main([*tick_flags(settings, tmp_path / "work"), "--config", str(site)])
+    err = capsys.readouterr().err
+    assert code == 2 and "presets" in err and "imagery" in err and str(site) in err, err
     assert all_objects(seed, INPUT_BUCKET) == before, "something was claimed or written"
     assert not list((tmp_path / "work").glob("workflow-run-*"))
 
@@ -112,38 +143,116 @@ def test_convert_uses_the_same_loader_and_flags_win(samples, tmp_path):
     site = tmp_path / "site.yaml"
     site.write_text("cog:\n  compress: ZSTD\njpeg:\n  quality: 50\n")
     out = tmp_path / "a.tif"
-    assert main(["convert", str(samples / "byte.tif"), "--cog", str(out), "--jpeg", str(tmp_path / "a.jpg"),
-                 "--config", str(site)]) == 0
+    assert (
+        main(
+            [
+                "convert",
+                str(samples / "byte.tif"),
+                "--cog",
+                str(out),
+                "--jpeg",
+                str(tmp_path / "a.jpg"),
+                "--config",
+                str(site),
+            ]
+        )
+        == 0
+    )
     with rasterio.open(out) as src:
         assert src.compression.name.upper() == "ZSTD"
-    assert main(["convert", str(samples / "byte.tif"), "--cog", str(out), "--jpeg", str(tmp_path / "a.jpg"),
-                 "--config", str(site), "--compress", "lzw"]) == 0
+    assert (
+        main(
+            [
+                "convert",
+                str(samples / "byte.tif"),
+                "--cog",
+                str(out),
+                "--jpeg",
+                str(tmp_path / "a.jpg"),
+                "--config",
+                str(site),
+                "--compress",
+                "lzw",
+            ]
+        )
+        == 0
+    )
     with rasterio.open(out) as src:
         assert src.compression.name.upper() == "LZW"
     bad = tmp_path / "bad.yaml"
     bad.write_text("cog:\n  blocksize: 100\n")
-    assert main(["convert", str(samples / "byte.tif"), "--cog", str(out), "--jpeg", str(tmp_path / "a.jpg"),
-                 "--config", str(bad)]) == 2
+    assert (
+        main(
+            [
+                "convert",
+                str(samples / "byte.tif"),
+                "--cog",
+                str(out),
+                "--jpeg",
+                str(tmp_path / "a.jpg"),
+                "--config",
+                str(bad),
+            ]
+        )
+        == 2
+    )
 
 
-@pytest.mark.parametrize(("flags", "message"), [
-    (["--quality", "150"], "jpeg.quality: 150 is greater than the maximum of 100"),
-    (["--blocksize", "100"], "cog.blocksize: 100 is not a multiple of 16"),
-])
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--quality", "150"], "jpeg.quality: 150 is greater than the maximum of 100"),
+        (["--blocksize", "100"], "cog.blocksize: 100 is not a multiple of 16"),
+    ],
+)
 def test_bad_convert_flags_are_one_line_not_a_traceback(samples, tmp_path, capsys, flags, message):
-    code = main(["convert", str(samples / "byte.tif"), "--cog", str(tmp_path / "a.tif"), "--jpeg",
-                 str(tmp_path / "a.jpg"), *flags])
+    code = main(
+        [
+            "convert",
+            str(samples / "byte.tif"),
+            "--cog",
+            str(tmp_path / "a.tif"),
+            "--jpeg",
+            str(tmp_path / "a.jpg"),
+            *flags,
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and message in err and "Traceback" not in err
 
 
 def test_convert_codec_names_take_any_case_and_unknown_ones_are_refused_by_argparse(samples, tmp_path, capsys):
     out = tmp_path / "a.tif"
-    assert main(["convert", str(samples / "byte.tif"), "--cog", str(out), "--jpeg", str(tmp_path / "a.jpg"),
-                 "--compress", "deflate", "--predictor", "standard"]) == 0
+    assert (
+        main(
+            [
+                "convert",
+                str(samples / "byte.tif"),
+                "--cog",
+                str(out),
+                "--jpeg",
+                str(tmp_path / "a.jpg"),
+                "--compress",
+                "deflate",
+                "--predictor",
+                "standard",
+            ]
+        )
+        == 0
+    )
     with rasterio.open(out) as src:
         assert src.compression.name.upper() == "DEFLATE"
     with pytest.raises(SystemExit) as exited:
-        main(["convert", str(samples / "byte.tif"), "--cog", str(out), "--jpeg", str(tmp_path / "a.jpg"),
-              "--compress", "FOO"])
+        main(
+            [
+                "convert",
+                str(samples / "byte.tif"),
+                "--cog",
+                str(out),
+                "--jpeg",
+                str(tmp_path / "a.jpg"),
+                "--compress",
+                "FOO",
+            ]
+        )
     assert exited.value.code == 2 and "invalid choice: 'FOO'" in capsys.readouterr().err

@@ -45,14 +45,30 @@ pytestmark = pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreference
 
 # --------------------------------------------------------------------------------------------- helpers
 
-def make_tif(path: Path, data: np.ndarray, *, nodata=None, crs="EPSG:32618", colormap=None,
-             colorinterp=None, mask=None, **profile) -> Path:
+
+def make_tif(
+    path: Path,
+    data: np.ndarray,
+    *,
+    nodata=None,
+    crs="EPSG:32618",
+    colormap=None,
+    colorinterp=None,
+    mask=None,
+    **profile,
+) -> Path:
     """Write ``data`` (bands, rows, cols) as a GeoTIFF; optional colour map, colour interpretation, internal mask."""
     data = np.asarray(data)
     if data.ndim == 2:
         data = data[np.newaxis]
-    kw = dict(driver="GTiff", count=data.shape[0], height=data.shape[1], width=data.shape[2],
-              dtype=data.dtype.name, nodata=nodata)
+    kw = dict(
+        driver="GTiff",
+        count=data.shape[0],
+        height=data.shape[1],
+        width=data.shape[2],
+        dtype=data.dtype.name,
+        nodata=nodata,
+    )
     if crs:
         kw.update(crs=crs, transform=Affine(10, 0, 500000, 0, -10, 4000000))
     kw.update(profile)
@@ -89,9 +105,9 @@ def jpeg_sof(path: Path) -> tuple[int, int, int, int, int]:
     while i < len(data):
         assert data[i] == 0xFF, f"bad marker at {i}"
         marker = data[i + 1]
-        length = int.from_bytes(data[i + 2:i + 4], "big")
+        length = int.from_bytes(data[i + 2 : i + 4], "big")
         if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            seg = data[i + 4:i + 2 + length]
+            seg = data[i + 4 : i + 2 + length]
             return marker, seg[0], int.from_bytes(seg[1:3], "big"), int.from_bytes(seg[3:5], "big"), seg[5]
         i += 2 + length
     raise AssertionError("no SOF marker")
@@ -116,10 +132,20 @@ def leftovers(directory: Path, keep: set[str]) -> list[str]:
 
 # --------------------------------------------------------------------------------------------- options
 
+
 def test_config_sections_give_the_defaults():
-    cog = cog_options_from_config({"compress": "LZW", "predictor": "NO", "level": None, "blocksize": 512,
-                                   "overview_resampling": "average", "num_threads": "ALL_CPUS",
-                                   "gdal_cache_mb": 128, "max_pixels": 2000000000})
+    cog = cog_options_from_config(
+        {
+            "compress": "LZW",
+            "predictor": "NO",
+            "level": None,
+            "blocksize": 512,
+            "overview_resampling": "average",
+            "num_threads": "ALL_CPUS",
+            "gdal_cache_mb": 128,
+            "max_pixels": 2000000000,
+        }
+    )
     assert cog == CogOptions()
     assert jpeg_options_from_config({"quality": 80, "stretch_percentiles": [2, 98]}) == JpegOptions()
     assert cog_options_from_config({}) == CogOptions()
@@ -127,18 +153,27 @@ def test_config_sections_give_the_defaults():
 
 
 def test_config_normalises_yaml_values():
-    opts = cog_options_from_config({"predictor": False, "num_threads": 2, "compress": "deflate", "level": 6,
-                                    "overview_resampling": "NEAREST"})
-    assert (opts.predictor, opts.num_threads, opts.compress, opts.level, opts.overview_resampling) == \
-        ("NO", "2", "DEFLATE", 6, "nearest")
+    opts = cog_options_from_config(
+        {"predictor": False, "num_threads": 2, "compress": "deflate", "level": 6, "overview_resampling": "NEAREST"}
+    )
+    assert (opts.predictor, opts.num_threads, opts.compress, opts.level, opts.overview_resampling) == (
+        "NO",
+        "2",
+        "DEFLATE",
+        6,
+        "nearest",
+    )
     assert cog_options_from_config({"predictor": True}).predictor == "YES"
     assert jpeg_options_from_config({"stretch_percentiles": [1, 99.5]}).stretch_percentiles == (1.0, 99.5)
 
 
-@pytest.mark.parametrize("func, section, bad", [
-    (cog_options_from_config, {"compress": "LZW", "compres": "LZW", "zzz": 1}, ["compres", "zzz"]),
-    (jpeg_options_from_config, {"quality": 80, "qualty": 90}, ["qualty"]),
-])
+@pytest.mark.parametrize(
+    "func, section, bad",
+    [
+        (cog_options_from_config, {"compress": "LZW", "compres": "LZW", "zzz": 1}, ["compres", "zzz"]),
+        (jpeg_options_from_config, {"quality": 80, "qualty": 90}, ["qualty"]),
+    ],
+)
 def test_config_unknown_keys_are_named(func, section, bad):
     with pytest.raises(ValueError) as err:
         func(section)
@@ -146,24 +181,28 @@ def test_config_unknown_keys_are_named(func, section, bad):
         assert key in str(err.value)
 
 
-@pytest.mark.parametrize("section, text", [
-    ({"compress": "JPEG"}, "lossy"),
-    ({"compress": "BZIP"}, "not one of"),
-    ({"level": 5}, "has no compression level"),
-    ({"compress": "DEFLATE", "level": 40}, "out of range"),
-    ({"predictor": "MAYBE"}, "predictor"),
-    ({"blocksize": 500}, "multiple of 16"),
-    ({"num_threads": "lots"}, "num_threads"),
-    ({"overview_resampling": "fancy"}, "overview_resampling"),
-    ({"max_pixels": 0}, "max_pixels"),
-])
+@pytest.mark.parametrize(
+    "section, text",
+    [
+        ({"compress": "JPEG"}, "lossy"),
+        ({"compress": "BZIP"}, "not one of"),
+        ({"level": 5}, "has no compression level"),
+        ({"compress": "DEFLATE", "level": 40}, "out of range"),
+        ({"predictor": "MAYBE"}, "predictor"),
+        ({"blocksize": 500}, "multiple of 16"),
+        ({"num_threads": "lots"}, "num_threads"),
+        ({"overview_resampling": "fancy"}, "overview_resampling"),
+        ({"max_pixels": 0}, "max_pixels"),
+    ],
+)
 def test_config_bad_cog_values(section, text):
     with pytest.raises(ValueError, match=text):
         cog_options_from_config(section)
 
 
-@pytest.mark.parametrize("section", [{"quality": 0}, {"quality": 101}, {"stretch_percentiles": [98, 2]},
-                                     {"stretch_percentiles": [2]}])
+@pytest.mark.parametrize(
+    "section", [{"quality": 0}, {"quality": 101}, {"stretch_percentiles": [98, 2]}, {"stretch_percentiles": [2]}]
+)
 def test_config_bad_jpeg_values(section):
     with pytest.raises(ValueError, match="jpeg"):
         jpeg_options_from_config(section)
@@ -182,10 +221,19 @@ def test_gdal_cache_is_set_in_bytes():
 
 # --------------------------------------------------------------------------------------------- inspect
 
+
 def test_inspect_sample():
     info = inspect_input(RGB)
-    assert info == RasterInfo(width=791, height=718, count=3, dtype="uint8", has_palette=False, nodata=0.0,
-                              crs="EPSG:32618", size_bytes=RGB.stat().st_size)
+    assert info == RasterInfo(
+        width=791,
+        height=718,
+        count=3,
+        dtype="uint8",
+        has_palette=False,
+        nodata=0.0,
+        crs="EPSG:32618",
+        size_bytes=RGB.stat().st_size,
+    )
 
 
 def test_inspect_no_georeference_is_fine():
@@ -194,13 +242,15 @@ def test_inspect_no_georeference_is_fine():
 
 
 def test_inspect_palette(tmp_path):
-    path = make_tif(tmp_path / "pal.tif", np.zeros((1, 8, 8), np.uint8), colormap={0: (255, 0, 0, 255)},
-                    photometric="palette")
+    path = make_tif(
+        tmp_path / "pal.tif", np.zeros((1, 8, 8), np.uint8), colormap={0: (255, 0, 0, 255)}, photometric="palette"
+    )
     assert inspect_input(path).has_palette
     assert not inspect_input(BYTE).has_palette
 
 
 # --------------------------------------------------------------------------------------------- errors
+
 
 def png_bytes(tmp_path: Path) -> bytes:
     out = tmp_path / "x.png"
@@ -222,17 +272,23 @@ def truncated_tiff(tmp_path: Path, **profile) -> bytes:
     return data[: len(data) // 2]
 
 
-@pytest.mark.parametrize("content, text", [
-    (lambda tmp: b"", "file is empty (0 bytes)"),
-    (png_bytes, "not a TIFF file (it looks like a PNG image"),
-    (jpeg_bytes, "not a TIFF file (it looks like a JPEG image"),
-    (lambda tmp: b"<html>Access denied</html>", "not a TIFF file"),
-    (truncated_tiff, "file is truncated or corrupt"),
-    (lambda tmp: truncated_tiff(tmp, tiled=True, blockxsize=128, blockysize=128, compress="lzw"),
-     "file is truncated or corrupt"),
-    (lambda tmp: b"II*\x00\x08\x00", "file is truncated or corrupt"),
-    (lambda tmp: b"II*\x00" + b"\xff" * 60, "file is truncated or corrupt"),
-], ids=["empty", "png", "jpeg", "html", "truncated-strips", "truncated-tiles", "header-only", "garbage-ifd"])
+@pytest.mark.parametrize(
+    "content, text",
+    [
+        (lambda tmp: b"", "file is empty (0 bytes)"),
+        (png_bytes, "not a TIFF file (it looks like a PNG image"),
+        (jpeg_bytes, "not a TIFF file (it looks like a JPEG image"),
+        (lambda tmp: b"<html>Access denied</html>", "not a TIFF file"),
+        (truncated_tiff, "file is truncated or corrupt"),
+        (
+            lambda tmp: truncated_tiff(tmp, tiled=True, blockxsize=128, blockysize=128, compress="lzw"),
+            "file is truncated or corrupt",
+        ),
+        (lambda tmp: b"II*\x00\x08\x00", "file is truncated or corrupt"),
+        (lambda tmp: b"II*\x00" + b"\xff" * 60, "file is truncated or corrupt"),
+    ],
+    ids=["empty", "png", "jpeg", "html", "truncated-strips", "truncated-tiles", "header-only", "garbage-ifd"],
+)
 def test_bad_inputs_are_refused_with_a_clear_message(tmp_path, content, text):
     src_dir = tmp_path / "in"
     src_dir.mkdir()
@@ -261,9 +317,22 @@ def test_missing_file(tmp_path):
 
 def sparse_bomb(path: Path, width: int, height: int, count: int) -> Path:
     """A GeoTIFF declaring a huge size but holding no tiles (tiny on disk)."""
-    with rasterio.open(path, "w", driver="GTiff", width=width, height=height, count=count, dtype="uint8",
-                       tiled=True, blockxsize=4096, blockysize=4096, SPARSE_OK=True, BIGTIFF="YES",
-                       crs="EPSG:4326", transform=Affine(1, 0, 0, 0, -1, 0)):
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=width,
+        height=height,
+        count=count,
+        dtype="uint8",
+        tiled=True,
+        blockxsize=4096,
+        blockysize=4096,
+        SPARSE_OK=True,
+        BIGTIFF="YES",
+        crs="EPSG:4326",
+        transform=Affine(1, 0, 0, 0, -1, 0),
+    ):
         pass
     return path
 
@@ -274,8 +343,9 @@ def test_tiff_bomb_is_refused_before_reading(tmp_path):
     with pytest.raises(ImageError) as err:
         inspect_input(bomb)
     assert err.value.step == "open"
-    assert err.value.message.startswith("declared size 100000x100000x3 exceeds max_pixels 2,000,000,000 "
-                                        "(30,000,000,000 values)")
+    assert err.value.message.startswith(
+        "declared size 100000x100000x3 exceeds max_pixels 2,000,000,000 (30,000,000,000 values)"
+    )
     out = tmp_path / "out"
     out.mkdir()
     with pytest.raises(ImageError, match="declared size"):
@@ -331,10 +401,14 @@ COG_CASES = {
     "uint8-rgb-nodata": lambda: (gradient(300, 400, 0, 255, np.uint8)[None].repeat(3, 0), {"nodata": 0}),
     "uint16": lambda: (gradient(300, 400, 0, 60000, np.uint16), {}),
     "int16-neg": lambda: (gradient(300, 400, -3000, 3000, np.int16), {"nodata": -9999}),
-    "float32-nan": lambda: (np.where(np.eye(300, 400, dtype=bool), np.nan,
-                                     gradient(300, 400, -1, 1, np.float32)).astype(np.float32), {}),
-    "float64-tiled": lambda: (gradient(300, 400, -1e9, 1e9, np.float64),
-                              {"tiled": True, "blockxsize": 64, "blockysize": 64, "compress": "deflate"}),
+    "float32-nan": lambda: (
+        np.where(np.eye(300, 400, dtype=bool), np.nan, gradient(300, 400, -1, 1, np.float32)).astype(np.float32),
+        {},
+    ),
+    "float64-tiled": lambda: (
+        gradient(300, 400, -1e9, 1e9, np.float64),
+        {"tiled": True, "blockxsize": 64, "blockysize": 64, "compress": "deflate"},
+    ),
 }
 
 
@@ -370,8 +444,11 @@ def test_cog_of_samples(tmp_path, sample):
 def test_cog_overviews_and_blocksize(tmp_path):
     src = make_tif(tmp_path / "src.tif", gradient(1024, 1024, 0, 255, np.uint8))
     write_cog(src, tmp_path / "a.tif")
-    write_cog(src, tmp_path / "b.tif", CogOptions(blocksize=256, compress="DEFLATE", level=9,
-                                                  predictor="STANDARD", num_threads="1"))
+    write_cog(
+        src,
+        tmp_path / "b.tif",
+        CogOptions(blocksize=256, compress="DEFLATE", level=9, predictor="STANDARD", num_threads="1"),
+    )
     with rasterio.open(tmp_path / "a.tif") as a, rasterio.open(tmp_path / "b.tif") as b:
         assert a.overviews(1) == [2]
         assert a.block_shapes[0] == (512, 512)
@@ -418,8 +495,9 @@ def test_verify_finds_a_changed_pixel(tmp_path):
     with pytest.raises(ImageError) as err:
         verify_pixels(src, other)
     assert err.value.step == "verify"
-    assert err.value.message.startswith("band 2 differs in window rows 0-299, cols 0-399: 1 pixel(s) differ, "
-                                        "first at row 250, col 333")
+    assert err.value.message.startswith(
+        "band 2 differs in window rows 0-299, cols 0-399: 1 pixel(s) differ, first at row 250, col 333"
+    )
 
 
 @pytest.mark.parametrize("threads", ["1", "ALL_CPUS"])
@@ -457,8 +535,9 @@ def test_verify_with_the_preview_on_rows_too_wide_for_one_pass(tmp_path, monkeyp
     seconds: dict[str, float] = {}
     assert convert.verify_and_write_jpeg(src, same, tmp_path / "two-pass.jpg", seconds=seconds) == [1, 2, 3]
     assert set(seconds) == {"verify", "jpeg"}
-    assert np.array_equal(check_jpeg(tmp_path / "one-pass.jpg", 3, 300, 40),
-                          check_jpeg(tmp_path / "two-pass.jpg", 3, 300, 40))
+    assert np.array_equal(
+        check_jpeg(tmp_path / "one-pass.jpg", 3, 300, 40), check_jpeg(tmp_path / "two-pass.jpg", 3, 300, 40)
+    )
     with pytest.raises(ImageError) as err:
         convert.verify_and_write_jpeg(src, other, tmp_path / "bad.jpg")
     assert err.value.step == "verify" and "band 4 differs" in err.value.message and "col 250" in err.value.message
@@ -497,6 +576,7 @@ def test_verify_in_small_windows(tmp_path, monkeypatch):
 
 # --------------------------------------------------------------------------------------------- JPEG
 
+
 @pytest.mark.parametrize("count, bands", [(1, [1]), (2, [1]), (3, [1, 2, 3]), (4, [1, 2, 3]), (5, [1, 2, 3])])
 def test_jpeg_band_rules_uint8(tmp_path, count, bands):
     levels = [40, 200, 120, 250, 10]
@@ -517,10 +597,16 @@ def test_jpeg_straight_copy_matches_source(tmp_path):
     assert np.abs(out[0].astype(int) - data).max() <= 3
 
 
-@pytest.mark.parametrize("dtype, low, high", [
-    ("uint16", 1000, 5000), ("int16", -2000, 2000), ("int32", -10**8, 10**8),
-    ("float32", -0.5, 0.5), ("float64", 1e6, 1e6 + 1),
-])
+@pytest.mark.parametrize(
+    "dtype, low, high",
+    [
+        ("uint16", 1000, 5000),
+        ("int16", -2000, 2000),
+        ("int32", -(10**8), 10**8),
+        ("float32", -0.5, 0.5),
+        ("float64", 1e6, 1e6 + 1),
+    ],
+)
 def test_jpeg_stretches_other_types(tmp_path, dtype, low, high):
     data = gradient(256, 320, low, high, dtype)
     if np.dtype(dtype).kind == "f":
@@ -561,8 +647,9 @@ def test_jpeg_stretch_percentiles_and_outliers(tmp_path):
 
 
 def test_jpeg_constant_and_all_masked_bands(tmp_path):
-    data = np.stack([np.full((48, 64), 7.25, np.float32), np.full((48, 64), np.nan, np.float32),
-                     gradient(48, 64, 0, 1, np.float32)])
+    data = np.stack(
+        [np.full((48, 64), 7.25, np.float32), np.full((48, 64), np.nan, np.float32), gradient(48, 64, 0, 1, np.float32)]
+    )
     src = make_tif(tmp_path / "src.tif", data)
     assert write_jpeg(src, tmp_path / "p.jpg") == [1, 2, 3]
     out = check_jpeg(tmp_path / "p.jpg", 3, 64, 48).astype(int)
@@ -576,8 +663,11 @@ def test_jpeg_alpha_pixels_are_black(tmp_path):
     rgb = np.stack([np.full((64, 128), v, np.uint8) for v in (200, 150, 100)])
     alpha = np.zeros((1, 64, 128), np.uint8)
     alpha[:, :, 64:] = 255
-    src = make_tif(tmp_path / "src.tif", np.concatenate([rgb, alpha]),
-                   colorinterp=[ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.alpha])
+    src = make_tif(
+        tmp_path / "src.tif",
+        np.concatenate([rgb, alpha]),
+        colorinterp=[ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.alpha],
+    )
     with rasterio.open(src) as ds:
         assert ds.colorinterp[3] == ColorInterp.alpha
     assert write_jpeg(src, tmp_path / "p.jpg") == [1, 2, 3]
@@ -675,8 +765,15 @@ def test_jpeg_in_many_strips_decodes_as_one(tmp_path, monkeypatch):
     assert (tmp_path / "one.jpg").read_bytes() != (tmp_path / "many.jpg").read_bytes()
     assert np.array_equal(decoded(tmp_path / "one.jpg"), decoded(tmp_path / "many.jpg"))
     assert np.array_equal(check_jpeg(tmp_path / "one.jpg", 3, 157, 203), check_jpeg(tmp_path / "many.jpg", 3, 157, 203))
-    assert sorted(os.listdir(tmp_path)) == ["many.jgw", "many.jpg", "many.jpg.aux.xml", "one.jgw", "one.jpg",
-                                         "one.jpg.aux.xml", "src.tif"]  # nothing temporary left
+    assert sorted(os.listdir(tmp_path)) == [
+        "many.jgw",
+        "many.jpg",
+        "many.jpg.aux.xml",
+        "one.jgw",
+        "one.jpg",
+        "one.jpg.aux.xml",
+        "src.tif",
+    ]  # nothing temporary left
 
 
 def test_jpeg_of_samples(tmp_path):
@@ -693,11 +790,19 @@ def test_jpeg_of_samples(tmp_path):
     assert write_jpeg(FLOAT, tmp_path / "float.jpg") == [1]
     check_jpeg(tmp_path / "float.jpg", 1, 3, 2)
     # georeferenced previews get a world file and .aux.xml (test_preview_geo.py); float.tif has no CRS
-    assert sorted(os.listdir(tmp_path)) == ["float.jpg", "rgba.jgw", "rgba.jpg", "rgba.jpg.aux.xml", "shade.jgw",
-                                            "shade.jpg", "shade.jpg.aux.xml"]
+    assert sorted(os.listdir(tmp_path)) == [
+        "float.jpg",
+        "rgba.jgw",
+        "rgba.jpg",
+        "rgba.jpg.aux.xml",
+        "shade.jgw",
+        "shade.jpg",
+        "shade.jpg.aux.xml",
+    ]
 
 
 # --------------------------------------------------------------------------------------------- end to end
+
 
 @pytest.mark.parametrize("sample, count", [(RGB, 3), (RGBA, 4)], ids=["RGB", "RGBA"])
 def test_convert_file_samples(tmp_path, sample, count):
@@ -745,9 +850,11 @@ def test_truncated_input_in_later_steps(tmp_path):
     good = make_tif(tmp_path / "good.tif", np.zeros((3, 300, 400), np.uint8))
     out = tmp_path / "out"
     out.mkdir()
-    for step, call in [("cog", lambda: write_cog(src, out / "c.tif")),
-                       ("verify", lambda: verify_pixels(src, good)),
-                       ("jpeg", lambda: write_jpeg(src, out / "p.jpg"))]:
+    for step, call in [
+        ("cog", lambda: write_cog(src, out / "c.tif")),
+        ("verify", lambda: verify_pixels(src, good)),
+        ("jpeg", lambda: write_jpeg(src, out / "p.jpg")),
+    ]:
         with pytest.raises(ImageError) as err:
             call()
         assert err.value.step == step

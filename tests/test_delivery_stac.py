@@ -35,16 +35,34 @@ def run_config(settings, run_dir, keys, **extra):
     """A run directory's config (schema defaults, a CC-BY licence) for one manifest of ``keys``."""
     (run_dir / "manifests").mkdir(parents=True, exist_ok=True)
     (run_dir / "manifests" / "m.csv").write_bytes("".join(f"{k},3\n" for k in keys).encode())
-    cfg = config_module.load(run={
-        "batch_size": 20, "run_id": TS,
-        "s3": {"endpoint_url": settings.endpoint_url, "access_key_file": settings.access_key_file,
-               "secret_key_file": settings.secret_key_file, "input_bucket": INPUT_BUCKET,
-               "output_bucket": OUTPUT_BUCKET},
-        "stac": {"license": "CC-BY-4.0", "providers": [{"name": "Wellington Region Cartography",
-                                                        "roles": ["producer", "licensor"]}]},
-        **extra})
-    cfg["manifests"] = [{"id": "m1", "csv": "manifests/m.csv", "key": KEYS.processing, "raw_key": KEYS.raw,
-                         "stem": KEYS.stem, "timestamp": KEYS.ts}]
+    cfg = config_module.load(
+        run={
+            "batch_size": 20,
+            "run_id": TS,
+            "s3": {
+                "endpoint_url": settings.endpoint_url,
+                "access_key_file": settings.access_key_file,
+                "secret_key_file": settings.secret_key_file,
+                "input_bucket": INPUT_BUCKET,
+                "output_bucket": OUTPUT_BUCKET,
+            },
+            "stac": {
+                "license": "CC-BY-4.0",
+                "providers": [{"name": "Wellington Region Cartography", "roles": ["producer", "licensor"]}],
+            },
+            **extra,
+        }
+    )
+    cfg["manifests"] = [
+        {
+            "id": "m1",
+            "csv": "manifests/m.csv",
+            "key": KEYS.processing,
+            "raw_key": KEYS.raw,
+            "stem": KEYS.stem,
+            "timestamp": KEYS.ts,
+        }
+    ]
     (run_dir / "run.yaml").write_text(yaml.safe_dump(cfg))
     return cfg
 
@@ -59,6 +77,7 @@ def tile(path, row):
 @pytest.fixture
 def offline(monkeypatch):
     """pystac's JSON-schema validator with every schema local (tests/test_stac.py); a network fetch fails."""
+
     def no_network(self, source, *args, **kwargs):
         raise AssertionError(f"validation wanted a schema from the network: {source}")
 
@@ -106,8 +125,12 @@ def test_a_delivery_gets_its_items_collection_and_capture_area(seed, buckets, se
         item = json.loads(out[stac.item_key(key)])
         assert len(valid(item, offline)) >= 6
         links = {link["rel"]: link["href"] for link in item["links"]}
-        assert links == {"self": f"s3://{OUTPUT_BUCKET}/{stac.item_key(key)}", "collection": collection_href,
-                         "parent": collection_href, "root": collection_href}
+        assert links == {
+            "self": f"s3://{OUTPUT_BUCKET}/{stac.item_key(key)}",
+            "collection": collection_href,
+            "parent": collection_href,
+            "root": collection_href,
+        }
         assert item["collection"] == "county/ortho"
         image, preview = item["assets"]["image"], item["assets"]["preview"]
         assert image["file:checksum"] == sha256_multihash(out[key]) and image["file:size"] == len(out[key])
@@ -121,7 +144,8 @@ def test_a_delivery_gets_its_items_collection_and_capture_area(seed, buckets, se
     valid(collection, offline)
     assert collection["id"] == "county/ortho" and collection["license"] == "CC-BY-4.0"
     assert [link["href"] for link in collection["links"] if link["rel"] == "item"] == [
-        f"s3://{OUTPUT_BUCKET}/{stac.item_key(k)}" for k in keys]
+        f"s3://{OUTPUT_BUCKET}/{stac.item_key(k)}" for k in keys
+    ]
     assert collection["assets"]["capture_area"]["href"] == "./ortho-capture-area-20261125-000000.geojson"
     area = json.loads(inp[KEYS.capture_area])
     assert area == json.loads((run_dir / "outcome" / "m1" / "ortho-capture-area-20261125-000000.geojson").read_bytes())
@@ -158,27 +182,34 @@ def write_batch(run_dir, outcomes):
     write_outcomes(run_dir / "status" / "m1" / "batch-00000.jsonl", outcomes)
 
 
-def test_a_failing_item_put_is_reported_keeps_the_outcomes_and_the_processing_file(seed, buckets, settings,
-                                                                                     tmp_path, monkeypatch):
+def test_a_failing_item_put_is_reported_keeps_the_outcomes_and_the_processing_file(
+    seed, buckets, settings, tmp_path, monkeypatch
+):
     keys = ["county/a.tif", "county/b.tif", "county/c.tif"]
     items = seed_converted(seed, tmp_path, keys)
     run_dir = tmp_path / f"workflow-run-{TS}"
     cfg = run_config(settings, run_dir, keys)
     seed.put_object(Bucket=INPUT_BUCKET, Key=KEYS.processing, Body=b"x")
-    write_batch(run_dir, [ImageOutcome(key=k, status=Status.OK, line=i + 1, bands="3", stac_item=items[k])
-                          for i, k in enumerate(keys)])
+    write_batch(
+        run_dir,
+        [ImageOutcome(key=k, status=Status.OK, line=i + 1, bands="3", stac_item=items[k]) for i, k in enumerate(keys)],
+    )
     put_bytes = s3.put_bytes
 
     def refuse_b(client, bucket, key, body, **kwargs):
         if key == "county/b.json":
             raise s3.botocore.exceptions.ClientError(
-                {"Error": {"Code": "SlowDown", "Message": "Please reduce your request rate."}}, "PutObject")
+                {"Error": {"Code": "SlowDown", "Message": "Please reduce your request rate."}}, "PutObject"
+            )
         return put_bytes(client, bucket, key, body, **kwargs)
 
     monkeypatch.setattr(delivery.s3, "put_bytes", refuse_b)
-    with pytest.raises(PipelineError, match=r"STAC is incomplete \(1 Item\(s\).*county/b.tif: cannot write "
-                                            r"county/b.json.*SlowDown.*county/ortho-processing-20261125-000000.csv "
-                                            r"was left in place"):
+    with pytest.raises(
+        PipelineError,
+        match=r"STAC is incomplete \(1 Item\(s\).*county/b.tif: cannot write "
+        r"county/b.json.*SlowDown.*county/ortho-processing-20261125-000000.csv "
+        r"was left in place",
+    ):
         aggregate.aggregate_manifest(cfg, run_dir, "m1")
     inp, out = all_objects(seed, INPUT_BUCKET), all_objects(seed, OUTPUT_BUCKET)
     assert inp[KEYS.processed] == b"county/a.tif,3\ncounty/b.tif,3\ncounty/c.tif,3\n"  # no outcome lost
@@ -210,8 +241,10 @@ def test_a_rerun_keeps_the_item_of_a_skipped_row_and_links_it(seed, buckets, set
     first = tmp_path / f"workflow-run-{TS}"
     cfg = run_config(settings, first, keys)
     seed.put_object(Bucket=INPUT_BUCKET, Key=KEYS.processing, Body=b"x")
-    write_batch(first, [ImageOutcome(key=k, status=Status.OK, line=i + 1, bands="3", stac_item=items[k])
-                        for i, k in enumerate(keys)])
+    write_batch(
+        first,
+        [ImageOutcome(key=k, status=Status.OK, line=i + 1, bands="3", stac_item=items[k]) for i, k in enumerate(keys)],
+    )
     aggregate.aggregate_manifest(cfg, first, "m1")
     kept = seed.get_object(Bucket=OUTPUT_BUCKET, Key="county/a.json")
     kept_body = kept["Body"].read()
@@ -223,9 +256,19 @@ def test_a_rerun_keeps_the_item_of_a_skipped_row_and_links_it(seed, buckets, set
     seed.put_object(Bucket=INPUT_BUCKET, Key=later.processing, Body=b"x")
     (tmp_path / "again").mkdir()
     b_again, _, _ = recorded_item(tmp_path / "again", "county/b.tif", 1)  # b converted again
-    write_batch(second, [ImageOutcome(key="county/a.tif", status=Status.SKIPPED, line=1, bands="3",
-                                      reason="outputs already made from this input"),
-                         ImageOutcome(key="county/b.tif", status=Status.OK, line=2, bands="3", stac_item=b_again)])
+    write_batch(
+        second,
+        [
+            ImageOutcome(
+                key="county/a.tif",
+                status=Status.SKIPPED,
+                line=1,
+                bands="3",
+                reason="outputs already made from this input",
+            ),
+            ImageOutcome(key="county/b.tif", status=Status.OK, line=2, bands="3", stac_item=b_again),
+        ],
+    )
     summary = aggregate.aggregate_manifest(cfg2, second, "m1")
     assert (summary["stac"]["items_uploaded"], summary["stac"]["items_kept"]) == (1, 1)
     again = seed.get_object(Bucket=OUTPUT_BUCKET, Key="county/a.json")
@@ -233,7 +276,9 @@ def test_a_rerun_keeps_the_item_of_a_skipped_row_and_links_it(seed, buckets, set
     collection = get_json(seed, INPUT_BUCKET, later.collection)
     valid(collection, offline)
     assert [lk["href"] for lk in collection["links"] if lk["rel"] == "item"] == [
-        f"s3://{OUTPUT_BUCKET}/county/a.json", f"s3://{OUTPUT_BUCKET}/county/b.json"]
+        f"s3://{OUTPUT_BUCKET}/county/a.json",
+        f"s3://{OUTPUT_BUCKET}/county/b.json",
+    ]
     area = shapely.geometry.shape(get_json(seed, INPUT_BUCKET, later.capture_area)["geometry"])
     assert area.buffer(1e-7).contains(shapely.geometry.shape(json.loads(kept_body)["geometry"]))
     assert get_json(seed, INPUT_BUCKET, KEYS.collection)["id"] == collection["id"]  # the first run's stays
@@ -245,25 +290,35 @@ def test_rows_without_an_item_are_named_but_do_not_hold_the_manifest(seed, bucke
     run_dir = tmp_path / f"workflow-run-{TS}"
     cfg = run_config(settings, run_dir, keys)
     seed.put_object(Bucket=INPUT_BUCKET, Key=KEYS.processing, Body=b"x")
-    write_batch(run_dir, [ImageOutcome(key="county/a.tif", status=Status.OK, line=1, bands="3",
-                                       stac_item=items["county/a.tif"]),
-                          ImageOutcome(key="county/nocrs.tif", status=Status.OK, line=2, bands="3"),
-                          ImageOutcome(key="county/old.tif", status=Status.SKIPPED, line=3, bands="3")])
+    write_batch(
+        run_dir,
+        [
+            ImageOutcome(key="county/a.tif", status=Status.OK, line=1, bands="3", stac_item=items["county/a.tif"]),
+            ImageOutcome(key="county/nocrs.tif", status=Status.OK, line=2, bands="3"),
+            ImageOutcome(key="county/old.tif", status=Status.SKIPPED, line=3, bands="3"),
+        ],
+    )
     summary = aggregate.aggregate_manifest(cfg, run_dir, "m1")
     assert summary["finished"] and summary["stac"]["complete"]
     assert [(w["key"], w["reason"].split(" (")[0].split(":")[0]) for w in summary["stac"]["without_item"]] == [
         ("county/nocrs.tif", "its batch job recorded no STAC Item"),
-        ("county/old.tif", "skipped")]
-    assert "no STAC Item for county/old.tif: skipped (outputs already made) and no county/old.json" in \
-        "\n".join(summary["notes"])
+        ("county/old.tif", "skipped"),
+    ]
+    assert "no STAC Item for county/old.tif: skipped (outputs already made) and no county/old.json" in "\n".join(
+        summary["notes"]
+    )
     assert sorted(k for k in all_objects(seed, OUTPUT_BUCKET) if k.endswith(".json")) == ["county/a.json"]
 
 
 def test_items_in_two_crss_get_a_collection_but_no_capture_area(seed, buckets, settings, tmp_path):
     keys = ["a.tif", "utm.tif"]
     items = seed_converted(seed, tmp_path, keys)
-    utm = make_tif(tmp_path / "utm.tif", np.ones((1, 32, 32), np.uint8), crs="EPSG:32760",
-                   transform=Affine(10, 0, 300_000, 0, -10, 5_500_000))
+    utm = make_tif(
+        tmp_path / "utm.tif",
+        np.ones((1, 32, 32), np.uint8),
+        crs="EPSG:32760",
+        transform=Affine(10, 0, 300_000, 0, -10, 5_500_000),
+    )
     items["utm.tif"] = stac.item_for("utm.tif", read_header(utm), stac.file_info(utm), None).to_dict()
     client = s3.make_client(settings)
     rows = [delivery.StacRow(k, items[k]) for k in keys]
@@ -275,8 +330,10 @@ def test_items_in_two_crss_get_a_collection_but_no_capture_area(seed, buckets, s
 
 
 def test_the_new_objects_are_the_pipelines_own():
-    assert (KEYS.collection, KEYS.capture_area) == ("county/ortho-collection-20261125-000000.json",
-                                                    "county/ortho-capture-area-20261125-000000.geojson")
+    assert (KEYS.collection, KEYS.capture_area) == (
+        "county/ortho-collection-20261125-000000.json",
+        "county/ortho-capture-area-20261125-000000.geojson",
+    )
     assert KEYS.collection_id == "county/ortho"
     assert is_pipeline_object("x-collection-20261125-000000.json")
     assert is_pipeline_object("x-capture-area-20261125-000000.geojson")

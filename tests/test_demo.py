@@ -14,8 +14,9 @@ from cog_pipeline.ui import demo
 def test_generated_samples_make_no_gdal_error_and_are_what_they_say(tmp_path, caplog):
     with caplog.at_level(logging.DEBUG):
         files = demo.sample_files(tmp_path)
-    gdal = [r.getMessage() for r in caplog.records if "GDAL signalled" in r.getMessage() or "TIFFSetField" in
-            r.getMessage()]
+    gdal = [
+        r.getMessage() for r in caplog.records if "GDAL signalled" in r.getMessage() or "TIFFSetField" in r.getMessage()
+    ]
     assert gdal == [], gdal
     with rasterio.open(files["imagery/landuse/paletted.tif"]) as src:
         assert src.colorinterp[0].name == "palette" and src.colormap(1)[3][:3] == (220, 20, 60)

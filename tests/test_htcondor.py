@@ -48,6 +48,7 @@ ROWS_M1, ROWS_M2 = 45, 3
 # helpers
 # ---------------------------------------------------------------------------------------------
 
+
 def job_ad(description, cluster: int = 4242):
     """The job ClassAd HTCondor makes of a submit description (text of htcondor2.Submit), as a classad2 ad."""
     ad = next(iter(htcondor.Submit(str(description)).jobs(count=1, clusterid=cluster)))
@@ -60,7 +61,7 @@ def parse_v2(raw: str) -> list[str]:
     while i < len(raw):
         c = raw[i]
         if quoted:
-            if c == "'" and raw[i + 1:i + 2] == "'":
+            if c == "'" and raw[i + 1 : i + 2] == "'":
                 cur.append("'")
                 i += 2
                 continue
@@ -154,17 +155,35 @@ def run_dir(tmp_path, keys, ca_bundle):
     for mid, stem, rows in (("m1", "county/a-", ROWS_M1), ("m2", "b-", ROWS_M2)):
         name = f"{stem.rsplit('/', 1)[-1]}processing-{RUN_ID}.csv"
         (run / "manifests" / name).write_text("".join(f"{stem}img_{i}.tif,3\n" for i in range(rows)))
-        manifests.append({"id": mid, "csv": f"manifests/{name}", "key": f"{stem}processing-{RUN_ID}.csv",
-                          "raw_key": f"{stem}raw.csv", "stem": stem, "timestamp": RUN_ID})
-    config = {"run_id": RUN_ID, "pattern": PATTERN,
-              "s3": {"endpoint_url": "http://127.0.0.1:9", "region": "us-east-1", "input_bucket": "in-bucket",
-                     "output_bucket": "out-bucket", "access_key_file": str(keys[0]),
-                     "secret_key_file": str(keys[1]), "ca_bundle": str(ca_bundle), "checksums": "auto",
-                     "delete_fallback": "refuse",
-                     # the key files go with the jobs (the default on a pool, presigned, sends none:
-                     # tests/faults/test_faults_secrets.py)
-                     "transfer": "direct"},
-              "manifests": manifests}
+        manifests.append(
+            {
+                "id": mid,
+                "csv": f"manifests/{name}",
+                "key": f"{stem}processing-{RUN_ID}.csv",
+                "raw_key": f"{stem}raw.csv",
+                "stem": stem,
+                "timestamp": RUN_ID,
+            }
+        )
+    config = {
+        "run_id": RUN_ID,
+        "pattern": PATTERN,
+        "s3": {
+            "endpoint_url": "http://127.0.0.1:9",
+            "region": "us-east-1",
+            "input_bucket": "in-bucket",
+            "output_bucket": "out-bucket",
+            "access_key_file": str(keys[0]),
+            "secret_key_file": str(keys[1]),
+            "ca_bundle": str(ca_bundle),
+            "checksums": "auto",
+            "delete_fallback": "refuse",
+            # the key files go with the jobs (the default on a pool, presigned, sends none:
+            # tests/faults/test_faults_secrets.py)
+            "transfer": "direct",
+        },
+        "manifests": manifests,
+    }
     (run / "run.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     return run
 
@@ -175,13 +194,27 @@ def expected_batches() -> int:
 
 
 def tick_argv(keys) -> list[str]:
-    return ["tick", "--input-bucket", "in-bucket", "--output-bucket", "out-bucket", "-p", PATTERN,
-            "-a", str(keys[0]), "-s", str(keys[1]), "-e", "s3.example.org"]
+    return [
+        "tick",
+        "--input-bucket",
+        "in-bucket",
+        "--output-bucket",
+        "out-bucket",
+        "-p",
+        PATTERN,
+        "-a",
+        str(keys[0]),
+        "-s",
+        str(keys[1]),
+        "-e",
+        "s3.example.org",
+    ]
 
 
 # ---------------------------------------------------------------------------------------------
 # the Crondor
 # ---------------------------------------------------------------------------------------------
+
 
 def test_crondor_description(tmp_path, keys):
     desc = h.crondor_submit(tick_argv=tick_argv(keys), pattern=PATTERN, workdir=tmp_path)
@@ -190,7 +223,12 @@ def test_crondor_description(tmp_path, keys):
     assert ad["JobUniverse"] == 12  # local
     assert ad["Cmd"] == str(h.entry_point()) and Path(ad["Cmd"]).is_absolute()
     assert (ad["CronMinute"], ad["CronHour"], ad["CronDayOfMonth"], ad["CronMonth"], ad["CronDayOfWeek"]) == (
-        "*/15", "*", "*", "*", "*")
+        "*/15",
+        "*",
+        "*",
+        "*",
+        "*",
+    )
     assert ad["OnExitRemove"] is False
     assert ad["JobBatchName"] == "COG-Pipeline-Crondor-*raw.csv"
     assert ad["Iwd"] == str(tmp_path.resolve())
@@ -213,8 +251,9 @@ def test_crondor_description(tmp_path, keys):
     assert_no_secret(str(desc), str(ad))
 
 
-@pytest.mark.parametrize("every, minute, hour", [(15, "*/15", "*"), (5, "*/5", "*"), (60, "0", "*/1"),
-                                                 (120, "0", "*/2"), (1440, "0", "0")])
+@pytest.mark.parametrize(
+    "every, minute, hour", [(15, "*/15", "*"), (5, "*/5", "*"), (60, "0", "*/1"), (120, "0", "*/2"), (1440, "0", "0")]
+)
 def test_crondor_every(tmp_path, keys, every, minute, hour):
     ad = job_ad(h.crondor_submit(tick_argv=tick_argv(keys), pattern=PATTERN, workdir=tmp_path, every_minutes=every))
     assert (ad["CronMinute"], ad["CronHour"]) == (minute, hour)
@@ -252,7 +291,7 @@ def test_tick_arguments_force_htcondor_and_check_pattern(tmp_path, keys):
         h.tick_arguments(tick_argv(keys), "*other.csv", tmp_path)
 
 
-@pytest.mark.parametrize("pattern", ['*ra"w $(X) \'q\'.csv', "dir with space/*raw.csv", "*ré-ü.csv"])
+@pytest.mark.parametrize("pattern", ["*ra\"w $(X) 'q'.csv", "dir with space/*raw.csv", "*ré-ü.csv"])
 def test_awkward_patterns_round_trip(tmp_path, keys, pattern):
     argv = [a if a != PATTERN else pattern for a in tick_argv(keys)]
     ad = job_ad(h.crondor_submit(tick_argv=argv, pattern=pattern, workdir=tmp_path))
@@ -274,20 +313,33 @@ def test_newlines_and_backslashes_are_refused(tmp_path, keys):
 # the driver
 # ---------------------------------------------------------------------------------------------
 
+
 def test_driver_description(run_dir):
     drive_argv = ["drive", str(run_dir), "--executor", "htcondor"]
     desc = h.driver_submit(run_dir=run_dir, pattern=PATTERN, run_id=RUN_ID, drive_argv=drive_argv)
     ad = job_ad(desc, cluster=99)
     assert ad["JobUniverse"] == 12
     assert ad["Cmd"] == sys.executable
-    assert parse_v2(ad["Arguments"]) == ["-m", "cog_pipeline.htcondor", "supervise", "--run-id", RUN_ID, "--",
-                                         str(h.entry_point()), *drive_argv]
+    assert parse_v2(ad["Arguments"]) == [
+        "-m",
+        "cog_pipeline.htcondor",
+        "supervise",
+        "--run-id",
+        RUN_ID,
+        "--",
+        str(h.entry_point()),
+        *drive_argv,
+    ]
     assert ad["Iwd"] == str(run_dir.resolve())
     for attr, ext in (("UserLog", "log"), ("Out", "out"), ("Err", "err")):
         assert ad[attr] == str(run_dir.resolve() / "logs" / f"driver_99.{ext}")
     assert ad["JobBatchName"] == "COG-Pipeline-DAG-*raw.csv"
     assert (ad["CogPipeline"], ad["CogPipelinePattern"], ad["CogPipelineRole"], ad["CogPipelineRun"]) == (
-        True, PATTERN, "driver", RUN_ID)
+        True,
+        PATTERN,
+        "driver",
+        RUN_ID,
+    )
     assert matches(h.run_constraint(RUN_ID), ad) and matches(h.pattern_constraint(PATTERN), ad)
     assert not matches(h.run_constraint("20260101-000001"), ad)
     assert "CronMinute" not in ad and ad.get("OnExitRemove", True) is True  # runs once, leaves the queue
@@ -299,8 +351,11 @@ def test_driver_description(run_dir):
 # no schedd: clear errors, no traceback
 # ---------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", ["check_schedd", "submit", "start_crondor", "stop_pipeline", "submit_driver",
-                                  "cleanup_run", "apply_hold_policy"])
+
+@pytest.mark.parametrize(
+    "name",
+    ["check_schedd", "submit", "start_crondor", "stop_pipeline", "submit_driver", "cleanup_run", "apply_hold_policy"],
+)
 def test_no_schedd_raises_pipeline_error(name, tmp_path, keys, run_dir):
     calls = {
         "check_schedd": h.check_schedd,
@@ -311,14 +366,22 @@ def test_no_schedd_raises_pipeline_error(name, tmp_path, keys, run_dir):
         "cleanup_run": lambda: h.cleanup_run(RUN_ID),
         "apply_hold_policy": lambda: h.apply_hold_policy(RUN_ID),
     }
-    with pytest.raises(PipelineError, match=r"^No HTCondor schedd reachable \(is this an access point\? "
-                                            r"is CONDOR_CONFIG set\?\): .+"):
+    with pytest.raises(
+        PipelineError,
+        match=r"^No HTCondor schedd reachable \(is this an access point\? "
+        r"is CONDOR_CONFIG set\?\): .+",
+    ):
         calls[name]()
 
 
 def test_no_schedd_command_line_has_no_traceback(run_dir):
-    result = subprocess.run([sys.executable, "-m", "cog_pipeline.htcondor", "submit-driver", str(run_dir)],
-                            capture_output=True, text=True, env=clean_env(), timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "cog_pipeline.htcondor", "submit-driver", str(run_dir)],
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        timeout=120,
+    )
     assert result.returncode == 2
     assert result.stderr.startswith("error: No HTCondor schedd reachable")
     assert "Traceback" not in result.stderr
@@ -328,30 +391,42 @@ def test_no_schedd_command_line_has_no_traceback(run_dir):
 # hold policy (evaluated by classad2 as the schedd would)
 # ---------------------------------------------------------------------------------------------
 
-def held_ad(policy: h.HoldPolicy, *, holds: int, held_for: int, cluster: int = 10, code: int = 13,
-            status: int = h.HELD):
+
+def held_ad(
+    policy: h.HoldPolicy, *, holds: int, held_for: int, cluster: int = 10, code: int = 13, status: int = h.HELD
+):
     ad = classad2.ClassAd()
     now = int(classad2.ExprTree("time()").eval())
-    ad.update({"JobStatus": status, "HoldReasonCode": code, "NumHolds": holds, "ClusterId": cluster,
-               "EnteredCurrentStatus": now - held_for})
+    ad.update(
+        {
+            "JobStatus": status,
+            "HoldReasonCode": code,
+            "NumHolds": holds,
+            "ClusterId": cluster,
+            "EnteredCurrentStatus": now - held_for,
+        }
+    )
     ad["PeriodicRelease"] = classad2.ExprTree(policy.release_expression())
     ad["PeriodicRemove"] = classad2.ExprTree(policy.remove_expression())
     return ad
 
 
-@pytest.mark.parametrize("holds, held_for, cluster, release, remove", [
-    (1, 30, 10, False, False),    # first hold: waits 60 s (cluster 10 -> no jitter)
-    (1, 61, 10, True, False),
-    (1, 61, 12, False, False),    # cluster 12 -> +2 * 15 s jitter
-    (1, 91, 12, True, False),
-    (2, 100, 10, False, False),   # second hold: 120 s
-    (2, 121, 10, True, False),
-    (3, 241, 10, True, False),    # 240 s
-    (4, 479, 10, False, False),   # 480 s (cap)
-    (4, 481, 10, True, False),
-    (5, 10, 10, False, True),     # 5th hold: removed, never released
-    (2, 901, 10, True, True),     # held too long: removed before the plugin's held timeout
-])
+@pytest.mark.parametrize(
+    "holds, held_for, cluster, release, remove",
+    [
+        (1, 30, 10, False, False),  # first hold: waits 60 s (cluster 10 -> no jitter)
+        (1, 61, 10, True, False),
+        (1, 61, 12, False, False),  # cluster 12 -> +2 * 15 s jitter
+        (1, 91, 12, True, False),
+        (2, 100, 10, False, False),  # second hold: 120 s
+        (2, 121, 10, True, False),
+        (3, 241, 10, True, False),  # 240 s
+        (4, 479, 10, False, False),  # 480 s (cap)
+        (4, 481, 10, True, False),
+        (5, 10, 10, False, True),  # 5th hold: removed, never released
+        (2, 901, 10, True, True),  # held too long: removed before the plugin's held timeout
+    ],
+)
 def test_hold_policy_backoff(holds, held_for, cluster, release, remove):
     ad = held_ad(h.HoldPolicy(), holds=holds, held_for=held_for, cluster=cluster)
     assert ad.eval("PeriodicRelease") is release
@@ -376,6 +451,7 @@ def test_profile_held_timeout_exceeds_hold_policy():
 # ---------------------------------------------------------------------------------------------
 # settings and software delivery
 # ---------------------------------------------------------------------------------------------
+
 
 def write_settings(tmp_path, monkeypatch, **software) -> Path:
     data = yaml.safe_load(h.DEFAULT_SETTINGS.read_text())
@@ -416,13 +492,16 @@ def test_software_container(tmp_path, monkeypatch):
     assert plan.wrapper_env["COG_PIPELINE_PYTHON"] == "python3"
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"software": {"mode": "conda"}}, "software.mode"),
-    ({"software": {"colour": "red"}}, "unknown settings"),
-    ({"hold_policy": {"max_holds": "many"}}, "whole numbers"),
-    ({"hold_policy": {"remove_after_held_seconds": 300}}, "longest backoff"),
-    ({"hold_policy": {"remove_after_held_seconds": 5000}}, "htcondor-held-timeout"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"software": {"mode": "conda"}}, "software.mode"),
+        ({"software": {"colour": "red"}}, "unknown settings"),
+        ({"hold_policy": {"max_holds": "many"}}, "whole numbers"),
+        ({"hold_policy": {"remove_after_held_seconds": 300}}, "longest backoff"),
+        ({"hold_policy": {"remove_after_held_seconds": 5000}}, "htcondor-held-timeout"),
+    ],
+)
 def test_bad_settings_are_reported(tmp_path, monkeypatch, change, message):
     data = yaml.safe_load(h.DEFAULT_SETTINGS.read_text())
     for section, values in change.items():
@@ -438,11 +517,19 @@ def test_bad_settings_are_reported(tmp_path, monkeypatch, change, message):
 # the run directory and Snakemake's arguments
 # ---------------------------------------------------------------------------------------------
 
+
 def test_stage_workflow(run_dir):
     stage = h.stage_workflow(run_dir)
     assert stage == run_dir.resolve() / "workflow"
-    for rel in ("Snakefile", "rules", "scripts", "config/config.yaml", "config/config.schema.yaml",
-                "cog_pipeline/__init__.py", "cog_pipeline/htcondor/__main__.py"):
+    for rel in (
+        "Snakefile",
+        "rules",
+        "scripts",
+        "config/config.yaml",
+        "config/config.schema.yaml",
+        "cog_pipeline/__init__.py",
+        "cog_pipeline/htcondor/__main__.py",
+    ):
         assert (stage / rel).exists(), rel
     assert os.access(stage / "job-wrapper.sh", os.X_OK)
     assert not (stage / "cog_pipeline" / "samples").exists()
@@ -486,8 +573,12 @@ def test_snakemake_args(run_dir, keys, ca_bundle):
     profile = h.profile_default_resources()
     assert res["job_wrapper"] == profile["job_wrapper"] == "workflow/job-wrapper.sh"
     assert res["htcondor_request_mem_mb"] == profile["htcondor_request_mem_mb"]
-    assert (res["classad_CogPipeline"], res["classad_CogPipelineRole"], res["classad_CogPipelinePattern"],
-            res["classad_CogPipelineRun"]) == (True, "job", PATTERN, RUN_ID)
+    assert (
+        res["classad_CogPipeline"],
+        res["classad_CogPipelineRole"],
+        res["classad_CogPipelinePattern"],
+        res["classad_CogPipelineRun"],
+    ) == (True, "job", PATTERN, RUN_ID)
     transfer = res["htcondor_transfer_input_files"].split(",")
     assert str(keys[0]) in transfer and str(keys[1]) in transfer
     assert str(ca_bundle) in transfer  # the site CA reaches every batch job, by file name
@@ -513,9 +604,11 @@ def test_key_files_must_be_transferable(run_dir, tmp_path):
     other = tmp_path / "other"
     other.mkdir()
     (other / "access.key").write_text("x")
-    for bad, message in ((str(other / "access.key"), "names must differ"),
-                         (str(tmp_path / "missing.key"), "not found"),
-                         (str(tmp_path / "a,b.key"), "without spaces or commas")):
+    for bad, message in (
+        (str(other / "access.key"), "names must differ"),
+        (str(tmp_path / "missing.key"), "not found"),
+        (str(tmp_path / "a,b.key"), "without spaces or commas"),
+    ):
         config["s3"]["secret_key_file"] = bad
         (run_dir / "run.yaml").write_text(yaml.safe_dump(config))
         with pytest.raises(PipelineError, match=message):
@@ -528,11 +621,13 @@ def test_ca_bundle_must_be_transferable(run_dir, tmp_path):
     other.mkdir()
     (other / "secret.key").write_text("not a CA")
     (other / "run.yaml").write_text("not a CA")
-    for bad, message in ((str(other / "secret.key"), "names must differ"),  # a key file's name
-                         (str(other / "run.yaml"), "names must differ"),  # a name the job's directory has
-                         (str(tmp_path / "missing-ca.pem"), r"CA bundle .*missing-ca\.pem \(--ca-bundle\) not found"),
-                         (str(tmp_path / "a,b.pem"), "without spaces or commas"),
-                         ("relative-ca.pem", "absolute path")):
+    for bad, message in (
+        (str(other / "secret.key"), "names must differ"),  # a key file's name
+        (str(other / "run.yaml"), "names must differ"),  # a name the job's directory has
+        (str(tmp_path / "missing-ca.pem"), r"CA bundle .*missing-ca\.pem \(--ca-bundle\) not found"),
+        (str(tmp_path / "a,b.pem"), "without spaces or commas"),
+        ("relative-ca.pem", "absolute path"),
+    ):
         config["s3"]["ca_bundle"] = bad
         (run_dir / "run.yaml").write_text(yaml.safe_dump(config))
         with pytest.raises(PipelineError, match=message):
@@ -567,6 +662,7 @@ def test_ca_bundle_resolves_to_the_transferred_copy(run_dir, ca_bundle, tmp_path
 # Snakemake: dry runs with the profile, and what the plugin would submit
 # ---------------------------------------------------------------------------------------------
 
+
 def planned_jobs(output: str) -> dict[str, int]:
     counts, in_table = {}, False
     for line in output.splitlines():
@@ -585,8 +681,18 @@ def planned_jobs(output: str) -> dict[str, int]:
 @pytest.mark.slow
 def test_manual_dry_run_with_profile(run_dir):
     """The documented manual command: no schedd needed, one convert_batch job per batch."""
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(WORKFLOW_DIR / "Snakefile"),
-           "--profile", str(h.PROFILE_DIR), "-n", "--jobs", "3"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(WORKFLOW_DIR / "Snakefile"),
+        "--profile",
+        str(h.PROFILE_DIR),
+        "-n",
+        "--jobs",
+        "3",
+    ]
     result = subprocess.run(cmd, cwd=run_dir, capture_output=True, text=True, env=clean_env(), timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     counts = planned_jobs(result.stdout + result.stderr)
@@ -637,8 +743,9 @@ def plugin_description(run_dir, tmp_path):
     cmd = driver.snakemake_command(run_dir, "htcondor", 2, ["--jobs", "1", "status/m1/batch-00001.jsonl"])
     assert cmd[1:3] == ["-m", "snakemake"]
     cmd[1:3] = [str(script)]
-    result = subprocess.run(cmd, cwd=run_dir, capture_output=True, text=True, timeout=300,
-                            env=clean_env(CAPTURE_FILE=str(capture)))
+    result = subprocess.run(
+        cmd, cwd=run_dir, capture_output=True, text=True, timeout=300, env=clean_env(CAPTURE_FILE=str(capture))
+    )
     output = result.stdout + result.stderr
     assert result.returncode != 0 and "capture only: nothing was submitted" in output, output
     texts = [json.loads(line) for line in capture.read_text().splitlines()]
@@ -657,9 +764,16 @@ def test_plugin_job_description(plugin_description, run_dir, keys, ca_bundle, mo
     assert option(args, "--directory") == "."  # not the access point's path
     assert ad["ShouldTransferFiles"] == "YES" and ad["PreserveRelativePaths"] is True
     transfer_in = [p.strip() for p in ad["TransferInput"].split(",")]
-    for rel in ("run.yaml", "workflow/Snakefile", "workflow/config/config.yaml", "workflow/rules",
-                "workflow/cog_pipeline", "workflow/job-wrapper.sh", "workflow/job.env",
-                f"manifests/a-processing-{RUN_ID}.csv"):
+    for rel in (
+        "run.yaml",
+        "workflow/Snakefile",
+        "workflow/config/config.yaml",
+        "workflow/rules",
+        "workflow/cog_pipeline",
+        "workflow/job-wrapper.sh",
+        "workflow/job.env",
+        f"manifests/a-processing-{RUN_ID}.csv",
+    ):
         assert rel in transfer_in, rel
     assert str(keys[0]) in transfer_in and str(keys[1]) in transfer_in
     assert str(ca_bundle) in transfer_in  # the site CA goes to the execute point with the keys
@@ -667,7 +781,11 @@ def test_plugin_job_description(plugin_description, run_dir, keys, ca_bundle, mo
     transfer_out = [p.strip() for p in ad["TransferOutput"].split(",")]
     assert sorted(transfer_out) == ["logs/convert/m1/batch-00001.log", "status/m1/batch-00001.jsonl"]
     assert (ad["CogPipeline"], ad["CogPipelineRole"], ad["CogPipelinePattern"], ad["CogPipelineRun"]) == (
-        True, "job", PATTERN, RUN_ID)
+        True,
+        "job",
+        PATTERN,
+        RUN_ID,
+    )
     assert matches(h.run_constraint(RUN_ID), ad) and matches(h.pattern_constraint(PATTERN), ad)
     assert ad["RequestCpus"] >= 1 and ad["RequestMemory"] > 0 and ad["RequestDisk"] > 0
     env = ad["Environment"]
@@ -718,8 +836,14 @@ def scratch(tmp_path, run_dir):
 def run_wrapper(scratch: Path, job_env: dict[str, str]) -> subprocess.CompletedProcess:
     h.write_job_env(scratch / "workflow", {**job_env, "COG_PIPELINE_PRIVATE_FILES": "access.key"})
     env = {"PATH": '"/usr/bin:/bin"', "SCRATCH": str(scratch), "_CONDOR_JOB_AD": str(scratch / ".job.ad")}
-    return subprocess.run(["workflow/job-wrapper.sh", "--snakefile", "workflow/Snakefile", "--cores", "2"],
-                          cwd=scratch, env=env, capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        ["workflow/job-wrapper.sh", "--snakefile", "workflow/Snakefile", "--cores", "2"],
+        cwd=scratch,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def fake_python(path: Path, code: int) -> Path:
@@ -784,13 +908,30 @@ def test_wrapper_missing_tarball_fails_without_hold(scratch):
 # the command line (start / stop) without a schedd
 # ---------------------------------------------------------------------------------------------
 
+
 def test_cli_start_and_stop_without_schedd(buckets, s3_server, key_files, tmp_path, capsys):
     from cog_pipeline.ui.cli import main
     from conftest import INPUT_BUCKET, OUTPUT_BUCKET
 
-    code = main(["start", "-a", str(key_files[0]), "-s", str(key_files[1]), "-e", s3_server,
-                 "--input-bucket", INPUT_BUCKET, "--output-bucket", OUTPUT_BUCKET, "--workdir", str(tmp_path),
-                 "--max-running", "5"])
+    code = main(
+        [
+            "start",
+            "-a",
+            str(key_files[0]),
+            "-s",
+            str(key_files[1]),
+            "-e",
+            s3_server,
+            "--input-bucket",
+            INPUT_BUCKET,
+            "--output-bucket",
+            OUTPUT_BUCKET,
+            "--workdir",
+            str(tmp_path),
+            "--max-running",
+            "5",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "error: No HTCondor schedd reachable" in err and "Traceback" not in err
     assert main(["stop", "-p", PATTERN]) == 2
@@ -820,9 +961,28 @@ def test_cli_start_gives_the_crondor_the_s3_settings(given, keys, ca_bundle, tmp
     extra = ["--ca-bundle", ca_bundle.name] if given == "flag" else []
     if given == "environment":
         monkeypatch.setenv("AWS_CA_BUNDLE", ca_bundle.name)  # relative to where start runs
-    code = main(["start", "-a", str(keys[0]), "-s", str(keys[1]), "-e", "s3.example.org",
-                 "--input-bucket", "in-bucket", "--output-bucket", "out-bucket", "--workdir", str(tmp_path),
-                 "--checksums", "when_required", "--delete-fallback", "verify-first", *extra])
+    code = main(
+        [
+            "start",
+            "-a",
+            str(keys[0]),
+            "-s",
+            str(keys[1]),
+            "-e",
+            "s3.example.org",
+            "--input-bucket",
+            "in-bucket",
+            "--output-bucket",
+            "out-bucket",
+            "--workdir",
+            str(tmp_path),
+            "--checksums",
+            "when_required",
+            "--delete-fallback",
+            "verify-first",
+            *extra,
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     ad = job_ad(submitted[0], cluster=31)
     args = parse_v2(ad["Arguments"])
@@ -839,10 +999,15 @@ def test_cli_start_gives_the_crondor_the_s3_settings(given, keys, ca_bundle, tmp
 # the driver's supervisor (its schedd calls fail here: reported, never fatal)
 # ---------------------------------------------------------------------------------------------
 
+
 def supervise(*command: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "cog_pipeline.htcondor", "supervise", "--run-id", RUN_ID,
-                             "--", *command], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=clean_env())
+    return subprocess.Popen(
+        [sys.executable, "-m", "cog_pipeline.htcondor", "supervise", "--run-id", RUN_ID, "--", *command],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=clean_env(),
+    )
 
 
 def test_supervisor_returns_the_driver_status():
@@ -855,9 +1020,11 @@ def test_supervisor_returns_the_driver_status():
 
 def test_supervisor_forwards_sigterm_to_the_driver(tmp_path):
     marker = tmp_path / "terminated"
-    child = (f"import signal, sys, time\n"
-             f"def bye(*_):\n    open({str(marker)!r}, 'w').close(); sys.exit(143)\n"
-             f"signal.signal(signal.SIGTERM, bye)\nprint('ready', flush=True)\ntime.sleep(60)\n")
+    child = (
+        f"import signal, sys, time\n"
+        f"def bye(*_):\n    open({str(marker)!r}, 'w').close(); sys.exit(143)\n"
+        f"signal.signal(signal.SIGTERM, bye)\nprint('ready', flush=True)\ntime.sleep(60)\n"
+    )
     proc = supervise(sys.executable, "-c", child)
     assert proc.stdout.readline().strip() == "ready"
     proc.terminate()  # what condor_rm does to a local-universe job
@@ -921,11 +1088,28 @@ def test_a_pool_run_is_left_alone_when_no_schedd_answers(no_schedd):
 def test_supervisor_in_a_job_leaves_running_jobs_when_the_schedd_goes_away(tmp_path):
     ad = tmp_path / ".job.ad"
     ad.write_text("ClusterId = 39\nProcId = 0\n")
-    child = "import signal, sys, time\nsignal.signal(signal.SIGTERM, lambda *_: sys.exit(143))\n" \
-            "print('ready', flush=True)\ntime.sleep(60)\n"
-    proc = subprocess.Popen([sys.executable, "-m", "cog_pipeline.htcondor", "supervise", "--run-id", RUN_ID,
-                             "--", sys.executable, "-c", child], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=clean_env(_CONDOR_JOB_AD=str(ad)))
+    child = (
+        "import signal, sys, time\nsignal.signal(signal.SIGTERM, lambda *_: sys.exit(143))\n"
+        "print('ready', flush=True)\ntime.sleep(60)\n"
+    )
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cog_pipeline.htcondor",
+            "supervise",
+            "--run-id",
+            RUN_ID,
+            "--",
+            sys.executable,
+            "-c",
+            child,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=clean_env(_CONDOR_JOB_AD=str(ad)),
+    )
     assert proc.stdout.readline().strip() == "ready"
     proc.terminate()
     _, err = proc.communicate(timeout=60)
@@ -939,12 +1123,30 @@ def test_supervisor_messages_survive_a_restarted_driver(tmp_path):
     (tmp_path / "logs").mkdir()
     ad = tmp_path / ".job.ad"
     ad.write_text("ClusterId = 39\nProcId = 0\n")
-    child = "import signal, sys, time\nsignal.signal(signal.SIGTERM, lambda *_: sys.exit(143))\n" \
-            "print('ready', flush=True)\ntime.sleep(60)\n"
+    child = (
+        "import signal, sys, time\nsignal.signal(signal.SIGTERM, lambda *_: sys.exit(143))\n"
+        "print('ready', flush=True)\ntime.sleep(60)\n"
+    )
     for _start in range(2):
-        proc = subprocess.Popen([sys.executable, "-m", "cog_pipeline.htcondor", "supervise", "--run-id", RUN_ID,
-                                 "--", sys.executable, "-c", child], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True, cwd=tmp_path, env=clean_env(_CONDOR_JOB_AD=str(ad)))
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "cog_pipeline.htcondor",
+                "supervise",
+                "--run-id",
+                RUN_ID,
+                "--",
+                sys.executable,
+                "-c",
+                child,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=tmp_path,
+            env=clean_env(_CONDOR_JOB_AD=str(ad)),
+        )
         assert proc.stdout.readline().strip() == "ready"
         proc.terminate()
         proc.communicate(timeout=60)

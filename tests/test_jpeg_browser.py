@@ -15,12 +15,18 @@ from test_jpegstrips import image, one_shot, strips
 def test_browser_decodes_a_strip_jpeg_like_a_one_shot_jpeg(page, tmp_path):  # noqa: F811
     height, width = 203, 157
     pixels = image(height, width, 3, seed=9)
-    files = {"s": strips(pixels, 32),  # 7 strips, 6 restart markers
-             "w": one_shot(pixels),
-             "b": strips(pixels, 32)[:-4000]}  # control: a damaged file
+    files = {
+        "s": strips(pixels, 32),  # 7 strips, 6 restart markers
+        "w": one_shot(pixels),
+        "b": strips(pixels, 32)[:-4000],
+    }  # control: a damaged file
     # data: URIs (a file: image would taint the canvas and hide its pixels)
-    (tmp_path / "page.html").write_text("<!DOCTYPE html>" + "".join(
-        f'<img id="{k}" src="data:image/jpeg;base64,{base64.b64encode(v).decode()}">' for k, v in files.items()))
+    (tmp_path / "page.html").write_text(
+        "<!DOCTYPE html>"
+        + "".join(
+            f'<img id="{k}" src="data:image/jpeg;base64,{base64.b64encode(v).decode()}">' for k, v in files.items()
+        )
+    )
     page.open((tmp_path / "page.html").as_uri())
     script = """(() => {
       const read = id => { const i = document.getElementById(id);

@@ -20,10 +20,12 @@ def image(height: int, width: int, components: int, seed: int = 1) -> np.ndarray
     """Smooth gradients plus noise and sharp edges (what a preview looks like, and hard for JPEG)."""
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:height, 0:width]
-    planes = [((x * 255 // max(1, width - 1) + y * (c + 1)) % 256 + rng.integers(-20, 20, (height, width))).clip(0, 255)
-              for c in range(components)]
+    planes = [
+        ((x * 255 // max(1, width - 1) + y * (c + 1)) % 256 + rng.integers(-20, 20, (height, width))).clip(0, 255)
+        for c in range(components)
+    ]
     out = np.stack(planes, axis=-1).astype(np.uint8)
-    out[height // 3:height // 2, width // 4:width // 2] = 255
+    out[height // 3 : height // 2, width // 4 : width // 2] = 255
     return out[..., 0] if components == 1 else out
 
 
@@ -32,7 +34,7 @@ def strips(pixels: np.ndarray, rows: int, quality: int = 80) -> bytes:
     buf = io.BytesIO()
     writer = StripJpegWriter(buf, pixels.shape[1], pixels.shape[0], components, quality, rows)
     for row in range(0, pixels.shape[0], rows):
-        writer.write(pixels[row:row + rows])
+        writer.write(pixels[row : row + rows])
     writer.close()
     return buf.getvalue()
 
@@ -65,23 +67,30 @@ def markers(data: bytes) -> list[tuple[int, bytes]]:
     """(marker, payload) of every segment before the scan, then the RSTn markers found in the scan."""
     pos, out = 2, []
     while data[pos + 1] != 0xDA:
-        length = struct.unpack(">H", data[pos + 2:pos + 4])[0]
-        out.append((data[pos + 1], data[pos + 4:pos + 2 + length]))
+        length = struct.unpack(">H", data[pos + 2 : pos + 4])[0]
+        out.append((data[pos + 1], data[pos + 4 : pos + 2 + length]))
         pos += 2 + length
     scan = data[pos:]
-    out += [(0xD0 + n, b"") for i in range(len(scan) - 1) if scan[i] == 0xFF and 0xD0 <= scan[i + 1] <= 0xD7
-            for n in [scan[i + 1] - 0xD0]]
+    out += [
+        (0xD0 + n, b"")
+        for i in range(len(scan) - 1)
+        if scan[i] == 0xFF and 0xD0 <= scan[i + 1] <= 0xD7
+        for n in [scan[i + 1] - 0xD0]
+    ]
     return out
 
 
-@pytest.mark.parametrize("components, height, width, rows", [
-    (3, 203, 157, 16),    # odd sizes: partial MCU column, partial last strip
-    (3, 256, 320, 64),    # strips end exactly at the bottom
-    (3, 150, 40, 144),    # one full strip and a short one
-    (1, 203, 157, 8),
-    (1, 77, 1000, 24),
-    (3, 40, 40, 48),      # a single strip, shorter than the strip height
-])
+@pytest.mark.parametrize(
+    "components, height, width, rows",
+    [
+        (3, 203, 157, 16),  # odd sizes: partial MCU column, partial last strip
+        (3, 256, 320, 64),  # strips end exactly at the bottom
+        (3, 150, 40, 144),  # one full strip and a short one
+        (1, 203, 157, 8),
+        (1, 77, 1000, 24),
+        (3, 40, 40, 48),  # a single strip, shorter than the strip height
+    ],
+)
 def test_strips_decode_exactly_as_one_encode(tmp_path, components, height, width, rows):
     pixels = image(height, width, components)
     joined, whole = strips(pixels, rows), one_shot(pixels)

@@ -33,20 +33,41 @@ def cfg():
 
 # --------------------------------------------------------------------------------------------- detection
 
+
 def test_kinds_are_detected_from_header_and_decimated_read(tmp_path):
     cases = {
         "rgb": (make_tif(tmp_path / "rgb.tif", rgb()), DataKind.IMAGERY),
         "rgbnir": (make_tif(tmp_path / "rgbnir.tif", rgb(bands=4), colorinterp=NIR), DataKind.IMAGERY),
-        "rgba": (make_tif(tmp_path / "rgba.tif", rgb(bands=4), colorinterp=[
-            ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.alpha]), DataKind.IMAGERY),
-        "dem": (make_tif(tmp_path / "dem.tif", np.linspace(0, 900, 64 * 64, dtype=np.float32).reshape(64, 64),
-                         nodata=-9999), DataKind.ELEVATION),
-        "palette": (make_tif(tmp_path / "pal.tif", (np.arange(64 * 64) % 200).astype(np.uint8).reshape(64, 64),
-                             colormap={i: (i, 255 - i, 0, 255) for i in range(200)}), DataKind.CATEGORICAL),
-        "classes": (make_tif(tmp_path / "cls.tif", (np.arange(64 * 64) % 7).astype(np.int16).reshape(64, 64)),
-                    DataKind.CATEGORICAL),
-        "gray": (make_tif(tmp_path / "gray.tif", (np.arange(64 * 64) % 251).astype(np.uint8).reshape(64, 64)),
-                 DataKind.OTHER),
+        "rgba": (
+            make_tif(
+                tmp_path / "rgba.tif",
+                rgb(bands=4),
+                colorinterp=[ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.alpha],
+            ),
+            DataKind.IMAGERY,
+        ),
+        "dem": (
+            make_tif(
+                tmp_path / "dem.tif", np.linspace(0, 900, 64 * 64, dtype=np.float32).reshape(64, 64), nodata=-9999
+            ),
+            DataKind.ELEVATION,
+        ),
+        "palette": (
+            make_tif(
+                tmp_path / "pal.tif",
+                (np.arange(64 * 64) % 200).astype(np.uint8).reshape(64, 64),
+                colormap={i: (i, 255 - i, 0, 255) for i in range(200)},
+            ),
+            DataKind.CATEGORICAL,
+        ),
+        "classes": (
+            make_tif(tmp_path / "cls.tif", (np.arange(64 * 64) % 7).astype(np.int16).reshape(64, 64)),
+            DataKind.CATEGORICAL,
+        ),
+        "gray": (
+            make_tif(tmp_path / "gray.tif", (np.arange(64 * 64) % 251).astype(np.uint8).reshape(64, 64)),
+            DataKind.OTHER,
+        ),
         "uint16x3": (make_tif(tmp_path / "u16.tif", rgb().astype(np.uint16) * 200), DataKind.OTHER),
     }
     got = {name: kinds.detect(read_header(path)) for name, (path, _) in cases.items()}
@@ -65,11 +86,16 @@ def test_categorical_threshold_counts_valid_values_only(tmp_path):
 
 # --------------------------------------------------------------------------------------------- presets
 
+
 def test_default_presets_per_kind(tmp_path, cfg):
     dem = read_header(make_tif(tmp_path / "dem.tif", np.ones((32, 32), np.float32)))
     p = kinds.preset_for(dem, cfg)
-    assert (p.kind, p.options.compress, p.options.predictor, p.check) == (DataKind.ELEVATION, "ZSTD",
-                                                                            "FLOATING_POINT", "lossless")
+    assert (p.kind, p.options.compress, p.options.predictor, p.check) == (
+        DataKind.ELEVATION,
+        "ZSTD",
+        "FLOATING_POINT",
+        "lossless",
+    )
     assert p.options.blocksize == cfg["cog"]["blocksize"]  # the cog: section gives the rest
     img = kinds.preset_for(read_header(make_tif(tmp_path / "rgb.tif", rgb())), cfg)
     assert (img.options.compress, img.options.predictor, img.extra_creation) == ("WEBP", "NO", {})
@@ -96,29 +122,43 @@ def test_presets_can_be_disabled_and_overridden(tmp_path):
     header = read_header(make_tif(tmp_path / "dem.tif", np.ones((32, 32), np.float32)))
     off = kinds.preset_for(header, config.load(run={"presets": {"enabled": False}}))
     assert off.options == CogOptions() and off.notes == ("presets disabled",)
-    lerc = config.load(run={"presets": {"enabled": True, "elevation": {"compress": "LERC_ZSTD", "max_z_error": 0.01,
-                                                      "max_abs_error": 0.01}}})
+    lerc = config.load(
+        run={
+            "presets": {
+                "enabled": True,
+                "elevation": {"compress": "LERC_ZSTD", "max_z_error": 0.01, "max_abs_error": 0.01},
+            }
+        }
+    )
     p = kinds.preset_for(header, lerc)
     assert (p.options.compress, p.extra_creation, p.check, p.bound) == (
-        "LERC_ZSTD", {"MAX_Z_ERROR": "0.01"}, "bounded", ErrorBound(max_abs_error=0.01))
+        "LERC_ZSTD",
+        {"MAX_Z_ERROR": "0.01"},
+        "bounded",
+        ErrorBound(max_abs_error=0.01),
+    )
     assert "bounded (max abs error <= 0.01)" in p.summary()
-    lossless_lerc = config.load(run={"presets": {"enabled": True,
-                                                 "elevation": {"compress": "LERC", "predictor": "NO"}}})
+    lossless_lerc = config.load(
+        run={"presets": {"enabled": True, "elevation": {"compress": "LERC", "predictor": "NO"}}}
+    )
     q = kinds.preset_for(header, lossless_lerc)
     assert (q.options.compress, q.check, q.extra_creation) == ("LERC", "lossless", {})
 
 
-@pytest.mark.parametrize("section, message", [
-    ({"elevation": {"compress": "LERC", "max_z_error": 0.5}}, "is lossy, so the lossless check cannot pass"),
-    ({"imagery": {"compress": "WEBP", "quality": 90}}, "WEBP with quality 90 is lossy"),
-    ({"elevation": {"compress": "LERC", "max_z_error": 0.5, "max_abs_error": 0.1}}, "is below max_z_error"),
-    ({"categorical": {"overview_resampling": "average"}}, "would average class codes"),
-    ({"elevation": {"compress": "ZSTD", "max_z_error": 0.1}}, "max_z_error is only for LERC"),
-    ({"imagery": {"compress": "JPEG"}}, "JPEG is not offered"),
-    ({"other": {"compress": "LZW", "max_abs_error": 1}}, "this one is lossless"),
-    ({"other": {"compress": "LZW", "level": 3}}, "presets.other.level 3"),
-    ({"landcover": {}}, "unknown key(s) landcover"),
-])
+@pytest.mark.parametrize(
+    "section, message",
+    [
+        ({"elevation": {"compress": "LERC", "max_z_error": 0.5}}, "is lossy, so the lossless check cannot pass"),
+        ({"imagery": {"compress": "WEBP", "quality": 90}}, "WEBP with quality 90 is lossy"),
+        ({"elevation": {"compress": "LERC", "max_z_error": 0.5, "max_abs_error": 0.1}}, "is below max_z_error"),
+        ({"categorical": {"overview_resampling": "average"}}, "would average class codes"),
+        ({"elevation": {"compress": "ZSTD", "max_z_error": 0.1}}, "max_z_error is only for LERC"),
+        ({"imagery": {"compress": "JPEG"}}, "JPEG is not offered"),
+        ({"other": {"compress": "LZW", "max_abs_error": 1}}, "this one is lossless"),
+        ({"other": {"compress": "LZW", "level": 3}}, "presets.other.level 3"),
+        ({"landcover": {}}, "unknown key(s) landcover"),
+    ],
+)
 def test_bad_presets_are_refused_naming_the_key(section, message):
     with pytest.raises(ValueError, match=None) as exc:
         kinds.presets_from_config({"presets": section})
@@ -137,6 +177,7 @@ def test_lossy_webp_with_a_bound_is_allowed(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------- bounded error
+
 
 def test_measure_error_and_bound():
     ref = np.arange(100, dtype=np.uint8).reshape(1, 10, 10)
@@ -167,6 +208,7 @@ def test_measure_error_nan_on_one_side_breaks_any_bound():
 
 # --------------------------------------------------------------------------------------------- pixel digest
 
+
 def _reference_digest(data: np.ndarray) -> str:
     """The definition in docs/delivery.md, written out on a whole array."""
     dtype = data.dtype.newbyteorder("<")
@@ -179,8 +221,7 @@ def _reference_digest(data: np.ndarray) -> str:
 def test_pixel_digest_matches_its_definition_and_survives_recompression(tmp_path):
     data = np.random.default_rng(1).normal(100, 30, (2, 37, 53)).astype(np.float32)
     src = make_tif(tmp_path / "a.tif", data)
-    zstd = make_tif(tmp_path / "b.tif", data, compress="ZSTD", predictor=3, tiled=True, blockxsize=16,
-                    blockysize=16)
+    zstd = make_tif(tmp_path / "b.tif", data, compress="ZSTD", predictor=3, tiled=True, blockxsize=16, blockysize=16)
     assert pixel_digest(src) == pixel_digest(zstd) == _reference_digest(data)
     changed = data.copy()
     changed[1, 36, 52] += 1e-3  # the last value of the last band

@@ -160,14 +160,17 @@ def test_second_header_after_a_header_is_rejected():
     assert [r.line for r in m.rejected] == [2]
 
 
-@pytest.mark.parametrize("first", [
-    "a.tif,x",            # key ends in .tif: a bad data row, not a header
-    "a/b.png,x",          # looks like a path
-    "a.TIF,bands",        # a (mis-cased) image key
-    "key.tif,bands",
-    "a.png,3",            # integer band field
-    "nobands",            # single column
-])
+@pytest.mark.parametrize(
+    "first",
+    [
+        "a.tif,x",  # key ends in .tif: a bad data row, not a header
+        "a/b.png,x",  # looks like a path
+        "a.TIF,bands",  # a (mis-cased) image key
+        "key.tif,bands",
+        "a.png,3",  # integer band field
+        "nobands",  # single column
+    ],
+)
 def test_first_row_that_is_not_a_header_is_rejected(first):
     m = parse(f"{first}\ngood.tif,1\n")
     assert [r.line for r in m.rejected] == [1], m
@@ -231,8 +234,10 @@ def test_leading_slash():
     assert "remove the leading '/'" in reason
 
 
-@pytest.mark.parametrize("key,jpeg", [("a.TIF", "a.jpg"), ("d/a.tiff", "d/a.jpg"), ("a.Tif", "a.jpg"),
-                                      ("x.tif.TIFF", "x.tif.jpg"), ("a.tif", "a.jpg")])
+@pytest.mark.parametrize(
+    "key,jpeg",
+    [("a.TIF", "a.jpg"), ("d/a.tiff", "d/a.jpg"), ("a.Tif", "a.jpg"), ("x.tif.TIFF", "x.tif.jpg"), ("a.tif", "a.jpg")],
+)
 def test_tiff_and_any_case_are_accepted_and_the_jpeg_replaces_the_extension(key, jpeg):
     """An extension of the original's '.tif' rule: '.tiff' and any case (Windows exports)."""
     m = parse(f"{key},1\n")
@@ -277,8 +282,10 @@ def test_backslash():
     assert "backslash" in reason
 
 
-@pytest.mark.parametrize("char,label", [("\t", "U+0009 tab"), ("\x00", "U+0000 NUL"), ("\x7f", "U+007F DEL"),
-                                        ("\x01", "U+0001"), ("\x1f", "U+001F")])
+@pytest.mark.parametrize(
+    "char,label",
+    [("\t", "U+0009 tab"), ("\x00", "U+0000 NUL"), ("\x7f", "U+007F DEL"), ("\x01", "U+0001"), ("\x1f", "U+001F")],
+)
 def test_control_characters(char, label):
     reason = reject_reason(f'"a{char}b.tif",1', line=2)
     assert f"control character ({label})" in reason and "position 2" in reason
@@ -372,8 +379,10 @@ def test_trailing_comma_hint():
 def test_duplicate_first_accepted_later_rejected():
     m = parse("a.tif,3\nb.tif,1\na.tif,3\na.tif,4\n")
     assert [(e.line, e.key) for e in m.entries] == [(1, "a.tif"), (2, "b.tif")]
-    assert [r.reason.split(" (")[0] for r in m.rejected] == ["line 3: duplicate of line 1",
-                                                           "line 4: duplicate of line 1"]
+    assert [r.reason.split(" (")[0] for r in m.rejected] == [
+        "line 3: duplicate of line 1",
+        "line 4: duplicate of line 1",
+    ]
 
 
 def test_duplicate_compares_keys_exactly():
@@ -435,8 +444,13 @@ def test_every_data_line_appears_exactly_once():
     seen = [e.line for e in m.entries] + [r.line for r in m.rejected]
     assert sorted(seen) == sorted(expected_lines)
     assert len(seen) == len(set(seen)) == m.rows_total()
-    assert [e.key for e in m.entries] == ["imagery/rgb.tif", "imagery/county scans/shade é.tif", "imagery/a,b.tif",
-                                          "imagery/UPPER.TIF", "imagery/ok2.tif"]
+    assert [e.key for e in m.entries] == [
+        "imagery/rgb.tif",
+        "imagery/county scans/shade é.tif",
+        "imagery/a,b.tif",
+        "imagery/UPPER.TIF",
+        "imagery/ok2.tif",
+    ]
     assert m.notes == ["UTF-8 BOM removed", "line 1: header row skipped", "2 blank lines skipped"]
     # Each physical line's first field is the key recorded for it.
     by_line = {e.line: e.key for e in m.entries} | {r.line: r.key for r in m.rejected}
@@ -517,14 +531,16 @@ def test_rejected_rows_written_back_keep_their_line_count():
     rows = [(r.key, r.bands_text) for r in m.rejected]
     again = parse_manifest(write_rows_csv(rows))
     assert again.rows_total() == len(rows)  # no rejected row vanishes (or turns into a header) when re-read
-    by_line = sorted([(e.line, e.key, e.bands_text) for e in again.entries]
-                     + [(r.line, r.key, r.bands_text) for r in again.rejected])
+    by_line = sorted(
+        [(e.line, e.key, e.bands_text) for e in again.entries] + [(r.line, r.key, r.bands_text) for r in again.rejected]
+    )
     assert [(key, bands) for _, key, bands in by_line] == rows
 
 
 def test_write_rows_csv_exact_bytes():
     assert write_rows_csv([("a.tif", "3"), ("b,c.tif", "1"), ('d"e.tif', "2")]) == (
-        b'a.tif,3\n"b,c.tif",1\n"d""e.tif",2\n')
+        b'a.tif,3\n"b,c.tif",1\n"d""e.tif",2\n'
+    )
     assert write_rows_csv([]) == b""
 
 
@@ -537,21 +553,27 @@ def test_write_errors_csv():
     data = write_errors_csv([("a,b.tif", "3", "line 2: x, y"), ("é.tif", "", "line 3: band count is empty")])
     assert data.decode("utf-8").split("\n")[0] == "key,bands,reason"
     rows = list(csv.reader(io.StringIO(data.decode("utf-8"), newline="")))
-    assert rows == [["key", "bands", "reason"], ["a,b.tif", "3", "line 2: x, y"],
-                    ["é.tif", "", "line 3: band count is empty"]]
+    assert rows == [
+        ["key", "bands", "reason"],
+        ["a,b.tif", "3", "line 2: x, y"],
+        ["é.tif", "", "line 3: band count is empty"],
+    ]
     assert write_errors_csv([]) == b"key,bands,reason\n"
 
 
 # --- jpeg_key, batch_slices --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("key,expected", [
-    ("a/b.tif", "a/b.jpg"),
-    ("b.tif", "b.jpg"),
-    ("a.tif/b.tif", "a.tif/b.jpg"),
-    ("x.tif.tif", "x.tif.jpg"),
-    ("sp ace/é.tif", "sp ace/é.jpg"),
-])
+@pytest.mark.parametrize(
+    "key,expected",
+    [
+        ("a/b.tif", "a/b.jpg"),
+        ("b.tif", "b.jpg"),
+        ("a.tif/b.tif", "a.tif/b.jpg"),
+        ("x.tif.tif", "x.tif.jpg"),
+        ("sp ace/é.tif", "sp ace/é.jpg"),
+    ],
+)
 def test_jpeg_key(key, expected):
     assert jpeg_key(key) == expected
 
@@ -561,16 +583,19 @@ def test_jpeg_key_rejects_non_tif():
         jpeg_key("a.png")
 
 
-@pytest.mark.parametrize("n,size,expected", [
-    (0, 5, []),
-    (1, 5, [(0, 1)]),
-    (1, 1, [(0, 1)]),
-    (5, 5, [(0, 5)]),
-    (10, 5, [(0, 5), (5, 10)]),
-    (11, 5, [(0, 5), (5, 10), (10, 11)]),
-    (4, 5, [(0, 4)]),
-    (3, 1, [(0, 1), (1, 2), (2, 3)]),
-])
+@pytest.mark.parametrize(
+    "n,size,expected",
+    [
+        (0, 5, []),
+        (1, 5, [(0, 1)]),
+        (1, 1, [(0, 1)]),
+        (5, 5, [(0, 5)]),
+        (10, 5, [(0, 5), (5, 10)]),
+        (11, 5, [(0, 5), (5, 10), (10, 11)]),
+        (4, 5, [(0, 4)]),
+        (3, 1, [(0, 1), (1, 2), (2, 3)]),
+    ],
+)
 def test_batch_slices(n, size, expected):
     assert batch_slices(n, size) == expected
 

@@ -8,27 +8,41 @@ import pytest
 
 from cog_pipeline.storage import s3
 from cog_pipeline.core.errors import PipelineError
-from cog_pipeline.core.naming import (ManifestKeys, claim_marker_key, is_pipeline_object, is_tiff_key, jpeg_key,
-                                     key_stem, manifest_stem, tiff_suffix)
+from cog_pipeline.core.naming import (
+    ManifestKeys,
+    claim_marker_key,
+    is_pipeline_object,
+    is_tiff_key,
+    jpeg_key,
+    key_stem,
+    manifest_stem,
+    tiff_suffix,
+)
 
 
-@pytest.mark.parametrize("raw,stem", [
-    ("X-raw.csv", "X-"),
-    ("folder/sub/county-raw.csv", "folder/sub/county-"),
-    ("folder/plain.csv", "folder/plain-"),
-    ("rawdata/raw.csv", "rawdata/"),
-])
+@pytest.mark.parametrize(
+    "raw,stem",
+    [
+        ("X-raw.csv", "X-"),
+        ("folder/sub/county-raw.csv", "folder/sub/county-"),
+        ("folder/plain.csv", "folder/plain-"),
+        ("rawdata/raw.csv", "rawdata/"),
+    ],
+)
 def test_manifest_stem(raw, stem):
     assert manifest_stem(raw) == stem
 
 
-@pytest.mark.parametrize("key,suffix,stem,jpeg", [
-    ("a/b.tif", ".tif", "a/b", "a/b.jpg"),
-    ("a/b.TIF", ".TIF", "a/b", "a/b.jpg"),
-    ("a/b.tiff", ".tiff", "a/b", "a/b.jpg"),
-    ("a/b.TiFf", ".TiFf", "a/b", "a/b.jpg"),
-    ("a.tif/b.tif", ".tif", "a.tif/b", "a.tif/b.jpg"),
-])
+@pytest.mark.parametrize(
+    "key,suffix,stem,jpeg",
+    [
+        ("a/b.tif", ".tif", "a/b", "a/b.jpg"),
+        ("a/b.TIF", ".TIF", "a/b", "a/b.jpg"),
+        ("a/b.tiff", ".tiff", "a/b", "a/b.jpg"),
+        ("a/b.TiFf", ".TiFf", "a/b", "a/b.jpg"),
+        ("a.tif/b.tif", ".tif", "a.tif/b", "a.tif/b.jpg"),
+    ],
+)
 def test_the_tiff_key_rule(key, suffix, stem, jpeg):
     """The original's '.tif' rule, extended to '.tiff' and any case: one place decides it."""
     assert (tiff_suffix(key), key_stem(key), jpeg_key(key), is_tiff_key(key)) == (suffix, stem, jpeg, True)
@@ -50,9 +64,13 @@ def test_the_tiff_key_rule_lives_only_in_core_naming():
 
     root = Path(cog_pipeline.__file__).parent
     spelled = re.compile(r"""(endswith|removesuffix|rstrip|len)\(\s*\(?["']\.tif""")
-    found = [f"{path.relative_to(root)}:{number}" for path in sorted(root.rglob("*.py"))
-             if path.relative_to(root).as_posix() != "core/naming.py"
-             for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if spelled.search(line)]
+    found = [
+        f"{path.relative_to(root)}:{number}"
+        for path in sorted(root.rglob("*.py"))
+        if path.relative_to(root).as_posix() != "core/naming.py"
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if spelled.search(line)
+    ]
     assert not found, found
 
 
@@ -64,27 +82,33 @@ def test_manifest_keys_stay_in_the_same_folder():
     assert keys.errors == "a/b/X-errors-20261125-063000.csv"
 
 
-@pytest.mark.parametrize("key,owned", [
-    ("X-processing-20261125-063000.csv", True),
-    ("a/X-processed-20261125-063000.csv", True),
-    ("X-failed-20261125-063000.csv", True),
-    ("X-errors-20261125-063000.csv", True),
-    ("X-report-20261125-063000.html", True),
-    (claim_marker_key("X-raw.csv", '"abc"'), True),
-    ("X-raw.csv", False),
-    ("failed-images-raw.csv", False),
-    ("X-failed-2026.csv", False),
-])
+@pytest.mark.parametrize(
+    "key,owned",
+    [
+        ("X-processing-20261125-063000.csv", True),
+        ("a/X-processed-20261125-063000.csv", True),
+        ("X-failed-20261125-063000.csv", True),
+        ("X-errors-20261125-063000.csv", True),
+        ("X-report-20261125-063000.html", True),
+        (claim_marker_key("X-raw.csv", '"abc"'), True),
+        ("X-raw.csv", False),
+        ("failed-images-raw.csv", False),
+        ("X-failed-2026.csv", False),
+    ],
+)
 def test_pipeline_objects_are_recognised(key, owned):
     assert is_pipeline_object(key) is owned
 
 
-@pytest.mark.parametrize("given,url", [
-    ("s3.example.org", "https://s3.example.org"),
-    ("http://127.0.0.1:9000/", "http://127.0.0.1:9000"),
-    ("https://s3.example.org", "https://s3.example.org"),
-    (None, None),
-])
+@pytest.mark.parametrize(
+    "given,url",
+    [
+        ("s3.example.org", "https://s3.example.org"),
+        ("http://127.0.0.1:9000/", "http://127.0.0.1:9000"),
+        ("https://s3.example.org", "https://s3.example.org"),
+        (None, None),
+    ],
+)
 def test_endpoint_normalisation(given, url):
     assert s3.normalize_endpoint(given) == url
 

@@ -10,45 +10,109 @@ import yaml
 
 from cog_pipeline.core.errors import PipelineError
 from cog_pipeline.work.imagelogs import ADVICE, GENERIC_ADVICE, advice
-from cog_pipeline.work.outcomes import (FailureCode, ImageOutcome, OutcomeCounter, Status, failure_codes,
-                                        legacy_code, manifest_finished, read_outcomes, write_outcomes)
+from cog_pipeline.work.outcomes import (
+    FailureCode,
+    ImageOutcome,
+    OutcomeCounter,
+    Status,
+    failure_codes,
+    legacy_code,
+    manifest_finished,
+    read_outcomes,
+    write_outcomes,
+)
 
 from conftest import INPUT_BUCKET, OUTPUT_BUCKET, all_objects
 
 
 def test_a_record_round_trips_and_keeps_todays_field_names(tmp_path):
-    ok = ImageOutcome(key="a/b.tif", status=Status.OK, line=3, bands="3", file_bands=3, dtype="uint8", width=10,
-                      height=20, input_bytes=100, cog_bytes=90, jpeg_bytes=5, notes=("n1",),
-                      step_seconds={"cog": 0.5}, thumbnail="data:image/jpeg;base64,AAAA", log=("l1", "l2"),
-                      seconds=1.25)
-    failed = ImageOutcome(key="c.tif", status=Status.FAILED, line=4, bands="1", code=FailureCode.NOT_A_TIFF,
-                          step="open", reason="not a TIFF file", seconds=0.1)
-    skipped = ImageOutcome(key="d.tif", status=Status.SKIPPED, line=5, bands="1",
-                           reason="outputs already made from this input", input_bytes=7, seconds=0.2)
+    ok = ImageOutcome(
+        key="a/b.tif",
+        status=Status.OK,
+        line=3,
+        bands="3",
+        file_bands=3,
+        dtype="uint8",
+        width=10,
+        height=20,
+        input_bytes=100,
+        cog_bytes=90,
+        jpeg_bytes=5,
+        notes=("n1",),
+        step_seconds={"cog": 0.5},
+        thumbnail="data:image/jpeg;base64,AAAA",
+        log=("l1", "l2"),
+        seconds=1.25,
+    )
+    failed = ImageOutcome(
+        key="c.tif",
+        status=Status.FAILED,
+        line=4,
+        bands="1",
+        code=FailureCode.NOT_A_TIFF,
+        step="open",
+        reason="not a TIFF file",
+        seconds=0.1,
+    )
+    skipped = ImageOutcome(
+        key="d.tif",
+        status=Status.SKIPPED,
+        line=5,
+        bands="1",
+        reason="outputs already made from this input",
+        input_bytes=7,
+        seconds=0.2,
+    )
     for outcome in (ok, failed, skipped):
         record = json.loads(json.dumps(outcome.to_record()))
         assert ImageOutcome.from_record(record) == outcome
-    assert failed.to_record() == {"key": "c.tif", "line": 4, "bands": "1", "status": "failed", "code": "not-a-tiff",
-                                  "step": "open", "reason": "not a TIFF file", "seconds": 0.1}
-    assert set(ok.to_record()) == {"key", "line", "bands", "status", "file_bands", "dtype", "width", "height",
-                                   "input_bytes", "cog_bytes", "jpeg_bytes", "notes", "step_seconds", "thumbnail",
-                                   "log", "seconds"}
+    assert failed.to_record() == {
+        "key": "c.tif",
+        "line": 4,
+        "bands": "1",
+        "status": "failed",
+        "code": "not-a-tiff",
+        "step": "open",
+        "reason": "not a TIFF file",
+        "seconds": 0.1,
+    }
+    assert set(ok.to_record()) == {
+        "key",
+        "line",
+        "bands",
+        "status",
+        "file_bands",
+        "dtype",
+        "width",
+        "height",
+        "input_bytes",
+        "cog_bytes",
+        "jpeg_bytes",
+        "notes",
+        "step_seconds",
+        "thumbnail",
+        "log",
+        "seconds",
+    }
     assert failed.csv_reason == "open: not a TIFF file"
 
 
-@pytest.mark.parametrize("record, code", [
-    ({"step": "download", "reason": "input object not found in bucket 'in'; upload it"}, FailureCode.INPUT_MISSING),
-    ({"step": "open", "reason": "not a TIFF file (it looks like a PNG image)"}, FailureCode.NOT_A_TIFF),
-    ({"step": "open", "reason": "file is truncated or corrupt: only 9 bytes"}, FailureCode.CORRUPT),
-    ({"step": "cog", "reason": "TIFFWrite failed; most likely no space left on the device"}, FailureCode.DISK_FULL),
-    ({"step": "upload", "reason": "PutObject failed: AccessDenied"}, FailureCode.S3_DENIED),
-    ({"step": "upload", "reason": "PutObject failed: InternalError"}, FailureCode.S3_FAILED),
-    ({"step": "verify", "reason": "band 1 differs"}, FailureCode.VERIFY_FAILED),
-    ({"step": "internal", "reason": "KeyError: 'x'"}, FailureCode.INTERNAL),
-    ({"step": "jpeg", "reason": "the JPEG format is limited to 65500 pixels"}, FailureCode.JPEG_TOO_LARGE),
-    ({"step": "cog", "reason": "GDAL: something new"}, FailureCode.GDAL_FAILED),
-    ({"step": "frobnicate", "reason": "something new"}, None),
-])
+@pytest.mark.parametrize(
+    "record, code",
+    [
+        ({"step": "download", "reason": "input object not found in bucket 'in'; upload it"}, FailureCode.INPUT_MISSING),
+        ({"step": "open", "reason": "not a TIFF file (it looks like a PNG image)"}, FailureCode.NOT_A_TIFF),
+        ({"step": "open", "reason": "file is truncated or corrupt: only 9 bytes"}, FailureCode.CORRUPT),
+        ({"step": "cog", "reason": "TIFFWrite failed; most likely no space left on the device"}, FailureCode.DISK_FULL),
+        ({"step": "upload", "reason": "PutObject failed: AccessDenied"}, FailureCode.S3_DENIED),
+        ({"step": "upload", "reason": "PutObject failed: InternalError"}, FailureCode.S3_FAILED),
+        ({"step": "verify", "reason": "band 1 differs"}, FailureCode.VERIFY_FAILED),
+        ({"step": "internal", "reason": "KeyError: 'x'"}, FailureCode.INTERNAL),
+        ({"step": "jpeg", "reason": "the JPEG format is limited to 65500 pixels"}, FailureCode.JPEG_TOO_LARGE),
+        ({"step": "cog", "reason": "GDAL: something new"}, FailureCode.GDAL_FAILED),
+        ({"step": "frobnicate", "reason": "something new"}, None),
+    ],
+)
 def test_a_record_of_an_older_version_gets_its_code_from_its_reason(record, code):
     outcome = ImageOutcome.from_record({"key": "k.tif", "status": "failed", **record})
     assert outcome.code is code
@@ -79,8 +143,9 @@ def write_batch(run_dir, manifest_id, batch, outcomes):
 
 def test_one_reader_by_key_with_the_batch_that_recorded_it(tmp_path):
     a = ImageOutcome(key="a.tif", status=Status.OK, line=1, bands="1")
-    b = ImageOutcome(key="b.tif", status=Status.FAILED, line=2, bands="1", code=FailureCode.CORRUPT, step="open",
-                     reason="x")
+    b = ImageOutcome(
+        key="b.tif", status=Status.FAILED, line=2, bands="1", code=FailureCode.CORRUPT, step="open", reason="x"
+    )
     write_batch(tmp_path, "m1", "00000", [a])
     write_batch(tmp_path, "m1", "00001", [b])
     (tmp_path / "status" / "m1" / "batch-00002.jsonl.tmp").write_text('{"key": "c.tif", "status": "ok"}\n')
@@ -118,8 +183,12 @@ def test_the_counter_parses_records_instead_of_matching_bytes(tmp_path):
 
 def test_failure_codes_of_a_summary_and_of_an_older_one():
     reasons = ["line 3: duplicate of line 2", "no outcome recorded: batch job batch-00001 was removed ..."]
-    summary = {"failures": [{"line": 3, "key": "a.tif", "code": "manifest-row"},
-                            {"line": 5, "key": "b.tif", "code": "batch-removed"}]}
+    summary = {
+        "failures": [
+            {"line": 3, "key": "a.tif", "code": "manifest-row"},
+            {"line": 5, "key": "b.tif", "code": "batch-removed"},
+        ]
+    }
     assert failure_codes(summary, reasons) == [FailureCode.MANIFEST_ROW, FailureCode.BATCH_REMOVED]
     assert failure_codes({}, reasons) == [FailureCode.MANIFEST_ROW, FailureCode.BATCH_DID_NOT_FINISH]
     assert legacy_code("") is None
@@ -127,15 +196,33 @@ def test_failure_codes_of_a_summary_and_of_an_older_one():
 
 # ------------------------------------------------------------------------------- codes where raised
 
+
 def batch_config(settings, run_dir, keys):
     (run_dir / "manifests").mkdir(parents=True)
     (run_dir / "manifests" / "m.csv").write_bytes("".join(f"{k},1\n" for k in keys).encode())
-    return {"batch_size": 20, "cog": {}, "jpeg": {}, "run_id": "20261125-000000",
-            "s3": {"endpoint_url": settings.endpoint_url, "access_key_file": settings.access_key_file,
-                   "secret_key_file": settings.secret_key_file, "input_bucket": INPUT_BUCKET,
-                   "output_bucket": OUTPUT_BUCKET},
-            "manifests": [{"id": "m1", "csv": "manifests/m.csv", "key": "m-processing-20261125-000000.csv",
-                           "raw_key": "m-raw.csv", "stem": "m-", "timestamp": "20261125-000000"}]}
+    return {
+        "batch_size": 20,
+        "cog": {},
+        "jpeg": {},
+        "run_id": "20261125-000000",
+        "s3": {
+            "endpoint_url": settings.endpoint_url,
+            "access_key_file": settings.access_key_file,
+            "secret_key_file": settings.secret_key_file,
+            "input_bucket": INPUT_BUCKET,
+            "output_bucket": OUTPUT_BUCKET,
+        },
+        "manifests": [
+            {
+                "id": "m1",
+                "csv": "manifests/m.csv",
+                "key": "m-processing-20261125-000000.csv",
+                "raw_key": "m-raw.csv",
+                "stem": "m-",
+                "timestamp": "20261125-000000",
+            }
+        ],
+    }
 
 
 def test_the_batch_gives_each_failure_its_code_where_it_happens(seed, buckets, settings, samples, tmp_path):
@@ -147,13 +234,14 @@ def test_the_batch_gives_each_failure_its_code_where_it_happens(seed, buckets, s
     seed.upload_file(str(samples / "byte.tif"), INPUT_BUCKET, "good.tif")
     keys = ["missing.tif", "empty.tif", "png.tif", "cut.tif", "good.tif"]
     config = batch_config(settings, tmp_path, keys)
-    outcomes = batch.run_batch(config, tmp_path, "m1", 0, tmp_path / "status" / "m1" / "batch-00000.jsonl",
-                               threads=1)
+    outcomes = batch.run_batch(config, tmp_path, "m1", 0, tmp_path / "status" / "m1" / "batch-00000.jsonl", threads=1)
     assert [(o.key, o.status, o.code) for o in outcomes] == [
         ("missing.tif", Status.FAILED, FailureCode.INPUT_MISSING),
         ("empty.tif", Status.FAILED, FailureCode.INPUT_EMPTY),
-        ("png.tif", Status.FAILED, FailureCode.NOT_A_TIFF), ("cut.tif", Status.FAILED, FailureCode.CORRUPT),
-        ("good.tif", Status.OK, None)]
+        ("png.tif", Status.FAILED, FailureCode.NOT_A_TIFF),
+        ("cut.tif", Status.FAILED, FailureCode.CORRUPT),
+        ("good.tif", Status.OK, None),
+    ]
     assert read_outcomes(tmp_path, "m1") == {o.key: o for o in outcomes}  # what was written is what is read
 
 
@@ -180,6 +268,7 @@ def test_an_s3_refusal_is_s3_denied_and_other_s3_errors_s3_failed():
 
 # ------------------------------------------------------------------------------- the aggregate's order
 
+
 def aggregate_setup(seed, settings, tmp_path):
     """A run directory whose one batch converted a.tif (outputs present) and failed b.tif, its processing file
     in the input bucket."""
@@ -189,15 +278,29 @@ def aggregate_setup(seed, settings, tmp_path):
     seed.put_object(Bucket=INPUT_BUCKET, Key="m-processing-20261125-000000.csv", Body=b"a.tif,1\nb.tif,1\n")
     for key in ("a.tif", "a.jpg"):
         seed.put_object(Bucket=OUTPUT_BUCKET, Key=key, Body=b"x")
-    write_batch(run_dir, "m1", "00000", [
-        ImageOutcome(key="a.tif", status=Status.OK, line=1, bands="1"),
-        ImageOutcome(key="b.tif", status=Status.FAILED, line=2, bands="1", code=FailureCode.CORRUPT, step="open",
-                     reason="file is truncated or corrupt: only 9 bytes")])
+    write_batch(
+        run_dir,
+        "m1",
+        "00000",
+        [
+            ImageOutcome(key="a.tif", status=Status.OK, line=1, bands="1"),
+            ImageOutcome(
+                key="b.tif",
+                status=Status.FAILED,
+                line=2,
+                bands="1",
+                code=FailureCode.CORRUPT,
+                step="open",
+                reason="file is truncated or corrupt: only 9 bytes",
+            ),
+        ],
+    )
     return run_dir, config
 
 
-def test_the_aggregate_writes_the_report_before_the_processing_file_goes(seed, buckets, settings, tmp_path,
-                                                                         monkeypatch):
+def test_the_aggregate_writes_the_report_before_the_processing_file_goes(
+    seed, buckets, settings, tmp_path, monkeypatch
+):
     """Issue 12: a stop just after the outcome CSVs appeared lost the report for good (the processing file was
     already deleted, the report was the driver's job afterwards). Issue 14: a manual Snakemake rerun wrote
     no report.html and no per-image logs. The aggregate itself now writes and uploads the report, then
@@ -226,7 +329,8 @@ def test_the_aggregate_writes_the_report_before_the_processing_file_goes(seed, b
     assert manifest_finished(run_dir, "m1") and summary["finished"] is True
     assert summary["failures"] == [{"line": 2, "key": "b.tif", "code": "corrupt"}]
     assert objects["m-errors-20261125-000000.csv"] == (
-        b"key,bands,reason\nb.tif,1,open: file is truncated or corrupt: only 9 bytes\n")
+        b"key,bands,reason\nb.tif,1,open: file is truncated or corrupt: only 9 bytes\n"
+    )
 
 
 def test_a_summary_of_an_older_version_counts_as_finished_and_a_half_written_one_not(tmp_path):

@@ -19,15 +19,36 @@ ROOT = Path(__file__).resolve().parent.parent
 tomllib = pytest.importorskip("tomllib")
 
 #: What a source copy for the build leaves out (caches, environments, outputs, other engineers' builds).
-_NOT_BUILT = shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", "*.pyc",
-                                    ".pytest_cache", ".mypy_cache", ".ruff_cache", ".snakemake", "demo-output",
-                                    "workflow-run-*", "tests", "bench")
+_NOT_BUILT = shutil.ignore_patterns(
+    ".git",
+    ".venv",
+    "build",
+    "dist",
+    "*.egg-info",
+    "__pycache__",
+    "*.pyc",
+    ".pytest_cache",
+    ".mypy_cache",
+    ".ruff_cache",
+    ".snakemake",
+    "demo-output",
+    "workflow-run-*",
+    "tests",
+    "bench",
+)
 
 
 def workflow_files() -> list[str]:
     """Every file a run needs of the repository's top level, as paths inside the wheel."""
-    rel = ["Snakefile", "environment.yml", "config/config.yaml", "config/config.schema.yaml",
-           "profiles/htcondor/config.yaml", "profiles/htcondor/cog-pipeline.yaml", "profiles/htcondor/job-wrapper.sh"]
+    rel = [
+        "Snakefile",
+        "environment.yml",
+        "config/config.yaml",
+        "config/config.schema.yaml",
+        "profiles/htcondor/config.yaml",
+        "profiles/htcondor/cog-pipeline.yaml",
+        "profiles/htcondor/job-wrapper.sh",
+    ]
     rel += [str(p.relative_to(ROOT)) for p in sorted((ROOT / "rules").glob("*.smk"))]
     rel += [str(p.relative_to(ROOT)) for p in sorted((ROOT / "scripts").glob("*.py"))]
     assert any(r.startswith("rules/") for r in rel) and any(r.startswith("scripts/") for r in rel)
@@ -42,14 +63,24 @@ def installed(tmp_path_factory):
     shutil.copytree(ROOT, src, ignore=_NOT_BUILT)
     pip = [sys.executable, "-m", "pip", "--quiet"]
     # Verbose: the build backend's own warnings (setuptools deprecations) only show with -v.
-    proc = subprocess.run([sys.executable, "-m", "pip", "-v", "wheel", "--no-deps", str(src), "-w", str(tmp / "dist")],
-                          check=False, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "-v", "wheel", "--no-deps", str(src), "-w", str(tmp / "dist")],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     (tmp / "build.log").write_text(proc.stdout + proc.stderr, encoding="utf-8")
     (wheel,) = (tmp / "dist").glob("cog_pipeline-*.whl")
     site = tmp / "site"
-    proc = subprocess.run([*pip, "install", "--no-deps", "--target", str(site), str(wheel)],
-                          check=False, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [*pip, "install", "--no-deps", "--target", str(site), str(wheel)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return tmp, wheel, site
 
@@ -57,8 +88,15 @@ def installed(tmp_path_factory):
 def run_installed(tmp: Path, site: Path, code: str, *args: str, timeout: int = 120) -> subprocess.CompletedProcess:
     """Python code run with the installed wheel first on sys.path, from outside the checkout."""
     env = {**os.environ, "PYTHONPATH": str(site)}
-    return subprocess.run([sys.executable, "-c", code, *args], cwd=tmp, env=env, check=False, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-c", code, *args],
+        cwd=tmp,
+        env=env,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.mark.slow
@@ -73,16 +111,22 @@ def test_wheel_carries_the_workflow(installed):
 
 
 #: What setuptools prints for a deprecated ``license = { text = ... }`` table (or other deprecated settings).
-DEPRECATION = re.compile(r"SetuptoolsDeprecationWarning|BuildBackendWarning|deprecated|License classifiers|"
-                         r"2027-Feb-18", re.IGNORECASE)
+DEPRECATION = re.compile(
+    r"SetuptoolsDeprecationWarning|BuildBackendWarning|deprecated|License classifiers|"
+    r"2027-Feb-18",
+    re.IGNORECASE,
+)
 
 
 @pytest.mark.slow
 def test_wheel_build_shows_no_deprecation_warning(installed):
     """An SPDX ``license`` and ``license-files`` (setuptools >= 77): no warning that builds stop in 2027."""
     tmp, wheel, _site = installed
-    warned = [line.strip() for line in (tmp / "build.log").read_text(encoding="utf-8").splitlines()
-              if DEPRECATION.search(line)]
+    warned = [
+        line.strip()
+        for line in (tmp / "build.log").read_text(encoding="utf-8").splitlines()
+        if DEPRECATION.search(line)
+    ]
     assert not warned, warned
     with zipfile.ZipFile(wheel) as whl:
         names = whl.namelist()
@@ -130,8 +174,15 @@ def test_installed_package_finds_its_packaged_workflow_and_profile(installed):
     run = tmp / "run"
     stage = Path(paths["stage"])
     assert stage == run / "workflow"
-    for rel in ("Snakefile", "environment.yml", "rules/common.smk", "scripts/convert_batch.py",
-                "config/config.yaml", "config/config.schema.yaml", "cog_pipeline/__init__.py"):
+    for rel in (
+        "Snakefile",
+        "environment.yml",
+        "rules/common.smk",
+        "scripts/convert_batch.py",
+        "config/config.yaml",
+        "config/config.schema.yaml",
+        "cog_pipeline/__init__.py",
+    ):
         assert (stage / rel).is_file(), rel
     assert os.access(stage / "job-wrapper.sh", os.X_OK)
     assert not (stage / "cog_pipeline" / "workflow").exists()  # the wheel's copy is not staged twice
@@ -173,8 +224,13 @@ def test_installed_wheel_runs_the_demo(installed):
 def test_demo_without_moto_is_one_clear_line(tmp_path):
     """moto is the optional extra `demo`: without it `cog-pipeline demo` says how to install it."""
     code = "import sys; sys.modules['moto'] = None\nfrom cog_pipeline.ui import cli\nsys.exit(cli.main(sys.argv[1:]))"
-    proc = subprocess.run([sys.executable, "-c", code, "demo", "--workdir", str(tmp_path / "demo")],
-                          check=False, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", code, "demo", "--workdir", str(tmp_path / "demo")],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2, proc.stdout + proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "pip install 'cog-pipeline[demo]'" in lines[0], lines

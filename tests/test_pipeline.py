@@ -29,17 +29,20 @@ def upload_samples(seed, samples, mapping=GOOD):
 
 
 def run_tick(settings, tmp_path, **kw):
-    opts = TickOptions(input_bucket=INPUT_BUCKET, output_bucket=OUTPUT_BUCKET, settings=settings,
-                       workdir=tmp_path / "work", **kw)
+    opts = TickOptions(
+        input_bucket=INPUT_BUCKET, output_bucket=OUTPUT_BUCKET, settings=settings, workdir=tmp_path / "work", **kw
+    )
     return tick(opts)
 
 
 def outcome_files(seed, stem="batch-"):
     objs = all_objects(seed, INPUT_BUCKET)
+
     def one(kind):
         keys = [k for k in objs if k.startswith(stem + kind + "-")]
         assert len(keys) == 1, (kind, sorted(objs))
         return keys[0], objs[keys[0]].decode("utf-8")
+
     return objs, one("processed"), one("failed"), one("errors")
 
 
@@ -59,19 +62,19 @@ def test_mixed_batch_sorts_every_row_and_loses_nothing(seed, buckets, settings, 
         "imagery/rgb.tif,3\r\n"
         "imagery/county scans/shade é.tif,1\r\n"
         "\r\n"
-        "imagery/small/byte.tif,3\r\n"          # wrong band count: the file (1) wins, row processed
-        "/imagery/rgb.tif,3\r\n"                # leading slash
-        "imagery/rgb.png,3\r\n"                 # not .tif
-        "imagery/nobands.tif\r\n"               # missing band count
-        "imagery/x.tif,three\r\n"               # non-integer
-        "imagery/zero.tif,0\r\n"                # zero bands
-        "imagery/extra.tif,3,oops\r\n"          # extra column
-        "imagery/rgb.tif,3\r\n"                 # duplicate
-        "imagery/../../etc/passwd.tif,1\r\n"    # path traversal
-        "imagery/missing.tif,3\r\n"             # no such object
-        "imagery/empty.tif,1\r\n"               # zero-byte object
-        "imagery/notatiff.tif,1\r\n"            # not a TIFF
-        "imagery/truncated.tif,1\r\n"           # truncated TIFF
+        "imagery/small/byte.tif,3\r\n"  # wrong band count: the file (1) wins, row processed
+        "/imagery/rgb.tif,3\r\n"  # leading slash
+        "imagery/rgb.png,3\r\n"  # not .tif
+        "imagery/nobands.tif\r\n"  # missing band count
+        "imagery/x.tif,three\r\n"  # non-integer
+        "imagery/zero.tif,0\r\n"  # zero bands
+        "imagery/extra.tif,3,oops\r\n"  # extra column
+        "imagery/rgb.tif,3\r\n"  # duplicate
+        "imagery/../../etc/passwd.tif,1\r\n"  # path traversal
+        "imagery/missing.tif,3\r\n"  # no such object
+        "imagery/empty.tif,1\r\n"  # zero-byte object
+        "imagery/notatiff.tif,1\r\n"  # not a TIFF
+        "imagery/truncated.tif,1\r\n"  # truncated TIFF
     ).encode("utf-8")
     seed.put_object(Bucket=INPUT_BUCKET, Key="batch-raw.csv", Body=manifest)
     inputs_before = {k: v for k, v in all_objects(seed, INPUT_BUCKET).items() if k.endswith(".tif")}
@@ -83,8 +86,11 @@ def test_mixed_batch_sorts_every_row_and_loses_nothing(seed, buckets, settings, 
     assert "batch-raw.csv" not in objs
     assert not [k for k in objs if "processing" in k], "processing file must be deleted"
     assert pkey.removeprefix("batch-processed-") == fkey.removeprefix("batch-failed-")
-    assert rows(processed) == [["imagery/rgb.tif", "3"], ["imagery/county scans/shade é.tif", "1"],
-                               ["imagery/small/byte.tif", "3"]]
+    assert rows(processed) == [
+        ["imagery/rgb.tif", "3"],
+        ["imagery/county scans/shade é.tif", "1"],
+        ["imagery/small/byte.tif", "3"],
+    ]
     reasons = {r[0]: r[2] for r in rows(errors)[1:]}
     assert rows(errors)[0] == ["key", "bands", "reason"]
     expected_reasons = {
@@ -114,8 +120,9 @@ def test_mixed_batch_sorts_every_row_and_loses_nothing(seed, buckets, settings, 
     assert all(after[k] == v for k, v in inputs_before.items())
     out = all_objects(seed, OUTPUT_BUCKET)
     # COG, JPEG (with its world file and .aux.xml: georeferenced samples) and STAC Item per good row.
-    assert sorted(out) == sorted(k[:-4] + ext for k in GOOD for ext in (".tif", ".jpg", ".jgw", ".jpg.aux.xml",
-                                                                        ".json"))
+    assert sorted(out) == sorted(
+        k[:-4] + ext for k in GOOD for ext in (".tif", ".jpg", ".jgw", ".jpg.aux.xml", ".json")
+    )
     for key, name in GOOD.items():
         cog = tmp_path / "check.tif"
         cog.write_bytes(out[key])
@@ -152,8 +159,9 @@ def test_rerun_of_same_manifest_skips_finished_images(seed, buckets, settings, s
     finished = [line for line in lines if " finished: " in line]
     assert finished == [line for line in finished if " UTC " in line] and len(finished) == 2, lines
     run_id = second.run_dir.name.removeprefix("workflow-run-")
-    assert finished[1].endswith(f" {run_id} finished: 2 processed, 0 failed (batch-raw.csv) report "
-                                f"{second.run_dir / 'report.html'}"), finished[1]
+    assert finished[1].endswith(
+        f" {run_id} finished: 2 processed, 0 failed (batch-raw.csv) report {second.run_dir / 'report.html'}"
+    ), finished[1]
     assert lines.index(finished[1]) > next(i for i, line in enumerate(lines) if str(second.run_dir) in line)
 
 
@@ -176,8 +184,11 @@ def test_dry_run_changes_nothing(seed, buckets, settings, samples, tmp_path, cap
     monkeypatch.delenv("CONDOR_CONFIG", raising=False)  # a machine without HTCondor
     upload_samples(seed, samples)
     seed.put_object(Bucket=INPUT_BUCKET, Key="batch-raw.csv", Body=b"imagery/rgb.tif,3\n/bad.tif,1\n")
-    seed.put_object(Bucket=INPUT_BUCKET, Key="more-raw.csv",
-                    Body=b"imagery/rgb.tif,3\nimagery/small/byte.tif,1\n/bad.tif,1\nx.png,1\n")
+    seed.put_object(
+        Bucket=INPUT_BUCKET,
+        Key="more-raw.csv",
+        Body=b"imagery/rgb.tif,3\nimagery/small/byte.tif,1\n/bad.tif,1\nx.png,1\n",
+    )
     before_in, before_out = all_objects(seed, INPUT_BUCKET), all_objects(seed, OUTPUT_BUCKET)
 
     result = run_tick(settings, tmp_path, dry_run=True, run_overrides={"batch_size": 1})
@@ -198,8 +209,9 @@ def test_dry_run_changes_nothing(seed, buckets, settings, samples, tmp_path, cap
     assert "Host:" not in out + captured.err and "User:" not in out + captured.err
 
 
-def test_pool_dry_run_needs_no_schedd_and_prints_no_htcondor_warning(seed, buckets, settings, samples, tmp_path,
-                                                                     capfd, monkeypatch):
+def test_pool_dry_run_needs_no_schedd_and_prints_no_htcondor_warning(
+    seed, buckets, settings, samples, tmp_path, capfd, monkeypatch
+):
     """``tick --executor htcondor --dry-run`` on a machine without HTCondor: the pool's plan, no warning."""
     monkeypatch.delenv("CONDOR_CONFIG", raising=False)
     upload_samples(seed, samples)
@@ -220,9 +232,13 @@ def test_no_matching_manifest_does_nothing(seed, buckets, settings, tmp_path, ca
 
 
 def test_pipeline_objects_are_never_taken_for_manifests(seed, buckets, settings, tmp_path):
-    for key in ("a-processed-20260101-000000.csv", "a-failed-20260101-000000.csv",
-                "a-errors-20260101-000000.csv", "a-processing-20260101-000000.csv",
-                ".cog-pipeline/claims/a-raw.csv@abc"):
+    for key in (
+        "a-processed-20260101-000000.csv",
+        "a-failed-20260101-000000.csv",
+        "a-errors-20260101-000000.csv",
+        "a-processing-20260101-000000.csv",
+        ".cog-pipeline/claims/a-raw.csv@abc",
+    ):
         seed.put_object(Bucket=INPUT_BUCKET, Key=key, Body=b"x.tif,1\n")
     before = all_objects(seed, INPUT_BUCKET)
     result = run_tick(settings, tmp_path, pattern="*")
@@ -241,8 +257,13 @@ def test_missing_output_bucket_fails_before_claiming(seed, settings, tmp_path):
 def test_unreachable_endpoint_is_a_clear_error(key_files, tmp_path):
     from cog_pipeline.storage.s3 import S3Settings
 
-    settings = S3Settings(endpoint_url="http://127.0.0.1:9", access_key_file=str(key_files[0]),
-                          secret_key_file=str(key_files[1]), max_attempts=1, connect_timeout=1)
+    settings = S3Settings(
+        endpoint_url="http://127.0.0.1:9",
+        access_key_file=str(key_files[0]),
+        secret_key_file=str(key_files[1]),
+        max_attempts=1,
+        connect_timeout=1,
+    )
     with pytest.raises(PipelineError, match="cannot connect"):
         run_tick(settings, tmp_path)
 
@@ -271,10 +292,30 @@ def test_cli_tick_runs_as_a_command(seed, buckets, settings, samples, tmp_path):
     upload_samples(seed, samples, {"x/byte.tif": "byte.tif"})
     seed.put_object(Bucket=INPUT_BUCKET, Key="x/run1-raw.csv", Body=b"x/byte.tif,1\n")
     proc = subprocess.run(
-        [sys.executable, "-m", "cog_pipeline.ui.cli", "tick", "-a", settings.access_key_file, "-s",
-         settings.secret_key_file, "-e", settings.endpoint_url, "--input-bucket", INPUT_BUCKET,
-         "--output-bucket", OUTPUT_BUCKET, "-p", "*raw.csv", "--workdir", str(tmp_path)],
-        capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "cog_pipeline.ui.cli",
+            "tick",
+            "-a",
+            settings.access_key_file,
+            "-s",
+            settings.secret_key_file,
+            "-e",
+            settings.endpoint_url,
+            "--input-bucket",
+            INPUT_BUCKET,
+            "--output-bucket",
+            OUTPUT_BUCKET,
+            "-p",
+            "*raw.csv",
+            "--workdir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "x/run1-raw.csv: 1 processed, 0 failed" in proc.stdout
     assert [k for k in all_objects(seed, INPUT_BUCKET) if k.startswith("x/run1-processed-")]
@@ -282,9 +323,28 @@ def test_cli_tick_runs_as_a_command(seed, buckets, settings, samples, tmp_path):
 
 def test_cli_reports_bad_bucket_without_traceback(settings, s3_server, tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "cog_pipeline.ui.cli", "tick", "-a", settings.access_key_file, "-s",
-         settings.secret_key_file, "-e", s3_server, "--input-bucket", "nope-in", "--output-bucket", "nope-out",
-         "--workdir", str(tmp_path)], capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            "-m",
+            "cog_pipeline.ui.cli",
+            "tick",
+            "-a",
+            settings.access_key_file,
+            "-s",
+            settings.secret_key_file,
+            "-e",
+            s3_server,
+            "--input-bucket",
+            "nope-in",
+            "--output-bucket",
+            "nope-out",
+            "--workdir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert "input bucket 'nope-in' does not exist" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -303,19 +363,36 @@ def test_batch_requests_per_image_and_skip_if_done(seed, buckets, settings, samp
     run_dir = tmp_path / "run"
     (run_dir / "manifests").mkdir(parents=True)
     (run_dir / "manifests" / "m.csv").write_bytes("".join(f"{k},1\n" for k in GOOD).encode())
-    config = {"batch_size": 20, "cog": {}, "jpeg": {},
-              "s3": {"endpoint_url": settings.endpoint_url, "access_key_file": settings.access_key_file,
-                     "secret_key_file": settings.secret_key_file, "input_bucket": INPUT_BUCKET,
-                     "output_bucket": OUTPUT_BUCKET},
-              "manifests": [{"id": "m1", "csv": "manifests/m.csv", "key": "m-processing-20261125-000000.csv",
-                             "raw_key": "m-raw.csv", "stem": "m-", "timestamp": "20261125-000000"}]}
+    config = {
+        "batch_size": 20,
+        "cog": {},
+        "jpeg": {},
+        "s3": {
+            "endpoint_url": settings.endpoint_url,
+            "access_key_file": settings.access_key_file,
+            "secret_key_file": settings.secret_key_file,
+            "input_bucket": INPUT_BUCKET,
+            "output_bucket": OUTPUT_BUCKET,
+        },
+        "manifests": [
+            {
+                "id": "m1",
+                "csv": "manifests/m.csv",
+                "key": "m-processing-20261125-000000.csv",
+                "raw_key": "m-raw.csv",
+                "stem": "m-",
+                "timestamp": "20261125-000000",
+            }
+        ],
+    }
     counts: dict[str, int] = {}
     real = s3.make_client
 
     def counting_client(*args, **kwargs):
         client = real(*args, **kwargs)
         client.meta.events.register(
-            "before-call.s3", lambda model, **_: counts.__setitem__(model.name, counts.get(model.name, 0) + 1))
+            "before-call.s3", lambda model, **_: counts.__setitem__(model.name, counts.get(model.name, 0) + 1)
+        )
         return client
 
     monkeypatch.setattr(s3, "make_client", counting_client)

@@ -23,24 +23,51 @@ from cog_pipeline.work.outcomes import read_outcomes
 from conftest import INPUT_BUCKET, OUTPUT_BUCKET, all_objects, write_key_files
 
 #: Every server of the suite; the Ceph RGW ones are slow (a cluster per session), so off the quick tier (make check).
-SERVERS = pytest.mark.parametrize("s3_target", ["moto", pytest.param("rgw-https", marks=pytest.mark.slow),
-                                                pytest.param("rgw-https-versioned", marks=pytest.mark.slow)],
-                                  indirect=True)
-MANIFEST = {"id": "m1", "csv": "manifests/m.csv", "key": "m-processing-20261201-000000.csv", "raw_key": "m-raw.csv",
-            "stem": "m-", "timestamp": "20261201-000000"}
+SERVERS = pytest.mark.parametrize(
+    "s3_target",
+    [
+        "moto",
+        pytest.param("rgw-https", marks=pytest.mark.slow),
+        pytest.param("rgw-https-versioned", marks=pytest.mark.slow),
+    ],
+    indirect=True,
+)
+MANIFEST = {
+    "id": "m1",
+    "csv": "manifests/m.csv",
+    "key": "m-processing-20261201-000000.csv",
+    "raw_key": "m-raw.csv",
+    "stem": "m-",
+    "timestamp": "20261201-000000",
+}
 
 
 @pytest.fixture
 def target_settings(s3_target, tmp_path) -> s3.S3Settings:
     keys = write_key_files(tmp_path / "keys", s3_target.access_key, s3_target.secret_key)
-    return s3.S3Settings(endpoint_url=s3_target.endpoint, access_key_file=str(keys[0]), secret_key_file=str(keys[1]),
-                         ca_bundle=s3_target.ca_bundle, max_attempts=2)
+    return s3.S3Settings(
+        endpoint_url=s3_target.endpoint,
+        access_key_file=str(keys[0]),
+        secret_key_file=str(keys[1]),
+        ca_bundle=s3_target.ca_bundle,
+        max_attempts=2,
+    )
 
 
 def run_config(settings: s3.S3Settings, **s3_extra) -> dict:
-    return {"batch_size": 20, "cog": {}, "jpeg": {}, "executor": "htcondor", "manifests": [MANIFEST],
-            "s3": {**{k: v for k, v in dataclasses.asdict(settings).items() if v is not None},
-                   "input_bucket": INPUT_BUCKET, "output_bucket": OUTPUT_BUCKET, **s3_extra}}
+    return {
+        "batch_size": 20,
+        "cog": {},
+        "jpeg": {},
+        "executor": "htcondor",
+        "manifests": [MANIFEST],
+        "s3": {
+            **{k: v for k, v in dataclasses.asdict(settings).items() if v is not None},
+            "input_bucket": INPUT_BUCKET,
+            "output_bucket": OUTPUT_BUCKET,
+            **s3_extra,
+        },
+    }
 
 
 def job_config(config: dict) -> dict:
@@ -138,8 +165,11 @@ def test_a_batch_with_presigned_urls_converts_skips_and_fails_as_direct(s3_targe
     config = run_config(target_settings)
 
     outcomes = {o.key: o for o in run_presigned(config, run_dir)}
-    assert {k: o.status.value for k, o in outcomes.items()} == {"a/one.tif": "ok", "a/two é.tif": "ok",
-                                                                 "a/missing.tif": "failed"}
+    assert {k: o.status.value for k, o in outcomes.items()} == {
+        "a/one.tif": "ok",
+        "a/two é.tif": "ok",
+        "a/missing.tif": "failed",
+    }
     assert outcomes["a/missing.tif"].code is FailureCode.INPUT_MISSING
     source_etag = client.head_object(Bucket=INPUT_BUCKET, Key="a/one.tif")["ETag"]
     cog = client.head_object(Bucket=OUTPUT_BUCKET, Key="a/one.tif")
@@ -151,8 +181,9 @@ def test_a_batch_with_presigned_urls_converts_skips_and_fails_as_direct(s3_targe
     assert again == {"a/one.tif": "skipped", "a/two é.tif": "skipped", "a/missing.tif": "failed"}
 
 
-def test_a_job_that_starts_after_its_urls_expired_fails_its_rows_for_retry(s3_endpoint, s3_server, buckets, seed,
-                                                                          settings, tmp_path):
+def test_a_job_that_starts_after_its_urls_expired_fails_its_rows_for_retry(
+    s3_endpoint, s3_server, buckets, seed, settings, tmp_path
+):
     seed.upload_file(str(SAMPLES_DIR / "byte.tif"), INPUT_BUCKET, "a/one.tif")
     run_dir = make_run(tmp_path, ["a/one.tif,1"])
     config = run_config(settings)
@@ -213,10 +244,24 @@ def test_an_output_larger_than_one_put_is_refused_before_sending(tmp_path, monke
         presign.upload(presign.Transport(max_attempts=1), request, src, presign.md5_of(src))
 
 
-@pytest.mark.parametrize("extra,presigned_plan", [({"executor": "htcondor"}, True), ({}, False),
-                                                  ({"s3": {"endpoint_url": "http://127.0.0.1:9",
-                                                           "input_bucket": "in-bucket", "output_bucket": "out-bucket",
-                                                           "transfer": "presigned"}}, True)])
+@pytest.mark.parametrize(
+    "extra,presigned_plan",
+    [
+        ({"executor": "htcondor"}, True),
+        ({}, False),
+        (
+            {
+                "s3": {
+                    "endpoint_url": "http://127.0.0.1:9",
+                    "input_bucket": "in-bucket",
+                    "output_bucket": "out-bucket",
+                    "transfer": "presigned",
+                }
+            },
+            True,
+        ),
+    ],
+)
 def test_the_plan_signs_and_confirms_each_batch_only_with_presigned_transfers(tmp_path, extra, presigned_plan):
     """Dry run: with presigned transfers each batch is presign_batch -> convert_batch -> confirm_batch (both local
     rules); with direct ones convert_batch alone writes the status file."""
@@ -225,9 +270,14 @@ def test_the_plan_signs_and_confirms_each_batch_only_with_presigned_transfers(tm
     run = make_run_dir(tmp_path / "run", 45, {"batch_size": 20, **extra})
     proc = snakemake(run, "-n", "--quiet", "rules")
     assert proc.returncode == 0, proc.stderr
-    counts = {rule: int(n) for rule, n in
-              (line.split()[:2] for line in proc.stdout.splitlines() if line.split()[:1] and
-               line.split()[0] in {"presign_batch", "convert_batch", "confirm_batch", "aggregate"})}
+    counts = {
+        rule: int(n)
+        for rule, n in (
+            line.split()[:2]
+            for line in proc.stdout.splitlines()
+            if line.split()[:1] and line.split()[0] in {"presign_batch", "convert_batch", "confirm_batch", "aggregate"}
+        )
+    }
     want = {"convert_batch": 3, "aggregate": 1}
     if presigned_plan:
         want.update(presign_batch=3, confirm_batch=3)
@@ -237,6 +287,7 @@ def test_the_plan_signs_and_confirms_each_batch_only_with_presigned_transfers(tm
 
 
 # --------------------------------------------------------------------------------- files beside the JPEG, STAC
+
 
 def sidecar_config(settings: s3.S3Settings) -> dict:
     return {**run_config(settings), "jpeg": {"sizes": [64]}}

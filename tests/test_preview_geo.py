@@ -21,8 +21,13 @@ from rasterio.errors import NotGeoreferencedWarning
 from cog_pipeline import SAMPLES_DIR
 from cog_pipeline.core.conversion import JpegOptions, jpeg_options_from_config
 from cog_pipeline.core.errors import ImageError
-from cog_pipeline.raster.convert import (convert_file, preview_content_type, preview_key, verify_and_write_jpeg,
-                                         write_jpeg)
+from cog_pipeline.raster.convert import (
+    convert_file,
+    preview_content_type,
+    preview_key,
+    verify_and_write_jpeg,
+    write_jpeg,
+)
 from cog_pipeline.raster.preview import jpeg_bands
 from cog_pipeline.raster.thumbnail import thumbnail_array
 
@@ -30,12 +35,19 @@ RGB = SAMPLES_DIR / "RGB.byte.tif"
 TRANSFORM = Affine(2.5, 0, 500000, 0, -2.5, 4100000)
 
 
-def make_tif(path: Path, data: np.ndarray, *, nodata=None, crs="EPSG:32618", transform=TRANSFORM,
-             colorinterp=None, gcps=None) -> Path:
+def make_tif(
+    path: Path, data: np.ndarray, *, nodata=None, crs="EPSG:32618", transform=TRANSFORM, colorinterp=None, gcps=None
+) -> Path:
     """A GeoTIFF of ``data``: georeferenced by ``transform`` or ``gcps`` in ``crs`` (None: a plain image)."""
     data = data[np.newaxis] if data.ndim == 2 else data
-    kw = dict(driver="GTiff", count=data.shape[0], height=data.shape[1], width=data.shape[2],
-              dtype=data.dtype.name, nodata=nodata)
+    kw = dict(
+        driver="GTiff",
+        count=data.shape[0],
+        height=data.shape[1],
+        width=data.shape[2],
+        dtype=data.dtype.name,
+        nodata=nodata,
+    )
     if crs:
         kw.update(crs=crs, **({"gcps": gcps} if gcps else {"transform": transform}))
     with warnings.catch_warnings():
@@ -63,6 +75,7 @@ def convert(tmp_path: Path, src: Path, options: JpegOptions = JpegOptions(), nam
 
 # --------------------------------------------------------------------------------------------- georeference
 
+
 def assert_in_place(jpeg: Path, src: Path) -> None:
     """GDAL (through rasterio) places the JPEG on the source: same CRS, bounds within half a preview pixel."""
     with rasterio.open(src) as s, rasterio.open(jpeg) as j:
@@ -76,12 +89,23 @@ def assert_in_place(jpeg: Path, src: Path) -> None:
 def test_full_and_smaller_previews_open_in_place(tmp_path):
     result, out = convert(tmp_path, RGB, JpegOptions(sizes=(200, 512)))
     assert sorted(suffix for _, suffix in result.preview_sidecars) == [
-        ".200.jgw", ".200.jpg", ".200.jpg.aux.xml", ".512.jgw", ".512.jpg", ".512.jpg.aux.xml", ".jgw", ".jpg.aux.xml"]
+        ".200.jgw",
+        ".200.jpg",
+        ".200.jpg.aux.xml",
+        ".512.jgw",
+        ".512.jpg",
+        ".512.jpg.aux.xml",
+        ".jgw",
+        ".jpg.aux.xml",
+    ]
     for path, suffix in result.preview_sidecars:
         assert path.is_file() and path.name == "x" + suffix
         assert preview_key("a/b.jpg", suffix) == "a/b" + suffix
-    assert [preview_content_type(s) for s in (".jgw", ".512.jpg", ".jpg.aux.xml")] == \
-        ["text/plain", "image/jpeg", "application/xml"]
+    assert [preview_content_type(s) for s in (".jgw", ".512.jpg", ".jpg.aux.xml")] == [
+        "text/plain",
+        "image/jpeg",
+        "application/xml",
+    ]
     assert sorted(os.listdir(out)) == sorted(["x.tif", "x.jpg"] + [p.name for p, _ in result.preview_sidecars])
     for name, size in (("x.jpg", (791, 718)), ("x.512.jpg", (512, 465)), ("x.200.jpg", (200, 182))):
         with rasterio.open(out / name) as ds:
@@ -119,8 +143,12 @@ def test_odd_sizes_and_rotated_grid_stay_in_place(tmp_path):
 
 
 def test_gcp_only_images_get_their_gcps_scaled(tmp_path):
-    gcps = [GroundControlPoint(0, 0, 500000, 4000000), GroundControlPoint(0, 90, 500900, 4000000),
-            GroundControlPoint(60, 0, 500000, 3999400), GroundControlPoint(60, 90, 500900, 3999400)]
+    gcps = [
+        GroundControlPoint(0, 0, 500000, 4000000),
+        GroundControlPoint(0, 90, 500900, 4000000),
+        GroundControlPoint(60, 0, 500000, 3999400),
+        GroundControlPoint(60, 90, 500900, 3999400),
+    ]
     src = make_tif(tmp_path / "g.tif", np.full((60, 90), 7, np.uint8), gcps=gcps)
     result, out = convert(tmp_path, src, JpegOptions(sizes=(30,)))
     assert sorted(s for _, s in result.preview_sidecars) == [".30.jpg", ".30.jpg.aux.xml", ".jpg.aux.xml"]  # no jgw
@@ -161,6 +189,7 @@ def test_extra_options_leave_the_full_preview_bytes_alone(tmp_path):
 
 # --------------------------------------------------------------------------------------------- band order
 
+
 def test_jpeg_bands_follow_the_colour_interpretation():
     ci = ColorInterp
     assert jpeg_bands(3, [ci.blue, ci.green, ci.red]) == [3, 2, 1]
@@ -197,6 +226,7 @@ def test_bgr_preview_comes_out_red_where_red_is_high(tmp_path, alpha):
 
 # --------------------------------------------------------------------------------------------- nodata colour
 
+
 def test_nodata_color_default_black_and_configurable(tmp_path):
     data = np.random.default_rng(2).integers(100, 3000, (1, 80, 96)).astype(np.int16)
     data[:, :, :32] = -9999
@@ -216,17 +246,23 @@ def test_nodata_color_default_black_and_configurable(tmp_path):
 
 
 def test_nodata_color_config_is_checked():
-    assert jpeg_options_from_config({"nodata_color": [255, 255, 255], "sizes": [2048, 512]}) == \
-        JpegOptions(nodata_color="white", sizes=(512, 2048))
-    for bad, words in (({"nodata_color": "pink"}, "jpeg.nodata_color 'pink'"),
-                       ({"nodata_color": [0, 0, 256]}, "each from 0 to 255"),
-                       ({"sizes": [8]}, "jpeg.sizes: 8"), ({"sizes": [64, 64]}, "twice"),
-                       ({"sizes": 512}, "must be a list"), ({"georeference": "yes"}, "jpeg.georeference")):
+    assert jpeg_options_from_config({"nodata_color": [255, 255, 255], "sizes": [2048, 512]}) == JpegOptions(
+        nodata_color="white", sizes=(512, 2048)
+    )
+    for bad, words in (
+        ({"nodata_color": "pink"}, "jpeg.nodata_color 'pink'"),
+        ({"nodata_color": [0, 0, 256]}, "each from 0 to 255"),
+        ({"sizes": [8]}, "jpeg.sizes: 8"),
+        ({"sizes": [64, 64]}, "twice"),
+        ({"sizes": 512}, "must be a list"),
+        ({"georeference": "yes"}, "jpeg.georeference"),
+    ):
         with pytest.raises(ValueError, match=words):
             jpeg_options_from_config(bad)
 
 
 # --------------------------------------------------------------------------------------------- undeclared fill
+
 
 def elevation_with_fill(tmp_path: Path) -> Path:
     """Float elevation 100..400 m, with a -9999 collar (40% of the pixels) that the file does not declare."""

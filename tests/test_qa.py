@@ -42,8 +42,10 @@ def checks(findings) -> set[tuple[str, str, str]]:
 
 
 def test_a_consistent_delivery_has_no_finding(tmp_path, rules):
-    paths = {f"t{i}.tif": make_tif(tmp_path / f"t{i}.tif", rgb(seed=i),
-                                   transform=TRANSFORM @ Affine.translation(64 * i, 0)) for i in range(3)}
+    paths = {
+        f"t{i}.tif": make_tif(tmp_path / f"t{i}.tif", rgb(seed=i), transform=TRANSFORM @ Affine.translation(64 * i, 0))
+        for i in range(3)
+    }
     assert run_qa(paths, rules) == []
 
 
@@ -51,11 +53,15 @@ def test_each_odd_image_is_named_with_its_check(tmp_path, rules):
     paths = {f"ok{i}.tif": make_tif(tmp_path / f"ok{i}.tif", rgb(seed=i)) for i in range(3)}
     paths["utm.tif"] = make_tif(tmp_path / "utm.tif", rgb(), crs="EPSG:32760")
     paths["coarse.tif"] = make_tif(tmp_path / "coarse.tif", rgb(), transform=Affine(1, 0, 1_750_000, 0, -1, 5_430_000))
-    paths["four.tif"] = make_tif(tmp_path / "four.tif", rgb(bands=4), colorinterp=[
-        ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.undefined])
+    paths["four.tif"] = make_tif(
+        tmp_path / "four.tif",
+        rgb(bands=4),
+        colorinterp=[ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.undefined],
+    )
     paths["u16.tif"] = make_tif(tmp_path / "u16.tif", rgb().astype(np.uint16))
-    paths["bgr.tif"] = make_tif(tmp_path / "bgr.tif", rgb(), colorinterp=[
-        ColorInterp.blue, ColorInterp.green, ColorInterp.red])
+    paths["bgr.tif"] = make_tif(
+        tmp_path / "bgr.tif", rgb(), colorinterp=[ColorInterp.blue, ColorInterp.green, ColorInterp.red]
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         paths["nocrs.tif"] = make_tif(tmp_path / "nocrs.tif", rgb(), crs=None)
@@ -110,18 +116,27 @@ def test_data_touching_the_edges_is_no_fill(tmp_path, rules):
 
 
 def test_alpha_and_nodata_both_declared_is_a_warning(tmp_path, rules):
-    path = make_tif(tmp_path / "rgba.tif", rgb(bands=4), nodata=0, colorinterp=[
-        ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.alpha])
+    path = make_tif(
+        tmp_path / "rgba.tif",
+        rgb(bands=4),
+        nodata=0,
+        colorinterp=[ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.alpha],
+    )
     assert checks(run_qa({"rgba.tif": path}, rules)) == {("rgba.tif", "alpha_and_nodata", "warn")}
 
 
 def test_paletted_and_categorical_are_reported(tmp_path, rules):
     classes = (np.arange(64 * 64) % 6).astype(np.uint8).reshape(64, 64) + 1
-    paths = {"pal.tif": make_tif(tmp_path / "pal.tif", classes, colormap={i: (i * 40, 0, 0, 255) for i in range(7)}),
-             "cls.tif": make_tif(tmp_path / "cls.tif", classes)}
+    paths = {
+        "pal.tif": make_tif(tmp_path / "pal.tif", classes, colormap={i: (i * 40, 0, 0, 255) for i in range(7)}),
+        "cls.tif": make_tif(tmp_path / "cls.tif", classes),
+    }
     found = run_qa(paths, rules)
-    assert checks(found) == {("pal.tif", "paletted", "info"), ("cls.tif", "categorical", "info"),
-                             ("cls.tif", "colorinterp_mismatch", "warn")}
+    assert checks(found) == {
+        ("pal.tif", "paletted", "info"),
+        ("cls.tif", "categorical", "info"),
+        ("cls.tif", "colorinterp_mismatch", "warn"),
+    }
     assert "never averaged" in found[0].detail
 
 
@@ -146,8 +161,10 @@ def test_an_unreadable_image_is_a_finding_not_a_crash(tmp_path, rules):
 
 
 def test_qa_csv_round_trips(tmp_path):
-    findings = [Finding("a/b.tif", "srs_mismatch", "fail", 'SRS "x", while 2 of 3 images are EPSG:2193'),
-                Finding("c.tif", "categorical", "info", "one uint8 band\nwith 3 values")]
+    findings = [
+        Finding("a/b.tif", "srs_mismatch", "fail", 'SRS "x", while 2 of 3 images are EPSG:2193'),
+        Finding("c.tif", "categorical", "info", "one uint8 band\nwith 3 values"),
+    ]
     name = qa.qa_csv_name("county-", "20250101-120000")
     assert name == "county-qa-20250101-120000.csv"
     path = qa.write_qa_csv(findings, tmp_path / name)
@@ -159,6 +176,7 @@ def test_qa_csv_round_trips(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------- range reads
+
 
 class _RangeHandler(SimpleHTTPRequestHandler):
     """Static files with single byte ranges (what GDAL's /vsicurl/ asks for); counts the bytes sent."""
@@ -175,7 +193,7 @@ class _RangeHandler(SimpleHTTPRequestHandler):
         if header and header.startswith("bytes="):
             start_text, end_text = header[6:].split("-")
             start, end = int(start_text), min(int(end_text or len(data) - 1), len(data) - 1)
-            body = data[start:end + 1]
+            body = data[start : end + 1]
             self.send_response(206)
             self.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
         else:

@@ -39,14 +39,20 @@ def tile(i: int) -> np.ndarray:
 
 def upload_tiles(seed, tmp_path: Path, tiles: dict[str, str] = TILES) -> None:
     for i, (key, crs) in enumerate(tiles.items()):
-        path = make_tif(tmp_path / f"tile{i}.tif", tile(i), crs=crs,
-                        transform=TRANSFORM @ Affine.translation(64 * i, 0))
+        path = make_tif(
+            tmp_path / f"tile{i}.tif", tile(i), crs=crs, transform=TRANSFORM @ Affine.translation(64 * i, 0)
+        )
         seed.upload_file(str(path), INPUT_BUCKET, key)
 
 
 def s3_section(settings) -> dict:
-    return {"endpoint_url": settings.endpoint_url, "access_key_file": settings.access_key_file,
-            "secret_key_file": settings.secret_key_file, "input_bucket": INPUT_BUCKET, "output_bucket": OUTPUT_BUCKET}
+    return {
+        "endpoint_url": settings.endpoint_url,
+        "access_key_file": settings.access_key_file,
+        "secret_key_file": settings.secret_key_file,
+        "input_bucket": INPUT_BUCKET,
+        "output_bucket": OUTPUT_BUCKET,
+    }
 
 
 def make_run(tmp_path: Path, settings, seed, keys, qa=None, transfer="direct") -> tuple[dict, Path]:
@@ -56,11 +62,23 @@ def make_run(tmp_path: Path, settings, seed, keys, qa=None, transfer="direct") -
     body = "".join(f"{k},3\n" for k in keys).encode()
     (run_dir / "manifests" / PROCESSING).write_bytes(body)
     seed.put_object(Bucket=INPUT_BUCKET, Key=PROCESSING, Body=body)
-    manifest = {"id": "m1", "csv": f"manifests/{PROCESSING}", "key": PROCESSING, "raw_key": "county-raw.csv",
-                "stem": "county-", "timestamp": TS}
-    config = config_model.load(run={"run_id": TS, "pattern": "*raw.csv", "manifests": [manifest],
-                                    "s3": {**s3_section(settings), "transfer": transfer},
-                                    "qa": {"enabled": True, **(qa or {})}})
+    manifest = {
+        "id": "m1",
+        "csv": f"manifests/{PROCESSING}",
+        "key": PROCESSING,
+        "raw_key": "county-raw.csv",
+        "stem": "county-",
+        "timestamp": TS,
+    }
+    config = config_model.load(
+        run={
+            "run_id": TS,
+            "pattern": "*raw.csv",
+            "manifests": [manifest],
+            "s3": {**s3_section(settings), "transfer": transfer},
+            "qa": {"enabled": True, **(qa or {})},
+        }
+    )
     return config, run_dir
 
 
@@ -69,6 +87,7 @@ def rows(body: bytes) -> list[list[str]]:
 
 
 # --------------------------------------------------------------------------------------------- the verdict
+
 
 def test_a_delivery_mixing_two_srs_fails_the_minority_rows(seed, buckets, settings, tmp_path):
     upload_tiles(seed, tmp_path)
@@ -109,6 +128,7 @@ def test_redact_removes_only_the_query():
 
 # --------------------------------------------------------------------------------------------- step, batch, aggregate
 
+
 def test_qa_failed_rows_are_not_converted_and_fail_with_their_reason(seed, buckets, settings, tmp_path):
     upload_tiles(seed, tmp_path)
     config, run_dir = make_run(tmp_path, settings, seed, [*TILES, "d/gone.tif"])
@@ -120,8 +140,12 @@ def test_qa_failed_rows_are_not_converted_and_fail_with_their_reason(seed, bucke
     assert rows(all_objects(seed, INPUT_BUCKET)[QA_KEY]) == local  # beside the outcome CSVs, right away
     verdict = json.loads((run_dir / "qa" / "m1.json").read_text())
     assert verdict["failed"] == [{"key": "d/utm.tif", "reason": UTM_REASON}]
-    assert [e.key for e in batch_entries(config, run_dir, "m1", 0)] == ["d/t0.tif", "d/t1.tif", "d/t2.tif",
-                                                                        "d/gone.tif"]
+    assert [e.key for e in batch_entries(config, run_dir, "m1", 0)] == [
+        "d/t0.tif",
+        "d/t1.tif",
+        "d/t2.tif",
+        "d/gone.tif",
+    ]
 
     run_batch(config, run_dir, "m1", 0, run_dir / "status" / "m1" / "batch-00000.jsonl")
     assert "d/utm.tif" not in read_outcomes(run_dir, "m1")
@@ -135,8 +159,10 @@ def test_qa_failed_rows_are_not_converted_and_fail_with_their_reason(seed, bucke
     errors = {r[0]: r[2] for r in rows(objs[summary["errors_key"]])[1:]}
     assert errors["d/utm.tif"] == f"qa: {UTM_REASON}"
     assert "not found" in errors["d/gone.tif"]
-    assert {f["key"]: f["code"] for f in summary["failures"]} == {"d/utm.tif": "qa-failed",
-                                                                  "d/gone.tif": "input-missing"}
+    assert {f["key"]: f["code"] for f in summary["failures"]} == {
+        "d/utm.tif": "qa-failed",
+        "d/gone.tif": "input-missing",
+    }
     assert rows(objs[summary["processed_key"]]) == [["d/t0.tif", "3"], ["d/t1.tif", "3"], ["d/t2.tif", "3"]]
     assert FailureCode.QA_FAILED in ADVICE
 
@@ -156,9 +182,19 @@ def test_the_plan_has_the_qa_step_only_when_enabled(tmp_path):
     from test_workflow import make_run_dir, snakemake
 
     for enabled, transfer in ((True, "direct"), (True, "presigned"), (False, "direct")):
-        run = make_run_dir(tmp_path / f"run-{enabled}-{transfer}", 3, {"qa": {"enabled": enabled}, "s3": {
-            "endpoint_url": "http://127.0.0.1:9", "input_bucket": "in-bucket", "output_bucket": "out-bucket",
-            "transfer": transfer}})
+        run = make_run_dir(
+            tmp_path / f"run-{enabled}-{transfer}",
+            3,
+            {
+                "qa": {"enabled": enabled},
+                "s3": {
+                    "endpoint_url": "http://127.0.0.1:9",
+                    "input_bucket": "in-bucket",
+                    "output_bucket": "out-bucket",
+                    "transfer": transfer,
+                },
+            },
+        )
         proc = snakemake(run, "-n", "--cores", "1")
         assert proc.returncode == 0, proc.stderr
         assert ("rule qa_delivery:" in proc.stdout) is enabled
@@ -170,14 +206,17 @@ def test_the_plan_has_the_qa_step_only_when_enabled(tmp_path):
 
 # --------------------------------------------------------------------------------------------- the tick
 
+
 def run_tick(settings, tmp_path, **kw):
-    opts = TickOptions(input_bucket=INPUT_BUCKET, output_bucket=OUTPUT_BUCKET, settings=settings,
-                       workdir=tmp_path / "work", **kw)
+    opts = TickOptions(
+        input_bucket=INPUT_BUCKET, output_bucket=OUTPUT_BUCKET, settings=settings, workdir=tmp_path / "work", **kw
+    )
     return tick(opts)
 
 
-def test_the_dry_run_names_missing_inputs_and_qa_findings_without_claiming(seed, buckets, settings, tmp_path,
-                                                                          capfd, monkeypatch):
+def test_the_dry_run_names_missing_inputs_and_qa_findings_without_claiming(
+    seed, buckets, settings, tmp_path, capfd, monkeypatch
+):
     monkeypatch.delenv("CONDOR_CONFIG", raising=False)
     upload_tiles(seed, tmp_path)
     manifest = "".join(f"{k},3\n" for k in [*TILES, "d/gone.tif"]).encode()

@@ -30,8 +30,17 @@ def complex_tif(path: Path, dtype: str, height: int = 120, width: int = 150, cou
     amplitude = 100 + 20 * rows + 10 * cols + 500 * np.arange(count)[:, None, None]
     z = amplitude * np.exp(1j * rng.uniform(-np.pi, np.pi, (count, height, width)))
     data = (np.round(z.real) + 1j * np.round(z.imag)).astype(held)
-    with rasterio.open(path, "w", driver="GTiff", width=width, height=height, count=count, dtype=dtype,
-                       crs="EPSG:32633", transform=Affine(10, 0, 400000, 0, -10, 5000000)) as ds:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=width,
+        height=height,
+        count=count,
+        dtype=dtype,
+        crs="EPSG:32633",
+        transform=Affine(10, 0, 400000, 0, -10, 5000000),
+    ) as ds:
         ds.write(data)
     return data
 
@@ -91,19 +100,28 @@ def test_predictor_yes_on_complex_data_uses_the_horizontal_predictor(tmp_path, d
 
 def test_predictor_yes_on_complex128_writes_without_predictor(tmp_path):
     data = complex_tif(tmp_path / "sar.tif", "complex128")
-    convert_file(tmp_path / "sar.tif", tmp_path / "sar.cog.tif", tmp_path / "sar.jpg",
-                 CogOptions(compress="DEFLATE", predictor="YES"))
+    convert_file(
+        tmp_path / "sar.tif",
+        tmp_path / "sar.cog.tif",
+        tmp_path / "sar.jpg",
+        CogOptions(compress="DEFLATE", predictor="YES"),
+    )
     with rasterio.open(tmp_path / "sar.cog.tif") as cog:
         assert cog.tags(ns="IMAGE_STRUCTURE").get("PREDICTOR") in (None, "1")
         np.testing.assert_array_equal(cog.read(), data)
 
 
-@pytest.mark.parametrize("options, words", [
-    (CogOptions(compress="LERC"), "compress LERC cannot store complex data (complex64)"),
-    (CogOptions(compress="LERC_ZSTD"), "compress LERC_ZSTD cannot store complex data (complex64)"),
-    (CogOptions(predictor="FLOATING_POINT"), "predictor FLOATING_POINT only works on float data and this image "
-                                             "is complex64"),
-])
+@pytest.mark.parametrize(
+    "options, words",
+    [
+        (CogOptions(compress="LERC"), "compress LERC cannot store complex data (complex64)"),
+        (CogOptions(compress="LERC_ZSTD"), "compress LERC_ZSTD cannot store complex data (complex64)"),
+        (
+            CogOptions(predictor="FLOATING_POINT"),
+            "predictor FLOATING_POINT only works on float data and this image is complex64",
+        ),
+    ],
+)
 def test_what_cannot_hold_complex_data_is_refused_by_name(tmp_path, options, words):
     complex_tif(tmp_path / "sar.tif", "complex64")
     out = tmp_path / "out"

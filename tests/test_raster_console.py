@@ -22,29 +22,59 @@ from cog_pipeline.raster.gdalerrors import GDAL_LOGGER, quiet_gdal
 
 #: EPSG:4326 with another ellipsoid: GDAL warns that the GeoTIFF keys differ from the EPSG registry,
 #: once per dataset opened (several times in one conversion).
-ODD_4326 = ('GEOGCS["WGS 84",DATUM["WGS_1984",SPHEROID["WGS 84",6378000,298.257223563]],PRIMEM["Greenwich",0],'
-            'UNIT["degree",0.0174532925199433],AUTHORITY["EPSG","4326"]]')
+ODD_4326 = (
+    'GEOGCS["WGS 84",DATUM["WGS_1984",SPHEROID["WGS 84",6378000,298.257223563]],PRIMEM["Greenwich",0],'
+    'UNIT["degree",0.0174532925199433],AUTHORITY["EPSG","4326"]]'
+)
 
 
 def odd_datum_tif(path: Path) -> Path:
-    with rasterio.open(path, "w", driver="GTiff", width=64, height=64, count=1, dtype="uint8",
-                       crs=CRS.from_wkt(ODD_4326), transform=Affine(0.01, 0, 10, 0, -0.01, 50)) as ds:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=64,
+        height=64,
+        count=1,
+        dtype="uint8",
+        crs=CRS.from_wkt(ODD_4326),
+        transform=Affine(0.01, 0, 10, 0, -0.01, 50),
+    ) as ds:
         ds.write(np.arange(64 * 64, dtype=np.uint32).reshape(1, 64, 64).astype(np.uint8))
     return path
 
 
 def rgba_with_nodata_tif(path: Path) -> Path:
     """Nodata and an alpha band: rasterio warns NodataShadowWarning on every read of the masks."""
-    with rasterio.open(path, "w", driver="GTiff", width=64, height=64, count=4, dtype="uint8", nodata=0,
-                       crs="EPSG:32618", transform=Affine(10, 0, 0, 0, -10, 0)) as ds:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=64,
+        height=64,
+        count=4,
+        dtype="uint8",
+        nodata=0,
+        crs="EPSG:32618",
+        transform=Affine(10, 0, 0, 0, -10, 0),
+    ) as ds:
         ds.write(np.random.default_rng(1).integers(1, 255, (4, 64, 64), dtype=np.uint8))
         ds.colorinterp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.alpha]
     return path
 
 
 def plain_tif(path: Path, count: int = 1) -> Path:
-    with rasterio.open(path, "w", driver="GTiff", width=40, height=30, count=count, dtype="uint8",
-                       crs="EPSG:32618", transform=Affine(10, 0, 0, 0, -10, 0)) as ds:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=40,
+        height=30,
+        count=count,
+        dtype="uint8",
+        crs="EPSG:32618",
+        transform=Affine(10, 0, 0, 0, -10, 0),
+    ) as ds:
         ds.write(np.full((count, 30, 40), 9, np.uint8))
     return path
 
@@ -55,6 +85,7 @@ def gdal_records(caplog: pytest.LogCaptureFixture, level: int = logging.INFO) ->
 
 # --------------------------------------------------------------------------------------------- in the logs, once
 
+
 def test_a_repeated_gdal_warning_is_logged_once_with_its_count(tmp_path, caplog):
     src = odd_datum_tif(tmp_path / "odd.tif")
     caplog.set_level(logging.INFO)
@@ -63,9 +94,11 @@ def test_a_repeated_gdal_warning_is_logged_once_with_its_count(tmp_path, caplog)
     assert [r.name for r in records] == [GDAL_LOGGER]
     (record,) = records
     assert record.levelno == logging.INFO  # in the batch log and the image's own log, not a console warning
-    assert record.getMessage().startswith("GDAL warning: CPLE_AppDefined in The definition of geographic CRS "
-                                          "EPSG:4326 got from GeoTIFF keys is not the same as the one from the "
-                                          "EPSG registry")
+    assert record.getMessage().startswith(
+        "GDAL warning: CPLE_AppDefined in The definition of geographic CRS "
+        "EPSG:4326 got from GeoTIFF keys is not the same as the one from the "
+        "EPSG registry"
+    )
     assert "(repeated " in record.getMessage()
 
 
@@ -77,8 +110,16 @@ def test_a_python_warning_of_rasterio_is_logged_not_printed(tmp_path, caplog):
         convert_file(src, tmp_path / "rgba.cog.tif", tmp_path / "rgba.jpg")
     assert [w.category.__name__ for w in printed] == []
     messages = [r.getMessage() for r in gdal_records(caplog) if r.name == GDAL_LOGGER]
-    assert len([m for m in messages if m.startswith("NodataShadowWarning: The dataset's nodata attribute is "
-                                                    "shadowing the alpha band")]) == 1
+    assert (
+        len(
+            [
+                m
+                for m in messages
+                if m.startswith("NodataShadowWarning: The dataset's nodata attribute is shadowing the alpha band")
+            ]
+        )
+        == 1
+    )
     assert not any(str(tmp_path) in m for m in messages)  # no source path of a Python warning
 
 
@@ -102,10 +143,12 @@ def test_quiet_gdal_restores_rasterio_logging(caplog):
         logging.getLogger("rasterio._env").warning("CPLE_AppDefined in once")
     assert (rasterio_log.propagate, list(rasterio_log.handlers)) == before
     assert [r.getMessage() for r in caplog.records if r.name == GDAL_LOGGER] == [
-        "GDAL warning: CPLE_AppDefined in once (repeated 2 times)"]
+        "GDAL warning: CPLE_AppDefined in once (repeated 2 times)"
+    ]
 
 
 # --------------------------------------------------------------------------------------------- output folders
+
 
 @pytest.mark.parametrize("which", ["cog", "jpeg"])
 def test_an_output_in_a_missing_folder_names_the_folder(tmp_path, which):
@@ -133,9 +176,11 @@ def test_single_steps_name_a_missing_output_folder_too(tmp_path):
 
 # --------------------------------------------------------------------------------------------- the convert command
 
+
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "cog_pipeline.ui.cli", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "cog_pipeline.ui.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=120
+    )
 
 
 @pytest.mark.slow
@@ -158,14 +203,17 @@ def test_convert_command_is_quiet_words_its_notes_and_names_a_missing_folder(tmp
     assert missing.stderr == "error: odd.tif: cog: output folder nodir does not exist (for x.tif); create it first\n"
 
 
-@pytest.mark.parametrize("args, words", [
-    (["--quality", "150"], "jpeg.quality"),
-    (["--blocksize", "100"], "cog.blocksize"),
-    (["--level", "30", "--compress", "ZSTD"], "cog.level 30 is out of range for ZSTD (1..22)"),
-    (["--bands", "0"], "argument --bands: 0 is not a positive integer"),
-    (["--compress", "FOO"], "argument --compress: invalid choice: 'FOO'"),
-    (["--predictor", "MAYBE"], "argument --predictor: invalid choice: 'MAYBE'"),
-])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--quality", "150"], "jpeg.quality"),
+        (["--blocksize", "100"], "cog.blocksize"),
+        (["--level", "30", "--compress", "ZSTD"], "cog.level 30 is out of range for ZSTD (1..22)"),
+        (["--bands", "0"], "argument --bands: 0 is not a positive integer"),
+        (["--compress", "FOO"], "argument --compress: invalid choice: 'FOO'"),
+        (["--predictor", "MAYBE"], "argument --predictor: invalid choice: 'MAYBE'"),
+    ],
+)
 def test_convert_command_refuses_bad_values_in_one_line(tmp_path, args, words, capsys, monkeypatch):
     from cog_pipeline.ui.cli import main
 
@@ -188,8 +236,27 @@ def test_convert_command_passes_predictor_blocksize_and_level(tmp_path, capsys, 
 
     plain_tif(tmp_path / "x.tif", count=3)
     monkeypatch.chdir(tmp_path)
-    assert main(["convert", "x.tif", "--cog", "c.tif", "--jpeg", "p.jpg", "--compress", "deflate", "--predictor",
-                 "standard", "--blocksize", "256", "--level", "9"]) == 0
+    assert (
+        main(
+            [
+                "convert",
+                "x.tif",
+                "--cog",
+                "c.tif",
+                "--jpeg",
+                "p.jpg",
+                "--compress",
+                "deflate",
+                "--predictor",
+                "standard",
+                "--blocksize",
+                "256",
+                "--level",
+                "9",
+            ]
+        )
+        == 0
+    )
     assert "3 bands uint8" in capsys.readouterr().out
     with rasterio.open(tmp_path / "c.tif") as cog:
         assert cog.profile["compress"] == "deflate" and cog.block_shapes[0] == (256, 256)
@@ -203,8 +270,17 @@ def test_convert_help_explains_every_option(capsys):
         main(["convert", "--help"])
     assert done.value.code == 0
     text = " ".join(capsys.readouterr().out.split())
-    for option in ("--compress", "--predictor", "--level", "--blocksize", "--overview-resampling", "--threads",
-                   "--quality", "--bands", "--config"):
+    for option in (
+        "--compress",
+        "--predictor",
+        "--level",
+        "--blocksize",
+        "--overview-resampling",
+        "--threads",
+        "--quality",
+        "--bands",
+        "--config",
+    ):
         assert option in text
     assert "the GeoTIFF to convert" in text and "a multiple of 16 from 64 to 4096" in text
 

@@ -28,8 +28,9 @@ def on(**section):
 
 def dem(n=256, nodata=True):
     y, x = np.mgrid[0:n, 0:n]
-    data = (1000 + 300 * np.sin(x / 40) * np.cos(y / 30)
-            + np.random.default_rng(0).normal(0, 0.5, (n, n))).astype(np.float32)
+    data = (1000 + 300 * np.sin(x / 40) * np.cos(y / 30) + np.random.default_rng(0).normal(0, 0.5, (n, n))).astype(
+        np.float32
+    )
     if nodata:
         data[:20, :20] = -9999
     return data
@@ -53,6 +54,7 @@ def outputs(tmp_path, name="out"):
 
 # --------------------------------------------------------------------------------------------- default: off
 
+
 def test_presets_are_off_by_default_and_the_cog_section_is_used(tmp_path):
     cfg = config.load()
     assert cfg["presets"]["enabled"] is False
@@ -68,6 +70,7 @@ def test_presets_are_off_by_default_and_the_cog_section_is_used(tmp_path):
 
 # --------------------------------------------------------------------------------------------- lossless + digest
 
+
 def test_lossless_preset_digests_are_equal_and_match_pixel_digest(tmp_path):
     src = make_tif(tmp_path / "rgb.tif", photo())
     preset = kinds.preset_for(read_header(src), on())
@@ -75,8 +78,9 @@ def test_lossless_preset_digests_are_equal_and_match_pixel_digest(tmp_path):
     result = convert(tmp_path, src, preset)
     with rasterio.open(tmp_path / "out.tif") as ds:
         assert ds.compression.name == "webp"
-    assert result.input_pixel_digest == result.cog_pixel_digest == pixel_digest(src) \
-        == pixel_digest(tmp_path / "out.tif")
+    assert (
+        result.input_pixel_digest == result.cog_pixel_digest == pixel_digest(src) == pixel_digest(tmp_path / "out.tif")
+    )
     assert result.input_pixel_digest.startswith("1220") and len(result.input_pixel_digest) == 68
     assert result.check == "lossless" and result.error is None
 
@@ -105,10 +109,12 @@ def test_a_digest_mismatch_fails_the_lossless_check(tmp_path):
 
 # --------------------------------------------------------------------------------------------- bounded (lossy)
 
+
 def test_lerc_with_max_z_error_passes_its_bound_and_records_the_error(tmp_path):
     src = make_tif(tmp_path / "dem.tif", dem(), nodata=-9999)
-    preset = kinds.preset_for(read_header(src), on(elevation={"compress": "LERC_ZSTD", "max_z_error": 0.01,
-                                                              "max_abs_error": 0.01}))
+    preset = kinds.preset_for(
+        read_header(src), on(elevation={"compress": "LERC_ZSTD", "max_z_error": 0.01, "max_abs_error": 0.01})
+    )
     assert preset.extra_creation == {"MAX_Z_ERROR": "0.01"} and preset.lossy
     result = convert(tmp_path, src, preset)
     assert result.check == "bounded" and result.kind == "elevation"
@@ -126,8 +132,9 @@ def test_lerc_with_max_z_error_passes_its_bound_and_records_the_error(tmp_path):
 
 def test_a_lossy_preset_out_of_its_bound_fails_verify_with_the_measured_error(tmp_path):
     src = make_tif(tmp_path / "dem.tif", dem(nodata=False))
-    loose = kinds.preset_for(read_header(src), on(elevation={"compress": "LERC", "max_z_error": 0.5,
-                                                             "max_abs_error": 0.5}))
+    loose = kinds.preset_for(
+        read_header(src), on(elevation={"compress": "LERC", "max_z_error": 0.5, "max_abs_error": 0.5})
+    )
     assert convert(tmp_path, src, loose, "loose").error.max_abs_error > 0.1
     tight = dataclasses.replace(loose, bound=ErrorBound(max_abs_error=0.1))  # below max_z_error: fails
     with pytest.raises(ImageError) as err:
@@ -169,7 +176,7 @@ def test_error_meter_window_by_window_equals_one_measure():
     valid = rng.random((60, 50)) > 0.1
     meter = ErrorMeter()
     for row in range(0, 60, 7):
-        meter.add(ref[:, row:row + 7], cand[:, row:row + 7], valid[row:row + 7])
+        meter.add(ref[:, row : row + 7], cand[:, row : row + 7], valid[row : row + 7])
     whole = kinds.measure_error(ref, cand, valid)
     split = meter.stats()
     assert split.values == whole.values and split.max_abs_error == whole.max_abs_error
@@ -181,11 +188,13 @@ def test_error_meter_window_by_window_equals_one_measure():
 
 # --------------------------------------------------------------------------------------------- write_cog
 
+
 def test_categorical_overviews_never_average_class_codes(tmp_path):
     codes = np.where((np.indices((512, 512)).sum(0) % 2) == 0, 1, 5).astype(np.int16)  # average: 3
     src = make_tif(tmp_path / "cls.tif", codes)
-    preset = kinds.preset_for(read_header(src), config.load(run={"presets": {"enabled": True},
-                                                                 "cog": {"blocksize": 128}}))
+    preset = kinds.preset_for(
+        read_header(src), config.load(run={"presets": {"enabled": True}, "cog": {"blocksize": 128}})
+    )
     assert (preset.kind, preset.options.overview_resampling) == (DataKind.CATEGORICAL, "mode")
     # A hand-made preset that asks for averaging still gets nearest for a categorical image.
     averaging = dataclasses.replace(preset, options=dataclasses.replace(preset.options, overview_resampling="average"))

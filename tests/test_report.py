@@ -21,10 +21,16 @@ from conftest import INPUT_BUCKET, OUTPUT_BUCKET, all_objects
 def run_mixed(seed, settings, samples, tmp_path):
     seed.upload_file(str(samples / "RGB.byte.tif"), INPUT_BUCKET, "imagery/rgb.tif")
     seed.upload_file(str(samples / "byte.tif"), INPUT_BUCKET, "imagery/<b>bold</b>.tif")
-    seed.put_object(Bucket=INPUT_BUCKET, Key="set-raw.csv",
-                    Body=b"imagery/rgb.tif,3\nimagery/<b>bold</b>.tif,2\nimagery/missing.tif,1\n/bad.tif,1\n")
-    return tick(TickOptions(input_bucket=INPUT_BUCKET, output_bucket=OUTPUT_BUCKET, settings=settings,
-                            workdir=tmp_path / "work"))
+    seed.put_object(
+        Bucket=INPUT_BUCKET,
+        Key="set-raw.csv",
+        Body=b"imagery/rgb.tif,3\nimagery/<b>bold</b>.tif,2\nimagery/missing.tif,1\n/bad.tif,1\n",
+    )
+    return tick(
+        TickOptions(
+            input_bucket=INPUT_BUCKET, output_bucket=OUTPUT_BUCKET, settings=settings, workdir=tmp_path / "work"
+        )
+    )
 
 
 @pytest.mark.slow
@@ -38,7 +44,7 @@ def test_report_is_written_uploaded_and_escaped(seed, buckets, settings, samples
     assert page.count('<path class="fp processed"') == 2, "both converted images are on the map"
     assert "EPSG:32618" in page and "EPSG:26711" in page and "COG / input size" in page
     assert page.count('src="data:image/jpeg;base64,') == 2  # one thumbnail per converted image
-    table = page[page.index("<tbody>"):]
+    table = page[page.index("<tbody>") :]
     assert table.index("missing.tif") < table.index("imagery/rgb.tif"), "failed rows come first"
     assert "What to do:" in page and "cog-pipeline retry" in page and "set-failed-" in page
     assert "manifest says 2 bands, file has 1" in page  # the band-count note of a processed row
@@ -51,7 +57,11 @@ def test_every_row_gets_a_log_named_after_its_image(seed, buckets, settings, sam
     result = run_mixed(seed, settings, samples, tmp_path)
     logs = result.run_dir / "logs" / "images"
     assert sorted(p.relative_to(logs).as_posix() for p in logs.rglob("*.log")) == [
-        "bad.log", "imagery/<b>bold</b>.log", "imagery/missing.log", "imagery/rgb.log"]
+        "bad.log",
+        "imagery/<b>bold</b>.log",
+        "imagery/missing.log",
+        "imagery/rgb.log",
+    ]
 
     missing = (logs / "imagery" / "missing.log").read_text()
     assert "image:      imagery/missing.tif" in missing and "line 3" in missing
@@ -92,17 +102,20 @@ def test_captured_lines_go_into_the_record_and_are_bounded():
     assert len(many["log"]) == 201 and many["log"][-1] == "... 50 more line(s) in the batch log"
 
 
-@pytest.mark.parametrize("reason, expected", [
-    ("download: input object not found in bucket 'in'; upload it", "upload the image"),
-    ("open: not a TIFF file (it looks like a PNG image)", "export the image as GeoTIFF"),
-    ("open: file is truncated or corrupt: only 9 bytes", "upload the file again"),
-    ("cog: TIFFWrite failed; most likely no space left on the device", "temp disk is full"),
-    ("no outcome recorded: the conversion job for this row did not finish", "mem_mb_per_job"),
-    ("line 4: band count 'x' is not an integer", "fix the row"),
-    ("upload: PutObject failed: AccessDenied", "S3 keys may not"),
-    ("verify: band 1 differs", "report it"),
-    ("something new", "see this image's log"),
-])
+@pytest.mark.parametrize(
+    "reason, expected",
+    [
+        ("download: input object not found in bucket 'in'; upload it", "upload the image"),
+        ("open: not a TIFF file (it looks like a PNG image)", "export the image as GeoTIFF"),
+        ("open: file is truncated or corrupt: only 9 bytes", "upload the file again"),
+        ("cog: TIFFWrite failed; most likely no space left on the device", "temp disk is full"),
+        ("no outcome recorded: the conversion job for this row did not finish", "mem_mb_per_job"),
+        ("line 4: band count 'x' is not an integer", "fix the row"),
+        ("upload: PutObject failed: AccessDenied", "S3 keys may not"),
+        ("verify: band 1 differs", "report it"),
+        ("something new", "see this image's log"),
+    ],
+)
 def test_every_failure_says_what_to_do(reason, expected):
     from cog_pipeline.work.outcomes import legacy_code
 
@@ -112,8 +125,19 @@ def test_every_failure_says_what_to_do(reason, expected):
 def write_cog(tmp_path, name, data, **profile):
     src = tmp_path / f"{name}.tif"
     bands, height, width = data.shape
-    with rasterio.open(src, "w", driver="GTiff", width=width, height=height, count=bands, dtype=data.dtype,
-                       crs="EPSG:32616", transform=from_origin(0, 0, 1, 1), tiled=True, **profile) as dst:
+    with rasterio.open(
+        src,
+        "w",
+        driver="GTiff",
+        width=width,
+        height=height,
+        count=bands,
+        dtype=data.dtype,
+        crs="EPSG:32616",
+        transform=from_origin(0, 0, 1, 1),
+        tiled=True,
+        **profile,
+    ) as dst:
         dst.write(data)
         return src, dst
 
@@ -128,7 +152,7 @@ def test_thumbnails_are_read_from_the_smallest_sufficient_overview(tmp_path):
         factors = ds.overviews(1)
     level = _overview_level(cog, 128)
     sizes = [2048 // f for f in factors]
-    assert level is not None and sizes[level] >= 128 and all(size < 128 for size in sizes[level + 1:]), sizes
+    assert level is not None and sizes[level] >= 128 and all(size < 128 for size in sizes[level + 1 :]), sizes
     thumb = thumbnail_array(cog)
     assert thumb.shape == (3, 128, 128) and thumb.dtype == np.uint8
     assert thumb.min() <= 5 and thumb.max() >= 250, "16-bit data is stretched like the preview"
@@ -139,8 +163,18 @@ def test_thumbnails_follow_the_preview_rules_for_palettes_and_masks(tmp_path):
     classes = np.zeros((1, 64, 64), dtype="uint8")
     classes[0, :, 32:] = 1
     src = tmp_path / "pal.tif"
-    with rasterio.open(src, "w", driver="GTiff", width=64, height=64, count=1, dtype="uint8", crs="EPSG:4326",
-                       transform=from_origin(0, 0, 1, 1), nodata=None) as dst:
+    with rasterio.open(
+        src,
+        "w",
+        driver="GTiff",
+        width=64,
+        height=64,
+        count=1,
+        dtype="uint8",
+        crs="EPSG:4326",
+        transform=from_origin(0, 0, 1, 1),
+        nodata=None,
+    ) as dst:
         dst.write(classes)
         dst.write_colormap(1, {0: (255, 0, 0, 255), 1: (0, 0, 255, 255)})
     thumb = thumbnail_array(src)
@@ -165,28 +199,77 @@ def hand_made_run(tmp_path):
     run = tmp_path / "workflow-run-20261201-101010"
     (run / "manifests").mkdir(parents=True)
     (run / "manifests" / "m1.csv").write_text("key,bands\nfolder/deep/a.tif,1\nfolder/deep/a.tif,1\nlost.tif,1\n")
-    (run / "run.yaml").write_text(yaml.safe_dump({
-        "run_id": "20261201-101010", "s3": {"input_bucket": "in", "output_bucket": "out"},
-        "manifests": [{"id": "m1", "csv": "manifests/m1.csv", "raw_key": "set-raw.csv", "stem": "set-",
-                       "timestamp": "20261201-101010"}]}))
+    (run / "run.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "run_id": "20261201-101010",
+                "s3": {"input_bucket": "in", "output_bucket": "out"},
+                "manifests": [
+                    {
+                        "id": "m1",
+                        "csv": "manifests/m1.csv",
+                        "raw_key": "set-raw.csv",
+                        "stem": "set-",
+                        "timestamp": "20261201-101010",
+                    }
+                ],
+            }
+        )
+    )
     thumb = DATA_URI_PREFIX + "AAAA"
     (run / "status" / "m1").mkdir(parents=True)
-    (run / "status" / "m1" / "batch-00000.jsonl").write_text("\n".join(json.dumps(r) for r in [
-        {"key": "folder/deep/a.tif", "line": 2, "bands": "1", "status": "ok", "width": 640, "height": 480,
-         "input_bytes": 4000, "cog_bytes": 2000, "seconds": 7.5, "thumbnail": thumb, "notes": []},
-        {"key": "lost.tif", "line": 4, "bands": "1", "status": "failed", "step": "download",
-         "reason": "input object not found", "seconds": 0.25}]) + "\n")
+    (run / "status" / "m1" / "batch-00000.jsonl").write_text(
+        "\n".join(
+            json.dumps(r)
+            for r in [
+                {
+                    "key": "folder/deep/a.tif",
+                    "line": 2,
+                    "bands": "1",
+                    "status": "ok",
+                    "width": 640,
+                    "height": 480,
+                    "input_bytes": 4000,
+                    "cog_bytes": 2000,
+                    "seconds": 7.5,
+                    "thumbnail": thumb,
+                    "notes": [],
+                },
+                {
+                    "key": "lost.tif",
+                    "line": 4,
+                    "bands": "1",
+                    "status": "failed",
+                    "step": "download",
+                    "reason": "input object not found",
+                    "seconds": 0.25,
+                },
+            ]
+        )
+        + "\n"
+    )
     (run / "outcome" / "m1").mkdir(parents=True)
     (run / "outcome" / "m1" / "set-processed-20261201-101010.csv").write_text("folder/deep/a.tif,1\n")
     (run / "outcome" / "m1" / "set-failed-20261201-101010.csv").write_text("folder/deep/a.tif,1\nlost.tif,1\n")
     (run / "outcome" / "m1" / "set-errors-20261201-101010.csv").write_text(
         "key,bands,reason\nfolder/deep/a.tif,1,line 3: duplicate of line 2 (each key may be listed once)\n"
-        "lost.tif,1,download: input object not found\n")
-    (run / "outcome" / "m1.json").write_text(json.dumps({
-        "manifest": "m1", "raw_key": "set-raw.csv", "processing_key": "set-processing-20261201-101010.csv",
-        "processed_key": "set-processed-20261201-101010.csv", "failed_key": "set-failed-20261201-101010.csv",
-        "errors_key": "set-errors-20261201-101010.csv", "processed": 1, "failed": 2,
-        "notes": ["line 1: header row skipped", "line 9 (x.tif): <odd> note"]}))
+        "lost.tif,1,download: input object not found\n"
+    )
+    (run / "outcome" / "m1.json").write_text(
+        json.dumps(
+            {
+                "manifest": "m1",
+                "raw_key": "set-raw.csv",
+                "processing_key": "set-processing-20261201-101010.csv",
+                "processed_key": "set-processed-20261201-101010.csv",
+                "failed_key": "set-failed-20261201-101010.csv",
+                "errors_key": "set-errors-20261201-101010.csv",
+                "processed": 1,
+                "failed": 2,
+                "notes": ["line 1: header row skipped", "line 9 (x.tif): <odd> note"],
+            }
+        )
+    )
     return run
 
 
@@ -198,8 +281,10 @@ def test_each_report_row_shows_its_own_record_notes_and_breaks_keys_at_slashes(t
 
     rows = report_rows(run, yaml.safe_load((run / "run.yaml").read_text()))
     duplicate, lost, processed = rows
-    assert (duplicate["outcome"], duplicate["reason"]) == ("failed", "line 3: duplicate of line 2 (each key may "
-                                                                     "be listed once)")
+    assert (duplicate["outcome"], duplicate["reason"]) == (
+        "failed",
+        "line 3: duplicate of line 2 (each key may be listed once)",
+    )
     # The duplicate was never converted: none of the processed row's thumbnail, sizes or seconds.
     assert not {"thumbnail", "width", "input_bytes", "cog_bytes", "seconds"} & set(duplicate)
     assert lost["seconds"] == 0.25 and processed["seconds"] == 7.5 and processed["width"] == 640

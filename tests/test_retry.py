@@ -13,16 +13,28 @@ from conftest import INPUT_BUCKET, OUTPUT_BUCKET, all_objects
 
 
 def s3_flags(settings):
-    return ["-a", settings.access_key_file, "-s", settings.secret_key_file, "-e", settings.endpoint_url,
-            "--input-bucket", INPUT_BUCKET]
+    return [
+        "-a",
+        settings.access_key_file,
+        "-s",
+        settings.secret_key_file,
+        "-e",
+        settings.endpoint_url,
+        "--input-bucket",
+        INPUT_BUCKET,
+    ]
 
 
 def failed_run(seed, settings, samples, tmp_path):
     seed.upload_file(str(samples / "byte.tif"), INPUT_BUCKET, "folder/a.tif")
-    seed.put_object(Bucket=INPUT_BUCKET, Key="folder/set-raw.csv",
-                    Body=b"folder/a.tif,1\nfolder/late.tif,1\n/bad.tif,1\n")
-    tick(TickOptions(input_bucket=INPUT_BUCKET, output_bucket=OUTPUT_BUCKET, settings=settings,
-                     workdir=tmp_path / "work"))
+    seed.put_object(
+        Bucket=INPUT_BUCKET, Key="folder/set-raw.csv", Body=b"folder/a.tif,1\nfolder/late.tif,1\n/bad.tif,1\n"
+    )
+    tick(
+        TickOptions(
+            input_bucket=INPUT_BUCKET, output_bucket=OUTPUT_BUCKET, settings=settings, workdir=tmp_path / "work"
+        )
+    )
     return next(k for k in all_objects(seed, INPUT_BUCKET) if k.startswith("folder/set-failed-"))
 
 
@@ -53,8 +65,11 @@ def test_retry_requeues_failed_rows_once_inputs_exist(seed, buckets, settings, s
     with pytest.raises(PipelineError, match="already queued as folder/set-retry-"):
         plan_retry(client, INPUT_BUCKET, failed_key)
 
-    result = tick(TickOptions(input_bucket=INPUT_BUCKET, output_bucket=OUTPUT_BUCKET, settings=settings,
-                              workdir=tmp_path / "work"))
+    result = tick(
+        TickOptions(
+            input_bucket=INPUT_BUCKET, output_bucket=OUTPUT_BUCKET, settings=settings, workdir=tmp_path / "work"
+        )
+    )
     assert [(m["raw_key"], m["processed"], m["failed"]) for m in result.manifests] == [(plan.key, 1, 0)]
 
 
@@ -80,8 +95,9 @@ def test_a_retry_of_a_retry_keeps_a_short_name():
 
 
 @pytest.mark.slow
-def test_a_listing_error_is_a_clear_message_not_a_traceback(seed, buckets, settings, samples, tmp_path,
-                                                            monkeypatch, capsys):
+def test_a_listing_error_is_a_clear_message_not_a_traceback(
+    seed, buckets, settings, samples, tmp_path, monkeypatch, capsys
+):
     """Checking for an identical retry already queued lists the bucket: ListBucket denied must read as such."""
     import botocore.exceptions
 
@@ -91,8 +107,9 @@ def test_a_listing_error_is_a_clear_message_not_a_traceback(seed, buckets, setti
     seed.upload_file(str(samples / "byte.tif"), INPUT_BUCKET, "folder/late.tif")
 
     def denied(*args, **kwargs):
-        raise botocore.exceptions.ClientError({"Error": {"Code": "AccessDenied", "Message": "Access Denied"}},
-                                              "ListObjectsV2")
+        raise botocore.exceptions.ClientError(
+            {"Error": {"Code": "AccessDenied", "Message": "Access Denied"}}, "ListObjectsV2"
+        )
 
     monkeypatch.setattr(s3, "iter_objects", denied)
     assert main(["retry", *s3_flags(settings), failed_key]) == 2
@@ -107,18 +124,23 @@ def test_left_out_rows_name_their_line_in_the_original_manifest(seed, buckets, s
     seed.upload_file(str(samples / "byte.tif"), INPUT_BUCKET, "folder/late.tif")
     failed = "folder/set-failed-20260101-000000.csv"
     seed.put_object(Bucket=INPUT_BUCKET, Key=failed, Body=b"key,bands\nfolder/late.tif,1\n/bad.tif,1\n")
-    seed.put_object(Bucket=INPUT_BUCKET, Key="folder/set-errors-20260101-000000.csv", Body=(
-        b"key,bands,reason\n"
-        b"key,bands,line 5: key 'key' does not end in '.tif' or '.tiff'; band count 'bands' is not an integer\n"
-        b"folder/late.tif,1,download: input object not found\n"
-        b"/bad.tif,1,line 36: key starts with '/' (remove the leading '/')\n"))
+    seed.put_object(
+        Bucket=INPUT_BUCKET,
+        Key="folder/set-errors-20260101-000000.csv",
+        Body=(
+            b"key,bands,reason\n"
+            b"key,bands,line 5: key 'key' does not end in '.tif' or '.tiff'; band count 'bands' is not an integer\n"
+            b"folder/late.tif,1,download: input object not found\n"
+            b"/bad.tif,1,line 36: key starts with '/' (remove the leading '/')\n"
+        ),
+    )
     client = make_client(settings)
     plan = plan_retry(client, INPUT_BUCKET, failed)
     assert plan.rows == [("folder/late.tif", "1")]
     assert sorted(plan.left_out) == [
         "manifest line 36: key starts with '/' (keys are relative to the input bucket; remove the leading '/')",
-        "manifest line 5: reads like a column header (key,bands) in a failed CSV, so it cannot be retried as "
-        "written"]
+        "manifest line 5: reads like a column header (key,bands) in a failed CSV, so it cannot be retried as written",
+    ]
 
     # Without the errors CSV (or one that does not match row for row) the failed CSV's lines are named as such.
     seed.delete_object(Bucket=INPUT_BUCKET, Key="folder/set-errors-20260101-000000.csv")

@@ -63,9 +63,18 @@ def test_an_unreadable_or_invalid_run_yaml_is_its_own_state(tmp_path):
 
 def test_config_is_loaded_once_deep_merged_and_typed(tmp_path):
     run = RunDir(tmp_path)
-    run.config_file.write_text(yaml.safe_dump({
-        "run_id": "20260101-000000", "executor": "htcondor", "cog": {"compress": "zstd"}, "batch_size": 3,
-        "s3": {"input_bucket": "in-bucket", "output_bucket": "out-bucket"}, "manifests": [M1.to_dict()]}))
+    run.config_file.write_text(
+        yaml.safe_dump(
+            {
+                "run_id": "20260101-000000",
+                "executor": "htcondor",
+                "cog": {"compress": "zstd"},
+                "batch_size": 3,
+                "s3": {"input_bucket": "in-bucket", "output_bucket": "out-bucket"},
+                "manifests": [M1.to_dict()],
+            }
+        )
+    )
     config = run.config
     assert config.data["cog"]["compress"] == "ZSTD" and config.data["cog"]["blocksize"] == 512  # deep merge
     assert (config.run_id, config.executor, config.batch_size) == ("20260101-000000", "htcondor", 3)
@@ -115,9 +124,11 @@ def test_claim_returns_what_it_claimed(seed, buckets, settings, tmp_path):
 
 
 def test_job_stats_is_one_table():
-    output = ("Assuming unrestricted shared filesystem usage.\nHost: vm\nUser: someone\nBuilding DAG of jobs...\n"
-              "Job stats:\njob     count\n-----  -----\nconvert_batch 2\ntotal 2\n\n"
-              "Job stats:\njob     count\n-----  -----\nconvert_batch 2\ntotal 2\n\nReasons:\n  x\n")
+    output = (
+        "Assuming unrestricted shared filesystem usage.\nHost: vm\nUser: someone\nBuilding DAG of jobs...\n"
+        "Job stats:\njob     count\n-----  -----\nconvert_batch 2\ntotal 2\n\n"
+        "Job stats:\njob     count\n-----  -----\nconvert_batch 2\ntotal 2\n\nReasons:\n  x\n"
+    )
     table = job_stats(output)
     assert table.startswith("Job stats:") and table.endswith("total 2")
     assert table.count("Job stats:") == 1 and "Host" not in table and "User" not in table

@@ -16,13 +16,13 @@ from cog_pipeline.htcondor import sizing
 MB = 1024 * 1024
 #: bench/sec_pool.py sizing, 2026-12-01 (GDAL 3.10.3, LZW, 1 thread): (input bytes, peak RSS MB, peak temp MB).
 MEASURED = [
-    (4 * MB, 138, 8.0),      # ortho 1000^2, 4-band uint8
-    (15 * MB, 176, 36.7),    # ortho 2000^2
-    (61 * MB, 270, 147),     # ortho 4000^2
-    (244 * MB, 334, 596),    # ortho 8000^2
-    (8 * MB, 195, 17),       # dem 2000^2, 1-band uint16
-    (31 * MB, 244, 64),      # dem 4000^2
-    (122 * MB, 317, 258),    # dem 8000^2
+    (4 * MB, 138, 8.0),  # ortho 1000^2, 4-band uint8
+    (15 * MB, 176, 36.7),  # ortho 2000^2
+    (61 * MB, 270, 147),  # ortho 4000^2
+    (244 * MB, 334, 596),  # ortho 8000^2
+    (8 * MB, 195, 17),  # dem 2000^2, 1-band uint16
+    (31 * MB, 244, 64),  # dem 4000^2
+    (122 * MB, 317, 258),  # dem 8000^2
 ]
 
 
@@ -78,12 +78,15 @@ def test_missing_or_unknown_sizes():
 
 
 def test_sizes_under_keeps_only_the_manifest_keys():
-    assert sizing.sizes_under(["a.tif", "b.tif"], [("a.tif", 3), ("c.tif", 9), ("b.tif", 0)]) == {"a.tif": 3,
-                                                                                                   "b.tif": 0}
+    assert sizing.sizes_under(["a.tif", "b.tif"], [("a.tif", 3), ("c.tif", 9), ("b.tif", 0)]) == {
+        "a.tif": 3,
+        "b.tif": 0,
+    }
 
 
-@pytest.mark.parametrize(("num_threads", "per_job", "expected"), [("ALL_CPUS", 1, 1), ("all_cpus", 2, 2),
-                                                                  ("3", 1, 3), (" 2 ", 4, 2)])
+@pytest.mark.parametrize(
+    ("num_threads", "per_job", "expected"), [("ALL_CPUS", 1, 1), ("all_cpus", 2, 2), ("3", 1, 3), (" 2 ", 4, 2)]
+)
 def test_request_cpus_is_gdals_thread_count_never_all_cpus(num_threads, per_job, expected):
     assert sizing.threads_for_pool(num_threads, per_job) == expected
 
@@ -108,17 +111,38 @@ def test_sizes_file_round_trip_and_unusable_files(tmp_path):
 
 # ------------------------------------------------------------------------------- the workflow's plan
 
+
 def _run_dir(tmp_path: Path, executor: str, cog: dict | None = None) -> Path:
     run = tmp_path / "workflow-run-20260101-000000"
     (run / "manifests").mkdir(parents=True)
     keys = [f"img_{i}.tif" for i in range(4)]
     (run / "manifests" / "a.csv").write_text("".join(f"{k},3\n" for k in keys))
-    config = {"run_id": "20260101-000000", "pattern": "*raw.csv", "executor": executor, "batch_size": 2,
-              "mem_mb_per_job": 1500, "disk_mb_per_job": 20000,
-              "s3": {"endpoint_url": "http://127.0.0.1:9", "region": "us-east-1", "input_bucket": "in-bucket",
-                     "output_bucket": "out-bucket", "access_key_file": None, "secret_key_file": None},
-              "manifests": [{"id": "m1", "csv": "manifests/a.csv", "key": "a-processing-20260101-000000.csv",
-                             "raw_key": "a-raw.csv", "stem": "a-", "timestamp": "20260101-000000"}]}
+    config = {
+        "run_id": "20260101-000000",
+        "pattern": "*raw.csv",
+        "executor": executor,
+        "batch_size": 2,
+        "mem_mb_per_job": 1500,
+        "disk_mb_per_job": 20000,
+        "s3": {
+            "endpoint_url": "http://127.0.0.1:9",
+            "region": "us-east-1",
+            "input_bucket": "in-bucket",
+            "output_bucket": "out-bucket",
+            "access_key_file": None,
+            "secret_key_file": None,
+        },
+        "manifests": [
+            {
+                "id": "m1",
+                "csv": "manifests/a.csv",
+                "key": "a-processing-20260101-000000.csv",
+                "raw_key": "a-raw.csv",
+                "stem": "a-",
+                "timestamp": "20260101-000000",
+            }
+        ],
+    }
     if cog:
         config["cog"] = cog
     (run / "run.yaml").write_text(yaml.safe_dump(config))

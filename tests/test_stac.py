@@ -35,6 +35,7 @@ EXTENSION_URIS = {
 @pytest.fixture
 def validator(monkeypatch):
     """pystac's JSON-schema validator, offline: every schema it needs is local, or the test fails."""
+
     def no_network(self, source, *args, **kwargs):
         raise AssertionError(f"validation wanted a schema from the network: {source}")
 
@@ -56,7 +57,7 @@ def sha256_multihash(path: Path) -> str:
 
 def ortho(tmp_path: Path, name="tile.tif", transform=TRANSFORM, n=128) -> Path:
     data = np.random.default_rng(5).integers(1, 255, (3, n, n), dtype=np.uint8)
-    data[:, :, n // 2:] = 0  # right half is nodata
+    data[:, :, n // 2 :] = 0  # right half is nodata
     return make_tif(tmp_path / name, data, nodata=0, transform=transform)
 
 
@@ -66,9 +67,15 @@ def test_an_item_for_an_ortho_tile_validates_and_carries_its_checksums(tmp_path,
     jpeg.write_bytes(b"\xff\xd8\xff not really a jpeg")
     header = read_header(cog)
     digest = pixel_digest(cog)
-    item = stac.item_for("county/tile.tif", header, stac.file_info(cog), stac.file_info(jpeg),
-                         collection_id="county", collection_href="s3://in/county-collection.json",
-                         pixel_digests={"input": digest, "cog": digest})
+    item = stac.item_for(
+        "county/tile.tif",
+        header,
+        stac.file_info(cog),
+        stac.file_info(jpeg),
+        collection_id="county",
+        collection_href="s3://in/county-collection.json",
+        pixel_digests={"input": digest, "cog": digest},
+    )
     used = valid(item, validator)
     assert set(EXTENSION_URIS.values()) <= set(used)
     d = item.to_dict(include_self_link=False)
@@ -136,24 +143,44 @@ def test_the_tiff_datetime_is_the_item_datetime(tmp_path):
 
 
 def test_a_collection_validates_with_license_providers_extent_and_links(tmp_path, validator):
-    cfg = config.load(run={"stac": {"license": "CC-BY-4.0", "providers": [
-        {"name": "Wellington Region Cartography", "roles": ["producer", "licensor"], "url": "https://example.org"}]}})
+    cfg = config.load(
+        run={
+            "stac": {
+                "license": "CC-BY-4.0",
+                "providers": [
+                    {
+                        "name": "Wellington Region Cartography",
+                        "roles": ["producer", "licensor"],
+                        "url": "https://example.org",
+                    }
+                ],
+            }
+        }
+    )
     items = {}
     for i in range(2):
         path = ortho(tmp_path, f"t{i}.tif", transform=TRANSFORM @ Affine.translation(0, 128 * i))
-        item = stac.item_for(f"county/t{i}.tif", read_header(path), stac.file_info(path), None,
-                             collection_id="county", collection_href="s3://in/county-collection.json")
+        item = stac.item_for(
+            f"county/t{i}.tif",
+            read_header(path),
+            stac.file_info(path),
+            None,
+            collection_id="county",
+            collection_href="s3://in/county-collection.json",
+        )
         valid(item, validator)
         items[f"s3://out/county/t{i}.json"] = item
-    collection = stac.collection_for("county", items, stac.stac_settings_from_config(cfg),
-                                     capture_area_href="./county-capture-area.geojson")
+    collection = stac.collection_for(
+        "county", items, stac.stac_settings_from_config(cfg), capture_area_href="./county-capture-area.geojson"
+    )
     valid(collection, validator)
     d = collection.to_dict(include_self_link=False)
     assert d["license"] == "CC-BY-4.0" and d["providers"][0]["roles"] == ["producer", "licensor"]
     assert [link["href"] for link in d["links"] if link["rel"] == "item"] == list(items)
     boxes = [it.bbox for it in items.values()]
     assert d["extent"]["spatial"]["bbox"][0] == pytest.approx(
-        [min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes)])
+        [min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes)]
+    )
     assert d["assets"]["capture_area"]["href"] == "./county-capture-area.geojson"
     assert pystac.Collection.from_dict(d).to_dict(include_self_link=False) == d
     with pytest.raises(ValueError, match=r"stac.providers\[0\].roles"):

@@ -33,8 +33,9 @@ def test_status_on_an_empty_bucket_and_no_schedd(buckets, settings, tmp_path, ca
     assert "no manifest in this bucket yet" in out
     assert "No HTCondor schedd reachable" in out
 
-    assert main(["status", *s3_flags(settings), "--input-bucket", INPUT_BUCKET, "--workdir", str(tmp_path),
-                 "--json"]) == 0
+    assert (
+        main(["status", *s3_flags(settings), "--input-bucket", INPUT_BUCKET, "--workdir", str(tmp_path), "--json"]) == 0
+    )
     state = json.loads(capsys.readouterr().out)
     assert state["bucket"]["raw"] == [] and state["runs"] == [] and state["htcondor"]["reachable"] is False
 
@@ -99,8 +100,9 @@ def test_status_counts_manifests_and_runs(seed, buckets, settings, samples, tmp_
     assert "finished: 1 processed, 1 failed, 0 pending, took" in text
 
 
-def test_a_processing_manifest_without_heartbeat_is_flagged_stale(seed, buckets, settings, monkeypatch, tmp_path,
-                                                                  capsys, no_schedd):
+def test_a_processing_manifest_without_heartbeat_is_flagged_stale(
+    seed, buckets, settings, monkeypatch, tmp_path, capsys, no_schedd
+):
     seed.put_object(Bucket=INPUT_BUCKET, Key="old-processing-20260101-000000.csv", Body=b"a.tif,1\n")
     monkeypatch.setattr(status_module, "STALE_AFTER", -1.0)
     assert main(["status", *s3_flags(settings), "--input-bucket", INPUT_BUCKET, "--workdir", str(tmp_path)]) == 0
@@ -118,7 +120,8 @@ def unfinished_run(workdir, run_id="20260102-030405", executor="local"):
     write_run(run, run_config(opts, run_id, [manifest]), {"m1": b"a.tif,1\nb.tif,1\nc.tif,1\n"})
     (run / "status" / "m1").mkdir(parents=True)
     (run / "status" / "m1" / "batch-00000.jsonl").write_text(
-        '{"key": "a.tif", "status": "ok"}\n{"key": "b.tif", "status": "failed"}\n')
+        '{"key": "a.tif", "status": "ok"}\n{"key": "b.tif", "status": "failed"}\n'
+    )
     return run
 
 
@@ -159,8 +162,15 @@ def test_a_run_yaml_the_loader_refuses_is_shown_invalid_with_its_reason(tmp_path
     unfinished_run(tmp_path)
     bad = tmp_path / "workflow-run-20260103-000000"
     bad.mkdir()
-    (bad / "run.yaml").write_text(yaml.safe_dump({"run_id": "20260103-000000", "cog": {"compress": "WINZIP"},
-                                                  "manifests": [{"id": "m1", "csv": "manifests/m1.csv"}]}))
+    (bad / "run.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "run_id": "20260103-000000",
+                "cog": {"compress": "WINZIP"},
+                "manifests": [{"id": "m1", "csv": "manifests/m1.csv"}],
+            }
+        )
+    )
     broken = tmp_path / "workflow-run-20260104-000000"
     broken.mkdir()
     (broken / "run.yaml").write_text("manifests: [unclosed\n")
@@ -186,12 +196,34 @@ def test_pool_jobs_are_grouped_by_batch_name(tmp_path, monkeypatch, capsys):
     from cog_pipeline import htcondor
 
     jobs = [
-        {"cluster": 10, "batch_name": "COG-Pipeline-Crondor-*raw.csv", "role": "crondor", "run": "",
-         "status": "waiting for its next tick", "next_run": 1767323100, "hold_reason": "", "queued": 0},
-        {"cluster": 11, "batch_name": "COG-Pipeline-DAG-*raw.csv", "role": "driver", "run": "20260102-030405",
-         "status": "running", "hold_reason": "", "queued": 0},
-        {"cluster": 12, "batch_name": "COG-Pipeline-DAG-*raw.csv", "role": "batch", "run": "20260102-030405",
-         "status": "held", "hold_reason": "Memory usage exceeded request_memory", "queued": 0},
+        {
+            "cluster": 10,
+            "batch_name": "COG-Pipeline-Crondor-*raw.csv",
+            "role": "crondor",
+            "run": "",
+            "status": "waiting for its next tick",
+            "next_run": 1767323100,
+            "hold_reason": "",
+            "queued": 0,
+        },
+        {
+            "cluster": 11,
+            "batch_name": "COG-Pipeline-DAG-*raw.csv",
+            "role": "driver",
+            "run": "20260102-030405",
+            "status": "running",
+            "hold_reason": "",
+            "queued": 0,
+        },
+        {
+            "cluster": 12,
+            "batch_name": "COG-Pipeline-DAG-*raw.csv",
+            "role": "batch",
+            "run": "20260102-030405",
+            "status": "held",
+            "hold_reason": "Memory usage exceeded request_memory",
+            "queued": 0,
+        },
     ]
     monkeypatch.setattr(htcondor, "pipeline_jobs", lambda: jobs)
     unfinished_run(tmp_path, executor="htcondor")
@@ -215,8 +247,16 @@ def test_status_and_retry_work_against_the_demo_bucket(tmp_path, capsys, no_sche
     seen = {}
 
     def operate(settings, result):
-        flags = ["-a", settings.access_key_file, "-s", settings.secret_key_file, "-e", settings.endpoint_url,
-                 "--input-bucket", "cog-demo-input"]
+        flags = [
+            "-a",
+            settings.access_key_file,
+            "-s",
+            settings.secret_key_file,
+            "-e",
+            settings.endpoint_url,
+            "--input-bucket",
+            "cog-demo-input",
+        ]
         capsys.readouterr()
         seen["status"] = main(["status", *flags, "--workdir", str(tmp_path), "--json"])
         seen["state"] = json.loads(capsys.readouterr().out)
@@ -237,32 +277,56 @@ def test_status_and_retry_work_against_the_demo_bucket(tmp_path, capsys, no_sche
 def test_status_shows_only_the_manifests_of_its_pattern(seed, buckets, settings, tmp_path, capsys, no_schedd):
     """Two pipelines can watch one bucket with different -p patterns (seen on a pool: the other
     pattern's finished manifests were listed too)."""
-    for key in ("c1-processed-20260101-000000.csv", "v1-processed-20260101-000000.csv",
-                "c2-processing-20260101-000000.csv", "v2-processing-20260101-000000.csv",
-                "in-processed-20260101-000000.csv"):
+    for key in (
+        "c1-processed-20260101-000000.csv",
+        "v1-processed-20260101-000000.csv",
+        "c2-processing-20260101-000000.csv",
+        "v2-processing-20260101-000000.csv",
+        "in-processed-20260101-000000.csv",
+    ):
         seed.put_object(Bucket=INPUT_BUCKET, Key=key, Body=b"a.tif,1\n")
     seed.put_object(Bucket=INPUT_BUCKET, Key="c3-raw.csv", Body=b"a.tif,1\n")
     seed.put_object(Bucket=INPUT_BUCKET, Key="v3-raw.csv", Body=b"a.tif,1\n")
 
     def state(pattern):
-        assert main(["status", *s3_flags(settings), "--input-bucket", INPUT_BUCKET, "--workdir", str(tmp_path),
-                     "-p", pattern, "--json"]) == 0
+        assert (
+            main(
+                [
+                    "status",
+                    *s3_flags(settings),
+                    "--input-bucket",
+                    INPUT_BUCKET,
+                    "--workdir",
+                    str(tmp_path),
+                    "-p",
+                    pattern,
+                    "--json",
+                ]
+            )
+            == 0
+        )
         bucket = json.loads(capsys.readouterr().out)["bucket"]
-        return ([r["key"] for r in bucket["raw"]], [p["key"] for p in bucket["processing"]],
-                sorted(f["stem"] for f in bucket["finished"]))
+        return (
+            [r["key"] for r in bucket["raw"]],
+            [p["key"] for p in bucket["processing"]],
+            sorted(f["stem"] for f in bucket["finished"]),
+        )
 
     assert state("c*raw.csv") == (["c3-raw.csv"], ["c2-processing-20260101-000000.csv"], ["c1-"])
     assert state("*raw.csv")[2] == ["c1-", "in-", "v1-"]
     assert state("in.csv") == ([], [], ["in-"])  # a manifest not named ...raw.csv: in.csv -> in-processed-...
 
 
-@pytest.mark.parametrize("ad, shown", [
-    ({"JobStatus": 2, "DeferralTime": 10_060}, ("waiting for its next tick", 10_060)),  # starter waiting
-    ({"JobStatus": 1, "DeferralTime": 10_060}, ("waiting for its next tick", 10_060)),
-    ({"JobStatus": 2, "DeferralTime": 9_940}, ("running", None)),  # the tick itself runs
-    ({"JobStatus": 2}, ("running", None)),  # not a deferred job
-    ({"JobStatus": 5, "DeferralTime": 10_060}, ("held", None)),
-])
+@pytest.mark.parametrize(
+    "ad, shown",
+    [
+        ({"JobStatus": 2, "DeferralTime": 10_060}, ("waiting for its next tick", 10_060)),  # starter waiting
+        ({"JobStatus": 1, "DeferralTime": 10_060}, ("waiting for its next tick", 10_060)),
+        ({"JobStatus": 2, "DeferralTime": 9_940}, ("running", None)),  # the tick itself runs
+        ({"JobStatus": 2}, ("running", None)),  # not a deferred job
+        ({"JobStatus": 5, "DeferralTime": 10_060}, ("held", None)),
+    ],
+)
 def test_a_crondor_between_ticks_is_shown_waiting(monkeypatch, ad, shown):
     """Seen on a pool: a Crondor stays Running (its starter waits for DeferralTime) between ticks."""
     from cog_pipeline import htcondor

@@ -63,8 +63,11 @@ class RewritingProxy(FaultProxy):
 def aws_chunked(body: bytes) -> bytes:
     """``body`` in aws-chunked framing, as a server that does not decode it stores it (boto/boto3#4435)."""
     signature = "0" * 64
-    return (f"{len(body):x};chunk-signature={signature}\r\n".encode() + body
-            + f"\r\n0;chunk-signature={signature}\r\n\r\n".encode())
+    return (
+        f"{len(body):x};chunk-signature={signature}\r\n".encode()
+        + body
+        + f"\r\n0;chunk-signature={signature}\r\n\r\n".encode()
+    )
 
 
 @pytest.fixture(scope="module")
@@ -108,8 +111,9 @@ def count_heads(client) -> list[str]:
 
 
 def context(settings: s3.S3Settings) -> batch.ImageContext:
-    return batch.ImageContext({"s3": {**dataclasses.asdict(settings), "input_bucket": INPUT_BUCKET,
-                                      "output_bucket": OUTPUT_BUCKET}})
+    return batch.ImageContext(
+        {"s3": {**dataclasses.asdict(settings), "input_bucket": INPUT_BUCKET, "output_bucket": OUTPUT_BUCKET}}
+    )
 
 
 # --- verify_upload on what the server really stored --------------------------------------------------------
@@ -122,15 +126,21 @@ def test_single_part_upload_verifies_with_one_head(buckets, seed, settings, tmp_
     heads = count_heads(client)
     s3.verify_upload(client, OUTPUT_BUCKET, "out/one.bin", src, settings)
     assert len(heads) == 1
-    assert seed.head_object(Bucket=OUTPUT_BUCKET, Key="out/one.bin")["ETag"].strip('"') == \
-        hashlib.md5(src.read_bytes()).hexdigest() == s3.expected_etag(src, None)
+    assert (
+        seed.head_object(Bucket=OUTPUT_BUCKET, Key="out/one.bin")["ETag"].strip('"')
+        == hashlib.md5(src.read_bytes()).hexdigest()
+        == s3.expected_etag(src, None)
+    )
 
     other = tmp_path / "other.bin"  # same size, one byte different: only the ETag can tell
     data = bytearray(src.read_bytes())
     data[150_000] ^= 1
     other.write_bytes(data)
-    with pytest.raises(s3.UploadMismatch, match=r"out/one\.bin.*ETag [0-9a-f]{32} expected \(single PUT\), "
-                                                r"[0-9a-f]{32} found; the object was removed") as info:
+    with pytest.raises(
+        s3.UploadMismatch,
+        match=r"out/one\.bin.*ETag [0-9a-f]{32} expected \(single PUT\), "
+        r"[0-9a-f]{32} found; the object was removed",
+    ) as info:
         s3.verify_upload(client, OUTPUT_BUCKET, "out/one.bin", other, settings)
     assert "size" not in info.value.detail
 
@@ -145,8 +155,10 @@ def test_multipart_upload_verifies_and_its_etag_counts_the_parts(buckets, seed, 
     s3.verify_upload(client, OUTPUT_BUCKET, "out/big.bin", src, small_parts)
 
     # Expecting other parts (or a single PUT) than were sent is a mismatch: the parts are really counted.
-    for wrong in (dataclasses.replace(small_parts, multipart_chunksize=6 * MiB),
-                  dataclasses.replace(small_parts, multipart_threshold=64 * MiB)):
+    for wrong in (
+        dataclasses.replace(small_parts, multipart_chunksize=6 * MiB),
+        dataclasses.replace(small_parts, multipart_threshold=64 * MiB),
+    ):
         with pytest.raises(s3.UploadMismatch, match=r"ETag .* expected"):
             s3.verify_upload(client, OUTPUT_BUCKET, "out/big.bin", src, wrong)
 
@@ -156,23 +168,23 @@ def test_expected_etag_cuts_parts_that_are_no_multiple_of_the_read_size(tmp_path
     data = hashlib.shake_256(b"x").digest(3 * part + 7)
     src = tmp_path / "f.bin"
     src.write_bytes(data)
-    digests = b"".join(hashlib.md5(data[i:i + part]).digest() for i in range(0, len(data), part))
+    digests = b"".join(hashlib.md5(data[i : i + part]).digest() for i in range(0, len(data), part))
     assert s3.expected_etag(src, part) == f"{hashlib.md5(digests).hexdigest()}-4"
     exact = tmp_path / "exact.bin"
-    exact.write_bytes(data[:2 * part])
+    exact.write_bytes(data[: 2 * part])
     assert s3.expected_etag(exact, part).endswith("-2")
     assert s3.expected_etag(src, None) == hashlib.md5(data).hexdigest()
 
 
 def test_part_size_is_the_one_s3transfer_uses():
     settings = s3.S3Settings(multipart_threshold=8 * MiB, multipart_chunksize=8 * MiB)
-    assert s3.upload_part_size(settings, 8 * MiB - 1) is None           # below the threshold: one PUT
-    assert s3.upload_part_size(settings, 8 * MiB) == 8 * MiB            # at it: multipart
-    assert s3.upload_part_size(settings, 10_000 * 8 * MiB) == 8 * MiB   # 10000 parts: kept
+    assert s3.upload_part_size(settings, 8 * MiB - 1) is None  # below the threshold: one PUT
+    assert s3.upload_part_size(settings, 8 * MiB) == 8 * MiB  # at it: multipart
+    assert s3.upload_part_size(settings, 10_000 * 8 * MiB) == 8 * MiB  # 10000 parts: kept
     assert s3.upload_part_size(settings, 10_000 * 8 * MiB + 1) == 16 * MiB  # more: doubled
     assert s3.upload_part_size(settings, 40_001 * 8 * MiB) == 64 * MiB  # doubled until <= 10000 parts
     tiny = s3.S3Settings(multipart_threshold=MiB, multipart_chunksize=MiB)
-    assert s3.upload_part_size(tiny, 3 * MiB) == 5 * MiB                 # S3's 5 MiB minimum part
+    assert s3.upload_part_size(tiny, 3 * MiB) == 5 * MiB  # S3's 5 MiB minimum part
 
 
 def test_aws_chunked_framing_stored_inside_the_object_is_a_mismatch(buckets, seed, proxied, proxy, tmp_path):
@@ -203,12 +215,15 @@ def test_missing_object_is_a_mismatch(buckets, settings, tmp_path):
     assert info.value.missing and "removed" not in str(info.value)
 
 
-@pytest.mark.parametrize("etag,extra", [
-    ('"opaque/Zm9vYmFy=="', {}),                       # no MD5 form at all
-    ('"1b2cf535f27731c974343645a3985328-ff"', {}),    # nor this (the part count is no number)
-    ('"' + "a" * 32 + '"', {"x-amz-server-side-encryption": "aws:kms"}),  # MD5-like, but SSE-KMS
-    ('"' + "b" * 32 + '"', {"x-amz-server-side-encryption-customer-algorithm": "AES256"}),  # SSE-C
-])
+@pytest.mark.parametrize(
+    "etag,extra",
+    [
+        ('"opaque/Zm9vYmFy=="', {}),  # no MD5 form at all
+        ('"1b2cf535f27731c974343645a3985328-ff"', {}),  # nor this (the part count is no number)
+        ('"' + "a" * 32 + '"', {"x-amz-server-side-encryption": "aws:kms"}),  # MD5-like, but SSE-KMS
+        ('"' + "b" * 32 + '"', {"x-amz-server-side-encryption-customer-algorithm": "AES256"}),  # SSE-C
+    ],
+)
 def test_opaque_etag_is_checked_by_size_only(buckets, proxied, proxy, tmp_path, caplog, etag, extra):
     src = random_file(tmp_path / "o.bin", 50_000)
     client = s3.make_client(proxied)
@@ -287,8 +302,9 @@ def test_lost_answer_to_a_short_upload_fails_and_removes_it(buckets, seed, proxi
 def test_object_replaced_by_another_upload_is_left_in_place(buckets, seed, proxied, proxy, tmp_path):
     """A mismatch on an object that is not this upload's (no token of ours) is not removed."""
     src = random_file(tmp_path / "c.tif", 100_000)
-    proxy.rewrite_headers("head", "out/c.tif", {"x-amz-meta-cog-pipeline-upload": "someone-else",
-                                                "Content-Length": "5"})
+    proxy.rewrite_headers(
+        "head", "out/c.tif", {"x-amz-meta-cog-pipeline-upload": "someone-else", "Content-Length": "5"}
+    )
     ctx = context(proxied)
     with pytest.raises(ImageError, match="replaced by another upload"):
         batch._upload(ctx, "out/c.tif", src, "image/tiff", {})
@@ -299,19 +315,35 @@ def test_object_replaced_by_another_upload_is_left_in_place(buckets, seed, proxi
 # --- end to end: one batch row ---------------------------------------------------------------------------------
 
 
-def test_short_cog_fails_its_row_with_the_reason_and_leaves_nothing_at_its_key(buckets, seed, proxied, proxy,
-                                                                                samples, tmp_path):
+def test_short_cog_fails_its_row_with_the_reason_and_leaves_nothing_at_its_key(
+    buckets, seed, proxied, proxy, samples, tmp_path
+):
     key = "imagery/short.tif"
     seed.upload_file(str(samples / "byte.tif"), INPUT_BUCKET, key)
     seed.upload_file(str(samples / "byte.tif"), INPUT_BUCKET, "imagery/fine.tif")
     run_dir = tmp_path / "run"
     (run_dir / "manifests").mkdir(parents=True)
     (run_dir / "manifests" / "m.csv").write_bytes(f"{key},1\nimagery/fine.tif,1\n".encode())
-    config = {"batch_size": 20, "cog": {}, "jpeg": {},
-              "s3": {**{k: v for k, v in dataclasses.asdict(proxied).items() if v is not None},
-                     "input_bucket": INPUT_BUCKET, "output_bucket": OUTPUT_BUCKET},
-              "manifests": [{"id": "m1", "csv": "manifests/m.csv", "key": "m-processing-20261125-000000.csv",
-                             "raw_key": "m-raw.csv", "stem": "m-", "timestamp": "20261125-000000"}]}
+    config = {
+        "batch_size": 20,
+        "cog": {},
+        "jpeg": {},
+        "s3": {
+            **{k: v for k, v in dataclasses.asdict(proxied).items() if v is not None},
+            "input_bucket": INPUT_BUCKET,
+            "output_bucket": OUTPUT_BUCKET,
+        },
+        "manifests": [
+            {
+                "id": "m1",
+                "csv": "manifests/m.csv",
+                "key": "m-processing-20261125-000000.csv",
+                "raw_key": "m-raw.csv",
+                "stem": "m-",
+                "timestamp": "20261125-000000",
+            }
+        ],
+    }
     proxy.rewrite_body("put", key, lambda body: body[: len(body) // 2])  # the COG only (the JPEG is .jpg)
 
     records = batch.run_batch(config, run_dir, "m1", 0, run_dir / "status" / "b0.jsonl", threads=1)

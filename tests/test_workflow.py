@@ -14,8 +14,13 @@ SNAKEFILE = str(WORKFLOW_DIR / "Snakefile")
 
 
 def snakemake(cwd, *args):
-    return subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", SNAKEFILE, *args],
-                          cwd=cwd, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "snakemake", "--snakefile", SNAKEFILE, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def make_run_dir(path, rows, extra=None, manifests=1):
@@ -24,11 +29,23 @@ def make_run_dir(path, rows, extra=None, manifests=1):
     for i in range(1, manifests + 1):
         name = f"set{i}-processing-20261125-000000.csv"
         (path / "manifests" / name).write_text("".join(f"img/{i}/{n}.tif,3\n" for n in range(rows)))
-        entries.append({"id": f"m{i}", "csv": f"manifests/{name}", "key": name, "raw_key": f"set{i}-raw.csv",
-                        "stem": f"set{i}-", "timestamp": "20261125-000000"})
-    config = {"run_id": "20261125-000000", "pattern": "*raw.csv",
-              "s3": {"endpoint_url": "http://127.0.0.1:9", "input_bucket": "in-bucket", "output_bucket": "out-bucket"},
-              "manifests": entries, **(extra or {})}
+        entries.append(
+            {
+                "id": f"m{i}",
+                "csv": f"manifests/{name}",
+                "key": name,
+                "raw_key": f"set{i}-raw.csv",
+                "stem": f"set{i}-",
+                "timestamp": "20261125-000000",
+            }
+        )
+    config = {
+        "run_id": "20261125-000000",
+        "pattern": "*raw.csv",
+        "s3": {"endpoint_url": "http://127.0.0.1:9", "input_bucket": "in-bucket", "output_bucket": "out-bucket"},
+        "manifests": entries,
+        **(extra or {}),
+    }
     (path / "run.yaml").write_text(yaml.safe_dump(config))
     return path
 
@@ -45,8 +62,11 @@ def test_plan_has_one_job_per_batch(tmp_path, rows, batch_size, batches):
     run = make_run_dir(tmp_path / "run", rows, {"batch_size": batch_size})
     proc = snakemake(run, "-n", "--cores", "2", "--quiet", "rules")
     assert proc.returncode == 0, proc.stderr
-    counts = {line.split()[0]: int(line.split()[1]) for line in proc.stdout.splitlines()
-              if len(line.split()) == 2 and line.split()[1].isdigit()}
+    counts = {
+        line.split()[0]: int(line.split()[1])
+        for line in proc.stdout.splitlines()
+        if len(line.split()) == 2 and line.split()[1].isdigit()
+    }
     assert counts.get("convert_batch", 0) == batches
     assert counts["aggregate"] == 1
 
@@ -73,4 +93,3 @@ def test_shipped_config_and_schema_defaults_agree():
     defaults = {k: v["default"] for k, v in schema["properties"].items() if "default" in v}
     assert {k: config[k] for k in defaults} == defaults
     assert (config["threads_per_job"], config["batch_size"]) == (1, 20)
-

@@ -57,6 +57,7 @@ HEARTBEAT_META = "cog-pipeline-heartbeat"
 
 # ------------------------------------------------------------------------------------------ markers
 
+
 @dataclass(frozen=True)
 class StateObject:
     """A small JSON state object as read: its record, ETag, VersionId (None if unversioned) and age."""
@@ -88,8 +89,9 @@ def read_state_object(client: Any, bucket: str, key: str) -> StateObject | None:
         record = json.loads(resp["Body"].read())
     except ValueError:
         record = {}
-    return StateObject(record if isinstance(record, dict) else {}, resp["ETag"], s3.version_id(resp),
-                       s3.server_age(resp))
+    return StateObject(
+        record if isinstance(record, dict) else {}, resp["ETag"], s3.version_id(resp), s3.server_age(resp)
+    )
 
 
 def delete_version(client: Any, bucket: str, key: str, etag: str, version_id: str | None) -> None:
@@ -105,8 +107,9 @@ def delete_version(client: Any, bucket: str, key: str, etag: str, version_id: st
             raise
 
 
-def take_marker(client: Any, bucket: str, key: str, record: dict[str, Any], lease: float,
-                sem: Semantics) -> tuple[Marker, dict[str, Any] | None] | None:
+def take_marker(
+    client: Any, bucket: str, key: str, record: dict[str, Any], lease: float, sem: Semantics
+) -> tuple[Marker, dict[str, Any] | None] | None:
     """Create the marker ``key`` holding ``record``; returns (the marker, the stale record it replaced or
     None), or None when a live claim holds it."""
     if sem.markers == "oldest-version":
@@ -115,8 +118,7 @@ def take_marker(client: Any, bucket: str, key: str, record: dict[str, Any], leas
     stale = None
     for _ in range(3):
         try:
-            resp = client.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/json",
-                                     IfNoneMatch="*")
+            resp = client.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/json", IfNoneMatch="*")
             return Marker(key, resp["ETag"], s3.version_id(resp)), stale
         except botocore.exceptions.ClientError as exc:
             if not s3.is_precondition_failed(exc):
@@ -138,18 +140,23 @@ def _stale(key: str, other: dict[str, Any], age: float, lease: float) -> bool:
     """Whether the marker ``other`` may be taken over (its writer died, or it outlived the lease)."""
     if not (holder_dead(other) or age > lease):
         return False
-    log.warning("taking over a stale claim marker %s (written by host %s pid %s, %.0f s ago)", key,
-                other.get("host", "?"), other.get("pid", "?"), age)
+    log.warning(
+        "taking over a stale claim marker %s (written by host %s pid %s, %.0f s ago)",
+        key,
+        other.get("host", "?"),
+        other.get("pid", "?"),
+        age,
+    )
     return True
 
 
-def _take_oldest_version(client: Any, bucket: str, key: str, record: dict[str, Any],
-                         lease: float) -> tuple[Marker, dict[str, Any] | None] | None:
+def _take_oldest_version(
+    client: Any, bucket: str, key: str, record: dict[str, Any], lease: float
+) -> tuple[Marker, dict[str, Any] | None] | None:
     """The marker on a versioned bucket whose server ignores If-None-Match: every claimant writes its own
     version, then lists the key's versions (newest first); the oldest live version holds the marker. A
     claimant that does not hold it removes its version and backs off; a stale holder's version is removed."""
-    resp = client.put_object(Bucket=bucket, Key=key, Body=json.dumps(record).encode(),
-                             ContentType="application/json")
+    resp = client.put_object(Bucket=bucket, Key=key, Body=json.dumps(record).encode(), ContentType="application/json")
     mine = Marker(key, resp["ETag"], s3.version_id(resp))
     stale = None
     for _ in range(3):
@@ -180,16 +187,23 @@ def _take_oldest_version(client: Any, bucket: str, key: str, record: dict[str, A
     return None
 
 
-def rewrite_if_unchanged(client: Any, bucket: str, key: str, head: dict[str, Any], body: bytes,
-                         metadata: dict[str, str], sem: Semantics) -> bool:
+def rewrite_if_unchanged(
+    client: Any, bucket: str, key: str, head: dict[str, Any], body: bytes, metadata: dict[str, str], sem: Semantics
+) -> bool:
     """Rewrite the pipeline's processing file ``key`` only if it is still the object ``head`` describes
     (heartbeats, adoption): True if rewritten, False if it changed or was deleted meanwhile. How depends on
     the server (``Semantics.rewrite``); on a versioned bucket the replaced version is removed."""
     old_version = s3.version_id(head)
     if sem.rewrite == "if-match":
         try:
-            client.put_object(Bucket=bucket, Key=key, Body=body, ContentType="text/csv", Metadata=metadata,
-                              IfMatch=sem.put_etag(head["ETag"]))
+            client.put_object(
+                Bucket=bucket,
+                Key=key,
+                Body=body,
+                ContentType="text/csv",
+                Metadata=metadata,
+                IfMatch=sem.put_etag(head["ETag"]),
+            )
         except botocore.exceptions.ClientError as exc:
             if s3.is_missing(exc) or s3.is_precondition_failed(exc):
                 return False
@@ -203,8 +217,10 @@ def rewrite_if_unchanged(client: Any, bucket: str, key: str, head: dict[str, Any
             delete_version(client, bucket, key, resp["ETag"], s3.version_id(resp))
             return False
     else:
-        raise PipelineError(f"cannot rewrite {key} conditionally on this server (If-Match on PutObject is "
-                            f"{sem.caps.put_if_match}, the bucket is not versioned)")
+        raise PipelineError(
+            f"cannot rewrite {key} conditionally on this server (If-Match on PutObject is "
+            f"{sem.caps.put_if_match}, the bucket is not versioned)"
+        )
     if old_version:
         delete_version(client, bucket, key, head["ETag"], old_version)
     return True
@@ -219,6 +235,7 @@ def release_marker(client: Any, bucket: str, marker: Marker) -> None:
 
 
 # ------------------------------------------------------------------------------------------ processing objects
+
 
 def roll_back(client: Any, bucket: str, key: str | None, token: str | None) -> bool:
     """Delete the processing object ``key`` if claim ``token`` wrote it; True if it is gone now."""
@@ -243,8 +260,13 @@ def _quoted(value: str, limit: int = 1024) -> str | None:
 
 def processing_metadata(token: str, owner: str, run_name: str, raw_key: str, raw_etag: str) -> dict[str, str]:
     """User metadata of a processing object: who claimed it, for which run, from which raw version."""
-    meta = {CLAIM_META: token, OWNER_META: owner, RUN_META: run_name, RAW_ETAG_META: raw_etag.strip('"'),
-            HEARTBEAT_META: str(int(time.time()))}
+    meta = {
+        CLAIM_META: token,
+        OWNER_META: owner,
+        RUN_META: run_name,
+        RAW_ETAG_META: raw_etag.strip('"'),
+        HEARTBEAT_META: str(int(time.time())),
+    }
     raw = _quoted(raw_key)
     if raw is not None:
         meta[RAW_META] = raw
@@ -279,6 +301,7 @@ def _put_processing(client: Any, bucket: str, key: str, data: bytes, meta: dict[
 
 # ------------------------------------------------------------------------------------------ journal
 
+
 @dataclass(frozen=True)
 class Claim:
     """A committed claim: the manifest's keys, its bytes as claimed and where the run directory keeps them."""
@@ -303,8 +326,16 @@ def journal_claim(run: RunDir, keys: ManifestKeys, etag: str, token: str, marker
     if (run.path / csv).exists():  # same base name in another folder: keep both
         csv = f"manifests/{seq:05d}-{base}"
     write_synced(run.path / csv, data)
-    record = {"raw_key": keys.raw, "etag": etag, "processing_key": keys.processing, "stem": keys.stem,
-              "timestamp": keys.ts, "token": token, "marker": marker, "csv": csv}
+    record = {
+        "raw_key": keys.raw,
+        "etag": etag,
+        "processing_key": keys.processing,
+        "stem": keys.stem,
+        "timestamp": keys.ts,
+        "token": token,
+        "marker": marker,
+        "csv": csv,
+    }
     path = run.claims_dir / f"{seq:05d}-{token}.json"
     write_synced(path, json.dumps(record, ensure_ascii=False).encode("utf-8"))
     return path, csv
@@ -321,16 +352,24 @@ def _unjournal(run: RunDir, journal: Path) -> None:
 
 # ------------------------------------------------------------------------------------------ claim
 
-def claim(client: Any, bucket: str, obj: dict[str, Any], keys: ManifestKeys, run: RunDir,
-          opts: TickOptions, sem: Semantics) -> Claim | None:
+
+def claim(
+    client: Any, bucket: str, obj: dict[str, Any], keys: ManifestKeys, run: RunDir, opts: TickOptions, sem: Semantics
+) -> Claim | None:
     """Claim one listed manifest into ``run`` (journaled there); returns the committed claim, or None if
     another tick has it or it changed."""
     workdir, lease = opts.workdir, opts.claim_lease
     etag = obj["ETag"]
     token = secrets.token_hex(8)
     marker = claim_marker_key(keys.raw, etag)
-    record = {**process_identity(), "owner": owner_id(workdir), "token": token, "claimed_as": keys.processing,
-              "run": run.name, "time": time.time()}
+    record = {
+        **process_identity(),
+        "owner": owner_id(workdir),
+        "token": token,
+        "claimed_as": keys.processing,
+        "run": run.name,
+        "time": time.time(),
+    }
     taken = take_marker(client, bucket, marker, record, lease, sem)
     if taken is None:
         log.info("%s is being claimed by another tick; skipping", keys.raw)
@@ -384,8 +423,9 @@ def claim(client: Any, bucket: str, obj: dict[str, Any], keys: ManifestKeys, run
         release_marker(client, bucket, held)
 
 
-def _commit(client: Any, bucket: str, key: str, etag: str, version_id: str | None, sem: Semantics,
-            opts: TickOptions) -> bool:
+def _commit(
+    client: Any, bucket: str, key: str, etag: str, version_id: str | None, sem: Semantics, opts: TickOptions
+) -> bool:
     """Delete exactly the claimed version of the raw manifest (the commit point); False when it was
     replaced since it was read (nothing deleted: the new version is claimed by the next tick)."""
     kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key}
@@ -393,7 +433,8 @@ def _commit(client: Any, bucket: str, key: str, etag: str, version_id: str | Non
         if version_id is None:
             raise botocore.exceptions.ClientError(
                 {"Error": {"Code": "NoVersionId", "Message": "the versioned bucket's GetObject named no VersionId"}},
-                "GetObject")
+                "GetObject",
+            )
         kwargs["VersionId"] = version_id  # a newer version, if any, stays current
     elif sem.commit == "if-match":
         kwargs["IfMatch"] = etag

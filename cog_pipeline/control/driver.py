@@ -41,10 +41,24 @@ def load_run_config(run_dir: Path) -> dict[str, Any]:
 def snakemake_command(run_dir: Path, executor: str, cores: int, extra: list[str] | None = None) -> list[str]:
     """The Snakemake command line for a run directory (never carries secrets)."""
     if not SNAKEFILE.is_file():
-        raise PipelineError(f"workflow not found at {WORKFLOW_DIR}: reinstall cog-pipeline (pip install . from "
-                            "its source tree, or its wheel; both ship the workflow)")
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(SNAKEFILE), "--directory", str(run_dir),
-           "--cores", str(cores), "--keep-going", "--rerun-incomplete", "--nocolor"]
+        raise PipelineError(
+            f"workflow not found at {WORKFLOW_DIR}: reinstall cog-pipeline (pip install . from "
+            "its source tree, or its wheel; both ship the workflow)"
+        )
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(SNAKEFILE),
+        "--directory",
+        str(run_dir),
+        "--cores",
+        str(cores),
+        "--keep-going",
+        "--rerun-incomplete",
+        "--nocolor",
+    ]
     if executor == "htcondor":
         from cog_pipeline import htcondor
 
@@ -76,8 +90,7 @@ def run_snakemake(run_dir: Path, executor: str, cores: int, extra: list[str] | N
     log_path = Path(run_dir) / "logs" / "snakemake.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as out:
-        process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=run_dir,
-                                   env=snakemake_env(executor))
+        process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=run_dir, env=snakemake_env(executor))
         return wait_with_progress(process, Path(run_dir))
 
 
@@ -118,8 +131,9 @@ def drive(run_dir: Path, executor: str = "local", cores: int = 2) -> tuple[int, 
     run_dir = Path(run_dir).resolve()
     status = run_snakemake(run_dir, executor, cores)
     if status != 0:
-        log.warning("Snakemake exited with %d (see %s); aggregating what was done", status,
-                    run_dir / "logs" / "snakemake.log")
+        log.warning(
+            "Snakemake exited with %d (see %s); aggregating what was done", status, run_dir / "logs" / "snakemake.log"
+        )
     try:
         code, summaries = finish(run_dir)
     finally:
@@ -145,8 +159,9 @@ def dry_run(run_dir: Path, executor: str = "local", cores: int = 2) -> int:
     """Print the workflow's job plan for the run directory once (Snakemake's job counts; no banner with the
     host and user) without running anything. Snakemake's whole output is printed when it fails."""
     cmd = snakemake_command(run_dir, executor, cores, ["--dry-run", "--quiet", "host", "rules"])
-    proc = subprocess.run(cmd, cwd=run_dir, check=False, env=snakemake_env(executor, dry_run=True), capture_output=True,
-                          text=True)
+    proc = subprocess.run(
+        cmd, cwd=run_dir, check=False, env=snakemake_env(executor, dry_run=True), capture_output=True, text=True
+    )
     table = job_stats(proc.stdout + "\n" + proc.stderr)
     if proc.returncode != 0 or not table:
         sys.stdout.write(proc.stdout)

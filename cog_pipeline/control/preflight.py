@@ -43,8 +43,10 @@ def check_local_resources(opts: TickOptions, config: dict[str, Any]) -> None:
         except OSError as exc:
             raise PipelineError(f"{what} {path} is not writable ({exc.strerror}); nothing was claimed") from None
         if free < MIN_FREE_BYTES:
-            raise PipelineError(f"only {free // 2**20} MiB free in the {what} {path} (at least "
-                                f"{MIN_FREE_BYTES // 2**20} MiB needed); nothing was claimed")
+            raise PipelineError(
+                f"only {free // 2**20} MiB free in the {what} {path} (at least "
+                f"{MIN_FREE_BYTES // 2**20} MiB needed); nothing was claimed"
+            )
 
 
 def check_endpoint(client: Any, opts: TickOptions) -> endpoint.Semantics:
@@ -54,8 +56,9 @@ def check_endpoint(client: Any, opts: TickOptions) -> endpoint.Semantics:
     try:
         caps = endpoint.capabilities(client, opts.settings, opts.input_bucket, opts.workdir, every=opts.probe_every)
     except S3_ERRORS as exc:
-        raise PipelineError(f"cannot write to input bucket '{opts.input_bucket}': {s3.describe_error(exc)}; "
-                            "nothing was claimed") from None
+        raise PipelineError(
+            f"cannot write to input bucket '{opts.input_bucket}': {s3.describe_error(exc)}; nothing was claimed"
+        ) from None
     sem = endpoint.semantics(caps, opts.settings, opts.settings.delete_fallback)
     for text in sem.fallbacks:
         log.warning("S3 fallback (%s): %s", caps.server or caps.endpoint, text)

@@ -33,8 +33,14 @@ def count_records(run_dir: Path) -> tuple[int, int]:
 
 
 def _columns() -> list[Any]:
-    from rich.progress import (BarColumn, MofNCompleteColumn, ProgressColumn, TextColumn, TimeElapsedColumn,
-                               TimeRemainingColumn)
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        ProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
     from rich.text import Text
 
     class RateColumn(ProgressColumn):
@@ -48,9 +54,17 @@ def _columns() -> list[Any]:
                 return Text(f"{speed * 60:.1f} img/min", style="progress.data.speed")
             return Text(f"{speed:.2f} img/s", style="progress.data.speed")
 
-    return [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("images"),
-            TextColumn("{task.fields[failed]}", style="red"), RateColumn(), TimeElapsedColumn(), TextColumn("ETA"),
-            TimeRemainingColumn()]
+    return [
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("images"),
+        TextColumn("{task.fields[failed]}", style="red"),
+        RateColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    ]
 
 
 def wait_with_progress(process: subprocess.Popen, run_dir: Path, show: bool | None = None) -> int:
@@ -64,8 +78,12 @@ def wait_with_progress(process: subprocess.Popen, run_dir: Path, show: bool | No
 
     def update() -> None:
         done, failed = counter.count(run_dir)
-        bar.update(task, completed=done, failed=f"{failed} failed" if failed else "",
-                   description="converting" if done < total else "converted")
+        bar.update(
+            task,
+            completed=done,
+            failed=f"{failed} failed" if failed else "",
+            description="converting" if done < total else "converted",
+        )
 
     try:
         total = images_total(run_dir)

@@ -25,9 +25,23 @@ from typing import Any
 
 import botocore.exceptions
 
-from cog_pipeline.control.claims import (CLAIM_META, HEARTBEAT_META, OWNER_META, RAW_ETAG_META, RUN_META, Claim,
-                                         Marker, delete_version, processing_metadata, raw_key_of, read_state_object,
-                                         release_marker, rewrite_if_unchanged, roll_back, take_marker)
+from cog_pipeline.control.claims import (
+    CLAIM_META,
+    HEARTBEAT_META,
+    OWNER_META,
+    RAW_ETAG_META,
+    RUN_META,
+    Claim,
+    Marker,
+    delete_version,
+    processing_metadata,
+    raw_key_of,
+    read_state_object,
+    release_marker,
+    rewrite_if_unchanged,
+    roll_back,
+    take_marker,
+)
 from cog_pipeline.control.options import TickOptions
 from cog_pipeline.control.rundirs import RUN_LOCK, RunLock, write_run, write_synced
 from cog_pipeline.core.errors import PipelineError
@@ -42,6 +56,7 @@ log = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------------------------------------ heartbeat
+
 
 def heartbeat(client: Any, bucket: str, run: RunDir, every: float, sem: Semantics) -> None:
     """Refresh the processing objects of a live run that are older than ``every`` (a conditional rewrite:
@@ -58,8 +73,10 @@ def heartbeat(client: Any, bucket: str, run: RunDir, every: float, sem: Semantic
             if head is None or s3.server_age(head) < every:
                 continue
             if sem.rewrite == "none":
-                problems.append(f"heartbeat of {key} not sent: the server cannot do If-Match on PutObject "
-                                f"({sem.caps.put_if_match}) and the bucket is not versioned")
+                problems.append(
+                    f"heartbeat of {key} not sent: the server cannot do If-Match on PutObject "
+                    f"({sem.caps.put_if_match}) and the bucket is not versioned"
+                )
                 continue
             meta = dict(head.get("Metadata", {}))
             meta[HEARTBEAT_META] = str(int(time.time()))
@@ -103,9 +120,11 @@ def heartbeat_while_driven(opts: TickOptions, sem: Semantics, run: RunDir) -> It
 
 # ------------------------------------------------------------------------------------------ resume
 
+
 def _same_source(config: RunConfig, opts: TickOptions) -> bool:
-    return (config.s3.get("input_bucket") == opts.input_bucket
-            and config.endpoint_url == s3.normalize_endpoint(opts.settings.endpoint_url))
+    return config.s3.get("input_bucket") == opts.input_bucket and config.endpoint_url == s3.normalize_endpoint(
+        opts.settings.endpoint_url
+    )
 
 
 def _queued_on_pool(run_id: str) -> bool:
@@ -146,8 +165,14 @@ def repair(client: Any, opts: TickOptions, run: RunDir) -> RunConfig | None:
         if not ours:
             log.info("%s: the claim of %s was not committed; it is left for claiming", run.name, rec["raw_key"])
             continue
-        manifest = ClaimedManifest(id=f"m{len(manifests) + 1}", csv=rec["csv"], key=rec["processing_key"],
-                                   raw_key=rec["raw_key"], stem=rec["stem"], timestamp=rec["timestamp"])
+        manifest = ClaimedManifest(
+            id=f"m{len(manifests) + 1}",
+            csv=rec["csv"],
+            key=rec["processing_key"],
+            raw_key=rec["raw_key"],
+            stem=rec["stem"],
+            timestamp=rec["timestamp"],
+        )
         data[manifest.id] = run.manifest_csv(manifest).read_bytes()
         manifests.append(manifest)
         log.info("%s: recovered the committed claim %s -> %s", run.name, rec["raw_key"], rec["processing_key"])
@@ -219,8 +244,10 @@ def recover(client: Any, opts: TickOptions, sem: Semantics) -> list[tuple[RunDir
 
 # ------------------------------------------------------------------------------------------ adopt
 
-def find_orphans(client: Any, opts: TickOptions, sem: Semantics,
-                 processing: list[dict[str, Any]]) -> list[tuple[dict, dict]]:
+
+def find_orphans(
+    client: Any, opts: TickOptions, sem: Semantics, processing: list[dict[str, Any]]
+) -> list[tuple[dict, dict]]:
     """Processing objects (with their HEAD) that no run directory of this working directory covers and
     that are ours to adopt; leftovers of finished or uncommitted claims are deleted on the way."""
     owner = owner_id(opts.workdir)
@@ -258,8 +285,7 @@ def find_orphans(client: Any, opts: TickOptions, sem: Semantics,
     return out
 
 
-def adopt(client: Any, opts: TickOptions, sem: Semantics, obj: dict, head: dict, run: RunDir,
-          csv: str) -> Claim | None:
+def adopt(client: Any, opts: TickOptions, sem: Semantics, obj: dict, head: dict, run: RunDir, csv: str) -> Claim | None:
     """Take over an orphaned processing object: it becomes a manifest of ``run`` (same timestamp, so the
     same outcome keys), its CSV written at ``csv`` in the run directory."""
     key, bucket = obj["Key"], opts.input_bucket
@@ -271,8 +297,13 @@ def adopt(client: Any, opts: TickOptions, sem: Semantics, obj: dict, head: dict,
     keys = ManifestKeys(raw=raw_key, stem=match.group("stem"), ts=match.group("ts"))
     token = secrets.token_hex(8)
     marker = claim_marker_key(key, head["ETag"])
-    record = {**process_identity(), "owner": owner_id(opts.workdir), "token": token, "adopting": key,
-              "time": time.time()}
+    record = {
+        **process_identity(),
+        "owner": owner_id(opts.workdir),
+        "token": token,
+        "adopting": key,
+        "time": time.time(),
+    }
     taken = take_marker(client, bucket, marker, record, opts.claim_lease, sem)
     if taken is None:
         return None
@@ -281,8 +312,11 @@ def adopt(client: Any, opts: TickOptions, sem: Semantics, obj: dict, head: dict,
             data = s3.get_bytes(client, bucket, key, if_match=head["ETag"])
             meta.update(processing_metadata(token, record["owner"], run.name, raw_key, meta.get(RAW_ETAG_META, "")))
             if sem.rewrite == "none":  # the server cannot: a HEAD right before the rewrite instead
-                log.warning("adopting %s without If-Match on PutObject (%s): checked by a HEAD first", key,
-                            sem.caps.put_if_match)
+                log.warning(
+                    "adopting %s without If-Match on PutObject (%s): checked by a HEAD first",
+                    key,
+                    sem.caps.put_if_match,
+                )
                 now = s3.head(client, bucket, key)
                 if now is None or now["ETag"] != head["ETag"]:
                     return None
@@ -293,9 +327,13 @@ def adopt(client: Any, opts: TickOptions, sem: Semantics, obj: dict, head: dict,
             if s3.is_missing(exc) or s3.is_precondition_failed(exc):
                 return None  # finished or changed meanwhile
             raise
-        log.warning("adopted %s (claimed %s, no live run found for it)", key,
-                    "from this working directory" if head.get("Metadata", {}).get(OWNER_META) == record["owner"]
-                    else f"elsewhere, no heartbeat for {s3.server_age(head):.0f} s")
+        log.warning(
+            "adopted %s (claimed %s, no live run found for it)",
+            key,
+            "from this working directory"
+            if head.get("Metadata", {}).get(OWNER_META) == record["owner"]
+            else f"elsewhere, no heartbeat for {s3.server_age(head):.0f} s",
+        )
         write_synced(run.path / csv, data)
         return Claim(keys, csv, data)
     finally:

@@ -53,8 +53,10 @@ def plan_retry(client: Any, bucket: str, failed_key: str) -> RetryPlan | None:
     """
     match = FAILED_KEY.match(failed_key)
     if not match:
-        raise PipelineError(f"{failed_key} is not a failed-rows file (expected <name>failed-<YYYYmmdd-HHMMSS>.csv, "
-                            "as written beside the manifest when a run ends)")
+        raise PipelineError(
+            f"{failed_key} is not a failed-rows file (expected <name>failed-<YYYYmmdd-HHMMSS>.csv, "
+            "as written beside the manifest when a run ends)"
+        )
     try:
         body = s3.get_bytes(client, bucket, failed_key)
     except Exception as exc:  # noqa: BLE001
@@ -69,11 +71,19 @@ def plan_retry(client: Any, bucket: str, failed_key: str) -> RetryPlan | None:
     for note in manifest.notes:
         if found := re.match(r"line (\d+): header row skipped", note):
             line = int(found.group(1))
-            rejected.append(_in_manifest_terms(f"line {line}: reads like a column header (key,bands) in a failed CSV, "
-                                               "so it cannot be retried as written", line, original))
+            rejected.append(
+                _in_manifest_terms(
+                    f"line {line}: reads like a column header (key,bands) in a failed CSV, "
+                    "so it cannot be retried as written",
+                    line,
+                    original,
+                )
+            )
     if not manifest.entries:
-        raise PipelineError(f"no row of {failed_key} can be retried as written: fix these rows and upload them in a "
-                            "new manifest" + "".join(f"\n  {reason}" for reason in rejected))
+        raise PipelineError(
+            f"no row of {failed_key} can be retried as written: fix these rows and upload them in a "
+            "new manifest" + "".join(f"\n  {reason}" for reason in rejected)
+        )
     missing = []
     for entry in manifest.entries:
         try:
@@ -85,16 +95,21 @@ def plan_retry(client: Any, bucket: str, failed_key: str) -> RetryPlan | None:
         shown = "\n  ".join(missing[:SHOW_MISSING])
         if len(missing) > SHOW_MISSING:
             shown += f"\n  ... and {len(missing) - SHOW_MISSING} more"
-        raise PipelineError(f"not retrying: {len(missing)} of {len(manifest.entries)} input object(s) are still "
-                            f"missing from bucket '{bucket}'. Upload them under exactly these keys, then run the same "
-                            f"retry command again:\n  {shown}")
+        raise PipelineError(
+            f"not retrying: {len(missing)} of {len(manifest.entries)} input object(s) are still "
+            f"missing from bucket '{bucket}'. Upload them under exactly these keys, then run the same "
+            f"retry command again:\n  {shown}"
+        )
     stem = retry_stem(match["stem"])
-    plan = RetryPlan(key=f"{stem}{timestamp()}-raw.csv", rows=[(e.key, e.bands_text) for e in manifest.entries],
-                     left_out=rejected)
+    plan = RetryPlan(
+        key=f"{stem}{timestamp()}-raw.csv", rows=[(e.key, e.bands_text) for e in manifest.entries], left_out=rejected
+    )
     queued = _already_queued(client, bucket, stem, plan.body)
     if queued:
-        raise PipelineError(f"these rows are already queued as {queued}: the next tick picks them up "
-                            "(`cog-pipeline status` shows it waiting or processing)")
+        raise PipelineError(
+            f"these rows are already queued as {queued}: the next tick picks them up "
+            "(`cog-pipeline status` shows it waiting or processing)"
+        )
     return plan
 
 
@@ -140,8 +155,9 @@ def _already_queued(client: Any, bucket: str, stem: str, body: bytes) -> str | N
     try:
         candidates = [o["Key"] for o in s3.iter_objects(client, bucket, prefix=stem) if pending.fullmatch(o["Key"])]
     except Exception as exc:  # noqa: BLE001
-        raise PipelineError(f"cannot list '{bucket}' for retries of these rows already queued: "
-                            f"{s3.describe_error(exc)}") from None
+        raise PipelineError(
+            f"cannot list '{bucket}' for retries of these rows already queued: {s3.describe_error(exc)}"
+        ) from None
     for key in candidates:
         try:
             if s3.get_bytes(client, bucket, key) == body:

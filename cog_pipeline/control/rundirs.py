@@ -20,13 +20,32 @@ from cog_pipeline.core import config as config_model
 from cog_pipeline.core.errors import PipelineError
 from cog_pipeline.core.naming import RUN_DIR_PREFIX, timestamp
 from cog_pipeline.core.processes import process_identity
-from cog_pipeline.core.rundir import (CLAIMS_DIR, FINISHED, PENDING_CONFIG, RESUMES, RUN_LOCK, ClaimedManifest,
-                                      RunDir, RunState)
+from cog_pipeline.core.rundir import (
+    CLAIMS_DIR,
+    FINISHED,
+    PENDING_CONFIG,
+    RESUMES,
+    RUN_LOCK,
+    ClaimedManifest,
+    RunDir,
+    RunState,
+)
 from cog_pipeline.storage import s3
 
 __all__ = [
-    "CLAIMS_DIR", "FINISHED", "PENDING_CONFIG", "RESUMES", "RUN_LOCK", "RunLock", "local_lock", "new_run_dir",
-    "run_config", "unfinished_runs_exist", "write_pending", "write_run", "write_synced",
+    "CLAIMS_DIR",
+    "FINISHED",
+    "PENDING_CONFIG",
+    "RESUMES",
+    "RUN_LOCK",
+    "RunLock",
+    "local_lock",
+    "new_run_dir",
+    "run_config",
+    "unfinished_runs_exist",
+    "write_pending",
+    "write_run",
+    "write_synced",
 ]
 
 
@@ -37,8 +56,9 @@ def local_lock(workdir: Path) -> Iterator[None]:
         workdir.mkdir(parents=True, exist_ok=True)
         fh = open(workdir / ".cog-pipeline-tick.lock", "w")  # noqa: SIM115 - held across the yield
     except OSError as exc:
-        raise PipelineError(f"working directory {workdir} is not writable ({exc.strerror}); "
-                            "nothing was claimed") from None
+        raise PipelineError(
+            f"working directory {workdir} is not writable ({exc.strerror}); nothing was claimed"
+        ) from None
     with fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
@@ -87,8 +107,9 @@ def new_run_dir(workdir: Path) -> tuple[str, RunDir]:
         except FileExistsError:
             time.sleep(0.2)
         except OSError as exc:
-            raise PipelineError(f"cannot create a run directory in {workdir}: {exc.strerror}; "
-                                "nothing was claimed") from None
+            raise PipelineError(
+                f"cannot create a run directory in {workdir}: {exc.strerror}; nothing was claimed"
+            ) from None
 
 
 def unfinished_runs_exist(workdir: Path) -> bool:
@@ -133,7 +154,22 @@ def run_config(opts: TickOptions, ts: str, manifests: Sequence[ClaimedManifest])
     }
     # The whole config goes into run.yaml (defaults, site file, overrides): driver, jobs and manual reruns
     # all see exactly what the tick validated.
-    return config_model.load(opts.config_file, config_model.merge(config, opts.run_overrides))
+    checked = config_model.load(opts.config_file, config_model.merge(config, opts.run_overrides))
+    check_delivery_settings(checked, f"config (with {opts.config_file})" if opts.config_file else "config")
+    return checked
+
+
+def check_delivery_settings(config: dict[str, Any], source: str = "config") -> None:
+    """The typed checks of the ``presets:`` and ``qa:`` sections (a lossy preset without a bound, a categorical
+    preset that averages, an unknown QA check...), which the schema alone cannot express: run by the tick
+    before anything is claimed, so a bad setting never fails the rows of a claimed manifest one by one."""
+    from cog_pipeline.raster import kinds, qa
+
+    try:
+        kinds.presets_from_config(config)
+        qa.qa_rules_from_config(config)
+    except ValueError as exc:
+        raise PipelineError(f"{source}: {exc}") from None
 
 
 def _yaml(config: dict[str, Any]) -> bytes:

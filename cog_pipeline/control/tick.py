@@ -25,8 +25,16 @@ from cog_pipeline.control.claims import Claim, claim
 from cog_pipeline.control.options import TickOptions
 from cog_pipeline.control.preflight import check_endpoint, check_local_resources, connect
 from cog_pipeline.control.recovery import adopt, find_orphans, heartbeat_while_driven, recover
-from cog_pipeline.control.rundirs import (RUN_LOCK, RunLock, local_lock, new_run_dir, run_config,
-                                          unfinished_runs_exist, write_pending, write_run)
+from cog_pipeline.control.rundirs import (
+    RUN_LOCK,
+    RunLock,
+    local_lock,
+    new_run_dir,
+    run_config,
+    unfinished_runs_exist,
+    write_pending,
+    write_run,
+)
 from cog_pipeline.core.crash import crash_point
 from cog_pipeline.core.errors import PipelineError
 from cog_pipeline.core.naming import PROCESSING_KEY, STATE_PREFIX, ManifestKeys, is_pipeline_object, plural, timestamp
@@ -38,10 +46,21 @@ from cog_pipeline.work import qa_step
 from cog_pipeline.work.manifest import batch_slices, parse_manifest
 
 __all__ = [
-    "MAX_RESUMES", "Listing", "TickResult", "launch", "plan", "scan", "tick",
+    "MAX_RESUMES",
+    "Listing",
+    "TickResult",
+    "launch",
+    "plan",
+    "scan",
+    "tick",
     # defined elsewhere, imported from here by cli, demo, status, bench and tests (bench/tick_with.py
     # replaces tick.run_config, which _claim_new and plan look up here):
-    "RUN_LOCK", "RunLock", "TickOptions", "connect", "run_config", "write_run",
+    "RUN_LOCK",
+    "RunLock",
+    "TickOptions",
+    "connect",
+    "run_config",
+    "write_run",
 ]
 
 log = logging.getLogger(__name__)
@@ -70,6 +89,7 @@ class Listing:
 
 # ------------------------------------------------------------------------------------------ listing
 
+
 def scan(client: Any, bucket: str, pattern: str) -> Listing:
     """New manifests matching ``pattern`` (fnmatch, full key; never the pipeline's own objects) and
     every ``processing`` object."""
@@ -86,6 +106,7 @@ def scan(client: Any, bucket: str, pattern: str) -> Listing:
 
 
 # ------------------------------------------------------------------------------------------ the tick
+
 
 def tick(opts: TickOptions) -> TickResult:
     """Run one tick; returns once the outcome CSVs are written (local executor) or the drivers are queued."""
@@ -147,8 +168,9 @@ def _absorb(result: TickResult, part: TickResult) -> None:
     result.exit_code = max(result.exit_code, part.exit_code)
 
 
-def _claim_new(client: Any, opts: TickOptions, sem: Semantics, matches: list[dict[str, Any]],
-               orphans: list[tuple[dict, dict]]) -> tuple[RunDir, RunLock] | None:
+def _claim_new(
+    client: Any, opts: TickOptions, sem: Semantics, matches: list[dict[str, Any]], orphans: list[tuple[dict, dict]]
+) -> tuple[RunDir, RunLock] | None:
     """Create this tick's run directory, adopt orphans and claim new manifests into it (under the local lock)."""
     ts, run = new_run_dir(opts.workdir)
     lock = RunLock.acquire(run)
@@ -199,8 +221,9 @@ def _drive_locked(run: RunDir, lock: RunLock, opts: TickOptions, sem: Semantics,
             shutil.rmtree(run.path / ".snakemake" / "locks", ignore_errors=True)  # left by a dead Snakemake
             count = run.count_resume()
             if count > MAX_RESUMES:
-                log.warning("%s was resumed %d times already: writing its outcome with what is done", run.name,
-                            count - 1)
+                log.warning(
+                    "%s was resumed %d times already: writing its outcome with what is done", run.name, count - 1
+                )
                 code, summaries = driver.finish(run.path)
                 result = TickResult(run_dir=run.path, manifests=summaries, exit_code=code)
             else:
@@ -229,8 +252,10 @@ def launch(run: RunDir, opts: TickOptions) -> TickResult:
 
         argv = driver.drive_argv(run.path, executor="htcondor")
         cluster = htcondor.submit_driver(run.path, opts.pattern, run.config.run_id, argv)
-        _announce(opts.workdir, f"Submitted the run's driver as HTCondor cluster {cluster} "
-                                f"(batch name COG-Pipeline-DAG-{opts.pattern})")
+        _announce(
+            opts.workdir,
+            f"Submitted the run's driver as HTCondor cluster {cluster} (batch name COG-Pipeline-DAG-{opts.pattern})",
+        )
         return TickResult(run_dir=run.path)
     code, summaries = driver.drive(run.path, executor=opts.executor, cores=opts.cores)
     return TickResult(run_dir=run.path, manifests=summaries, exit_code=code)
@@ -251,16 +276,21 @@ def plan(client: Any, opts: TickOptions, matches: list[dict[str, Any]], config: 
             body = s3.get_bytes(client, opts.input_bucket, keys.raw)
             parsed = parse_manifest(body)
             batches = len(batch_slices(len(parsed.entries), batch_size))
-            print(f"Would claim {keys.raw} -> {keys.processing}: {plural(len(parsed.entries), 'row')} to convert "
-                  f"in {plural(batches, 'batch', 'batches')}, {plural(len(parsed.rejected), 'rejected row')}")
+            print(
+                f"Would claim {keys.raw} -> {keys.processing}: {plural(len(parsed.entries), 'row')} to convert "
+                f"in {plural(batches, 'batch', 'batches')}, {plural(len(parsed.rejected), 'rejected row')}"
+            )
             for rejected in parsed.rejected:
                 print(f"  rejected: {rejected.reason}")
             for note in parsed.notes:
                 print(f"  note: {note}")
             if parsed.entries:  # the inputs (one listing) and the delivery QA, as the run would do them
                 verdict = qa_step.run_qa(config, f"m{i}", [e.key for e in parsed.entries], client)
-                print("\n".join(qa_step.summary_lines(verdict, parsed.entries, opts.input_bucket,
-                                                       qa_step.qa_enabled(config))))
+                print(
+                    "\n".join(
+                        qa_step.summary_lines(verdict, parsed.entries, opts.input_bucket, qa_step.qa_enabled(config))
+                    )
+                )
             manifest = ClaimedManifest.of(f"m{i}", f"manifests/{i:05d}-{keys.processing.rpartition('/')[2]}", keys)
             data[manifest.id] = body
             manifests.append(manifest)

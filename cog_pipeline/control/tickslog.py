@@ -42,11 +42,15 @@ def outcome_line(run: RunDir, summaries: Sequence[Mapping[str, Any]]) -> str:
     failed = sum(int(s.get("failed") or 0) for s in summaries)
     keys = ", ".join(str(s.get("raw_key")) for s in summaries)
     report = str(run.report) if run.report.is_file() else "none"
-    text = (f"{config.run_id} {'unfinished' if missing else 'finished'}: {processed} processed, {failed} failed "
-            f"({keys or 'no manifest aggregated'}) report {report}")
+    text = (
+        f"{config.run_id} {'unfinished' if missing else 'finished'}: {processed} processed, {failed} failed "
+        f"({keys or 'no manifest aggregated'}) report {report}"
+    )
     if missing:
-        text += (f"; {plural(len(missing), 'manifest')} without outcome: {', '.join(missing)} "
-                 f"(see {run.snakemake_log}; the next tick resumes it)")
+        text += (
+            f"; {plural(len(missing), 'manifest')} without outcome: {', '.join(missing)} "
+            f"(see {run.snakemake_log}; the next tick resumes it)"
+        )
     return text
 
 

@@ -110,8 +110,9 @@ def validate(config: dict[str, Any], source: str = "config") -> dict[str, Any]:
     return config
 
 
-def load(site_file: Path | str | None = None, run: dict[str, Any] | None = None,
-         source: str | None = None) -> dict[str, Any]:
+def load(
+    site_file: Path | str | None = None, run: dict[str, Any] | None = None, source: str | None = None
+) -> dict[str, Any]:
     """The validated config: schema defaults <- config/config.yaml <- ``site_file`` <- ``run``."""
     config = merge(schema_defaults(), read_file(DEFAULTS_FILE, "workflow config"))
     if site_file:

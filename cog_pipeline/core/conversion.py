@@ -8,8 +8,19 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["JPEG_MAX_SIDE", "LOSSLESS_CODECS", "LEVEL_RANGES", "MIN_PREVIEW_SIZE", "NODATA_COLORS", "PREDICTORS",
-           "RESAMPLINGS", "CogOptions", "JpegOptions", "cog_options_from_config", "jpeg_options_from_config"]
+__all__ = [
+    "JPEG_MAX_SIDE",
+    "LOSSLESS_CODECS",
+    "LEVEL_RANGES",
+    "MIN_PREVIEW_SIZE",
+    "NODATA_COLORS",
+    "PREDICTORS",
+    "RESAMPLINGS",
+    "CogOptions",
+    "JpegOptions",
+    "cog_options_from_config",
+    "jpeg_options_from_config",
+]
 
 #: Codecs of the COG driver that give back the exact pixels (JPEG is lossy and always refused;
 #: WEBP is written lossless, QUALITY=100, and only takes uint8 RGB or RGBA images).
@@ -18,6 +29,7 @@ LOSSLESS_CODECS = ("NONE", "LZW", "DEFLATE", "ZSTD", "LZMA", "LERC", "LERC_DEFLA
 LEVEL_RANGES = {"DEFLATE": (1, 12), "ZSTD": (1, 22), "LZMA": (0, 9), "LERC_DEFLATE": (1, 12), "LERC_ZSTD": (1, 22)}
 PREDICTORS = ("NO", "STANDARD", "FLOATING_POINT", "YES")
 RESAMPLINGS = ("nearest", "average", "bilinear", "cubic", "cubicspline", "lanczos", "mode", "rms", "gauss")
+
 
 @dataclass(frozen=True)
 class CogOptions:
@@ -41,8 +53,10 @@ class CogOptions:
     def __post_init__(self) -> None:
         compress = str(self.compress).upper()
         if compress == "JPEG":
-            raise ValueError("cog.compress JPEG is lossy, so every COG would fail the pixel check; "
-                             f"use one of {', '.join(LOSSLESS_CODECS)}")
+            raise ValueError(
+                "cog.compress JPEG is lossy, so every COG would fail the pixel check; "
+                f"use one of {', '.join(LOSSLESS_CODECS)}"
+            )
         if compress not in LOSSLESS_CODECS:
             raise ValueError(f"cog.compress {self.compress!r} is not one of {', '.join(LOSSLESS_CODECS)}")
         predictor = self.predictor
@@ -55,18 +69,25 @@ class CogOptions:
             if isinstance(self.level, bool) or not isinstance(self.level, int):
                 raise ValueError(f"cog.level must be an integer or null, not {self.level!r}")
             if compress not in LEVEL_RANGES:
-                raise ValueError(f"cog.level is set but {compress} has no compression level "
-                                 f"(only {', '.join(LEVEL_RANGES)} do); set it to null")
+                raise ValueError(
+                    f"cog.level is set but {compress} has no compression level "
+                    f"(only {', '.join(LEVEL_RANGES)} do); set it to null"
+                )
             low, high = LEVEL_RANGES[compress]
             if not low <= self.level <= high:
                 raise ValueError(f"cog.level {self.level} is out of range for {compress} ({low}..{high})")
-        if isinstance(self.blocksize, bool) or not isinstance(self.blocksize, int) \
-                or not 64 <= self.blocksize <= 4096 or self.blocksize % 16:
+        if (
+            isinstance(self.blocksize, bool)
+            or not isinstance(self.blocksize, int)
+            or not 64 <= self.blocksize <= 4096
+            or self.blocksize % 16
+        ):
             raise ValueError(f"cog.blocksize {self.blocksize!r} must be a multiple of 16 between 64 and 4096")
         resampling = str(self.overview_resampling).lower()
         if resampling not in RESAMPLINGS:
-            raise ValueError(f"cog.overview_resampling {self.overview_resampling!r} is not one of "
-                             f"{', '.join(RESAMPLINGS)}")
+            raise ValueError(
+                f"cog.overview_resampling {self.overview_resampling!r} is not one of {', '.join(RESAMPLINGS)}"
+            )
         threads = str(self.num_threads).strip().upper()
         if threads != "ALL_CPUS" and not (threads.isdigit() and int(threads) >= 1):
             raise ValueError(f"cog.num_threads {self.num_threads!r} must be ALL_CPUS or a positive integer")
@@ -112,11 +133,13 @@ class JpegOptions:
         try:
             low, high = (float(v) for v in self.stretch_percentiles)
         except (TypeError, ValueError):
-            raise ValueError("jpeg.stretch_percentiles must be two numbers, e.g. [2, 98], "
-                             f"not {self.stretch_percentiles!r}") from None
+            raise ValueError(
+                f"jpeg.stretch_percentiles must be two numbers, e.g. [2, 98], not {self.stretch_percentiles!r}"
+            ) from None
         if not 0 <= low < high <= 100:
-            raise ValueError(f"jpeg.stretch_percentiles {list(self.stretch_percentiles)} must satisfy "
-                             "0 <= low < high <= 100")
+            raise ValueError(
+                f"jpeg.stretch_percentiles {list(self.stretch_percentiles)} must satisfy 0 <= low < high <= 100"
+            )
         object.__setattr__(self, "stretch_percentiles", (low, high))
         object.__setattr__(self, "nodata_color", _nodata_color(self.nodata_color))
         object.__setattr__(self, "sizes", _sizes(self.sizes))
@@ -131,11 +154,15 @@ def _nodata_color(value: Any) -> tuple[int, int, int]:
         if value.lower() in NODATA_COLORS:
             return NODATA_COLORS[value.lower()]
         raise ValueError(f"jpeg.nodata_color {value!r} is not one of {', '.join(NODATA_COLORS)} or [r, g, b]")
-    if isinstance(value, (list, tuple)) and len(value) == 3 and all(
-            isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in value):
+    if (
+        isinstance(value, (list, tuple))
+        and len(value) == 3
+        and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in value)
+    ):
         return (int(value[0]), int(value[1]), int(value[2]))
-    raise ValueError(f"jpeg.nodata_color {value!r} must be [r, g, b] with each from 0 to 255, "
-                     f"or one of {', '.join(NODATA_COLORS)}")
+    raise ValueError(
+        f"jpeg.nodata_color {value!r} must be [r, g, b] with each from 0 to 255, or one of {', '.join(NODATA_COLORS)}"
+    )
 
 
 def _sizes(value: Any) -> tuple[int, ...]:
@@ -144,8 +171,10 @@ def _sizes(value: Any) -> tuple[int, ...]:
         raise ValueError(f"jpeg.sizes {value!r} must be a list of longer sides in pixels, e.g. [512, 2048]")
     for size in value:
         if isinstance(size, bool) or not isinstance(size, int) or not MIN_PREVIEW_SIZE <= size <= JPEG_MAX_SIDE:
-            raise ValueError(f"jpeg.sizes: {size!r} must be an integer from {MIN_PREVIEW_SIZE} to {JPEG_MAX_SIDE} "
-                             "(the longer side of a smaller preview, in pixels)")
+            raise ValueError(
+                f"jpeg.sizes: {size!r} must be an integer from {MIN_PREVIEW_SIZE} to {JPEG_MAX_SIDE} "
+                "(the longer side of a smaller preview, in pixels)"
+            )
     if len(set(value)) != len(value):
         raise ValueError(f"jpeg.sizes {list(value)} lists a size twice")
     return tuple(sorted(value))
@@ -156,8 +185,10 @@ def _options_from_config(cls: type, section: str, d: dict[str, Any] | None) -> A
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - known)
     if unknown:
-        raise ValueError(f"unknown key(s) in the {section}: section: {', '.join(map(str, unknown))} "
-                         f"(known: {', '.join(sorted(known))})")
+        raise ValueError(
+            f"unknown key(s) in the {section}: section: {', '.join(map(str, unknown))} "
+            f"(known: {', '.join(sorted(known))})"
+        )
     return cls(**d)
 
 

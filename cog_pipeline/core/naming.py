@@ -24,8 +24,10 @@ STATE_PREFIX = ".cog-pipeline/"
 #: A processing object: ``<stem>processing-<TS>.csv``.
 PROCESSING_KEY = re.compile(r"^(?P<stem>.*)processing-(?P<ts>\d{8}-\d{6})\.csv$", re.DOTALL)
 
-_OWNED = re.compile(r"(processing|processed|failed|errors|report|collection|capture-area|qa)-\d{8}-\d{6}"
-                    r"\.(csv|html|json|geojson)$")
+_OWNED = re.compile(
+    r"(processing|processed|failed|errors|report|collection|capture-area|qa)-\d{8}-\d{6}"
+    r"\.(csv|html|json|geojson)$"
+)
 
 
 #: The GeoTIFF key rule: the original accepted keys ending in ``.tif``; this pipeline also accepts

@@ -30,8 +30,16 @@ from typing import Any
 
 from cog_pipeline.core import config as config_model
 from cog_pipeline.core.errors import PipelineError
-from cog_pipeline.core.naming import (HEARTBEAT_WARNING, RUN_CONFIG, RUN_DIR_PREFIX, ManifestKeys, batch_log_path,
-                                      outcome_path, status_path)
+from cog_pipeline.core.naming import (
+    HEARTBEAT_WARNING,
+    RUN_CONFIG,
+    RUN_DIR_PREFIX,
+    ManifestKeys,
+    batch_log_path,
+    outcome_path,
+    status_path,
+)
+
 
 def summary_finished(path: Path) -> bool:
     """True when the aggregate's summary at ``path`` (``outcome/<m>.json``) marks its manifest finished: outcome
@@ -89,8 +97,14 @@ class ClaimedManifest:
 
     def to_dict(self) -> dict[str, str]:
         """The entry as ``run.yaml`` holds it."""
-        return {"id": self.id, "csv": self.csv, "key": self.key, "raw_key": self.raw_key, "stem": self.stem,
-                "timestamp": self.timestamp}
+        return {
+            "id": self.id,
+            "csv": self.csv,
+            "key": self.key,
+            "raw_key": self.raw_key,
+            "stem": self.stem,
+            "timestamp": self.timestamp,
+        }
 
     @property
     def keys(self) -> ManifestKeys:

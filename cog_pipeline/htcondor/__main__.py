@@ -18,9 +18,10 @@ from .supervisor import SUPERVISOR_LOG, append_log_to, supervise
 
 def main(argv: list[str] | None = None) -> int:
     """Run one subcommand; returns the exit status (2 with a one-line error on PipelineError)."""
-    parser = argparse.ArgumentParser(prog="python -m cog_pipeline.htcondor",
-                                     description="The driver's supervisor, and helpers for a run directory "
-                                                 "on the pool.")
+    parser = argparse.ArgumentParser(
+        prog="python -m cog_pipeline.htcondor",
+        description="The driver's supervisor, and helpers for a run directory on the pool.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("supervise", help="run a driver command with the hold policy, then clean the run up")
     p.add_argument("--run-id", required=True)
@@ -31,8 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("run_dir")
     p = sub.add_parser("hold-policy", help="print the PeriodicRelease / PeriodicRemove expressions")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         if args.command == "supervise":
             cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd

@@ -45,6 +45,7 @@ def exception_text(exc: BaseException) -> str:
 # Bindings and quoting
 # --------------------------------------------------------------------------------------------
 
+
 def bindings() -> ModuleType:
     """``htcondor2``, imported on first use (its CONDOR_CONFIG warning is reported by our errors)."""
     with warnings.catch_warnings():
@@ -132,8 +133,10 @@ def entry_point() -> Path:
     found = shutil.which("cog-pipeline")
     if found:
         return Path(found).absolute()
-    raise PipelineError("cannot find the cog-pipeline command beside this Python or on PATH; "
-                        "install the package (pip install -e .) in the environment you submit from")
+    raise PipelineError(
+        "cannot find the cog-pipeline command beside this Python or on PATH; "
+        "install the package (pip install -e .) in the environment you submit from"
+    )
 
 
 def check_pattern(pattern: str) -> str:
@@ -154,10 +157,10 @@ def _tags(pattern: str, role: str, run_id: str | None = None) -> dict[str, str]:
     return tags
 
 
-
 # --------------------------------------------------------------------------------------------
 # Constraints
 # --------------------------------------------------------------------------------------------
+
 
 def pattern_constraint(pattern: str) -> str:
     """Every job of the pipeline watching ``pattern`` (case-sensitive, unlike ``==`` on strings)."""
@@ -182,6 +185,7 @@ STILL_QUEUED = f"JobStatus =!= {REMOVED} && JobStatus =!= {COMPLETED}"
 # Submit descriptions (no schedd needed)
 # --------------------------------------------------------------------------------------------
 
+
 def cron_fields(every_minutes: int) -> dict[str, str]:
     """Cron submit commands for a job that starts every ``every_minutes`` minutes."""
     n = int(every_minutes)
@@ -192,10 +196,17 @@ def cron_fields(every_minutes: int) -> dict[str, str]:
     elif n == 24 * 60:
         minute, hour = "0", "0"
     else:
-        raise PipelineError(f"--every {every_minutes}: use 1-59 minutes, or whole hours dividing 24 "
-                            "(60, 120, 180, 240, 360, 480, 720, 1440)")
-    return {"cron_minute": minute, "cron_hour": hour, "cron_day_of_month": "*",
-            "cron_month": "*", "cron_day_of_week": "*"}
+        raise PipelineError(
+            f"--every {every_minutes}: use 1-59 minutes, or whole hours dividing 24 "
+            "(60, 120, 180, 240, 360, 480, 720, 1440)"
+        )
+    return {
+        "cron_minute": minute,
+        "cron_hour": hour,
+        "cron_day_of_month": "*",
+        "cron_month": "*",
+        "cron_day_of_week": "*",
+    }
 
 
 def _option_index(args: list[str], names: tuple[str, ...]) -> int | None:
@@ -212,7 +223,7 @@ def _set_option(args: list[str], names: tuple[str, ...], value: str) -> None:
     elif "=" in args[i]:
         args[i] = f"{args[i].split('=', 1)[0]}={value}"
     else:
-        args[i + 1: i + 2] = [value]
+        args[i + 1 : i + 2] = [value]
 
 
 def tick_arguments(tick_argv: list[str], pattern: str, workdir: Path) -> list[str]:
@@ -243,8 +254,9 @@ def max_running_value(value: Any, what: str) -> int:
     return n
 
 
-def crondor_submit(*, tick_argv: list[str], pattern: str, every_minutes: int = 15, workdir: Path,
-                   max_running: int | None = None) -> htcondor2.Submit:
+def crondor_submit(
+    *, tick_argv: list[str], pattern: str, every_minutes: int = 15, workdir: Path, max_running: int | None = None
+) -> htcondor2.Submit:
     """The Crondor: a local-universe cron job running ``cog-pipeline tick ... --executor htcondor``.
 
     ``max_running`` reaches each run's Snakemake (``--jobs``) through the environment

@@ -14,10 +14,28 @@ from typing import TYPE_CHECKING, Any
 from collections.abc import Iterable
 
 from cog_pipeline.core.errors import PipelineError
-from .descriptions import (CRONDOR_BATCH_PREFIX, DRIVER_BATCH_PREFIX, HELD, IDLE, REMOVED, ROLE_CRONDOR,
-                           ROLE_DRIVER, RUNNING, STILL_QUEUED, SUSPENDED, TRANSFERRING, bindings, check_pattern,
-                           classad_literal, crondor_submit, driver_submit, exception_text, pattern_constraint,
-                           role_constraint, run_constraint)
+from .descriptions import (
+    CRONDOR_BATCH_PREFIX,
+    DRIVER_BATCH_PREFIX,
+    HELD,
+    IDLE,
+    REMOVED,
+    ROLE_CRONDOR,
+    ROLE_DRIVER,
+    RUNNING,
+    STILL_QUEUED,
+    SUSPENDED,
+    TRANSFERRING,
+    bindings,
+    check_pattern,
+    classad_literal,
+    crondor_submit,
+    driver_submit,
+    exception_text,
+    pattern_constraint,
+    role_constraint,
+    run_constraint,
+)
 from .settings import load_settings, software_plan
 from .staging import stage_workflow
 
@@ -74,17 +92,34 @@ def _job_status(ad: Any, now: float) -> tuple[str, int | None]:
 def pipeline_jobs() -> list[dict[str, Any]]:
     """This pipeline's queued jobs (any pattern): cluster, batch name, role, run, status, hold reason,
     and for a Crondor between ticks the time of its next one (``next_run``)."""
-    projection = ["ClusterId", "ProcId", "JobBatchName", "CogPipelineRole", "CogPipelineRun", "JobStatus",
-                  "HoldReason", "QDate", "DeferralTime"]
+    projection = [
+        "ClusterId",
+        "ProcId",
+        "JobBatchName",
+        "CogPipelineRole",
+        "CogPipelineRun",
+        "JobStatus",
+        "HoldReason",
+        "QDate",
+        "DeferralTime",
+    ]
     ads = query(connect(), "CogPipeline =?= true", projection)
     now = time.time()
     jobs = []
     for ad in ads:
         status, next_run = _job_status(ad, now)
-        jobs.append({"cluster": int(ad.get("ClusterId", 0)), "batch_name": str(ad.get("JobBatchName", "")),
-                     "role": str(ad.get("CogPipelineRole", "")), "run": str(ad.get("CogPipelineRun", "")),
-                     "status": status, "next_run": next_run, "hold_reason": str(ad.get("HoldReason", "")),
-                     "queued": int(ad.get("QDate", 0))})
+        jobs.append(
+            {
+                "cluster": int(ad.get("ClusterId", 0)),
+                "batch_name": str(ad.get("JobBatchName", "")),
+                "role": str(ad.get("CogPipelineRole", "")),
+                "run": str(ad.get("CogPipelineRun", "")),
+                "status": status,
+                "next_run": next_run,
+                "hold_reason": str(ad.get("HoldReason", "")),
+                "queued": int(ad.get("QDate", 0)),
+            }
+        )
     return jobs
 
 
@@ -124,27 +159,33 @@ def submit(description: htcondor2.Submit) -> int:
     return int(result.cluster())
 
 
-def start_crondor(*, tick_argv: list[str], pattern: str, workdir: Path, every_minutes: int = 15,
-                  max_running: int | None = None) -> int:
+def start_crondor(
+    *, tick_argv: list[str], pattern: str, workdir: Path, every_minutes: int = 15, max_running: int | None = None
+) -> int:
     """Submit the Crondor for ``pattern`` (one per pattern); returns its cluster id."""
-    description = crondor_submit(tick_argv=tick_argv, pattern=pattern, every_minutes=every_minutes,
-                                 workdir=workdir, max_running=max_running)
+    description = crondor_submit(
+        tick_argv=tick_argv, pattern=pattern, every_minutes=every_minutes, workdir=workdir, max_running=max_running
+    )
     software_plan(load_settings().software)  # a broken settings file fails now, not at every tick
     schedd = connect()
     constraint = f"{pattern_constraint(pattern)} && {role_constraint(ROLE_CRONDOR)} && JobStatus =!= {REMOVED}"
     existing = query(schedd, constraint, ["ClusterId"])
     if existing:
         clusters = ", ".join(str(int(ad["ClusterId"])) for ad in existing)
-        raise PipelineError(f"a Crondor for pattern {pattern!r} is already queued (cluster {clusters}); "
-                            f"stop it first: cog-pipeline stop -p {shlex.quote(pattern)}")
+        raise PipelineError(
+            f"a Crondor for pattern {pattern!r} is already queued (cluster {clusters}); "
+            f"stop it first: cog-pipeline stop -p {shlex.quote(pattern)}"
+        )
     return submit(description)
 
 
 def stop_pipeline(pattern: str) -> int:
     """Remove the Crondor, the drivers and every job of the pipeline watching ``pattern``; returns how many."""
     check_pattern(pattern)
-    mine = (f"({pattern_constraint(pattern)}) || JobBatchName =?= {classad_literal(CRONDOR_BATCH_PREFIX + pattern)}"
-            f" || JobBatchName =?= {classad_literal(DRIVER_BATCH_PREFIX + pattern)}")
+    mine = (
+        f"({pattern_constraint(pattern)}) || JobBatchName =?= {classad_literal(CRONDOR_BATCH_PREFIX + pattern)}"
+        f" || JobBatchName =?= {classad_literal(DRIVER_BATCH_PREFIX + pattern)}"
+    )
     schedd = connect()
     removed = 0
     # Crondor first (no new tick), then drivers (no new submissions), then whatever they queued.
@@ -172,8 +213,9 @@ def submit_driver(run_dir: Path, pattern: str, run_id: str, drive_argv: list[str
     (run_dir / "logs").mkdir(parents=True, exist_ok=True)
     description = driver_submit(run_dir=run_dir, pattern=pattern, run_id=run_id, drive_argv=drive_argv)
     schedd = connect()
-    existing = query(schedd, f"{run_constraint(run_id)} && {role_constraint(ROLE_DRIVER)} && {STILL_QUEUED}",
-                     ["ClusterId"])
+    existing = query(
+        schedd, f"{run_constraint(run_id)} && {role_constraint(ROLE_DRIVER)} && {STILL_QUEUED}", ["ClusterId"]
+    )
     if existing:
         cluster = int(existing[0]["ClusterId"])
         log.warning("run %s already has a driver (cluster %d); not submitting another", run_id, cluster)

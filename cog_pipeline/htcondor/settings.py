@@ -55,14 +55,18 @@ class HoldPolicy:
     def release_expression(self) -> str:
         """``PeriodicRelease``: held less than max_holds times and waited its backoff."""
         backoff = f"{self.backoff_seconds} * pow(2, NumHolds - 1)"
-        wait = (f"ifThenElse({backoff} < {self.backoff_cap_seconds}, {backoff}, {self.backoff_cap_seconds})"
-                f" + (ClusterId % {self.jitter_slots}) * {self.jitter_seconds}")
+        wait = (
+            f"ifThenElse({backoff} < {self.backoff_cap_seconds}, {backoff}, {self.backoff_cap_seconds})"
+            f" + (ClusterId % {self.jitter_slots}) * {self.jitter_seconds}"
+        )
         return f"{self._eligible()} && NumHolds < {self.max_holds} && (time() - EnteredCurrentStatus) >= {wait}"
 
     def remove_expression(self) -> str:
         """``PeriodicRemove``: the max_holds-th hold, or held longer than remove_after_held_seconds."""
-        return (f"{self._eligible()} && (NumHolds >= {self.max_holds} || "
-                f"(time() - EnteredCurrentStatus) >= {self.remove_after_held_seconds})")
+        return (
+            f"{self._eligible()} && (NumHolds >= {self.max_holds} || "
+            f"(time() - EnteredCurrentStatus) >= {self.remove_after_held_seconds})"
+        )
 
     def longest_wait(self) -> int:
         """Seconds a job may stay held before its release is due."""
@@ -113,16 +117,28 @@ def load_settings(path: Path | None = None) -> Settings:
         policy = HoldPolicy(**{k: int(v) for k, v in policy_data.items()})
     except (TypeError, ValueError):
         raise PipelineError(f"{path}: hold_policy values must be whole numbers") from None
-    if min(policy.max_holds, policy.backoff_seconds, policy.backoff_cap_seconds, policy.jitter_slots,
-           policy.poll_seconds) < 1 or policy.jitter_seconds < 0:
+    if (
+        min(
+            policy.max_holds,
+            policy.backoff_seconds,
+            policy.backoff_cap_seconds,
+            policy.jitter_slots,
+            policy.poll_seconds,
+        )
+        < 1
+        or policy.jitter_seconds < 0
+    ):
         raise PipelineError(f"{path}: hold_policy values must be positive")
     if policy.remove_after_held_seconds <= policy.longest_wait():
-        raise PipelineError(f"{path}: hold_policy.remove_after_held_seconds must exceed the longest backoff "
-                            f"({policy.longest_wait()} s)")
+        raise PipelineError(
+            f"{path}: hold_policy.remove_after_held_seconds must exceed the longest backoff ({policy.longest_wait()} s)"
+        )
     held_timeout = profile_held_timeout()
     if held_timeout <= policy.remove_after_held_seconds:
-        raise PipelineError(f"{PROFILE_CONFIG}: htcondor-held-timeout ({held_timeout} s) must exceed "
-                            f"hold_policy.remove_after_held_seconds ({policy.remove_after_held_seconds} s) in {path}")
+        raise PipelineError(
+            f"{PROFILE_CONFIG}: htcondor-held-timeout ({held_timeout} s) must exceed "
+            f"hold_policy.remove_after_held_seconds ({policy.remove_after_held_seconds} s) in {path}"
+        )
     return Settings(software=software, hold_policy=policy, path=path)
 
 
@@ -150,8 +166,9 @@ def profile_default_resources() -> dict[str, Any]:
 def check_transferable(path: str, what: str) -> None:
     """Refuse a path HTCondor's comma-separated transfer list cannot carry (relative, spaces, commas)."""
     if any(c in path for c in ", \t") or not Path(path).is_absolute():
-        raise PipelineError(f"{what} {path!r} cannot be transferred by HTCondor: use an absolute path "
-                            "without spaces or commas")
+        raise PipelineError(
+            f"{what} {path!r} cannot be transferred by HTCondor: use an absolute path without spaces or commas"
+        )
 
 
 @dataclass(frozen=True)
@@ -168,19 +185,26 @@ def software_plan(software: Software) -> SoftwarePlan:
     if software.mode == "tarball":
         tarball = Path(software.tarball).expanduser() if software.tarball else None
         if tarball is None or not tarball.is_absolute():
-            raise PipelineError(f"software.mode tarball needs software.tarball: the absolute path of a conda-pack "
-                                f"or venv-pack archive (settings file {settings_path()})")
+            raise PipelineError(
+                f"software.mode tarball needs software.tarball: the absolute path of a conda-pack "
+                f"or venv-pack archive (settings file {settings_path()})"
+            )
         if not tarball.is_file():
             raise PipelineError(f"environment archive {tarball} not found (software.tarball in {settings_path()})")
         check_transferable(str(tarball), "software.tarball")
-        return SoftwarePlan([str(tarball)], {}, {"COG_PIPELINE_SOFTWARE": "tarball",
-                                                 "COG_PIPELINE_ENV_TARBALL": tarball.name})
+        return SoftwarePlan(
+            [str(tarball)], {}, {"COG_PIPELINE_SOFTWARE": "tarball", "COG_PIPELINE_ENV_TARBALL": tarball.name}
+        )
     if software.mode == "container":
         if not software.container_image:
-            raise PipelineError(f"software.mode container needs software.container_image "
-                                f"(settings file {settings_path()})")
-        return SoftwarePlan([], {"universe": "container", "container_image": software.container_image},
-                            {"COG_PIPELINE_SOFTWARE": "container",
-                             "COG_PIPELINE_PYTHON": software.python or "python3"})
-    return SoftwarePlan([], {}, {"COG_PIPELINE_SOFTWARE": "shared",
-                                 "COG_PIPELINE_PYTHON": software.python or sys.executable})
+            raise PipelineError(
+                f"software.mode container needs software.container_image (settings file {settings_path()})"
+            )
+        return SoftwarePlan(
+            [],
+            {"universe": "container", "container_image": software.container_image},
+            {"COG_PIPELINE_SOFTWARE": "container", "COG_PIPELINE_PYTHON": software.python or "python3"},
+        )
+    return SoftwarePlan(
+        [], {}, {"COG_PIPELINE_SOFTWARE": "shared", "COG_PIPELINE_PYTHON": software.python or sys.executable}
+    )

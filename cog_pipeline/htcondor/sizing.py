@@ -83,10 +83,14 @@ def image_need(input_bytes: int) -> Need:
     if input_bytes < 0:
         raise ValueError(f"input size must not be negative, got {input_bytes}")
     size_mb = input_bytes / MB
-    mem = (MEM_INTERCEPT_MB + MEM_PER_INPUT_MB * min(size_mb, MEM_KNEE_INPUT_MB)
-           + MEM_PER_INPUT_MB_ABOVE_KNEE * max(0.0, size_mb - MEM_KNEE_INPUT_MB))
-    return Need(mem_mb=_round_up(MARGIN * mem),
-                disk_mb=_round_up(MARGIN * (DISK_INTERCEPT_MB + DISK_PER_INPUT_MB * size_mb)))
+    mem = (
+        MEM_INTERCEPT_MB
+        + MEM_PER_INPUT_MB * min(size_mb, MEM_KNEE_INPUT_MB)
+        + MEM_PER_INPUT_MB_ABOVE_KNEE * max(0.0, size_mb - MEM_KNEE_INPUT_MB)
+    )
+    return Need(
+        mem_mb=_round_up(MARGIN * mem), disk_mb=_round_up(MARGIN * (DISK_INTERCEPT_MB + DISK_PER_INPUT_MB * size_mb))
+    )
 
 
 def batch_request(sizes: Sequence[int | None], *, mem_cap_mb: int, disk_cap_mb: int, attempt: int = 1) -> Request:
@@ -104,10 +108,18 @@ def batch_request(sizes: Sequence[int | None], *, mem_cap_mb: int, disk_cap_mb: 
     factor = RETRY_FACTOR ** max(0, attempt - 1)
     mem = _round_up((JOB_MEM_MB + need.mem_mb) * factor)
     disk = _round_up((JOB_DISK_MB + need.disk_mb) * factor)
-    capped = tuple(name for name, value, cap in (("mem_mb_per_job", mem, mem_cap_mb),
-                                                  ("disk_mb_per_job", disk, disk_cap_mb)) if value > cap)
-    return Request(mem_mb=min(mem, mem_cap_mb), disk_mb=min(disk, disk_cap_mb), largest_input_bytes=largest,
-                   unknown=unknown, capped=capped)
+    capped = tuple(
+        name
+        for name, value, cap in (("mem_mb_per_job", mem, mem_cap_mb), ("disk_mb_per_job", disk, disk_cap_mb))
+        if value > cap
+    )
+    return Request(
+        mem_mb=min(mem, mem_cap_mb),
+        disk_mb=min(disk, disk_cap_mb),
+        largest_input_bytes=largest,
+        unknown=unknown,
+        capped=capped,
+    )
 
 
 def batch_sizes(keys: Iterable[str], listed: Mapping[str, int] | None) -> list[int | None] | None:

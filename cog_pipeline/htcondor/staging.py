@@ -15,8 +15,16 @@ from cog_pipeline.core.errors import PipelineError
 from cog_pipeline.core.rundir import RunDir
 from cog_pipeline.core.transfer import PRESIGNED, transfer_mode
 from .descriptions import MAX_RUNNING_ENV, ROLE_JOB, check_pattern, classad_string, max_running_value
-from .settings import (JOB_WRAPPER, PROFILE_DIR, Settings, check_transferable, load_settings,
-                       profile_default_resources, profile_held_timeout, software_plan)
+from .settings import (
+    JOB_WRAPPER,
+    PROFILE_DIR,
+    Settings,
+    check_transferable,
+    load_settings,
+    profile_default_resources,
+    profile_held_timeout,
+    software_plan,
+)
 
 #: Directory of a run holding its own copy of the workflow (what execute points receive).
 STAGE_DIR = "workflow"
@@ -75,8 +83,9 @@ def stage_workflow(run_dir: Path) -> Path:
 
 
 #: Names in a job's directory that a transferred file must not take.
-RESERVED_NAMES = frozenset({STAGE_DIR, "run.yaml", "manifests", "status", "logs", "outcome", "env", ".snakemake",
-                            "urls", "uploads"})
+RESERVED_NAMES = frozenset(
+    {STAGE_DIR, "run.yaml", "manifests", "status", "logs", "outcome", "env", ".snakemake", "urls", "uploads"}
+)
 
 
 def key_files(run: dict[str, Any]) -> list[Path]:
@@ -129,8 +138,10 @@ def transfer_files(run: dict[str, Any]) -> list[Path]:
 def _check_names(paths: list[Path], what: str) -> None:
     names = [p.name for p in paths]
     if len(set(names)) != len(names) or RESERVED_NAMES & set(names):
-        raise PipelineError(f"{what} {', '.join(map(str, paths))}: jobs receive them by file name, so the "
-                            f"names must differ from each other and from {', '.join(sorted(RESERVED_NAMES))}")
+        raise PipelineError(
+            f"{what} {', '.join(map(str, paths))}: jobs receive them by file name, so the "
+            f"names must differ from each other and from {', '.join(sorted(RESERVED_NAMES))}"
+        )
 
 
 def _run_yaml(run_dir: Path) -> dict[str, Any]:
@@ -143,8 +154,10 @@ def write_job_env(stage: Path, env: dict[str, str]) -> Path:
     """Write the job wrapper's settings (shell assignments of names and paths, never secrets)."""
     path = Path(stage) / JOB_ENV
     lines = [f"{name}={shlex.quote(value)}" for name, value in env.items()]
-    path.write_text("# written by cog_pipeline.htcondor.snakemake_args; sourced by job-wrapper.sh\n"
-                    + "\n".join(lines) + "\n", encoding="utf-8")
+    path.write_text(
+        "# written by cog_pipeline.htcondor.snakemake_args; sourced by job-wrapper.sh\n" + "\n".join(lines) + "\n",
+        encoding="utf-8",
+    )
     return path
 
 
@@ -204,13 +217,21 @@ def snakemake_args(run_dir: Path, run_id: str, pattern: str, *, jobs: int | None
     plan = software_plan(settings.software)
     names = [k.name for k in job_key_files(_run_yaml(run_dir))]
     write_job_env(stage, {**plan.wrapper_env, "COG_PIPELINE_PRIVATE_FILES": " ".join(names)})
-    args = ["--profile", str(PROFILE_DIR),
-            "--snakefile", str(stage / "Snakefile"),
-            "--directory", ".",
-            "--nolock",  # one driver per run (submit_driver); a restarted driver must not trip on a stale lock
-            "--htcondor-jobdir", str(fresh_jobdir(run_dir)),
-            "--htcondor-held-timeout", str(profile_held_timeout()),
-            "--default-resources", *[_resource_arg(k, v) for k, v in resources.items()]]
+    args = [
+        "--profile",
+        str(PROFILE_DIR),
+        "--snakefile",
+        str(stage / "Snakefile"),
+        "--directory",
+        ".",
+        "--nolock",  # one driver per run (submit_driver); a restarted driver must not trip on a stale lock
+        "--htcondor-jobdir",
+        str(fresh_jobdir(run_dir)),
+        "--htcondor-held-timeout",
+        str(profile_held_timeout()),
+        "--default-resources",
+        *[_resource_arg(k, v) for k, v in resources.items()],
+    ]
     limit = jobs if jobs is not None else _run_yaml(run_dir).get("max_running")
     if limit is None:
         limit = os.environ.get(MAX_RUNNING_ENV) or None

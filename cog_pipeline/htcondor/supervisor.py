@@ -20,6 +20,7 @@ import contextlib
 
 log = logging.getLogger(__name__)
 
+
 def apply_hold_policy(run_id: str, policy: HoldPolicy | None = None) -> int:
     """Put PeriodicRelease/PeriodicRemove on the run's jobs that lack them; returns how many jobs.
 
@@ -28,8 +29,9 @@ def apply_hold_policy(run_id: str, policy: HoldPolicy | None = None) -> int:
     """
     policy = policy or load_settings().hold_policy
     conn = schedd.connect()
-    constraint = (f"{run_constraint(run_id)} && {role_constraint(ROLE_JOB)} && CogPipelineHoldPolicy =!= true"
-                  f" && {STILL_QUEUED}")
+    constraint = (
+        f"{run_constraint(run_id)} && {role_constraint(ROLE_JOB)} && CogPipelineHoldPolicy =!= true && {STILL_QUEUED}"
+    )
     ads = schedd.query(conn, constraint, ["ClusterId", "ProcId"])
     ids = schedd.job_ids(ads)
     if not ids:
@@ -123,9 +125,11 @@ def supervise(run_id: str, command: list[str]) -> int:
     include_running = False
     if terminated.is_set():
         include_running = driver_removed(job)
-        log.info("driver %s: %s", "removed" if include_running else "stopped by the schedd (shutdown, restart "
-                 "or eviction)", "removing the run's running jobs too" if include_running else
-                 "leaving the run's running jobs to finish")
+        log.info(
+            "driver %s: %s",
+            "removed" if include_running else "stopped by the schedd (shutdown, restart or eviction)",
+            "removing the run's running jobs too" if include_running else "leaving the run's running jobs to finish",
+        )
     try:
         removed = schedd.cleanup_run(run_id, include_running=include_running)
         if removed:

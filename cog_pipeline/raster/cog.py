@@ -39,8 +39,9 @@ _NO_COMPLEX = ("LERC", "LERC_DEFLATE", "LERC_ZSTD", "WEBP")
 _EXTRA_FOR = {"MAX_Z_ERROR": ("LERC", "LERC_DEFLATE", "LERC_ZSTD"), "QUALITY": ("WEBP",)}
 
 
-def cog_creation_options(ds: rasterio.DatasetReader, options: CogOptions,
-                         preset: Preset | None = None) -> dict[str, str]:
+def cog_creation_options(
+    ds: rasterio.DatasetReader, options: CogOptions, preset: Preset | None = None
+) -> dict[str, str]:
     """The COG driver's creation options for ``ds`` (ImageError("cog") when the options cannot fit its data).
     With ``preset``, its options replace ``options`` and its extra creation options are merged in."""
     if preset is not None:
@@ -48,23 +49,31 @@ def cog_creation_options(ds: rasterio.DatasetReader, options: CogOptions,
     dtype = ds.dtypes[0]
     kind = numpy_dtype(dtype).kind
     if options.predictor == "FLOATING_POINT" and kind != "f":
-        raise ImageError("cog", f"predictor FLOATING_POINT only works on float data and this image is {dtype} "
-                                "(use predictor YES for batches of mixed data types)")
+        raise ImageError(
+            "cog",
+            f"predictor FLOATING_POINT only works on float data and this image is {dtype} "
+            "(use predictor YES for batches of mixed data types)",
+        )
     predictor = options.predictor
     if kind == "c":
         if options.compress in _NO_COMPLEX:
-            raise ImageError("cog", f"compress {options.compress} cannot store complex data ({dtype}); "
-                                    "use LZW, DEFLATE, ZSTD, LZMA or NONE")
+            raise ImageError(
+                "cog",
+                f"compress {options.compress} cannot store complex data ({dtype}); "
+                "use LZW, DEFLATE, ZSTD, LZMA or NONE",
+            )
         wide = numpy_dtype(dtype).itemsize > 8  # complex128: two 64-bit halves
         if predictor == "STANDARD" and wide:
-            raise ImageError("cog", f"predictor STANDARD does not work on {dtype} data (64-bit halves); "
-                                    "use predictor YES or NO")
+            raise ImageError(
+                "cog", f"predictor STANDARD does not work on {dtype} data (64-bit halves); use predictor YES or NO"
+            )
         if predictor == "YES":
             predictor = "NO" if wide else "STANDARD"
     resampling = "nearest" if is_palette(ds) else options.overview_resampling
     if preset is not None and preset.applied and preset.kind is DataKind.CATEGORICAL:
-        resampling = options.overview_resampling if options.overview_resampling in CATEGORICAL_RESAMPLINGS \
-            else "nearest"
+        resampling = (
+            options.overview_resampling if options.overview_resampling in CATEGORICAL_RESAMPLINGS else "nearest"
+        )
     creation = {
         "COMPRESS": options.compress,
         "BLOCKSIZE": str(options.blocksize),
@@ -80,14 +89,18 @@ def cog_creation_options(ds: rasterio.DatasetReader, options: CogOptions,
         creation["QUALITY"] = "100"  # lossless WEBP
     for key, value in (preset.extra_creation if preset is not None else {}).items():
         if options.compress not in _EXTRA_FOR.get(key, ()):
-            raise ImageError("cog", f"the preset's creation option {key}={value} does not apply to "
-                                    f"{options.compress} (MAX_Z_ERROR is for LERC*, QUALITY for WEBP)")
+            raise ImageError(
+                "cog",
+                f"the preset's creation option {key}={value} does not apply to "
+                f"{options.compress} (MAX_Z_ERROR is for LERC*, QUALITY for WEBP)",
+            )
         creation[key] = value
     return creation
 
 
-def write_cog(src: str | Path, dst: str | Path, options: CogOptions = CogOptions(),
-              preset: Preset | None = None) -> None:
+def write_cog(
+    src: str | Path, dst: str | Path, options: CogOptions = CogOptions(), preset: Preset | None = None
+) -> None:
     """Write ``src`` as a COG at ``dst`` (GDAL COG driver; temp file beside ``dst`` renamed when complete).
     With ``preset`` (:func:`~cog_pipeline.raster.kinds.preset_for`), its options and extra creation options."""
     src, dst = Path(src), Path(dst)
@@ -95,8 +108,12 @@ def write_cog(src: str | Path, dst: str | Path, options: CogOptions = CogOptions
         options = preset.options
     # COG_TMP_COMPRESSION: the driver's temporary overview file is not compressed (GDAL's default is
     # LZW): the same COG, byte for byte, 15-40% sooner, for scratch space of a third of the raw image.
-    with (atomic_output(dst, "cog") as tmp, gdal_env(options.gdal_cache_mb),
-          rasterio.Env(COG_TMP_COMPRESSION="NONE"), open_tiff(src) as ds):
+    with (
+        atomic_output(dst, "cog") as tmp,
+        gdal_env(options.gdal_cache_mb),
+        rasterio.Env(COG_TMP_COMPRESSION="NONE"),
+        open_tiff(src) as ds,
+    ):
         creation = cog_creation_options(ds, options, preset)
         try:
             rasterio.shutil.copy(ds, str(tmp), driver="COG", **creation)
@@ -116,4 +133,3 @@ def validate_cog(path: str | Path) -> None:
             raise ImageError("validate", f"cannot validate the COG: {describe(exc, Path(path))}") from None
     if not valid:
         raise ImageError("validate", "not a valid COG: " + ("; ".join(errors) or "no reason given"))
-

@@ -42,8 +42,13 @@ from cog_pipeline.core.failures import FailureCode
 from cog_pipeline.core.naming import plural
 from cog_pipeline.raster.cog import validate_cog, write_cog
 from cog_pipeline.raster.gdalerrors import describe, quiet_gdal, run_step
-from cog_pipeline.raster.preview import (preview_content_type, preview_key, verify_and_render_previews,
-                                         verify_and_write_jpeg, write_jpeg)
+from cog_pipeline.raster.preview import (
+    preview_content_type,
+    preview_key,
+    verify_and_render_previews,
+    verify_and_write_jpeg,
+    write_jpeg,
+)
 from cog_pipeline.raster.sniff import gdal_env, is_palette, numpy_dtype, open_tiff
 from cog_pipeline.raster.tempfiles import check_output_folder, remove_temp, temp_beside
 from cog_pipeline.raster.kinds import ErrorStats, Preset
@@ -125,10 +130,13 @@ def _inspect(path: Path, options: CogOptions) -> tuple[RasterInfo, list[str]]:
         size = path.stat().st_size
         pixels = ds.width * ds.height * ds.count
         if pixels > options.max_pixels:
-            raise ImageError("open", f"declared size {ds.width}x{ds.height}x{ds.count} exceeds max_pixels "
-                                     f"{options.max_pixels:,} ({pixels:,} values); refused before reading any "
-                                     "pixel (raise cog.max_pixels if the image is genuine)",
-                             code=FailureCode.TOO_LARGE)
+            raise ImageError(
+                "open",
+                f"declared size {ds.width}x{ds.height}x{ds.count} exceeds max_pixels "
+                f"{options.max_pixels:,} ({pixels:,} values); refused before reading any "
+                "pixel (raise cog.max_pixels if the image is genuine)",
+                code=FailureCode.TOO_LARGE,
+            )
         if ds.width < 1 or ds.height < 1 or ds.count < 1:
             raise ImageError("open", f"image has no pixels ({ds.width}x{ds.height}x{ds.count})")
         dtype = ds.dtypes[0]
@@ -152,16 +160,30 @@ def _inspect(path: Path, options: CogOptions) -> tuple[RasterInfo, list[str]]:
         crs_text = None
         if crs is not None:
             crs_text = crs.to_string() or crs.to_wkt()
-        info = RasterInfo(width=ds.width, height=ds.height, count=ds.count, dtype=dtype,
-                          has_palette=is_palette(ds), nodata=ds.nodata, crs=crs_text, size_bytes=size,
-                          compression=ds.compression.name if ds.compression is not None else None)
+        info = RasterInfo(
+            width=ds.width,
+            height=ds.height,
+            count=ds.count,
+            dtype=dtype,
+            has_palette=is_palette(ds),
+            nodata=ds.nodata,
+            crs=crs_text,
+            size_bytes=size,
+            compression=ds.compression.name if ds.compression is not None else None,
+        )
     return info, notes
 
 
-def convert_file(src: str | Path, cog_dst: str | Path, jpeg_dst: str | Path,
-                 cog_options: CogOptions = CogOptions(), jpeg_options: JpegOptions = JpegOptions(),
-                 expected_bands: int | None = None, expected_from: str = "manifest",
-                 preset: Preset | None = None) -> ConversionResult:
+def convert_file(
+    src: str | Path,
+    cog_dst: str | Path,
+    jpeg_dst: str | Path,
+    cog_options: CogOptions = CogOptions(),
+    jpeg_options: JpegOptions = JpegOptions(),
+    expected_bands: int | None = None,
+    expected_from: str = "manifest",
+    preset: Preset | None = None,
+) -> ConversionResult:
     """inspect -> COG -> validate -> verify -> JPEG (from the source) for one local GeoTIFF.
 
     ``preset`` (:func:`~cog_pipeline.raster.kinds.preset_for` of the image's header): its options replace
@@ -195,15 +217,27 @@ def convert_file(src: str | Path, cog_dst: str | Path, jpeg_dst: str | Path,
         with quiet_gdal(), gdal_env(cog_options.gdal_cache_mb):
             info, notes = timed("open", "inspect", _inspect, src, cog_options)
             if expected_bands is not None and expected_bands != info.count:
-                notes.append(f"{expected_from} says {plural(expected_bands, 'band')}, file has {info.count}; "
-                             "using the file's count")
+                notes.append(
+                    f"{expected_from} says {plural(expected_bands, 'band')}, file has {info.count}; "
+                    "using the file's count"
+                )
             if preset is not None and preset.applied:
                 notes.extend(preset.notes)
             timed("cog", "cog", write_cog, src, cog_tmp, cog_options, preset)
             timed("validate", "validate", validate_cog, cog_tmp)
             parts: dict[str, float] = {}
-            previews = run_step("jpeg", verify_and_render_previews, src, cog_tmp, jpeg_tmp, jpeg_dst, jpeg_options,
-                                parts, cog_options.num_threads, pixel_check)
+            previews = run_step(
+                "jpeg",
+                verify_and_render_previews,
+                src,
+                cog_tmp,
+                jpeg_tmp,
+                jpeg_dst,
+                jpeg_options,
+                parts,
+                cog_options.num_threads,
+                pixel_check,
+            )
             verified = pixel_check.result
             if verified is None:
                 raise ImageError("verify", "the verification pass did not reach the last window of the image")
@@ -226,9 +260,18 @@ def convert_file(src: str | Path, cog_dst: str | Path, jpeg_dst: str | Path,
     finally:
         remove_temp(cog_tmp)
         remove_temp(jpeg_tmp)
-    return ConversionResult(info=info, cog_bytes=cog_bytes, jpeg_bytes=jpeg_bytes, jpeg_bands=previews.bands,
-                            notes=notes, seconds=seconds, preview_sidecars=sidecars,
-                            kind=preset.kind.value if preset is not None else None,
-                            preset=preset.summary() if preset is not None else None, check=verified.check,
-                            error=verified.error, input_pixel_digest=verified.input_pixel_digest,
-                            cog_pixel_digest=verified.cog_pixel_digest)
+    return ConversionResult(
+        info=info,
+        cog_bytes=cog_bytes,
+        jpeg_bytes=jpeg_bytes,
+        jpeg_bands=previews.bands,
+        notes=notes,
+        seconds=seconds,
+        preview_sidecars=sidecars,
+        kind=preset.kind.value if preset is not None else None,
+        preset=preset.summary() if preset is not None else None,
+        check=verified.check,
+        error=verified.error,
+        input_pixel_digest=verified.input_pixel_digest,
+        cog_pixel_digest=verified.cog_pixel_digest,
+    )

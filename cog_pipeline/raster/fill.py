@@ -50,8 +50,12 @@ def _longest_run(equal: np.ndarray) -> int:
     return best
 
 
-def edge_fill(sample: np.ndarray, dtype: str | np.dtype, values: tuple[float, ...] = DEFAULT_FILL_VALUES,
-              min_run: float = DEFAULT_MIN_FILL_RUN) -> EdgeFill | None:
+def edge_fill(
+    sample: np.ndarray,
+    dtype: str | np.dtype,
+    values: tuple[float, ...] = DEFAULT_FILL_VALUES,
+    min_run: float = DEFAULT_MIN_FILL_RUN,
+) -> EdgeFill | None:
     """The fill of a decimated read ``sample`` (bands x rows x cols): the candidate whose pixels (every band
     equal to it) run along the most edges, each run at least ``min_run`` of its edge; None if there is none."""
     if sample.ndim != 3 or sample.shape[1] < 2 or sample.shape[2] < 2:

@@ -34,8 +34,20 @@ __all__ = ["GDAL_LOGGER", "describe", "failure_code", "gdal_failure", "gdal_mess
 #: The logger that gets GDAL's (deduplicated) messages; the ``convert`` command shows it only with -v.
 GDAL_LOGGER = "cog_pipeline.raster.gdal"
 
-_CORRUPT_HINTS = ("tiffread", "tifffill", "read error", "ireadblock", "decode", "premature", "truncat",
-                  "corrupt", "not enough data", "cannot read", "failed to read", "tiffscanline")
+_CORRUPT_HINTS = (
+    "tiffread",
+    "tifffill",
+    "read error",
+    "ireadblock",
+    "decode",
+    "premature",
+    "truncat",
+    "corrupt",
+    "not enough data",
+    "cannot read",
+    "failed to read",
+    "tiffscanline",
+)
 _NOSPACE_HINTS = ("no space left", "disk space", "disk full")
 
 T = TypeVar("T")
@@ -51,8 +63,7 @@ def gdal_message(exc: BaseException, path: Path | None = None) -> str:
         text = str(current).strip()
         if path is not None:
             text = text.replace(str(path), path.name)
-        if (text and "See previous exception" not in text and text not in parts
-                and not any(text in p for p in parts)):
+        if text and "See previous exception" not in text and text not in parts and not any(text in p for p in parts):
             parts.append(text)
         current = current.__cause__ or current.__context__
     message = "; ".join(parts) or type(exc).__name__

@@ -86,7 +86,6 @@ def pam_xml(georef: Georef) -> str:
     else:
         gcps = ET.SubElement(root, "GCPList", Projection=georef.crs_wkt)
         for i, (pixel, line, x, y, z) in enumerate(georef.gcps, 1):
-            ET.SubElement(gcps, "GCP", Id=str(i), Pixel=repr(pixel), Line=repr(line), X=repr(x), Y=repr(y),
-                          Z=repr(z))
+            ET.SubElement(gcps, "GCP", Id=str(i), Pixel=repr(pixel), Line=repr(line), X=repr(x), Y=repr(y), Z=repr(z))
     ET.indent(root)
     return ET.tostring(root, encoding="unicode") + "\n"

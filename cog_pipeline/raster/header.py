@@ -137,15 +137,23 @@ def read_header(path: str | Path, key: str | None = None, sample_max_side: int =
                 except CRSError:
                     epsg = None
             return ImageHeader(
-                key=name, width=ds.width, height=ds.height, count=ds.count, dtypes=tuple(ds.dtypes),
-                crs_wkt=crs_wkt, epsg=epsg, transform=tuple(ds.transform)[:6],
-                nodata=ds.nodata, colorinterp=tuple(ci.name for ci in ds.colorinterp),
+                key=name,
+                width=ds.width,
+                height=ds.height,
+                count=ds.count,
+                dtypes=tuple(ds.dtypes),
+                crs_wkt=crs_wkt,
+                epsg=epsg,
+                transform=tuple(ds.transform)[:6],
+                nodata=ds.nodata,
+                colorinterp=tuple(ci.name for ci in ds.colorinterp),
                 palette_size=_palette_size(ds),
                 mask_flags=tuple(tuple(MaskFlags(f).name for f in flags) for flags in ds.mask_flag_enums),
                 overviews=tuple(ds.overviews(1)),
                 compression=ds.compression.name if ds.compression is not None else None,
                 tags={str(k): str(v) for k, v in ds.tags().items()},
-                sample=sample, sample_valid=valid,
+                sample=sample,
+                sample_valid=valid,
             )
     except (RasterioError, OSError) as exc:
         raise ImageError("qa", f"{name}: cannot read the header and a decimated overview: {exc}") from None
@@ -159,17 +167,24 @@ class PixelHasher:
         self.dtype = np.dtype(dtype).newbyteorder("<")
         self.count, self.height, self.width = count, height, width
         self._sha = hashlib.sha256(
-            f"cog-pipeline-pixels/{PIXEL_DIGEST_VERSION} {self.dtype.str} {count} {height} {width}\n".encode())
+            f"cog-pipeline-pixels/{PIXEL_DIGEST_VERSION} {self.dtype.str} {count} {height} {width}\n".encode()
+        )
         self._row, self._col = 0, 0
 
     def update(self, data: np.ndarray, window: Window) -> None:
         """Add ``data`` (count x rows x cols) read at ``window``; ValueError if it is not the next one."""
         row, col = int(window.row_off), int(window.col_off)
         rows, cols = int(window.height), int(window.width)
-        if (row, col) != (self._row, self._col) or data.shape != (self.count, rows, cols) \
-                or (rows > 1 and (col != 0 or cols != self.width)) or col + cols > self.width:
-            raise ValueError(f"pixel digest: window {window} of shape {data.shape} is not the next one "
-                             f"(expected row {self._row}, column {self._col}, all {self.count} bands)")
+        if (
+            (row, col) != (self._row, self._col)
+            or data.shape != (self.count, rows, cols)
+            or (rows > 1 and (col != 0 or cols != self.width))
+            or col + cols > self.width
+        ):
+            raise ValueError(
+                f"pixel digest: window {window} of shape {data.shape} is not the next one "
+                f"(expected row {self._row}, column {self._col}, all {self.count} bands)"
+            )
         self._sha.update(np.ascontiguousarray(np.moveaxis(data, 0, -1), dtype=self.dtype).tobytes())
         self._col = col + cols
         if self._col == self.width:

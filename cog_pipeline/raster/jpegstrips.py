@@ -56,8 +56,8 @@ def _segments(data: bytes) -> tuple[list[tuple[int, bytes]], bytes]:
         if data[pos] != 0xFF:
             raise ValueError(f"JPEG marker expected at byte {pos}")
         marker = data[pos + 1]
-        length = struct.unpack(">H", data[pos + 2:pos + 4])[0]
-        segments.append((marker, data[pos:pos + 2 + length]))
+        length = struct.unpack(">H", data[pos + 2 : pos + 4])[0]
+        segments.append((marker, data[pos : pos + 2 + length]))
         pos += 2 + length
         if marker == _SOS:
             break
@@ -72,8 +72,7 @@ class StripJpegWriter:
     Every strip but the last must have exactly ``rows_per_strip`` rows (see :func:`strip_rows`).
     """
 
-    def __init__(self, fh: BinaryIO, width: int, height: int, components: int, quality: int,
-                 rows_per_strip: int):
+    def __init__(self, fh: BinaryIO, width: int, height: int, components: int, quality: int, rows_per_strip: int):
         if components not in (1, 3):
             raise ValueError(f"a JPEG preview has 1 or 3 components, not {components}")
         mcu_h, mcu_w = _mcu_shape(components)
@@ -81,8 +80,9 @@ class StripJpegWriter:
             raise ValueError(f"rows per strip {rows_per_strip} is not a multiple of the MCU height {mcu_h}")
         self._interval = (-(-width // mcu_w)) * (rows_per_strip // mcu_h)
         if self._interval > MAX_RESTART_INTERVAL and rows_per_strip < height:
-            raise ValueError(f"{rows_per_strip} rows of {width} pixels make a restart interval over "
-                             f"{MAX_RESTART_INTERVAL}")
+            raise ValueError(
+                f"{rows_per_strip} rows of {width} pixels make a restart interval over {MAX_RESTART_INTERVAL}"
+            )
         self._fh, self._width, self._height = fh, width, height
         self._components, self._quality, self._rows = components, quality, rows_per_strip
         self._done = 0
@@ -95,14 +95,22 @@ class StripJpegWriter:
 
         rows = pixels.shape[0]
         last = self._done + rows == self._height
-        if pixels.dtype != np.uint8 or pixels.shape[1] != self._width or \
-                (pixels.ndim == 3) != (self._components == 3) or (not last and rows != self._rows) or \
-                self._done + rows > self._height or rows > self._rows:
-            raise ValueError(f"strip of shape {pixels.shape} does not fit (rows per strip {self._rows}, "
-                             f"{self._done} of {self._height} rows written)")
+        if (
+            pixels.dtype != np.uint8
+            or pixels.shape[1] != self._width
+            or (pixels.ndim == 3) != (self._components == 3)
+            or (not last and rows != self._rows)
+            or self._done + rows > self._height
+            or rows > self._rows
+        ):
+            raise ValueError(
+                f"strip of shape {pixels.shape} does not fit (rows per strip {self._rows}, "
+                f"{self._done} of {self._height} rows written)"
+            )
         buf = io.BytesIO()
         Image.fromarray(np.ascontiguousarray(pixels), "L" if self._components == 1 else "RGB").save(
-            buf, "JPEG", quality=self._quality, optimize=False, progressive=False, subsampling=2)
+            buf, "JPEG", quality=self._quality, optimize=False, progressive=False, subsampling=2
+        )
         segments, scan = _segments(buf.getvalue())
         tables = [seg for marker, seg in segments if marker not in (_SOF0, _SOS)]
         if self._tables is None:

@@ -21,8 +21,22 @@ import numpy as np
 from cog_pipeline.core.conversion import LEVEL_RANGES, RESAMPLINGS, CogOptions, cog_options_from_config
 from cog_pipeline.raster.header import ImageHeader
 
-__all__ = ["DataKind", "Detection", "ErrorBound", "ErrorMeter", "ErrorStats", "KindPreset", "Preset",
-           "PresetRules", "classify", "detect", "presets_from_config", "preset_for", "cog_options_for", "measure_error"]
+__all__ = [
+    "DataKind",
+    "Detection",
+    "ErrorBound",
+    "ErrorMeter",
+    "ErrorStats",
+    "KindPreset",
+    "Preset",
+    "PresetRules",
+    "classify",
+    "detect",
+    "presets_from_config",
+    "preset_for",
+    "cog_options_for",
+    "measure_error",
+]
 
 #: At most this many distinct values in the decimated read of a one-band integer image: categorical.
 CATEGORICAL_MAX_VALUES = 32
@@ -72,8 +86,9 @@ def classify(header: ImageHeader, max_values: int = CATEGORICAL_MAX_VALUES) -> D
         values = header.sample[band][header.sample_valid]
         distinct = np.unique(values).size if values.size else 0
         if 0 < distinct <= max_values:
-            return Detection(DataKind.CATEGORICAL,
-                             f"one {dtype.name} band with {distinct} distinct values in a decimated read")
+            return Detection(
+                DataKind.CATEGORICAL, f"one {dtype.name} band with {distinct} distinct values in a decimated read"
+            )
     return Detection(DataKind.OTHER, f"{bands} {dtype.name} band(s)")
 
 
@@ -95,7 +110,8 @@ class ErrorBound:
         (LERC decodes in double precision, so a float32 value may move by max_z_error and its rounding)."""
         if self.max_abs_error is not None and not stats.max_abs_error <= self.max_abs_error + stats.rounding:
             return f"max absolute error {stats.max_abs_error:g} exceeds the bound {self.max_abs_error:g}" + (
-                f" (+ {stats.rounding:.3g} for the rounding of floating-point data)" if stats.rounding else "")
+                f" (+ {stats.rounding:.3g} for the rounding of floating-point data)" if stats.rounding else ""
+            )
         if self.min_psnr_db is not None and not stats.psnr_db >= self.min_psnr_db:
             return f"PSNR {stats.psnr_db:.2f} dB is below the bound {self.min_psnr_db:g} dB"
         return None
@@ -146,7 +162,7 @@ class ErrorMeter:
             return
         worst = float(np.max(diff))  # NaN on one side only: NaN, which no bound accepts
         self.max_abs = worst if math.isnan(worst) or math.isnan(self.max_abs) else max(self.max_abs, worst)
-        self.squares += float(np.sum(diff ** 2))
+        self.squares += float(np.sum(diff**2))
         self.values += int(diff.size)
         finite = ref[mask & np.isfinite(ref)]
         if finite.size:
@@ -197,21 +213,32 @@ class KindPreset:
 
     @property
     def lossy(self) -> bool:
-        return (self.compress.startswith("LERC") and self.max_z_error > 0) or \
-            (self.compress == "WEBP" and self.quality < 100)
+        return (self.compress.startswith("LERC") and self.max_z_error > 0) or (
+            self.compress == "WEBP" and self.quality < 100
+        )
 
 
 def _kind_preset(kind: DataKind, d: Mapping[str, Any]) -> KindPreset:
     where = f"presets.{kind.value}"
-    known = {"compress", "predictor", "level", "overview_resampling", "max_z_error", "quality", "max_abs_error",
-             "min_psnr_db"}
+    known = {
+        "compress",
+        "predictor",
+        "level",
+        "overview_resampling",
+        "max_z_error",
+        "quality",
+        "max_abs_error",
+        "min_psnr_db",
+    }
     unknown = sorted(set(d) - known)
     if unknown:
         raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
     compress = str(d.get("compress", "LZW")).upper()
     if compress not in PRESET_CODECS:
-        raise ValueError(f"{where}.compress {d.get('compress')!r} is not one of {', '.join(PRESET_CODECS)} "
-                         "(JPEG is not offered: use WEBP with a quality below 100 and a bound)")
+        raise ValueError(
+            f"{where}.compress {d.get('compress')!r} is not one of {', '.join(PRESET_CODECS)} "
+            "(JPEG is not offered: use WEBP with a quality below 100 and a bound)"
+        )
     predictor = d.get("predictor", "auto")
     if isinstance(predictor, bool):  # YAML 1.1 reads an unquoted NO as False
         predictor = "STANDARD" if predictor else "NO"
@@ -229,8 +256,10 @@ def _kind_preset(kind: DataKind, d: Mapping[str, Any]) -> KindPreset:
     if resampling not in RESAMPLINGS:
         raise ValueError(f"{where}.overview_resampling {resampling!r} is not one of {', '.join(RESAMPLINGS)}")
     if kind is DataKind.CATEGORICAL and resampling not in CATEGORICAL_RESAMPLINGS:
-        raise ValueError(f"{where}.overview_resampling {resampling} would average class codes: use "
-                         f"{' or '.join(CATEGORICAL_RESAMPLINGS)}")
+        raise ValueError(
+            f"{where}.overview_resampling {resampling} would average class codes: use "
+            f"{' or '.join(CATEGORICAL_RESAMPLINGS)}"
+        )
     max_z_error = d.get("max_z_error", 0)
     if isinstance(max_z_error, bool) or not isinstance(max_z_error, (int, float)) or not max_z_error >= 0:
         raise ValueError(f"{where}.max_z_error {max_z_error!r} must be a number >= 0")
@@ -241,17 +270,23 @@ def _kind_preset(kind: DataKind, d: Mapping[str, Any]) -> KindPreset:
         raise ValueError(f"{where}.quality {quality!r} must be an integer from 1 to 100 (100: lossless)")
     if quality < 100 and compress != "WEBP":
         raise ValueError(f"{where}.quality is only for WEBP (compress is {compress}); leave it at 100")
-    bound = ErrorBound(max_abs_error=_number_or_none(where, "max_abs_error", d.get("max_abs_error")),
-                       min_psnr_db=_number_or_none(where, "min_psnr_db", d.get("min_psnr_db")))
+    bound = ErrorBound(
+        max_abs_error=_number_or_none(where, "max_abs_error", d.get("max_abs_error")),
+        min_psnr_db=_number_or_none(where, "min_psnr_db", d.get("min_psnr_db")),
+    )
     preset = KindPreset(compress, predictor, level, resampling, float(max_z_error), quality, bound)
     if preset.lossy:
         if bound.max_abs_error is None and bound.min_psnr_db is None:
             setting = f"max_z_error {max_z_error:g}" if compress.startswith("LERC") else f"quality {quality}"
-            raise ValueError(f"{where}: {compress} with {setting} is lossy, so the lossless check cannot pass; set "
-                             f"{where}.max_abs_error and/or min_psnr_db for a bounded-error check instead")
+            raise ValueError(
+                f"{where}: {compress} with {setting} is lossy, so the lossless check cannot pass; set "
+                f"{where}.max_abs_error and/or min_psnr_db for a bounded-error check instead"
+            )
         if bound.max_abs_error is not None and compress.startswith("LERC") and bound.max_abs_error < max_z_error:
-            raise ValueError(f"{where}.max_abs_error {bound.max_abs_error:g} is below max_z_error "
-                             f"{max_z_error:g}: every image would fail its check")
+            raise ValueError(
+                f"{where}.max_abs_error {bound.max_abs_error:g} is below max_z_error "
+                f"{max_z_error:g}: every image would fail its check"
+            )
     elif bound != ErrorBound():
         raise ValueError(f"{where}: max_abs_error / min_psnr_db bound a lossy preset, and this one is lossless")
     return preset
@@ -295,10 +330,14 @@ def presets_from_config(config: Mapping[str, Any]) -> PresetRules:
         raise ValueError(f"presets.categorical_max_values {max_values!r} must be an integer from 1 to 65536")
     unknown = sorted(set(section) - {k.value for k in DataKind})
     if unknown:
-        raise ValueError(f"presets: unknown key(s) {', '.join(unknown)} (kinds: "
-                         f"{', '.join(k.value for k in DataKind)}, enabled, categorical_max_values)")
-    kinds = {kind: _kind_preset(kind, {**DEFAULT_PRESETS[kind.value], **dict(section.get(kind.value) or {})})
-             for kind in DataKind}
+        raise ValueError(
+            f"presets: unknown key(s) {', '.join(unknown)} (kinds: "
+            f"{', '.join(k.value for k in DataKind)}, enabled, categorical_max_values)"
+        )
+    kinds = {
+        kind: _kind_preset(kind, {**DEFAULT_PRESETS[kind.value], **dict(section.get(kind.value) or {})})
+        for kind in DataKind
+    }
     return PresetRules(enabled, max_values, kinds)
 
 
@@ -342,14 +381,17 @@ def _bound_text(bound: ErrorBound) -> str:
     return ", ".join(parts)
 
 
-def _resolve(kind: DataKind, preset: KindPreset, base: CogOptions,
-             header: ImageHeader | None) -> tuple[CogOptions, dict[str, str], list[str]]:
+def _resolve(
+    kind: DataKind, preset: KindPreset, base: CogOptions, header: ImageHeader | None
+) -> tuple[CogOptions, dict[str, str], list[str]]:
     notes: list[str] = []
     compress, predictor = preset.compress, preset.predictor
     quality, max_z_error = preset.quality, preset.max_z_error
     if header is not None and compress == "WEBP" and not (header.dtype == "uint8" and header.count == 3):
-        notes.append(f"WEBP takes 3-band uint8 only (this image: {header.count} {header.dtype} band(s)): ZSTD "
-                     "with the standard predictor instead")
+        notes.append(
+            f"WEBP takes 3-band uint8 only (this image: {header.count} {header.dtype} band(s)): ZSTD "
+            "with the standard predictor instead"
+        )
         compress, predictor, quality = "ZSTD", "STANDARD", 100
     is_float = header is not None and np.issubdtype(np.dtype(header.dtype), np.floating)
     if predictor == "FLOATING_POINT" and header is not None and not is_float:
@@ -360,8 +402,9 @@ def _resolve(kind: DataKind, preset: KindPreset, base: CogOptions,
     elif predictor == "auto":
         predictor = "YES" if header is None else ("FLOATING_POINT" if is_float else "STANDARD")
     level = preset.level if compress == preset.compress else None
-    options = replace(base, compress=compress, predictor=predictor, level=level,
-                      overview_resampling=preset.overview_resampling)
+    options = replace(
+        base, compress=compress, predictor=predictor, level=level, overview_resampling=preset.overview_resampling
+    )
     extra: dict[str, str] = {}
     if compress.startswith("LERC") and max_z_error > 0:
         extra["MAX_Z_ERROR"] = repr(max_z_error)
@@ -377,13 +420,15 @@ def preset_for(header: ImageHeader, config: Mapping[str, Any]) -> Preset:
     rules = presets_from_config(config)
     found = classify(header, rules.categorical_max_values)
     if not rules.enabled:
-        return Preset(found.kind, found.reason, base, {}, "lossless", ErrorBound(), ("presets disabled",),
-                      applied=False)
+        return Preset(
+            found.kind, found.reason, base, {}, "lossless", ErrorBound(), ("presets disabled",), applied=False
+        )
     preset = rules.kinds[found.kind]
     options, extra, notes = _resolve(found.kind, preset, base, header)
     check = "bounded" if extra else "lossless"
-    return Preset(found.kind, found.reason, options, extra, check, preset.bound if extra else ErrorBound(),
-                  tuple(notes))
+    return Preset(
+        found.kind, found.reason, options, extra, check, preset.bound if extra else ErrorBound(), tuple(notes)
+    )
 
 
 def cog_options_for(kind: DataKind, config: Mapping[str, Any], header: ImageHeader | None = None) -> CogOptions:

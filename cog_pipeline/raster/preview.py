@@ -69,9 +69,21 @@ from cog_pipeline.raster.sniff import gdal_env, has_mask, is_palette, numpy_dtyp
 from cog_pipeline.raster.tempfiles import atomic_output, remove_temp, temp_beside
 from cog_pipeline.raster.verify import PixelCheck, VerifyPass
 
-__all__ = ["JPEG_MAX_SIDE", "STATS_MAX_SIDE", "PreviewFile", "Previews", "RenderPlan", "jpeg_bands",
-           "preview_content_type", "preview_key", "render_plan", "render_window", "verify_and_render_previews",
-           "verify_and_write_jpeg", "write_jpeg"]
+__all__ = [
+    "JPEG_MAX_SIDE",
+    "STATS_MAX_SIDE",
+    "PreviewFile",
+    "Previews",
+    "RenderPlan",
+    "jpeg_bands",
+    "preview_content_type",
+    "preview_key",
+    "render_plan",
+    "render_window",
+    "verify_and_render_previews",
+    "verify_and_write_jpeg",
+    "write_jpeg",
+]
 
 #: Longer side of the decimated read used to estimate stretch percentiles.
 STATS_MAX_SIDE = 1024
@@ -161,8 +173,14 @@ def write_jpeg(src: str | Path, dst: str | Path, options: JpegOptions = JpegOpti
     return previews.bands
 
 
-def verify_and_write_jpeg(src: str | Path, cog: str | Path, dst: str | Path, options: JpegOptions = JpegOptions(),
-                          seconds: dict[str, float] | None = None, num_threads: str = "1") -> list[int]:
+def verify_and_write_jpeg(
+    src: str | Path,
+    cog: str | Path,
+    dst: str | Path,
+    options: JpegOptions = JpegOptions(),
+    seconds: dict[str, float] | None = None,
+    num_threads: str = "1",
+) -> list[int]:
     """:func:`~cog_pipeline.raster.verify.verify_pixels` and :func:`write_jpeg` in one pass over the source
     (each window is read once, compared with the COG, then rendered into the preview); returns the source
     bands used. See :func:`verify_and_render_previews`."""
@@ -190,9 +208,16 @@ def _commit(previews: Previews, dst: Path) -> list[tuple[Path, str]]:
         raise gdal_failure("jpeg", exc) from None
 
 
-def verify_and_render_previews(src: str | Path, cog: str | Path, jpeg_path: str | Path, dst: str | Path,
-                               options: JpegOptions = JpegOptions(), seconds: dict[str, float] | None = None,
-                               num_threads: str = "1", pixel_check: PixelCheck | None = None) -> Previews:
+def verify_and_render_previews(
+    src: str | Path,
+    cog: str | Path,
+    jpeg_path: str | Path,
+    dst: str | Path,
+    options: JpegOptions = JpegOptions(),
+    seconds: dict[str, float] | None = None,
+    num_threads: str = "1",
+    pixel_check: PixelCheck | None = None,
+) -> Previews:
     """The pixel check of ``cog`` against ``src`` and the preview at ``jpeg_path`` (a temporary name) in one
     pass; the files beside it are named after ``dst`` (the preview's name) and left under temporary names
     (:meth:`Previews.commit`; on failure none is left).
@@ -241,13 +266,13 @@ class _SmallPreview:
         """Take what this preview shows of ``out`` (components x rows x width, the rendering from row ``row0``)."""
         stop = int(np.searchsorted(self._src_rows, row0 + out.shape[1]))
         if stop > self._next:
-            picked = out[:, self._src_rows[self._next:stop] - row0][:, :, self._src_cols]
+            picked = out[:, self._src_rows[self._next : stop] - row0][:, :, self._src_cols]
             self._pending.append(picked)
             self._pending_rows += picked.shape[1]
             self._next = stop
         while self._pending_rows >= self._rows or (self._next == self.height and self._pending_rows):
             block = self._pending[0] if len(self._pending) == 1 else np.concatenate(self._pending, axis=1)
-            strip, rest = block[:, :self._rows], block[:, self._rows:]
+            strip, rest = block[:, : self._rows], block[:, self._rows :]
             self._writer.write(strip[0] if self._components == 1 else strip.transpose(1, 2, 0))
             self._pending = [rest] if rest.shape[1] else []
             self._pending_rows = rest.shape[1]
@@ -259,18 +284,30 @@ class _SmallPreview:
 def _band_order_note(bands: list[int]) -> list[str]:
     if len(bands) != 3 or bands == [1, 2, 3]:
         return []
-    return [f"colour interpretation puts red, green and blue in bands {bands[0]}, {bands[1]} and {bands[2]}: "
-            "the preview shows them as RGB"]
+    return [
+        f"colour interpretation puts red, green and blue in bands {bands[0]}, {bands[1]} and {bands[2]}: "
+        "the preview shows them as RGB"
+    ]
 
 
-def _preview_pass(ds: rasterio.DatasetReader, src: Path, jpeg_path: Path, dst: Path, options: JpegOptions,
-                  check: VerifyPass | None = None, seconds: dict[str, float] | None = None) -> Previews:
+def _preview_pass(
+    ds: rasterio.DatasetReader,
+    src: Path,
+    jpeg_path: Path,
+    dst: Path,
+    options: JpegOptions,
+    check: VerifyPass | None = None,
+    seconds: dict[str, float] | None = None,
+) -> Previews:
     """Render ``ds`` strip by strip into a JPEG at ``jpeg_path`` (checking each strip with ``check``), the
     smaller previews and side files beside ``dst`` under temporary names."""
     if ds.width > JPEG_MAX_SIDE or ds.height > JPEG_MAX_SIDE:
-        raise ImageError("jpeg", f"image is {ds.width}x{ds.height} pixels; the JPEG format is limited to "
-                                 f"{JPEG_MAX_SIDE} pixels per side, so no full-resolution preview can be made",
-                         code=FailureCode.JPEG_TOO_LARGE)
+        raise ImageError(
+            "jpeg",
+            f"image is {ds.width}x{ds.height} pixels; the JPEG format is limited to "
+            f"{JPEG_MAX_SIDE} pixels per side, so no full-resolution preview can be made",
+            code=FailureCode.JPEG_TOO_LARGE,
+        )
     dtype = numpy_dtype(ds.dtypes[0])
     bands = jpeg_bands(ds.count, ds.colorinterp)
     palette = bands == [1] and is_palette(ds)
@@ -281,12 +318,20 @@ def _preview_pass(ds: rasterio.DatasetReader, src: Path, jpeg_path: Path, dst: P
     previews = Previews(bands, _band_order_note(bands) + plan.notes)
     read_bands = list(range(1, ds.count + 1)) if check is not None else plan.bands
     # per pixel: source (+ COG) values, masks, one float64 band, the output and its interleaved copy
-    per_pixel = len(read_bands) * dtype.itemsize * (2 if check is not None else 1) \
-        + (len(plan.bands) if plan.masked or plan.fill is not None else 0) + 8 + 2 * plan.out_count
+    per_pixel = (
+        len(read_bands) * dtype.itemsize * (2 if check is not None else 1)
+        + (len(plan.bands) if plan.masked or plan.fill is not None else 0)
+        + 8
+        + 2 * plan.out_count
+    )
     if dtype.kind == "c":  # the amplitudes of the preview's bands
         per_pixel += len(plan.bands) * dtype.itemsize // 2
-    rows = strip_rows(ds.width, plan.out_count, max(1, 2 * sniff.WINDOW_BYTES // (ds.width * per_pixel)),
-                      align=check.block_rows if check is not None else 256)
+    rows = strip_rows(
+        ds.width,
+        plan.out_count,
+        max(1, 2 * sniff.WINDOW_BYTES // (ds.width * per_pixel)),
+        align=check.block_rows if check is not None else 256,
+    )
     timing = {"verify": 0.0, "jpeg": 0.0}
     stem, ext = dst.name[: len(dst.name) - len(dst.suffix)], dst.suffix or ".jpg"
     try:
@@ -298,8 +343,9 @@ def _preview_pass(ds: rasterio.DatasetReader, src: Path, jpeg_path: Path, dst: P
                 suffix = f".{size}{ext}"
                 tmp = _beside(previews, dst.with_name(stem + suffix), suffix)
                 small_fh = stack.enter_context(open(tmp, "wb"))
-                smaller.append((f".{size}", _SmallPreview(small_fh, size, ds.width, ds.height, plan.out_count,
-                                                          options.quality)))
+                smaller.append(
+                    (f".{size}", _SmallPreview(small_fh, size, ds.width, ds.height, plan.out_count, options.quality))
+                )
             for row in range(0, ds.height, rows):
                 window = Window(0, row, ds.width, min(rows, ds.height - row))
                 started = time.perf_counter()
@@ -393,9 +439,11 @@ def render_plan(ds: rasterio.DatasetReader, bands: list[int], palette: bool, opt
             if found is not None and not math.isnan(found.value):  # NaN is never data anyway
                 fill = found.value
                 valid &= sample != fill
-                notes.append(f"undeclared fill value {fill:g} along the {', '.join(found.edges)} edge(s) "
-                             f"({found.share:.0%} of a decimated read): left out of the preview's stretch and "
-                             f"drawn as nodata; declare it (gdal_edit -a_nodata {fill:g})")
+                notes.append(
+                    f"undeclared fill value {fill:g} along the {', '.join(found.edges)} edge(s) "
+                    f"({found.share:.0%} of a decimated read): left out of the preview's stretch and "
+                    f"drawn as nodata; declare it (gdal_edit -a_nodata {fill:g})"
+                )
         stretch = _stretch_params(sample, valid, options.stretch_percentiles)
     out_count = len(bands)
     grey = color[0] == color[1] == color[2]
@@ -411,8 +459,9 @@ def _stats_sample(ds: rasterio.DatasetReader, bands: list[int], masked: bool) ->
     out_h, out_w = ds.height, ds.width
     if scale > 1:
         out_h, out_w = max(1, round(ds.height / scale)), max(1, round(ds.width / scale))
-    data = np.stack([_amplitude(ds.read(band, out_shape=(out_h, out_w), resampling=Resampling.nearest))
-                     for band in bands])
+    data = np.stack(
+        [_amplitude(ds.read(band, out_shape=(out_h, out_w), resampling=Resampling.nearest)) for band in bands]
+    )
     valid = np.isfinite(data) if data.dtype.kind == "f" else np.ones(data.shape, dtype=bool)
     if masked:
         for i, band in enumerate(bands):
@@ -420,8 +469,9 @@ def _stats_sample(ds: rasterio.DatasetReader, bands: list[int], masked: bool) ->
     return data, valid
 
 
-def _stretch_params(sample: np.ndarray, valid: np.ndarray,
-                    percentiles: tuple[float, float]) -> list[tuple[float, float] | None]:
+def _stretch_params(
+    sample: np.ndarray, valid: np.ndarray, percentiles: tuple[float, float]
+) -> list[tuple[float, float] | None]:
     """Per band (low, high) of the valid sampled values; None when the band is constant or has no valid sample."""
     params: list[tuple[float, float] | None] = []
     for data, ok in zip(sample, valid, strict=True):

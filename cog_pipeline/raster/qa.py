@@ -24,9 +24,22 @@ from cog_pipeline.raster.fill import DEFAULT_FILL_VALUES, edge_fill
 from cog_pipeline.raster.header import SAMPLE_MAX_SIDE, ImageHeader, read_header
 from cog_pipeline.raster.kinds import CATEGORICAL_MAX_VALUES, DataKind, classify
 
-__all__ = ["CHECKS", "SEVERITIES", "Finding", "QaRules", "qa_rules_from_config", "read_header", "read_headers",
-           "check_image", "check_delivery", "failing_keys", "qa_csv_name", "write_qa_csv", "QA_CSV_FIELDS",
-           "DEFAULT_THREADS"]
+__all__ = [
+    "CHECKS",
+    "SEVERITIES",
+    "Finding",
+    "QaRules",
+    "qa_rules_from_config",
+    "read_header",
+    "read_headers",
+    "check_image",
+    "check_delivery",
+    "failing_keys",
+    "qa_csv_name",
+    "write_qa_csv",
+    "QA_CSV_FIELDS",
+    "DEFAULT_THREADS",
+]
 
 SEVERITIES = ("fail", "warn", "info", "off")
 #: Every check and its default severity (the ``qa.checks`` defaults of config/config.schema.yaml).
@@ -117,12 +130,21 @@ def qa_rules_from_config(config: Mapping[str, Any]) -> QaRules:
     if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= 64:
         raise ValueError(f"qa.threads {threads!r} must be an integer from 1 to 64")
     max_values = (config.get("presets") or {}).get("categorical_max_values", CATEGORICAL_MAX_VALUES)
-    return QaRules({**CHECKS, **checks}, side, float(tolerance), tuple(float(v) for v in fills), float(run),
-                   int(max_values), enabled, threads)
+    return QaRules(
+        {**CHECKS, **checks},
+        side,
+        float(tolerance),
+        tuple(float(v) for v in fills),
+        float(run),
+        int(max_values),
+        enabled,
+        threads,
+    )
 
 
-def read_headers(paths: Mapping[str, str | Path], rules: QaRules,
-                 gdal_options: Mapping[str, str] | None = None) -> tuple[list[ImageHeader], list[Finding]]:
+def read_headers(
+    paths: Mapping[str, str | Path], rules: QaRules, gdal_options: Mapping[str, str] | None = None
+) -> tuple[list[ImageHeader], list[Finding]]:
     """The headers of ``paths`` (key -> local path or GDAL virtual path), ``rules.threads`` at a time, each
     under ``gdal_options`` (GDAL config options, e.g. for /vsicurl/), and an ``unreadable`` finding for each
     one that cannot be read; both in the order of ``paths``."""
@@ -149,6 +171,7 @@ def read_headers(paths: Mapping[str, str | Path], rules: QaRules,
 
 # --------------------------------------------------------------------------------------------- one image
 
+
 def _edge_fill(header: ImageHeader, rules: QaRules) -> tuple[float, list[str], float] | None:
     """(value, edges it runs along, share of the sample) of an undeclared fill, or None (raster/fill.py)."""
     found = edge_fill(header.sample, header.dtype, rules.fill_values, rules.min_fill_run)
@@ -170,16 +193,22 @@ def check_image(header: ImageHeader, rules: QaRules) -> list[Finding]:
     if gx > 0 and abs(gx - gy) > rules.gsd_tolerance * max(gx, gy):
         add("pixel_not_square", f"pixel size {gx:g} x {gy:g} is not square")
     if header.has_alpha and header.nodata is not None:
-        add("alpha_and_nodata", f"both an alpha band and nodata {header.nodata:g} are declared: software that "
-                                "honours one may show the other's pixels; keep one")
+        add(
+            "alpha_and_nodata",
+            f"both an alpha band and nodata {header.nodata:g} are declared: software that "
+            "honours one may show the other's pixels; keep one",
+        )
     if header.nodata is None and not header.has_mask:
         fill = _edge_fill(header, rules)
         if fill is not None:
             value, edges, share = fill
             factor = header.width / max(1, header.sample.shape[2])
-            add("undeclared_fill", f"value {value:g} runs along the {', '.join(edges)} edge(s) and covers "
-                                   f"{share:.0%} of a 1/{factor:.0f} read, but no nodata is declared: declare it "
-                                   f"(gdal_edit -a_nodata {value:g}) or it counts as data in previews and statistics")
+            add(
+                "undeclared_fill",
+                f"value {value:g} runs along the {', '.join(edges)} edge(s) and covers "
+                f"{share:.0%} of a 1/{factor:.0f} read, but no nodata is declared: declare it "
+                f"(gdal_edit -a_nodata {value:g}) or it counts as data in previews and statistics",
+            )
         else:
             add("no_nodata", "no nodata, alpha band or mask: every pixel is data")
     found = classify(header, rules.categorical_max_values)
@@ -256,12 +285,17 @@ def check_delivery(images: Iterable[ImageHeader], rules: QaRules) -> list[Findin
         for h in same_srs:
             gx, gy = h.gsd
             if abs(gx - ref_x) > rules.gsd_tolerance * ref_x or abs(gy - ref_y) > rules.gsd_tolerance * ref_y:
-                add(h, "gsd_mismatch", f"pixel size {gx:g} x {gy:g}, while {count} of {len(same_srs)} images in "
-                                       f"{label} are {ref_x:g} x {ref_y:g}")
+                add(
+                    h,
+                    "gsd_mismatch",
+                    f"pixel size {gx:g} x {gy:g}, while {count} of {len(same_srs)} images in "
+                    f"{label} are {ref_x:g} x {ref_y:g}",
+                )
     for check, what, value in (
-            ("band_count_mismatch", "band(s)", lambda h: str(h.count)),
-            ("dtype_mismatch", "data type", lambda h: ",".join(sorted(set(h.dtypes)))),
-            ("colorinterp_mismatch", "colour interpretation", lambda h: ",".join(h.colorinterp))):
+        ("band_count_mismatch", "band(s)", lambda h: str(h.count)),
+        ("dtype_mismatch", "data type", lambda h: ",".join(sorted(set(h.dtypes)))),
+        ("colorinterp_mismatch", "colour interpretation", lambda h: ",".join(h.colorinterp)),
+    ):
         if not images:
             break
         ref, count = _majority(images, value)

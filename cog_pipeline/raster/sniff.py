@@ -22,8 +22,18 @@ from cog_pipeline.core.errors import ImageError
 from cog_pipeline.core.failures import FailureCode
 from cog_pipeline.raster.gdalerrors import gdal_message
 
-__all__ = ["FILE_KINDS", "TIFF_MAGICS", "WINDOW_BYTES", "check_tiff_file", "gdal_env", "has_mask", "is_palette",
-           "numpy_dtype", "open_tiff", "windows"]
+__all__ = [
+    "FILE_KINDS",
+    "TIFF_MAGICS",
+    "WINDOW_BYTES",
+    "check_tiff_file",
+    "gdal_env",
+    "has_mask",
+    "is_palette",
+    "numpy_dtype",
+    "open_tiff",
+    "windows",
+]
 
 #: Budget for one array read in a window (read at call time: tests lower it).
 WINDOW_BYTES = 32 * 1024 * 1024
@@ -75,8 +85,9 @@ def check_tiff_file(path: Path) -> int:
     if not head.startswith(TIFF_MAGICS):
         kind = next((k for magic, k in FILE_KINDS if head.startswith(magic)), None)
         looks = f"it looks like {kind}" if kind else f"it starts with bytes {head[:8].hex(' ')}"
-        raise ImageError("open", f"not a TIFF file ({looks}; only GeoTIFF input is accepted)",
-                         code=FailureCode.NOT_A_TIFF)
+        raise ImageError(
+            "open", f"not a TIFF file ({looks}; only GeoTIFF input is accepted)", code=FailureCode.NOT_A_TIFF
+        )
     if size < 16:
         raise ImageError("open", f"file is truncated or corrupt: only {size} bytes", code=FailureCode.CORRUPT)
     return size
@@ -98,11 +109,15 @@ def open_tiff(path: Path, threads: str | None = None) -> Iterator[rasterio.Datas
         except (RasterioError, CPLE_BaseError) as exc:
             message = gdal_message(exc, path)
             if "not recognized" in message or "not a tiff" in message.lower():
-                raise ImageError("open", f"file is truncated or corrupt: it starts like a TIFF but GDAL's "
-                                         f"GeoTIFF driver cannot read it (GDAL: {message})",
-                                 code=FailureCode.CORRUPT) from None
-            raise ImageError("open", f"file is truncated or corrupt (GDAL: {message})",
-                             code=FailureCode.CORRUPT) from None
+                raise ImageError(
+                    "open",
+                    f"file is truncated or corrupt: it starts like a TIFF but GDAL's "
+                    f"GeoTIFF driver cannot read it (GDAL: {message})",
+                    code=FailureCode.CORRUPT,
+                ) from None
+            raise ImageError(
+                "open", f"file is truncated or corrupt (GDAL: {message})", code=FailureCode.CORRUPT
+            ) from None
         with ds:
             yield ds
 
@@ -127,8 +142,9 @@ def numpy_dtype(name: str) -> np.dtype:
     return np.dtype(np.complex64) if name == "complex_int16" else np.dtype(name)
 
 
-def windows(width: int, height: int, bytes_per_pixel: int, align: int = 512,
-            budget: int | None = None) -> Iterator[Window]:
+def windows(
+    width: int, height: int, bytes_per_pixel: int, align: int = 512, budget: int | None = None
+) -> Iterator[Window]:
     """Row-major windows covering the image, each about ``budget`` bytes (default WINDOW_BYTES) at
     ``bytes_per_pixel``."""
     budget = WINDOW_BYTES if budget is None else budget

@@ -44,8 +44,9 @@ def _overview_level(path: str | Path, max_side: int) -> int | None:
         return level
 
 
-def thumbnail_array(path: str | Path, max_side: int = THUMBNAIL_SIDE,
-                    options: JpegOptions = JpegOptions()) -> np.ndarray:
+def thumbnail_array(
+    path: str | Path, max_side: int = THUMBNAIL_SIDE, options: JpegOptions = JpegOptions()
+) -> np.ndarray:
     """The 8-bit (bands, rows, cols) thumbnail of a raster, at most ``max_side`` pixels per side.
 
     The raster is opened at its smallest sufficient overview, so the percentile stretch is computed
@@ -67,8 +68,7 @@ def thumbnail_array(path: str | Path, max_side: int = THUMBNAIL_SIDE,
             return render_window(data, valid, plan)
 
 
-def thumbnail_data_uri(path: str | Path, max_side: int = THUMBNAIL_SIDE,
-                       options: JpegOptions = JpegOptions()) -> str:
+def thumbnail_data_uri(path: str | Path, max_side: int = THUMBNAIL_SIDE, options: JpegOptions = JpegOptions()) -> str:
     """A small JPEG thumbnail of the raster at ``path`` (a COG: read from its overviews) as a data URI."""
     encoded = base64.b64encode(encode_jpeg(thumbnail_array(path, max_side, options), THUMBNAIL_QUALITY)).decode("ascii")
     return DATA_URI_PREFIX + encoded

@@ -60,8 +60,7 @@ def verify_pixels(src: str | Path, cog: str | Path, check: PixelCheck | None = N
     check = PixelCheck() if check is None else check
     with gdal_env(), open_tiff(src) as a, open_tiff(cog) as b:
         verify = VerifyPass(a, b, src, cog, check)
-        for window in windows(a.width, a.height, a.count * numpy_dtype(a.dtypes[0]).itemsize,
-                              align=verify.block_rows):
+        for window in windows(a.width, a.height, a.count * numpy_dtype(a.dtypes[0]).itemsize, align=verify.block_rows):
             verify.window(verify.read_source(window), window)
     assert check.result is not None  # set by the last window
     return check.result
@@ -72,11 +71,18 @@ class VerifyPass:
     :func:`~cog_pipeline.raster.sniff.windows` or full-width strips give them); the last window (bottom right)
     gives the verdict, in ``check.result``."""
 
-    def __init__(self, a: rasterio.DatasetReader, b: rasterio.DatasetReader, src: Path, cog: Path,
-                 check: PixelCheck | None = None):
+    def __init__(
+        self,
+        a: rasterio.DatasetReader,
+        b: rasterio.DatasetReader,
+        src: Path,
+        cog: Path,
+        check: PixelCheck | None = None,
+    ):
         if (a.width, a.height, a.count) != (b.width, b.height, b.count):
-            raise ImageError("verify", f"COG is {b.width}x{b.height}x{b.count}, source is "
-                                       f"{a.width}x{a.height}x{a.count}")
+            raise ImageError(
+                "verify", f"COG is {b.width}x{b.height}x{b.count}, source is {a.width}x{a.height}x{a.count}"
+            )
         if a.dtypes[0] != b.dtypes[0]:
             raise ImageError("verify", f"COG data type {b.dtypes[0]} differs from the source's {a.dtypes[0]}")
         if not _same_nodata(a.nodata, b.nodata):
@@ -94,8 +100,10 @@ class VerifyPass:
         self.flipped = [0, 0]  # bounded: pixels that became nodata, and nodata that became data
         self.hashers: tuple[PixelHasher, PixelHasher] | None = None
         if self.check.digests:
-            self.hashers = (PixelHasher(dtype.str, a.count, a.height, a.width),
-                            PixelHasher(dtype.str, b.count, b.height, b.width))
+            self.hashers = (
+                PixelHasher(dtype.str, a.count, a.height, a.width),
+                PixelHasher(dtype.str, b.count, b.height, b.width),
+            )
 
     def read_source(self, window: Window) -> np.ndarray:
         """Every band of the source in ``window`` (ImageError("verify") when it cannot be read)."""
@@ -124,8 +132,9 @@ class VerifyPass:
                 self.flipped[0] += int(np.count_nonzero(valid & ~kept))
                 self.flipped[1] += int(np.count_nonzero(~valid & kept))
             self.meter.add(x, y, valid)
-        if self.compare_mask and not np.array_equal(self.a.read_masks(1, window=window),
-                                                     self.b.read_masks(1, window=window)):
+        if self.compare_mask and not np.array_equal(
+            self.a.read_masks(1, window=window), self.b.read_masks(1, window=window)
+        ):
             raise ImageError("verify", f"mask differs in window {window_text(window)}")
         if self.hashers is not None:
             self.hashers[0].update(x, window)
@@ -137,18 +146,24 @@ class VerifyPass:
         digests = (None, None) if self.hashers is None else (self.hashers[0].hexdigest(), self.hashers[1].hexdigest())
         if self.meter is None:
             if digests[0] != digests[1]:
-                raise ImageError("verify", f"pixel digests differ ({digests[0]} for the source, {digests[1]} for "
-                                           "the COG) though every value compares equal: NaN payloads or the sign "
-                                           "of a zero changed")
+                raise ImageError(
+                    "verify",
+                    f"pixel digests differ ({digests[0]} for the source, {digests[1]} for "
+                    "the COG) though every value compares equal: NaN payloads or the sign "
+                    "of a zero changed",
+                )
             self.check.result = VerifyResult("lossless", digests[0], digests[1])
             return
         stats = self.meter.stats()
         assert self.check.bound is not None
         if any(self.flipped):
-            raise ImageError("verify", f"the lossy COG changes what is data: {self.flipped[0]:,} pixel(s) of data "
-                                       f"became nodata and {self.flipped[1]:,} nodata pixel(s) became data "
-                                       f"(measured: {stats.text()}); use a lossless preset for images with a "
-                                       "nodata value")
+            raise ImageError(
+                "verify",
+                f"the lossy COG changes what is data: {self.flipped[0]:,} pixel(s) of data "
+                f"became nodata and {self.flipped[1]:,} nodata pixel(s) became data "
+                f"(measured: {stats.text()}); use a lossless preset for images with a "
+                "nodata value",
+            )
         broken = self.check.bound.violation(stats)
         if broken is not None:
             raise ImageError("verify", f"lossy COG out of bounds: {broken}; measured: {stats.text()}")
@@ -163,8 +178,9 @@ def _same_nodata(x: float | None, y: float | None) -> bool:
 
 def window_text(w: Window) -> str:
     """``rows A-B, cols C-D`` of a window (inclusive, 0-based)."""
-    return (f"rows {int(w.row_off)}-{int(w.row_off + w.height) - 1}, "
-            f"cols {int(w.col_off)}-{int(w.col_off + w.width) - 1}")
+    return (
+        f"rows {int(w.row_off)}-{int(w.row_off + w.height) - 1}, cols {int(w.col_off)}-{int(w.col_off + w.width) - 1}"
+    )
 
 
 def _compare_window(x: np.ndarray, y: np.ndarray, window: Window, is_float: bool) -> None:
@@ -185,4 +201,5 @@ def _compare_window(x: np.ndarray, y: np.ndarray, window: Window, is_float: bool
                 "verify",
                 f"band {band + 1} differs in window {window_text(window)}: {int(bad.sum())} pixel(s) differ, "
                 f"first at row {int(window.row_off) + row}, col {int(window.col_off) + col} "
-                f"(source {x[band, row, col].item()!r}, COG {y[band, row, col].item()!r})")
+                f"(source {x[band, row, col].item()!r}, COG {y[band, row, col].item()!r})",
+            )

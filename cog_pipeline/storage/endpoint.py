@@ -88,6 +88,7 @@ class Capabilities:
 
 # ------------------------------------------------------------------------------------------ probe
 
+
 def _code(exc: BaseException) -> str:
     return s3.error_code(exc)
 
@@ -159,7 +160,8 @@ def server_name(headers: list[dict[str, str]]) -> str:
         if h.get("server"):
             return h["server"]
     if any(k.startswith("x-rgw-") for h in headers for k in h) or any(
-            re.match(r"^tx[0-9a-f]+-[0-9a-f]+-[0-9a-f]+-", h.get("x-amz-request-id", "")) for h in headers):
+        re.match(r"^tx[0-9a-f]+-[0-9a-f]+-[0-9a-f]+-", h.get("x-amz-request-id", "")) for h in headers
+    ):
         return "Ceph RGW (no Server header; known by its x-rgw-* headers and request ids)"
     return ""
 
@@ -205,16 +207,18 @@ def _probe_trailers(settings: s3.S3Settings, bucket: str, key: str) -> str:
     return ACCEPTED if stored == body else CORRUPTS
 
 
-def remove_versions(client: Any, bucket: str, key: str, *, prefix: bool = False,
-                    only: set[str] | None = None) -> None:
+def remove_versions(client: Any, bucket: str, key: str, *, prefix: bool = False, only: set[str] | None = None) -> None:
     """Delete every version and delete marker of ``key`` (or of every key under it, ``prefix``), or only
     the versions ``only``: the pipeline's own objects leave no noncurrent versions behind. On a server
     without ListObjectVersions, a plain delete."""
     try:
         pages = client.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=key)
-        targets = [(v["Key"], v["VersionId"]) for page in pages
-                   for v in page.get("Versions", []) + page.get("DeleteMarkers", [])
-                   if (prefix or v["Key"] == key) and (only is None or v["VersionId"] in only)]
+        targets = [
+            (v["Key"], v["VersionId"])
+            for page in pages
+            for v in page.get("Versions", []) + page.get("DeleteMarkers", [])
+            if (prefix or v["Key"] == key) and (only is None or v["VersionId"] in only)
+        ]
     except botocore.exceptions.ClientError as exc:
         if _code(exc) not in REFUSAL_CODES:
             raise
@@ -237,6 +241,7 @@ def delete_owned(client: Any, bucket: str, key: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------ cache
+
 
 def _cache_path(workdir: Path, endpoint: str, bucket: str) -> Path:
     digest = hashlib.sha256(f"{endpoint}\n{bucket}".encode()).hexdigest()[:16]
@@ -274,8 +279,9 @@ def forget(workdir: Path, settings: s3.S3Settings, bucket: str, why: str) -> Non
         path.unlink(missing_ok=True)
 
 
-def capabilities(client: Any, settings: s3.S3Settings, bucket: str, workdir: Path,
-                 every: float = PROBE_EVERY) -> Capabilities:
+def capabilities(
+    client: Any, settings: s3.S3Settings, bucket: str, workdir: Path, every: float = PROBE_EVERY
+) -> Capabilities:
     """The probe answers for this endpoint and bucket: cached ones younger than ``every``, else a new probe."""
     caps = cached(workdir, settings, bucket)
     if caps is not None and 0 <= time.time() - caps.probed_at < every:
@@ -287,6 +293,7 @@ def capabilities(client: Any, settings: s3.S3Settings, bucket: str, workdir: Pat
 
 
 # ------------------------------------------------------------------------------------------ what the pipeline does
+
 
 @dataclass(frozen=True)
 class Semantics:
@@ -330,9 +337,17 @@ class Semantics:
     @classmethod
     def assumed(cls, endpoint: str = "", bucket: str = "") -> Semantics:
         """What AWS S3 and moto do (for callers that do not probe, e.g. unit tests)."""
-        caps = Capabilities(endpoint=endpoint, bucket=bucket, probed_at=0.0, put_if_none_match=HONOURED,
-                            put_if_match=HONOURED, put_if_match_missing_key=HONOURED, delete_if_match=HONOURED,
-                            get_if_match=HONOURED, versioning="Off")
+        caps = Capabilities(
+            endpoint=endpoint,
+            bucket=bucket,
+            probed_at=0.0,
+            put_if_none_match=HONOURED,
+            put_if_match=HONOURED,
+            put_if_match_missing_key=HONOURED,
+            delete_if_match=HONOURED,
+            get_if_match=HONOURED,
+            versioning="Off",
+        )
         return cls(caps=caps, commit="if-match", put_if_match="quoted")
 
 
@@ -341,64 +356,91 @@ def semantics(caps: Capabilities, settings: s3.S3Settings, delete_fallback: str 
     where = f"the S3 server at {caps.endpoint} ({caps.server or 'no Server header'}), bucket '{caps.bucket}'"
     fallbacks: list[str] = []
     if caps.put_if_none_match == REFUSED:
-        raise PipelineError(f"{where} refuses conditional writes (If-None-Match on PutObject), which claiming "
-                            "needs; nothing was claimed. Use a server that supports them (AWS, Ceph RGW, MinIO)")
+        raise PipelineError(
+            f"{where} refuses conditional writes (If-None-Match on PutObject), which claiming "
+            "needs; nothing was claimed. Use a server that supports them (AWS, Ceph RGW, MinIO)"
+        )
     if caps.put_if_none_match == HONOURED:
         markers = "if-none-match"
     elif caps.versioned:
         markers = "oldest-version"
-        fallbacks.append("If-None-Match on PutObject is ignored (Ceph RGW 16.2 on a versioned bucket): a claim "
-                         "marker is held by the oldest of its live versions (each claimant writes one, then lists)")
+        fallbacks.append(
+            "If-None-Match on PutObject is ignored (Ceph RGW 16.2 on a versioned bucket): a claim "
+            "marker is held by the oldest of its live versions (each claimant writes one, then lists)"
+        )
     else:
         markers = "local-only"
-        fallbacks.append("the endpoint ignores conditional writes (If-None-Match on PutObject): claims are "
-                         "exclusive only between ticks of one working directory; run a single Crondor per input "
-                         "bucket")
+        fallbacks.append(
+            "the endpoint ignores conditional writes (If-None-Match on PutObject): claims are "
+            "exclusive only between ticks of one working directory; run a single Crondor per input "
+            "bucket"
+        )
     if caps.get_if_match != HONOURED:
-        fallbacks.append(f"If-Match on GetObject is {caps.get_if_match}: a claimed manifest is checked by the ETag "
-                         "of the GET's own answer; an input image replaced during a multipart download could be "
-                         "read mixed (its row is then wrong: retry it)")
+        fallbacks.append(
+            f"If-Match on GetObject is {caps.get_if_match}: a claimed manifest is checked by the ETag "
+            "of the GET's own answer; an input image replaced during a multipart download could be "
+            "read mixed (its row is then wrong: retry it)"
+        )
     if caps.versioned:
         commit = "version-id"  # exact whatever the server does with If-Match
         if caps.delete_if_match != HONOURED:
-            fallbacks.append(f"If-Match on DeleteObject is {caps.delete_if_match}: the bucket is versioned, so a "
-                             "claimed manifest is deleted by its VersionId and a version uploaded meanwhile stays")
+            fallbacks.append(
+                f"If-Match on DeleteObject is {caps.delete_if_match}: the bucket is versioned, so a "
+                "claimed manifest is deleted by its VersionId and a version uploaded meanwhile stays"
+            )
     elif caps.delete_if_match == HONOURED:
         commit = "if-match"
     elif delete_fallback == "verify-first":
         commit = "verify-first"
-        fallbacks.append(f"If-Match on DeleteObject is {caps.delete_if_match} and the bucket is not versioned: a "
-                         "claimed manifest is deleted right after a HEAD shows it unchanged (s3.delete_fallback: "
-                         "verify-first); a manifest re-uploaded within those milliseconds would be lost")
+        fallbacks.append(
+            f"If-Match on DeleteObject is {caps.delete_if_match} and the bucket is not versioned: a "
+            "claimed manifest is deleted right after a HEAD shows it unchanged (s3.delete_fallback: "
+            "verify-first); a manifest re-uploaded within those milliseconds would be lost"
+        )
     else:
         raise PipelineError(
             f"{where}: If-Match on DeleteObject is {caps.delete_if_match} and the bucket is not versioned, so a "
             "manifest re-uploaded while it is being claimed would be deleted unprocessed; nothing was claimed. "
             f"Enable versioning (aws s3api put-bucket-versioning --bucket {caps.bucket} --versioning-configuration "
             "Status=Enabled), then run 'cog-pipeline check-endpoint'; or accept a millisecond window with "
-            "--delete-fallback verify-first (s3.delete_fallback: verify-first)")
+            "--delete-fallback verify-first (s3.delete_fallback: verify-first)"
+        )
     put_if_match = {HONOURED: "quoted", UNQUOTED: "unquoted"}.get(caps.put_if_match)
     rewrite = "if-match" if put_if_match else "version-check" if caps.versioned else "none"
     if rewrite == "version-check":
-        fallbacks.append(f"If-Match on PutObject is {caps.put_if_match}: heartbeats and adoptions rewrite the "
-                         "processing file, then keep the rewrite only if the version it replaces is still there "
-                         "(the bucket is versioned)")
+        fallbacks.append(
+            f"If-Match on PutObject is {caps.put_if_match}: heartbeats and adoptions rewrite the "
+            "processing file, then keep the rewrite only if the version it replaces is still there "
+            "(the bucket is versioned)"
+        )
     elif rewrite == "none":
-        fallbacks.append(f"If-Match on PutObject is {caps.put_if_match}: processing files get no heartbeat, so "
-                         "another host adopts a run only by the processing file's age (keep adopt_after above "
-                         "your longest run)")
+        fallbacks.append(
+            f"If-Match on PutObject is {caps.put_if_match}: processing files get no heartbeat, so "
+            "another host adopts a run only by the processing file's age (keep adopt_after above "
+            "your longest run)"
+        )
     elif caps.put_if_match == UNQUOTED:
         fallbacks.append("If-Match on PutObject matches only the unquoted ETag: heartbeats send it unquoted")
     if caps.put_if_match_missing_key != HONOURED and put_if_match is not None:
-        fallbacks.append("If-Match on PutObject to a missing key is ignored: a heartbeat racing the aggregate can "
-                         "bring a processing file back; the next tick deletes it as a finished run's leftover")
+        fallbacks.append(
+            "If-Match on PutObject to a missing key is ignored: a heartbeat racing the aggregate can "
+            "bring a processing file back; the next tick deletes it as a finished run's leftover"
+        )
     mode = s3.checksum_mode(settings)
     if mode == "when_supported" and caps.checksum_trailers != ACCEPTED and caps.endpoint != "AWS":
-        raise PipelineError(f"{where}: checksum trailers (s3.checksums: when_supported) are "
-                            f"{caps.checksum_trailers}; set s3.checksums: when_required (the default for "
-                            "custom endpoints); nothing was claimed")
-    return Semantics(caps=caps, commit=commit, put_if_match=put_if_match, markers=markers, rewrite=rewrite,
-                     fallbacks=tuple(fallbacks))
+        raise PipelineError(
+            f"{where}: checksum trailers (s3.checksums: when_supported) are "
+            f"{caps.checksum_trailers}; set s3.checksums: when_required (the default for "
+            "custom endpoints); nothing was claimed"
+        )
+    return Semantics(
+        caps=caps,
+        commit=commit,
+        put_if_match=put_if_match,
+        markers=markers,
+        rewrite=rewrite,
+        fallbacks=tuple(fallbacks),
+    )
 
 
 def table(caps: Capabilities, sem: Semantics | None, refusal: str | None = None) -> str:
@@ -415,14 +457,19 @@ def table(caps: Capabilities, sem: Semantics | None, refusal: str | None = None)
         ("checksum trailers (aws-chunked)", caps.checksum_trailers),
     ]
     width = max(len(name) for name, _ in rows)
-    lines = [f"S3 endpoint {caps.endpoint}, bucket '{caps.bucket}' (probed "
-             f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(caps.probed_at))}, {int(age // 60)} min ago)"]
+    lines = [
+        f"S3 endpoint {caps.endpoint}, bucket '{caps.bucket}' (probed "
+        f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(caps.probed_at))}, {int(age // 60)} min ago)"
+    ]
     lines += [f"  {name:<{width}}  {value}" for name, value in rows]
     if refusal:
         lines.append(f"  REFUSED: {refusal}")
     elif sem is not None:
-        heartbeats = {"if-match": f"If-Match ({sem.put_if_match} ETag)", "version-check": "version check",
-                      "none": "off"}[sem.rewrite]
+        heartbeats = {
+            "if-match": f"If-Match ({sem.put_if_match} ETag)",
+            "version-check": "version check",
+            "none": "off",
+        }[sem.rewrite]
         lines.append(f"  claim markers by: {sem.markers}; claims commit by: {sem.commit}; heartbeats: {heartbeats}")
         lines += [f"  FALLBACK: {text}" for text in sem.fallbacks]
         if not sem.fallbacks:
@@ -430,8 +477,9 @@ def table(caps: Capabilities, sem: Semantics | None, refusal: str | None = None)
     return "\n".join(lines)
 
 
-def check(client: Any, settings: s3.S3Settings, bucket: str, workdir: Path) -> tuple[Capabilities, Semantics | None,
-                                                                                     str | None]:
+def check(
+    client: Any, settings: s3.S3Settings, bucket: str, workdir: Path
+) -> tuple[Capabilities, Semantics | None, str | None]:
     """Probe now (whatever the cache holds), cache the answers; (answers, what ticks do, or why they refuse)."""
     caps = probe(client, settings, bucket)
     store(workdir, caps)

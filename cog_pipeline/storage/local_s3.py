@@ -23,8 +23,9 @@ def local_s3_server() -> Iterator[str]:
     try:
         from moto.server import ThreadedMotoServer
     except ImportError as exc:  # moto, or flask (moto[server]), not installed
-        raise PipelineError(f"the demo's local S3 server needs moto[server] ({exc}): "
-                            "pip install 'cog-pipeline[demo]'") from None
+        raise PipelineError(
+            f"the demo's local S3 server needs moto[server] ({exc}): pip install 'cog-pipeline[demo]'"
+        ) from None
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no per-request access log
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)

@@ -38,7 +38,7 @@ DEFAULT_EXPIRY_S = 6 * 3600
 #: SigV4's longest validity (7 days).
 MAX_EXPIRY_S = 7 * 24 * 3600
 #: S3's largest single PUT.
-SINGLE_PUT_LIMIT = 5 * 1024 ** 3
+SINGLE_PUT_LIMIT = 5 * 1024**3
 _BLOCK = 1024 * 1024
 #: HTTP statuses retried (with full-jitter backoff, as boto3's standard mode).
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
@@ -57,8 +57,11 @@ class SignedRequest:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SignedRequest:
-        return cls(method=str(data["method"]), url=str(data["url"]),
-                   headers={str(k): str(v) for k, v in (data.get("headers") or {}).items()})
+        return cls(
+            method=str(data["method"]),
+            url=str(data["url"]),
+            headers={str(k): str(v) for k, v in (data.get("headers") or {}).items()},
+        )
 
     @property
     def expires_at(self) -> float | None:
@@ -109,6 +112,7 @@ class PresignedError(PipelineError):
 
 # ------------------------------------------------------------------------------------- signing (access point)
 
+
 def signing_client(settings: s3.S3Settings) -> Any:
     """A client that only signs (no request is sent to presign): checksums ``when_required``, so that no
     checksum of a body not yet made is asked for in a URL."""
@@ -118,8 +122,10 @@ def signing_client(settings: s3.S3Settings) -> Any:
 def check_expiry(expires: Any) -> int:
     """``s3.presign_expiry_s`` as seconds (PipelineError unless 60 .. 7 days)."""
     if not isinstance(expires, int) or isinstance(expires, bool) or not 60 <= expires <= MAX_EXPIRY_S:
-        raise PipelineError(f"s3.presign_expiry_s must be a whole number of seconds from 60 to {MAX_EXPIRY_S} "
-                            f"(7 days, SigV4's limit), not {expires!r}")
+        raise PipelineError(
+            f"s3.presign_expiry_s must be a whole number of seconds from 60 to {MAX_EXPIRY_S} "
+            f"(7 days, SigV4's limit), not {expires!r}"
+        )
     return expires
 
 
@@ -133,8 +139,9 @@ def presign_get(client: Any, bucket: str, key: str, expires: int, etag: str | No
     return SignedRequest("GET", url, headers)
 
 
-def presign_put(client: Any, bucket: str, key: str, expires: int, content_type: str,
-                metadata: dict[str, str]) -> SignedRequest:
+def presign_put(
+    client: Any, bucket: str, key: str, expires: int, content_type: str, metadata: dict[str, str]
+) -> SignedRequest:
     """A PUT of ``key`` with this Content-Type and user metadata (both signed: the job cannot change them)."""
     params = {"Bucket": bucket, "Key": key, "ContentType": content_type, "Metadata": metadata}
     url = client.generate_presigned_url("put_object", Params=params, ExpiresIn=expires, HttpMethod="PUT")
@@ -143,6 +150,7 @@ def presign_put(client: Any, bucket: str, key: str, expires: int, content_type: 
 
 
 # ------------------------------------------------------------------------------------- sending (execute point)
+
 
 @dataclass(frozen=True)
 class Transport:
@@ -155,22 +163,29 @@ class Transport:
 
     @classmethod
     def from_settings(cls, settings: s3.S3Settings) -> Transport:
-        return cls(ca_bundle=s3.ca_bundle(settings), connect_timeout=settings.connect_timeout,
-                   read_timeout=settings.read_timeout, max_attempts=max(1, settings.max_attempts))
+        return cls(
+            ca_bundle=s3.ca_bundle(settings),
+            connect_timeout=settings.connect_timeout,
+            read_timeout=settings.read_timeout,
+            max_attempts=max(1, settings.max_attempts),
+        )
 
     def connection(self, url: str) -> tuple[http.client.HTTPConnection, str]:
         """A connection to ``url``'s host and the request target (path and query) to send."""
         parts = urllib.parse.urlsplit(url)
         target = parts.path + (f"?{parts.query}" if parts.query else "")
         if parts.scheme == "https":
-            context = ssl.create_default_context(cafile=self.ca_bundle) if self.ca_bundle else \
-                ssl.create_default_context()
-            return http.client.HTTPSConnection(parts.hostname or "", parts.port, timeout=self.connect_timeout,
-                                               context=context, blocksize=_BLOCK), target
+            context = (
+                ssl.create_default_context(cafile=self.ca_bundle) if self.ca_bundle else ssl.create_default_context()
+            )
+            return http.client.HTTPSConnection(
+                parts.hostname or "", parts.port, timeout=self.connect_timeout, context=context, blocksize=_BLOCK
+            ), target
         if parts.scheme != "http":
             raise PipelineError(f"presigned URL of unknown scheme {parts.scheme!r}")
-        return http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=self.connect_timeout,
-                                          blocksize=_BLOCK), target
+        return http.client.HTTPConnection(
+            parts.hostname or "", parts.port, timeout=self.connect_timeout, blocksize=_BLOCK
+        ), target
 
 
 _XML_FIELD = re.compile(r"<(Code|Message)>([^<]*)</\1>")
@@ -179,8 +194,9 @@ _XML_FIELD = re.compile(r"<(Code|Message)>([^<]*)</\1>")
 def _error(request: SignedRequest, response: http.client.HTTPResponse) -> PresignedError:
     body = response.read(16384).decode("utf-8", errors="replace") if request.method != "HEAD" else ""
     fields = dict(_XML_FIELD.findall(body))
-    return PresignedError(request, response.status, fields.get("Code", response.reason or ""),
-                          fields.get("Message", ""))
+    return PresignedError(
+        request, response.status, fields.get("Code", response.reason or ""), fields.get("Message", "")
+    )
 
 
 def _attempts(transport: Transport, request: SignedRequest, once: Any) -> Any:
@@ -195,15 +211,26 @@ def _attempts(transport: Transport, request: SignedRequest, once: Any) -> Any:
             why = str(exc)
         except (OSError, http.client.HTTPException) as exc:
             if isinstance(exc, ssl.SSLCertVerificationError):
-                raise PresignedError(request, 0, message=f"TLS error: the server's certificate is not trusted "
-                                                         f"({exc.verify_message}); give the site CA with "
-                                                         "--ca-bundle FILE") from None
+                raise PresignedError(
+                    request,
+                    0,
+                    message=f"TLS error: the server's certificate is not trusted "
+                    f"({exc.verify_message}); give the site CA with "
+                    "--ca-bundle FILE",
+                ) from None
             if attempt == transport.max_attempts:
                 raise PresignedError(request, 0, message=f"{type(exc).__name__}: {exc}") from None
             why = f"{type(exc).__name__}: {exc}"
         delay = min(random.random() * 2 ** (attempt - 1), 20.0)
-        log.info("%s %s: %s; attempt %d of %d in %.1f s", request.method, request.where, why, attempt + 1,
-                 transport.max_attempts, delay)
+        log.info(
+            "%s %s: %s; attempt %d of %d in %.1f s",
+            request.method,
+            request.where,
+            why,
+            attempt + 1,
+            transport.max_attempts,
+            delay,
+        )
         time.sleep(delay)
     raise AssertionError("unreachable")
 
@@ -215,10 +242,12 @@ def _connect(transport: Transport, conn: http.client.HTTPConnection) -> None:
         conn.sock.settimeout(transport.read_timeout)
 
 
-def download(transport: Transport, request: SignedRequest, dest: Path, size: int | None = None,
-             etag: str | None = None) -> None:
+def download(
+    transport: Transport, request: SignedRequest, dest: Path, size: int | None = None, etag: str | None = None
+) -> None:
     """GET ``request`` into ``dest``; the answer's length and ETag must be ``size`` and ``etag`` (a server
     that ignores If-Match is caught here: a single GET, so the body is one version's)."""
+
     def once() -> None:
         conn, target = transport.connection(request.url)
         try:
@@ -229,8 +258,9 @@ def download(transport: Transport, request: SignedRequest, dest: Path, size: int
                 raise _error(request, response)
             got_etag = response.getheader("ETag")
             if etag and got_etag and got_etag.strip('"') != etag.strip('"'):
-                raise PresignedError(request, 412, "PreconditionFailed",
-                                     f"the object's ETag is {got_etag}, not {etag} as listed")
+                raise PresignedError(
+                    request, 412, "PreconditionFailed", f"the object's ETag is {got_etag}, not {etag} as listed"
+                )
             written = 0
             with open(dest, "wb") as fh:
                 while block := response.read(_BLOCK):
@@ -259,10 +289,15 @@ def upload(transport: Transport, request: SignedRequest, src: Path, md5_hex: str
     Larger than S3's single-PUT limit: PipelineError before anything is sent."""
     size = src.stat().st_size
     if size > SINGLE_PUT_LIMIT:
-        raise PipelineError(f"{src.name} is {size} bytes, more than the {SINGLE_PUT_LIMIT} bytes of one S3 PUT, "
-                            "the only upload a presigned URL allows here: run it with s3.transfer: direct")
-    headers = {**request.headers, "Content-Length": str(size),
-               "Content-MD5": base64.b64encode(bytes.fromhex(md5_hex)).decode("ascii")}
+        raise PipelineError(
+            f"{src.name} is {size} bytes, more than the {SINGLE_PUT_LIMIT} bytes of one S3 PUT, "
+            "the only upload a presigned URL allows here: run it with s3.transfer: direct"
+        )
+    headers = {
+        **request.headers,
+        "Content-Length": str(size),
+        "Content-MD5": base64.b64encode(bytes.fromhex(md5_hex)).decode("ascii"),
+    }
 
     def once() -> str:
         conn, target = transport.connection(request.url)

@@ -200,6 +200,7 @@ def _retry_429(max_attempts: int) -> Any:
     standard mode does not retry. Same full-jitter exponential backoff (cap 20 s) and bound: botocore's
     ``max_attempts`` counts retries, so at most 1 + max_attempts requests.
     """
+
     def needs_retry(response: Any = None, attempts: int = 1, **_: Any) -> float | None:
         if response is None or getattr(response[0], "status_code", None) != 429 or attempts > max_attempts:
             return None
@@ -236,8 +237,10 @@ def describe_error(exc: BaseException) -> str:
         op = getattr(exc, "operation_name", "request")
         return f"{op} failed: {err.get('Code', '?')} {err.get('Message', '')}".strip()
     if isinstance(exc, botocore.exceptions.SSLError):
-        return (f"TLS error talking to the S3 endpoint {exc.kwargs.get('endpoint_url', '')}: the server's certificate "
-                "is not trusted; give the site CA with --ca-bundle FILE (or AWS_CA_BUNDLE)")
+        return (
+            f"TLS error talking to the S3 endpoint {exc.kwargs.get('endpoint_url', '')}: the server's certificate "
+            "is not trusted; give the site CA with --ca-bundle FILE (or AWS_CA_BUNDLE)"
+        )
     if isinstance(exc, botocore.exceptions.EndpointConnectionError):
         return f"cannot connect to the S3 endpoint {exc.kwargs.get('endpoint_url', '')}".strip()
     if isinstance(exc, botocore.exceptions.NoCredentialsError):
@@ -317,8 +320,12 @@ def existing_keys(client: Any, bucket: str, wanted: Iterable[str], page_size: in
     prefix = os.path.commonprefix([todo[0], todo[-1]])  # noqa: RUF071 (a string prefix: all of a sorted list)
     found: set[str] = set()
     i = 0
-    kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": page_size,
-                              "StartAfter": _just_before(todo[0])}
+    kwargs: dict[str, Any] = {
+        "Bucket": bucket,
+        "Prefix": prefix,
+        "MaxKeys": page_size,
+        "StartAfter": _just_before(todo[0]),
+    }
     while True:
         page = client.list_objects_v2(**kwargs)
         contents = page.get("Contents", [])
@@ -347,8 +354,7 @@ def _next_token(page: dict[str, Any], bucket: str) -> str | None:
         return None
     token = page.get("NextContinuationToken")
     if not token:
-        raise PipelineError(f"listing '{bucket}': the S3 server returned a truncated page without a "
-                            "continuation token")
+        raise PipelineError(f"listing '{bucket}': the S3 server returned a truncated page without a continuation token")
     return token
 
 
@@ -371,8 +377,9 @@ def get_bytes(client: Any, bucket: str, key: str, if_match: str | None = None) -
     return client.get_object(**kwargs)["Body"].read()
 
 
-def put_bytes(client: Any, bucket: str, key: str, body: bytes, *, if_none_match: bool = False,
-              content_type: str = "text/csv") -> str:
+def put_bytes(
+    client: Any, bucket: str, key: str, body: bytes, *, if_none_match: bool = False, content_type: str = "text/csv"
+) -> str:
     """Write a small object in one request (atomic on S3); returns its ETag."""
     kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key, "Body": body, "ContentType": content_type}
     if if_none_match:
@@ -393,8 +400,15 @@ class _KnownObject(BaseSubscriber):
             future.meta.provide_object_etag(self._etag)
 
 
-def download_file(client: Any, bucket: str, key: str, dest: Path, settings: S3Settings,
-                  size: int | None = None, etag: str | None = None) -> None:
+def download_file(
+    client: Any,
+    bucket: str,
+    key: str,
+    dest: Path,
+    settings: S3Settings,
+    size: int | None = None,
+    etag: str | None = None,
+) -> None:
     """Download ``key`` to ``dest`` (ranged GETs, several at a time, for large objects).
 
     ``size`` and ``etag`` (from a HeadObject the caller already made) save the HeadObject s3transfer
@@ -407,8 +421,15 @@ def download_file(client: Any, bucket: str, key: str, dest: Path, settings: S3Se
         manager.download(bucket, key, str(dest), subscribers=[_KnownObject(size, etag)]).result()
 
 
-def upload_file(client: Any, bucket: str, key: str, src: Path, settings: S3Settings,
-                content_type: str, metadata: dict[str, str] | None = None) -> None:
+def upload_file(
+    client: Any,
+    bucket: str,
+    key: str,
+    src: Path,
+    settings: S3Settings,
+    content_type: str,
+    metadata: dict[str, str] | None = None,
+) -> None:
     """Upload ``src`` to ``key``: one PUT, or a multipart upload that boto3 aborts if any part fails."""
     extra = {"ContentType": content_type, "Metadata": metadata or {}}
     client.upload_file(str(src), bucket, key, ExtraArgs=extra, Config=transfer_config(settings))
@@ -468,8 +489,9 @@ def expected_etag(src: Path, part_size: int | None) -> str:
     return f"{hashlib.md5(b''.join(digests), usedforsecurity=False).hexdigest()}-{len(digests)}"
 
 
-def verify_upload(client: Any, bucket: str, key: str, src: Path, settings: S3Settings,
-                  head: dict | None = None) -> None:
+def verify_upload(
+    client: Any, bucket: str, key: str, src: Path, settings: S3Settings, head: dict | None = None
+) -> None:
     """Confirm that the object at ``key`` is ``src`` as uploaded by ``upload_file``: its size, and its ETag
     against the one expected from the local file (single PUT or multipart, as ``settings`` split it).
 
@@ -487,14 +509,20 @@ def verify_upload(client: Any, bucket: str, key: str, src: Path, settings: S3Set
             raise UploadMismatch(key, f"no object at {key} after its upload", missing=True) from None
     size = src.stat().st_size
     part_size = upload_part_size(settings, size)
-    problems = stored_problems(head, key, size, lambda: expected_etag(src, part_size),
-                               "single PUT" if part_size is None else f"{part_size}-byte parts")
+    problems = stored_problems(
+        head,
+        key,
+        size,
+        lambda: expected_etag(src, part_size),
+        "single PUT" if part_size is None else f"{part_size}-byte parts",
+    )
     if problems:
         raise UploadMismatch(key, f"stored object {key} is not the file uploaded: {'; '.join(problems)}")
 
 
-def stored_problems(head: dict[str, Any], key: str, size: int, want_etag: str | Callable[[], str],
-                    how: str = "single PUT") -> list[str]:
+def stored_problems(
+    head: dict[str, Any], key: str, size: int, want_etag: str | Callable[[], str], how: str = "single PUT"
+) -> list[str]:
     """How the object ``head`` describes differs from a ``size``-byte upload whose ETag is ``want_etag`` (or
     ``want_etag()``, called only when the server's ETag is an MD5 of the data): [] when it does not."""
     stored_size = head.get("ContentLength")
@@ -503,11 +531,19 @@ def stored_problems(head: dict[str, Any], key: str, size: int, want_etag: str | 
         problems.append(f"size {size} bytes expected, {stored_size} found")
     etag = str(head.get("ETag", "")).removeprefix("W/").strip('"').lower()
     sse = head.get("ServerSideEncryption", "")
-    opaque = ("SSE-C" if head.get("SSECustomerAlgorithm") else sse if sse in _OPAQUE_SSE
-              else "" if _MD5_ETAG.match(etag) else "not of the MD5 form")
+    opaque = (
+        "SSE-C"
+        if head.get("SSECustomerAlgorithm")
+        else sse
+        if sse in _OPAQUE_SSE
+        else ""
+        if _MD5_ETAG.match(etag)
+        else "not of the MD5 form"
+    )
     if opaque:
-        log.info("%s: the server's ETag %r is no MD5 of the data (%s); checked the size only", key,
-                 head.get("ETag"), opaque)
+        log.info(
+            "%s: the server's ETag %r is no MD5 of the data (%s); checked the size only", key, head.get("ETag"), opaque
+        )
     else:
         want = want_etag if isinstance(want_etag, str) else want_etag()
         if etag != want:

@@ -48,8 +48,15 @@ def _elevation(size: int) -> np.ndarray:
 
 def make_dem(path: Path, size: int = 512) -> None:
     """A smooth synthetic uint16 elevation model (1 band), georeferenced in UTM."""
-    profile = dict(driver="GTiff", width=size, height=size, count=1, dtype="uint16", crs="EPSG:32616",
-                   transform=from_origin(300000, 4800000, 10, 10))
+    profile = dict(
+        driver="GTiff",
+        width=size,
+        height=size,
+        count=1,
+        dtype="uint16",
+        crs="EPSG:32616",
+        transform=from_origin(300000, 4800000, 10, 10),
+    )
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(_elevation(size).astype("uint16"), 1)
 
@@ -66,8 +73,16 @@ def make_hillshade(path: Path, size: int = 512, nodata: int = 255) -> None:
     shade = np.sin(altitude) * np.cos(slope) + np.cos(altitude) * np.sin(slope) * np.cos(azimuth - aspect)
     values = np.clip(1 + 253 * shade, 1, 254).astype("uint8")  # 255 is nodata, never a valid value
     values[(x + 0.3 * y < 0.12) | (x + 0.3 * y > 1.15)] = nodata
-    profile = dict(driver="GTiff", width=size, height=size, count=1, dtype="uint8", crs="EPSG:32616",
-                   nodata=nodata, transform=from_origin(300000, 4800000, 10, 10))
+    profile = dict(
+        driver="GTiff",
+        width=size,
+        height=size,
+        count=1,
+        dtype="uint8",
+        crs="EPSG:32616",
+        nodata=nodata,
+        transform=from_origin(300000, 4800000, 10, 10),
+    )
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(values, 1)
 
@@ -75,13 +90,21 @@ def make_hillshade(path: Path, size: int = 512, nodata: int = 255) -> None:
 def make_paletted(path: Path, size: int = 256) -> None:
     """A small land-use style raster with a colour table (1 paletted band)."""
     classes = ((np.add.outer(np.arange(size), np.arange(size)) // 32) % 4).astype("uint8")
-    profile = dict(driver="GTiff", width=size, height=size, count=1, dtype="uint8", crs="EPSG:4326",
-                   transform=from_origin(-90, 45, 0.001, 0.001))
+    profile = dict(
+        driver="GTiff",
+        width=size,
+        height=size,
+        count=1,
+        dtype="uint8",
+        crs="EPSG:4326",
+        transform=from_origin(-90, 45, 0.001, 0.001),
+    )
     with rasterio.open(path, "w", **profile) as dst:
         # The colour map before the pixels: written after them, GDAL has to change the TIFF's photometric
         # tag once strips exist, and libtiff says "Cannot modify tag PhotometricInterpretation while writing".
-        dst.write_colormap(1, {0: (34, 139, 34, 255), 1: (210, 180, 140, 255), 2: (70, 130, 180, 255),
-                               3: (220, 20, 60, 255)})
+        dst.write_colormap(
+            1, {0: (34, 139, 34, 255), 1: (210, 180, 140, 255), 2: (70, 130, 180, 255), 3: (220, 20, 60, 255)}
+        )
         dst.write(classes, 1)
 
 
@@ -134,8 +157,10 @@ def serve_until_interrupted(commands: list[str]) -> None:
     for command in commands:
         print(f"  {command}")
     if len(commands) > 1:
-        print(f"(`retry --dry-run` shows the demo's example failure, {EXAMPLE_FAILURE_KEY}, queued again; for real "
-              "you would first upload a GeoTIFF under that key, then retry without --dry-run.)")
+        print(
+            f"(`retry --dry-run` shows the demo's example failure, {EXAMPLE_FAILURE_KEY}, queued again; for real "
+            "you would first upload a GeoTIFF under that key, then retry without --dry-run.)"
+        )
     try:
         while True:
             time.sleep(3600)
@@ -143,8 +168,13 @@ def serve_until_interrupted(commands: list[str]) -> None:
         print("\nStopping the local S3 server.")
 
 
-def run_demo(workdir: Path, cores: int = 2, serve: bool = False,
-             after: Callable[[s3.S3Settings, TickResult], None] | None = None, config_file: Path | None = None) -> int:
+def run_demo(
+    workdir: Path,
+    cores: int = 2,
+    serve: bool = False,
+    after: Callable[[s3.S3Settings, TickResult], None] | None = None,
+    config_file: Path | None = None,
+) -> int:
     """Seed a local S3 server, run one tick, fetch and check the results; 0 when every pair is valid.
 
     While the server is still up, ``after(settings, tick result)`` is called if given, and with
@@ -174,11 +204,21 @@ def run_demo(workdir: Path, cores: int = 2, serve: bool = False,
         s3.put_bytes(client, INPUT_BUCKET, EXAMPLE_FAILURE_KEY, EXAMPLE_FAILURE_BODY)
         all_rows = [*rows, (EXAMPLE_FAILURE_KEY, "1")]
         s3.put_bytes(client, INPUT_BUCKET, MANIFEST_KEY, write_rows_csv(all_rows))
-        print(f"Uploaded {plural(len(files), 'GeoTIFF')}, one example of a bad input ({EXAMPLE_FAILURE_KEY}: not "
-              f"a GeoTIFF, expected to fail) and {MANIFEST_KEY} ({plural(len(all_rows), 'row')})\n")
+        print(
+            f"Uploaded {plural(len(files), 'GeoTIFF')}, one example of a bad input ({EXAMPLE_FAILURE_KEY}: not "
+            f"a GeoTIFF, expected to fail) and {MANIFEST_KEY} ({plural(len(all_rows), 'row')})\n"
+        )
 
-        result = tick(TickOptions(input_bucket=INPUT_BUCKET, output_bucket=OUTPUT_BUCKET, settings=settings,
-                                  cores=cores, workdir=workdir, config_file=config_file))
+        result = tick(
+            TickOptions(
+                input_bucket=INPUT_BUCKET,
+                output_bucket=OUTPUT_BUCKET,
+                settings=settings,
+                cores=cores,
+                workdir=workdir,
+                config_file=config_file,
+            )
+        )
         ok = result.exit_code == 0 and bool(result.manifests)
         print()
         failed_key = None
@@ -220,11 +260,14 @@ def run_demo(workdir: Path, cores: int = 2, serve: bool = False,
         print(f"\nRun directory (logs, status, outcome): {result.run_dir}")
         print(f"Results copied to: {results}")
         if result.run_dir:
-            print(f"Run report: {result.run_dir / 'report.html'}  "
-                  f"(per-image logs: {result.run_dir / 'logs' / 'images'}/)")
+            print(
+                f"Run report: {result.run_dir / 'report.html'}  (per-image logs: {result.run_dir / 'logs' / 'images'}/)"
+            )
         if ok:
-            print(f"Demo succeeded: every GeoTIFF has a valid COG and a JPEG, and the one expected failure failed: "
-                  f"{EXAMPLE_FAILURE_KEY} (not a GeoTIFF; its reason is in the errors CSV above and in the report).")
+            print(
+                f"Demo succeeded: every GeoTIFF has a valid COG and a JPEG, and the one expected failure failed: "
+                f"{EXAMPLE_FAILURE_KEY} (not a GeoTIFF; its reason is in the errors CSV above and in the report)."
+            )
         else:
             print("Demo FAILED: see above.")
         if after is not None:
@@ -232,8 +275,10 @@ def run_demo(workdir: Path, cores: int = 2, serve: bool = False,
         if serve:
             serve_until_interrupted(operator_commands(endpoint, access, secret, workdir, failed_key))
         else:
-            print(f"To try `status` and `retry` (on the expected failure) against the demo's bucket: "
-                  f"{program()} demo --serve")
+            print(
+                f"To try `status` and `retry` (on the expected failure) against the demo's bucket: "
+                f"{program()} demo --serve"
+            )
     return 0 if ok else 1
 
 

@@ -27,8 +27,11 @@ from cog_pipeline.core.naming import TIMESTAMP_FORMAT, is_pipeline_object
 from cog_pipeline.control.options import HEARTBEAT
 from cog_pipeline.core.rundir import ClaimedManifest, RunConfig, RunDir, RunState
 
-_STATE_KEY = re.compile(r"^(?P<stem>.*)(?P<state>processing|processed|failed|report)-(?P<ts>\d{8}-\d{6})"
-                        r"\.(?P<ext>csv|html)$", re.DOTALL)
+_STATE_KEY = re.compile(
+    r"^(?P<stem>.*)(?P<state>processing|processed|failed|report)-(?P<ts>\d{8}-\d{6})"
+    r"\.(?P<ext>csv|html)$",
+    re.DOTALL,
+)
 #: Exit code of ``status`` when the bucket could not be listed (everything else was still shown).
 EXIT_BUCKET_UNREADABLE = 1
 #: A processing object not refreshed for this long has probably lost its run (live runs refresh it
@@ -79,16 +82,29 @@ def bucket_state(client: Any, bucket: str, pattern: str = "*raw.csv", recent: in
             continue  # another pipeline's manifest (another -p pattern on the same bucket)
         if match and match["state"] == "processing" and match["ext"] == "csv":
             touched = now - obj["LastModified"].timestamp()
-            processing.append({"key": key, "since": match["ts"], "age_s": round(now - _epoch(match["ts"])),
-                               "last_refresh_s": round(touched), "stale": touched > STALE_AFTER})
+            processing.append(
+                {
+                    "key": key,
+                    "since": match["ts"],
+                    "age_s": round(now - _epoch(match["ts"])),
+                    "last_refresh_s": round(touched),
+                    "stale": touched > STALE_AFTER,
+                }
+            )
         elif match and (match["ext"] == "html") == (match["state"] == "report"):
             entry = outcomes.setdefault((match["stem"], match["ts"]), {"stem": match["stem"], "ts": match["ts"]})
             entry[match["state"]] = key
         elif fnmatch.fnmatchcase(key, pattern) and not is_pipeline_object(key):
-            raw.append({"key": key, "uploaded": obj["LastModified"].isoformat(),
-                        "age_s": round(now - obj["LastModified"].timestamp())})
-    latest = sorted((e for e in outcomes.values() if "processed" in e or "failed" in e),
-                    key=lambda e: e["ts"], reverse=True)[:recent]
+            raw.append(
+                {
+                    "key": key,
+                    "uploaded": obj["LastModified"].isoformat(),
+                    "age_s": round(now - obj["LastModified"].timestamp()),
+                }
+            )
+    latest = sorted(
+        (e for e in outcomes.values() if "processed" in e or "failed" in e), key=lambda e: e["ts"], reverse=True
+    )[:recent]
     for entry in latest:
         for state in ("processed", "failed"):
             key = entry.get(state)
@@ -144,8 +160,9 @@ def manifest_counts(run: RunDir, manifest: ClaimedManifest) -> tuple[int, int, i
 
 
 #: What status says of a run directory without run.yaml (RunState.NEW or CLAIMING).
-INCOMPLETE = ("incomplete (no run.yaml yet: a tick is claiming into it, or died while claiming; the next tick "
-              "repairs it)")
+INCOMPLETE = (
+    "incomplete (no run.yaml yet: a tick is claiming into it, or died while claiming; the next tick repairs it)"
+)
 
 
 def local_runs(workdir: Path, pool: dict[str, Any] | None = None) -> list[dict[str, Any]]:
@@ -162,8 +179,13 @@ def local_runs(workdir: Path, pool: dict[str, Any] | None = None) -> list[dict[s
         try:
             config = run.config  # RunState.INVALID (or a finished run whose run.yaml went bad) raises
         except PipelineError as exc:
-            runs.append({"run_dir": str(run.path), "problem": str(exc),
-                         "state": f"invalid (ticks leave it alone; fix or remove its run.yaml): {exc}"})
+            runs.append(
+                {
+                    "run_dir": str(run.path),
+                    "problem": str(exc),
+                    "state": f"invalid (ticks leave it alone; fix or remove its run.yaml): {exc}",
+                }
+            )
             continue
         finished = state in (RunState.AGGREGATED, RunState.FINISHED) and bool(config.manifests)
         done = failed = pending = 0
@@ -186,13 +208,21 @@ def local_runs(workdir: Path, pool: dict[str, Any] | None = None) -> list[dict[s
             warnings = [] if finished else run.heartbeat_warning.read_text(encoding="utf-8").splitlines()
         except OSError:
             warnings = []
-        runs.append({"warnings": warnings, "run_dir": str(run.path), "run_id": config.run_id,
-                     "executor": config.executor,
-                     "state": _run_state(run, config, finished, pool),
-                     "manifests": [m.raw_key for m in config.manifests],
-                     "done": done, "failed": failed, "pending": pending,
-                     "elapsed_s": round(end - started),
-                     "report": str(run.report) if run.report.is_file() else None})
+        runs.append(
+            {
+                "warnings": warnings,
+                "run_dir": str(run.path),
+                "run_id": config.run_id,
+                "executor": config.executor,
+                "state": _run_state(run, config, finished, pool),
+                "manifests": [m.raw_key for m in config.manifests],
+                "done": done,
+                "failed": failed,
+                "pending": pending,
+                "elapsed_s": round(end - started),
+                "report": str(run.report) if run.report.is_file() else None,
+            }
+        )
     return runs
 
 
@@ -210,8 +240,10 @@ def pool_jobs() -> dict[str, Any]:
         return {"reachable": False, "reason": f"cannot query the schedd: {type(exc).__name__}: {exc}"}
     groups: dict[str, dict[str, Any]] = {}
     for job in jobs:
-        group = groups.setdefault(job["batch_name"], {"batch_name": job["batch_name"], "roles": set(),
-                                                      "runs": set(), "states": Counter(), "held": []})
+        group = groups.setdefault(
+            job["batch_name"],
+            {"batch_name": job["batch_name"], "roles": set(), "runs": set(), "states": Counter(), "held": []},
+        )
         group["roles"].add(job["role"])
         if job["run"]:
             group["runs"].add(job["run"])
@@ -220,8 +252,10 @@ def pool_jobs() -> dict[str, Any]:
             group["held"].append({"job": job["cluster"], "reason": job["hold_reason"]})
         if job.get("next_run"):
             group["next_run"] = min(group.get("next_run") or job["next_run"], job["next_run"])
-    by_batch = [{**g, "roles": sorted(g["roles"]), "runs": sorted(g["runs"]), "states": dict(g["states"])}
-                for g in sorted(groups.values(), key=lambda g: g["batch_name"])]
+    by_batch = [
+        {**g, "roles": sorted(g["roles"]), "runs": sorted(g["runs"]), "states": dict(g["states"])}
+        for g in sorted(groups.values(), key=lambda g: g["batch_name"])
+    ]
     return {"reachable": True, "jobs": jobs, "by_batch_name": by_batch}
 
 
@@ -234,16 +268,25 @@ def endpoint_state(settings: s3.S3Settings, bucket: str, workdir: Path) -> dict[
         sem, refusal = endpoint.semantics(caps, settings, settings.delete_fallback), None
     except PipelineError as exc:
         sem, refusal = None, str(exc)
-    return {"probed": True, "capabilities": caps.as_dict(), "refusal": refusal,
-            "commit": sem.commit if sem else None, "fallbacks": list(sem.fallbacks) if sem else [],
-            "table": endpoint.table(caps, sem, refusal)}
+    return {
+        "probed": True,
+        "capabilities": caps.as_dict(),
+        "refusal": refusal,
+        "commit": sem.commit if sem else None,
+        "fallbacks": list(sem.fallbacks) if sem else [],
+        "table": endpoint.table(caps, sem, refusal),
+    }
 
 
-def collect(client: Any | None, bucket: str | None, workdir: Path, pattern: str = "*raw.csv",
-            settings: s3.S3Settings | None = None) -> dict[str, Any]:
+def collect(
+    client: Any | None,
+    bucket: str | None,
+    workdir: Path,
+    pattern: str = "*raw.csv",
+    settings: s3.S3Settings | None = None,
+) -> dict[str, Any]:
     """Everything ``status`` shows, as one JSON-friendly dict."""
-    state: dict[str, Any] = {"checked_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                             "workdir": str(workdir)}
+    state: dict[str, Any] = {"checked_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "workdir": str(workdir)}
     if client is not None and bucket:
         try:
             state["bucket"] = bucket_state(client, bucket, pattern)
@@ -272,26 +315,35 @@ def render_text(state: dict[str, Any]) -> str:
         for p in bucket["processing"]:
             line = f"    {p['key']}  (since {_show_ts(p['since'])}, {ago(p['age_s'])} ago"
             if p["stale"]:
-                line += (f"; STALE: not refreshed for {ago(p['last_refresh_s'])}, its run may have died: a tick in "
-                         "its working directory resumes it, any tick adopts it after 6 h")
+                line += (
+                    f"; STALE: not refreshed for {ago(p['last_refresh_s'])}, its run may have died: a tick in "
+                    "its working directory resumes it, any tick adopts it after 6 h"
+                )
             out.append(line + ")")
-        out.append(f"  finished:       {len(bucket['finished'])} most recent" +
-                   (f"  ({failing} with failed rows)" if failing else ""))
+        out.append(
+            f"  finished:       {len(bucket['finished'])} most recent"
+            + (f"  ({failing} with failed rows)" if failing else "")
+        )
         for f in bucket["finished"]:
             counts = f"{_count(f.get('processed_rows'))} processed, {_count(f.get('failed_rows'))} failed"
             out.append(f"    {f.get('processed') or f['failed']}  {counts}")
             if f.get("failed_rows"):
-                out.append(f"      failed rows: {f['failed']}  (once fixed: cog-pipeline retry -a KEY -s KEY -e HOST "
-                           f"--input-bucket {shlex.quote(bucket['name'])} {shlex.quote(f['failed'])})")
+                out.append(
+                    f"      failed rows: {f['failed']}  (once fixed: cog-pipeline retry -a KEY -s KEY -e HOST "
+                    f"--input-bucket {shlex.quote(bucket['name'])} {shlex.quote(f['failed'])})"
+                )
             if f.get("report"):
                 out.append(f"      report: {f['report']}")
         if not (bucket["raw"] or bucket["processing"] or bucket["finished"]):
             out.append("  (no manifest in this bucket yet: upload the images, then <name>-raw.csv)")
     probed = state.get("endpoint")
     if probed is not None:
-        out.append(probed["table"] if probed["probed"] else
-                   "S3 endpoint: not probed from this working directory yet (the next tick probes it; "
-                   "or run cog-pipeline check-endpoint)")
+        out.append(
+            probed["table"]
+            if probed["probed"]
+            else "S3 endpoint: not probed from this working directory yet (the next tick probes it; "
+            "or run cog-pipeline check-endpoint)"
+        )
     runs = state["runs"]
     out.append(f"Runs in {state['workdir']}: {len(runs)}")
     for run in runs:
@@ -300,8 +352,10 @@ def render_text(state: dict[str, Any]) -> str:
             out.append(f"  {name}  {run['state']}")
             continue
         took = "took" if run["state"] == "finished" else "for"
-        out.append(f"  {name}  {run['state']}: {run['done']} processed, {run['failed']} failed, "
-                   f"{run['pending']} pending, {took} {ago(run['elapsed_s'])}")
+        out.append(
+            f"  {name}  {run['state']}: {run['done']} processed, {run['failed']} failed, "
+            f"{run['pending']} pending, {took} {ago(run['elapsed_s'])}"
+        )
         if run.get("report"):
             out.append(f"      report: {run['report']}")
         for warning in run.get("warnings", []):
@@ -313,8 +367,11 @@ def render_text(state: dict[str, Any]) -> str:
         for group in groups:
             states = ", ".join(f"{n} {s}" for s, n in sorted(group["states"].items()))
             runs_text = f" runs {', '.join(group['runs'])}" if group["runs"] else ""
-            when = (f" (next at {time.strftime('%H:%M:%S UTC', time.gmtime(group['next_run']))})"
-                    if group.get("next_run") else "")
+            when = (
+                f" (next at {time.strftime('%H:%M:%S UTC', time.gmtime(group['next_run']))})"
+                if group.get("next_run")
+                else ""
+            )
             out.append(f"  {group['batch_name']}  ({'/'.join(group['roles'])}{runs_text}): {states}{when}")
             for held in group["held"][:5]:
                 out.append(f"      held {held['job']}: {held['reason']}")

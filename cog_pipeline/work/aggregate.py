@@ -55,12 +55,17 @@ class Outcome:
 
 
 def _failure(entry: Entry, code: FailureCode, reason: str) -> ImageOutcome:
-    return ImageOutcome(key=entry.key, status=Status.FAILED, line=entry.line, bands=entry.bands_text, code=code,
-                        reason=reason)
+    return ImageOutcome(
+        key=entry.key, status=Status.FAILED, line=entry.line, bands=entry.bands_text, code=code, reason=reason
+    )
 
 
-def classify(manifest_bytes: bytes, records: dict[str, ImageOutcome], present: set[str],
-             unfinished: dict[str, ImageOutcome] | None = None) -> Outcome:
+def classify(
+    manifest_bytes: bytes,
+    records: dict[str, ImageOutcome],
+    present: set[str],
+    unfinished: dict[str, ImageOutcome] | None = None,
+) -> Outcome:
     """Sort every row of the manifest; no row is dropped (blank and header lines are not rows).
 
     ``unfinished`` maps a key to the failure of its batch job, for keys without a record
@@ -70,22 +75,37 @@ def classify(manifest_bytes: bytes, records: dict[str, ImageOutcome], present: s
     outcome = Outcome(notes=list(manifest.notes))
     rows: list[tuple[int, ImageOutcome | tuple[str, str]]] = []
     for rejected in manifest.rejected:
-        rows.append((rejected.line, ImageOutcome(key=rejected.key, status=Status.FAILED, line=rejected.line,
-                                                 bands=rejected.bands_text, code=FailureCode.MANIFEST_ROW,
-                                                 reason=rejected.reason)))
+        rows.append(
+            (
+                rejected.line,
+                ImageOutcome(
+                    key=rejected.key,
+                    status=Status.FAILED,
+                    line=rejected.line,
+                    bands=rejected.bands_text,
+                    code=FailureCode.MANIFEST_ROW,
+                    reason=rejected.reason,
+                ),
+            )
+        )
     for entry in manifest.entries:
         record = records.get(entry.key)
         result: ImageOutcome | tuple[str, str]
         if record is None:
             result = (unfinished or {}).get(entry.key) or _failure(
-                entry, FailureCode.BATCH_DID_NOT_FINISH,
-                "no outcome recorded: the conversion job for this row did not finish (see logs/convert/)")
+                entry,
+                FailureCode.BATCH_DID_NOT_FINISH,
+                "no outcome recorded: the conversion job for this row did not finish (see logs/convert/)",
+            )
         elif record.failed:
             result = record.replace(line=entry.line, bands=entry.bands_text)
         elif entry.key not in present or jpeg_key(entry.key) not in present:
             missing = [k for k in (entry.key, jpeg_key(entry.key)) if k not in present]
-            result = _failure(entry, FailureCode.OUTPUT_MISSING,
-                              f"output missing from the output bucket after conversion: {', '.join(missing)}")
+            result = _failure(
+                entry,
+                FailureCode.OUTPUT_MISSING,
+                f"output missing from the output bucket after conversion: {', '.join(missing)}",
+            )
         else:
             result = (entry.key, entry.bands_text)
             for note in record.notes:
@@ -151,8 +171,9 @@ def _pool_failure(message: str) -> tuple[FailureCode, str]:
     return FailureCode.BATCH_DID_NOT_FINISH, "did not finish"
 
 
-def unfinished_outcomes(run_dir: Path, manifest_id: str, entries: list[Entry], batch_size: int,
-                        recorded: set[str]) -> dict[str, ImageOutcome]:
+def unfinished_outcomes(
+    run_dir: Path, manifest_id: str, entries: list[Entry], batch_size: int, recorded: set[str]
+) -> dict[str, ImageOutcome]:
     """The failure of each row without an outcome record: which batch job did not finish and how (the job
     wrapper's line in its batch log, Snakemake's error for it in logs/snakemake.log), and a log that exists."""
     run_dir = Path(run_dir)
@@ -195,8 +216,10 @@ def unfinished_outcomes(run_dir: Path, manifest_id: str, entries: list[Entry], b
 
 # ------------------------------------------------------------------------------ the aggregate
 
-def _summary(manifest_id: str, keys: ManifestKeys, outcome: Outcome, finished: bool,
-             stac: StacResult | None = None) -> dict[str, Any]:
+
+def _summary(
+    manifest_id: str, keys: ManifestKeys, outcome: Outcome, finished: bool, stac: StacResult | None = None
+) -> dict[str, Any]:
     summary = {
         "manifest": manifest_id,
         "raw_key": keys.raw,
@@ -209,8 +232,7 @@ def _summary(manifest_id: str, keys: ManifestKeys, outcome: Outcome, finished: b
         "failed": len(outcome.failed),
         "notes": outcome.notes,
         # The failed rows in the errors CSV's order, with their manifest line and failure code.
-        "failures": [{"line": f.line, "key": f.key, "code": f.code.value if f.code else None}
-                     for f in outcome.failed],
+        "failures": [{"line": f.line, "key": f.key, "code": f.code.value if f.code else None} for f in outcome.failed],
         "finished": finished,
     }
     if stac is not None:
@@ -287,11 +309,13 @@ def aggregate_manifest(config: dict[str, Any], run_dir: Path, manifest_id: str) 
         try:
             s3.put_bytes(client, input_bucket, key, body)
         except Exception as exc:  # noqa: BLE001
-            raise PipelineError(f"cannot write {key} to '{input_bucket}': {s3.describe_error(exc)}; "
-                                f"{keys.processing} was left in place") from None
+            raise PipelineError(
+                f"cannot write {key} to '{input_bucket}': {s3.describe_error(exc)}; {keys.processing} was left in place"
+            ) from None
         crash_point("aggregate.csv")
-    rows = [StacRow(key, records[key].stac_item, records[key].status is Status.SKIPPED)
-            for key, _bands in outcome.processed]
+    rows = [
+        StacRow(key, records[key].stac_item, records[key].status is Status.SKIPPED) for key, _bands in outcome.processed
+    ]
     stac = publish_stac(client, config, keys, rows, local_dir)
     summary = _summary(manifest_id, keys, outcome, finished=False, stac=stac)
     _write_summary(run_dir, manifest_id, summary)  # the report reads it
@@ -303,10 +327,12 @@ def aggregate_manifest(config: dict[str, Any], run_dir: Path, manifest_id: str) 
     crash_point("aggregate.report")
     if not stac.complete:
         first = stac.failed[0][0] + ": " + stac.failed[0][1] if stac.failed else stac.errors[0]
-        raise PipelineError(f"outcome CSVs and report written, but the STAC is incomplete "
-                            f"({len(stac.failed)} Item(s) and {len(stac.errors)} other object(s) not written; "
-                            f"first: {first}); {keys.processing} was left in place, so the next tick's resume "
-                            "writes them again")
+        raise PipelineError(
+            f"outcome CSVs and report written, but the STAC is incomplete "
+            f"({len(stac.failed)} Item(s) and {len(stac.errors)} other object(s) not written; "
+            f"first: {first}); {keys.processing} was left in place, so the next tick's resume "
+            "writes them again"
+        )
     try:
         endpoint.delete_owned(client, input_bucket, keys.processing)
     except Exception as exc:  # noqa: BLE001
@@ -315,8 +341,15 @@ def aggregate_manifest(config: dict[str, Any], run_dir: Path, manifest_id: str) 
 
     for note in outcome.notes:
         log.info("note: %s", note)
-    log.info("%s: %d processed, %d failed -> %s, %s; report %s", keys.raw, summary["processed"], summary["failed"],
-             keys.processed, keys.failed, report)
+    log.info(
+        "%s: %d processed, %d failed -> %s, %s; report %s",
+        keys.raw,
+        summary["processed"],
+        summary["failed"],
+        keys.processed,
+        keys.failed,
+        report,
+    )
     summary["finished"] = True
     _write_summary(run_dir, manifest_id, summary)
     return summary

@@ -35,8 +35,15 @@ from cog_pipeline import __version__
 from cog_pipeline.storage import presign, s3
 from cog_pipeline.core.crash import crash_point
 from cog_pipeline.core.conversion import JpegOptions
-from cog_pipeline.raster.convert import (ConversionResult, convert_file, cog_options_from_config, inspect_input,
-                                         jpeg_options_from_config, preview_content_type, preview_key)
+from cog_pipeline.raster.convert import (
+    ConversionResult,
+    convert_file,
+    cog_options_from_config,
+    inspect_input,
+    jpeg_options_from_config,
+    preview_content_type,
+    preview_key,
+)
 from cog_pipeline.raster.georef import world_file_suffix
 from cog_pipeline.raster.header import read_header
 from cog_pipeline.raster.kinds import Preset, preset_for, presets_from_config
@@ -45,8 +52,7 @@ from cog_pipeline.core.failures import FailureCode
 from cog_pipeline.work.manifest import Entry, batch_slices, jpeg_key, parse_manifest
 from cog_pipeline.work.imagelogs import capture as capture_image_log
 from cog_pipeline.work.outcomes import ImageOutcome, Status, write_outcomes
-from cog_pipeline.work.presigned import (START_MARGIN_S, Action, BatchUrls, ImageUrls, JobRecord, Uploaded,
-                                         write_records)
+from cog_pipeline.work.presigned import START_MARGIN_S, Action, BatchUrls, ImageUrls, JobRecord, Uploaded, write_records
 from cog_pipeline.work.footprints import map_facts
 from cog_pipeline.work import qa_step
 from cog_pipeline.work.stac import file_info, item_for
@@ -115,7 +121,8 @@ class ImageContext:
         """List the batch's output keys once, so that images whose COG is absent need no HeadObject."""
         try:
             self.listed_outputs = s3.existing_keys(
-                self.client, self.output_bucket, [k for e in entries for k in (e.key, jpeg_key(e.key))])
+                self.client, self.output_bucket, [k for e in entries for k in (e.key, jpeg_key(e.key))]
+            )
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, PipelineError) as exc:
             log.info("cannot list the batch's outputs (%s); checking each image's instead", s3.describe_error(exc))
             self.listed_outputs = None
@@ -149,9 +156,13 @@ def _s3_code(exc: BaseException) -> FailureCode:
 
 
 #: The failure code of an ImageError raised without one, by step.
-_STEP_CODES = {"download": FailureCode.S3_FAILED, "check-output": FailureCode.S3_FAILED,
-               "upload": FailureCode.S3_FAILED, "validate": FailureCode.VERIFY_FAILED,
-               "verify": FailureCode.VERIFY_FAILED}
+_STEP_CODES = {
+    "download": FailureCode.S3_FAILED,
+    "check-output": FailureCode.S3_FAILED,
+    "upload": FailureCode.S3_FAILED,
+    "validate": FailureCode.VERIFY_FAILED,
+    "verify": FailureCode.VERIFY_FAILED,
+}
 
 
 def failure_code(exc: ImageError) -> FailureCode:
@@ -194,10 +205,20 @@ def _outcome(entry: Entry, work: Callable[[], dict[str, Any]]) -> ImageOutcome:
             fields = {"status": Status.FAILED, "code": failure_code(exc), "step": exc.step, "reason": exc.message}
         except Exception as exc:  # one image must never take the batch down (logged with its traceback)
             log.exception("unexpected error on %s", entry.key)
-            fields = {"status": Status.FAILED, "code": FailureCode.INTERNAL, "step": "internal",
-                      "reason": f"{type(exc).__name__}: {exc}"}
-    return ImageOutcome(key=entry.key, line=entry.line, bands=entry.bands_text, **fields,
-                        log=tuple(captured.get("log", ())), seconds=round(time.monotonic() - started, 3))
+            fields = {
+                "status": Status.FAILED,
+                "code": FailureCode.INTERNAL,
+                "step": "internal",
+                "reason": f"{type(exc).__name__}: {exc}",
+            }
+    return ImageOutcome(
+        key=entry.key,
+        line=entry.line,
+        bands=entry.bands_text,
+        **fields,
+        log=tuple(captured.get("log", ())),
+        seconds=round(time.monotonic() - started, 3),
+    )
 
 
 SKIPPED_REASON = "outputs already made from this input"
@@ -210,8 +231,11 @@ def check_source(ctx: ImageContext, entry: Entry) -> tuple[dict[str, Any], bool]
     except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
         raise _s3_step("download", exc) from None
     if source is None:
-        raise ImageError("download", f"input object not found in bucket '{ctx.input_bucket}'; "
-                                     "upload it, then retry the failed rows", code=FailureCode.INPUT_MISSING)
+        raise ImageError(
+            "download",
+            f"input object not found in bucket '{ctx.input_bucket}'; upload it, then retry the failed rows",
+            code=FailureCode.INPUT_MISSING,
+        )
     if source.get("ContentLength", 0) == 0:
         raise ImageError("download", "input object is empty (0 bytes)", code=FailureCode.INPUT_EMPTY)
     try:
@@ -230,12 +254,16 @@ def _process(ctx: ImageContext, entry: Entry) -> dict[str, Any]:
     try:
         local_in, local_cog, local_jpg = workdir / "input.tif", workdir / "cog.tif", workdir / "preview.jpg"
         try:
-            s3.download_file(ctx.client, ctx.input_bucket, entry.key, local_in, ctx.settings,
-                             size=source["ContentLength"], etag=etag)
+            s3.download_file(
+                ctx.client, ctx.input_bucket, entry.key, local_in, ctx.settings, size=source["ContentLength"], etag=etag
+            )
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
             if s3.is_precondition_failed(exc):
-                raise ImageError("download", "input object was replaced while it was being downloaded; "
-                                             "retry the failed rows", code=FailureCode.INPUT_CHANGED) from None
+                raise ImageError(
+                    "download",
+                    "input object was replaced while it was being downloaded; retry the failed rows",
+                    code=FailureCode.INPUT_CHANGED,
+                ) from None
             raise _s3_step("download", exc) from None
         except OSError as exc:
             raise ImageError("download", _os_reason(exc, workdir), code=_os_code(exc)) from None
@@ -253,10 +281,12 @@ def _process(ctx: ImageContext, entry: Entry) -> dict[str, Any]:
                 for path, suffix in result.preview_sidecars:
                     key = preview_key(jpeg_key(entry.key), suffix)
                     stored.append((key, _upload(ctx, key, path, preview_content_type(suffix), metadata)))
-                _upload(ctx, entry.key, local_cog, "image/tiff; application=geotiff; profile=cloud-optimized",
-                        metadata)
-            except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError,
-                    s3.boto3.exceptions.S3UploadFailedError) as exc:
+                _upload(ctx, entry.key, local_cog, "image/tiff; application=geotiff; profile=cloud-optimized", metadata)
+            except (
+                botocore.exceptions.BotoCoreError,
+                botocore.exceptions.ClientError,
+                s3.boto3.exceptions.S3UploadFailedError,
+            ) as exc:
                 raise _s3_step("upload", exc) from None
         except ImageError as exc:
             raise ImageError(exc.step, exc.message + _remove_stored(ctx, stored), code=exc.code) from None
@@ -271,8 +301,15 @@ def _convert(ctx: ImageContext, entry: Entry, workdir: Path, input_bytes: int) -
     ``presets.enabled``."""
     try:
         preset = _preset(ctx, entry, workdir / "input.tif") if ctx.presets_on else None
-        result = convert_file(workdir / "input.tif", workdir / "cog.tif", workdir / "preview.jpg", ctx.cog_options,
-                              ctx.jpeg_options, expected_bands=entry.bands, preset=preset)
+        result = convert_file(
+            workdir / "input.tif",
+            workdir / "cog.tif",
+            workdir / "preview.jpg",
+            ctx.cog_options,
+            ctx.jpeg_options,
+            expected_bands=entry.bands,
+            preset=preset,
+        )
     except OSError as exc:
         raise ImageError("cog", _os_reason(exc, workdir), code=_os_code(exc)) from None
     except ImageError as exc:
@@ -292,8 +329,9 @@ def _preset(ctx: ImageContext, entry: Entry, local_in: Path) -> Preset:
     return preset_for(header, ctx.preset_config)
 
 
-def _finish(ctx: ImageContext, entry: Entry, result: ConversionResult, local_cog: Path, local_jpg: Path,
-            input_bytes: int) -> dict[str, Any]:
+def _finish(
+    ctx: ImageContext, entry: Entry, result: ConversionResult, local_cog: Path, local_jpg: Path, input_bytes: int
+) -> dict[str, Any]:
     """The ``ok`` outcome's fields, with a thumbnail for the report's first rows, the COG's map facts and the
     delivery standard's (kind, preset, check, digests, files beside the JPEG, STAC Item)."""
     fields = _result_fields(result, input_bytes)
@@ -310,8 +348,9 @@ def _finish(ctx: ImageContext, entry: Entry, result: ConversionResult, local_cog
     return fields
 
 
-def _delivery_fields(ctx: ImageContext, entry: Entry, result: ConversionResult, local_cog: Path,
-                     local_jpg: Path) -> dict[str, Any]:
+def _delivery_fields(
+    ctx: ImageContext, entry: Entry, result: ConversionResult, local_cog: Path, local_jpg: Path
+) -> dict[str, Any]:
     """Kind, preset, check and error, pixel digests, the keys beside the JPEG and the STAC Item of a converted
     image (its Item from the COG's header and the sha256 of the very files uploaded). With presets off the
     kind is still detected, from the COG (the same pixels, verified). An image without a CRS has no Item
@@ -319,9 +358,13 @@ def _delivery_fields(ctx: ImageContext, entry: Entry, result: ConversionResult, 
     started = time.perf_counter()
     notes = list(result.notes)
     fields: dict[str, Any] = {
-        "kind": result.kind, "preset": result.preset, "check": result.check,
-        "input_pixel_digest": result.input_pixel_digest, "cog_pixel_digest": result.cog_pixel_digest,
-        "sidecars": tuple(preview_key(jpeg_key(entry.key), suffix) for _, suffix in result.preview_sidecars)}
+        "kind": result.kind,
+        "preset": result.preset,
+        "check": result.check,
+        "input_pixel_digest": result.input_pixel_digest,
+        "cog_pixel_digest": result.cog_pixel_digest,
+        "sidecars": tuple(preview_key(jpeg_key(entry.key), suffix) for _, suffix in result.preview_sidecars),
+    }
     if result.error is not None:
         fields.update(max_abs_error=result.error.max_abs_error, rmse=result.error.rmse, psnr_db=result.error.psnr_db)
     try:
@@ -332,10 +375,19 @@ def _delivery_fields(ctx: ImageContext, entry: Entry, result: ConversionResult, 
         if header.crs_wkt is None:
             notes.append("no STAC Item: the image has no CRS")
         else:
-            digests = {name: digest for name, digest in (("input", result.input_pixel_digest),
-                                                         ("cog", result.cog_pixel_digest)) if digest}
-            item = item_for(entry.key, header, file_info(local_cog), file_info(local_jpg), pixel_digests=digests,
-                            extra_properties={"cog_pipeline:kind": fields["kind"], "cog_pipeline:check": result.check})
+            digests = {
+                name: digest
+                for name, digest in (("input", result.input_pixel_digest), ("cog", result.cog_pixel_digest))
+                if digest
+            }
+            item = item_for(
+                entry.key,
+                header,
+                file_info(local_cog),
+                file_info(local_jpg),
+                pixel_digests=digests,
+                extra_properties={"cog_pipeline:kind": fields["kind"], "cog_pipeline:check": result.check},
+            )
             # as the status file holds it (lists, not shapely's tuples), and strict JSON (no NaN)
             fields["stac_item"] = json.loads(json.dumps(item.to_dict(include_self_link=False), allow_nan=False))
     except Exception as exc:  # noqa: BLE001 - like the thumbnail, never fails an image
@@ -358,10 +410,14 @@ def _upload(ctx: ImageContext, key: str, path: Path, content_type: str, metadata
     """
     token = secrets.token_hex(8)
     try:
-        s3.upload_file(ctx.client, ctx.output_bucket, key, path, ctx.settings, content_type,
-                       {**metadata, UPLOAD_META: token})
-    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError,
-            s3.boto3.exceptions.S3UploadFailedError) as exc:
+        s3.upload_file(
+            ctx.client, ctx.output_bucket, key, path, ctx.settings, content_type, {**metadata, UPLOAD_META: token}
+        )
+    except (
+        botocore.exceptions.BotoCoreError,
+        botocore.exceptions.ClientError,
+        s3.boto3.exceptions.S3UploadFailedError,
+    ) as exc:
         try:
             landed = s3.head(ctx.client, ctx.output_bucket, key)
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError):
@@ -375,8 +431,9 @@ def _upload(ctx: ImageContext, key: str, path: Path, content_type: str, metadata
         landed = s3.head(ctx.client, ctx.output_bucket, key)
     except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
         # Unconfirmed: not left behind as if done (a rerun would skip a COG carrying the source ETag).
-        raise ImageError("upload", f"cannot confirm the stored object {key} ({s3.describe_error(exc)})"
-                                   f"{_remove(ctx, key)}") from None
+        raise ImageError(
+            "upload", f"cannot confirm the stored object {key} ({s3.describe_error(exc)}){_remove(ctx, key)}"
+        ) from None
     if landed is None:
         raise ImageError("upload", f"no object at {key} after its upload reported success")
     _verify(ctx, key, path, token, landed)
@@ -437,8 +494,9 @@ def _private_tmpdir(root: str | None) -> Path:
     try:
         return Path(tempfile.mkdtemp(prefix="cog-pipeline-", dir=root))
     except OSError as exc:
-        raise ImageError("download", f"cannot create a temp dir in {root or tempfile.gettempdir()}: "
-                                     f"{exc.strerror}") from None
+        raise ImageError(
+            "download", f"cannot create a temp dir in {root or tempfile.gettempdir()}: {exc.strerror}"
+        ) from None
 
 
 def _space_hint(exc: ImageError, where: Path, input_bytes: int) -> ImageError:
@@ -458,9 +516,13 @@ def _space_hint(exc: ImageError, where: Path, input_bytes: int) -> ImageError:
     if free >= 2 * input_bytes:
         return exc
     mib = 1024 * 1024
-    return ImageError(exc.step, f"{exc.message}; most likely no space left on the device holding {where.parent}: "
-                                f"{free / mib:.0f} MiB free for an input of {input_bytes / mib:.0f} MiB "
-                                "(set tmp_dir in the config to a larger disk)", code=FailureCode.DISK_FULL)
+    return ImageError(
+        exc.step,
+        f"{exc.message}; most likely no space left on the device holding {where.parent}: "
+        f"{free / mib:.0f} MiB free for an input of {input_bytes / mib:.0f} MiB "
+        "(set tmp_dir in the config to a larger disk)",
+        code=FailureCode.DISK_FULL,
+    )
 
 
 def _os_code(exc: OSError) -> FailureCode | None:
@@ -473,8 +535,15 @@ def _os_reason(exc: OSError, where: Path) -> str:
     return f"{type(exc).__name__}: {exc.strerror or exc}"
 
 
-def run_batch(config: dict[str, Any], run_dir: Path, manifest_id: str, index: int,
-              status_file: Path, threads: int | None = None, urls_file: Path | None = None) -> list[ImageOutcome]:
+def run_batch(
+    config: dict[str, Any],
+    run_dir: Path,
+    manifest_id: str,
+    index: int,
+    status_file: Path,
+    threads: int | None = None,
+    urls_file: Path | None = None,
+) -> list[ImageOutcome]:
     """Process batch ``index`` and record one outcome per row in ``status_file`` (:func:`write_outcomes`:
     appended to ``<status_file>.tmp`` as images finish, renamed once the whole batch is recorded).
 
@@ -500,21 +569,27 @@ def run_batch(config: dict[str, Any], run_dir: Path, manifest_id: str, index: in
 
 
 def _log_outcome(entry: Entry, outcome: ImageOutcome) -> None:
-    log.info("%s: %s%s (%.1f s)", entry.key, outcome.status,
-             f" at {outcome.step}: {outcome.reason}" if outcome.failed else "", outcome.seconds)
+    log.info(
+        "%s: %s%s (%.1f s)",
+        entry.key,
+        outcome.status,
+        f" at {outcome.step}: {outcome.reason}" if outcome.failed else "",
+        outcome.seconds,
+    )
     for note in outcome.notes:
         log.info("%s: note: %s", entry.key, note)
 
 
 # ------------------------------------------------------------------------------ presigned URLs (no key here)
 
-def run_presigned_batch(config: dict[str, Any], entries: list[Entry], urls_file: Path, records_file: Path,
-                        threads: int | None = None) -> list[JobRecord]:
+
+def run_presigned_batch(
+    config: dict[str, Any], entries: list[Entry], urls_file: Path, records_file: Path, threads: int | None = None
+) -> list[JobRecord]:
     """The batch with the access point's presigned URLs: one JobRecord per row in ``records_file``."""
     urls = BatchUrls.read(urls_file)
     ctx = ImageContext(config, threads, connect=False)
-    log.info("batch %s/%s: presigned URLs (%s); no S3 keys on this machine", urls.manifest, urls.batch,
-             urls.describe())
+    log.info("batch %s/%s: presigned URLs (%s); no S3 keys on this machine", urls.manifest, urls.batch, urls.describe())
 
     def processed() -> Iterator[JobRecord]:
         for entry in entries:
@@ -530,10 +605,13 @@ def run_presigned_batch(config: dict[str, Any], entries: list[Entry], urls_file:
 
 
 def _expired(urls: BatchUrls, step: str) -> ImageError:
-    return ImageError(step, f"the batch's presigned URLs expired before this image's {step} ({urls.describe()}); "
-                            "the job started too late (a long wait in the queue?): run `cog-pipeline retry` on "
-                            "the failed CSV, which signs new URLs (raise s3.presign_expiry_s for long queues)",
-                      code=FailureCode.URLS_EXPIRED)
+    return ImageError(
+        step,
+        f"the batch's presigned URLs expired before this image's {step} ({urls.describe()}); "
+        "the job started too late (a long wait in the queue?): run `cog-pipeline retry` on "
+        "the failed CSV, which signs new URLs (raise s3.presign_expiry_s for long queues)",
+        code=FailureCode.URLS_EXPIRED,
+    )
 
 
 def _url_error(step: str, exc: presign.PresignedError, urls: BatchUrls) -> ImageError:
@@ -541,22 +619,30 @@ def _url_error(step: str, exc: presign.PresignedError, urls: BatchUrls) -> Image
     if exc.expired:
         return _expired(urls, step)
     if step == "download" and exc.precondition_failed:
-        return ImageError("download", f"input object was replaced since the batch was planned ({exc}); "
-                                      "retry the failed rows", code=FailureCode.INPUT_CHANGED)
+        return ImageError(
+            "download",
+            f"input object was replaced since the batch was planned ({exc}); retry the failed rows",
+            code=FailureCode.INPUT_CHANGED,
+        )
     if step == "download" and exc.missing:
-        return ImageError("download", f"input object disappeared since the batch was planned ({exc}); upload "
-                                      "it, then retry the failed rows", code=FailureCode.INPUT_MISSING)
+        return ImageError(
+            "download",
+            f"input object disappeared since the batch was planned ({exc}); upload it, then retry the failed rows",
+            code=FailureCode.INPUT_MISSING,
+        )
     return ImageError(step, str(exc), code=FailureCode.S3_DENIED if exc.denied else FailureCode.S3_FAILED)
 
 
-def _process_presigned(ctx: ImageContext, entry: Entry, image: ImageUrls | None, urls: BatchUrls,
-                       uploads: list[Uploaded]) -> dict[str, Any]:
+def _process_presigned(
+    ctx: ImageContext, entry: Entry, image: ImageUrls | None, urls: BatchUrls, uploads: list[Uploaded]
+) -> dict[str, Any]:
     """One row with presigned URLs: the access point's decision (skip, fail) or download, convert, PUT the
     outputs (JPEG, the files beside it, COG, as direct), each PUT appended to ``uploads`` for the access point to
     confirm (which also removes the files beside the JPEG of an image that failed)."""
     if image is None:
-        raise ImageError("internal", f"no presigned URLs for line {entry.line} in the batch's URL file",
-                         code=FailureCode.INTERNAL)
+        raise ImageError(
+            "internal", f"no presigned URLs for line {entry.line} in the batch's URL file", code=FailureCode.INTERNAL
+        )
     if image.action is Action.FAIL:
         raise ImageError(image.step or "download", image.reason, code=image.code)
     if image.action is Action.SKIP:
@@ -581,9 +667,12 @@ def _process_presigned(ctx: ImageContext, entry: Entry, image: ImageUrls | None,
         for path, suffix in result.preview_sidecars:
             request = image.sidecar_put(suffix)
             if request is None:
-                raise ImageError("internal", f"no presigned URL for {preview_key(jpeg, suffix)} in the batch's URL "
-                                             "file (the access point's jpeg: settings differ from this job's?)",
-                                 code=FailureCode.INTERNAL)
+                raise ImageError(
+                    "internal",
+                    f"no presigned URL for {preview_key(jpeg, suffix)} in the batch's URL "
+                    "file (the access point's jpeg: settings differ from this job's?)",
+                    code=FailureCode.INTERNAL,
+                )
             beside.append((request, path, preview_key(jpeg, suffix)))
         _put(ctx, jpeg_put, workdir / "preview.jpg", jpeg, urls, uploads)
         crash_point("batch.uploaded-jpeg")
@@ -596,8 +685,9 @@ def _process_presigned(ctx: ImageContext, entry: Entry, image: ImageUrls | None,
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _put(ctx: ImageContext, request: presign.SignedRequest, path: Path, key: str, urls: BatchUrls,
-         uploads: list[Uploaded]) -> None:
+def _put(
+    ctx: ImageContext, request: presign.SignedRequest, path: Path, key: str, urls: BatchUrls, uploads: list[Uploaded]
+) -> None:
     """PUT one output; recorded in ``uploads`` whatever the answer (a PUT whose answer was lost may have landed)."""
     size, md5 = path.stat().st_size, presign.md5_of(path)
     try:

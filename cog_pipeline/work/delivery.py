@@ -84,20 +84,29 @@ class StacResult:
 
     def to_summary(self) -> dict[str, Any]:
         """The ``stac`` section of the aggregate's summary."""
-        return {"complete": self.complete, "collection_key": self.collection_key,
-                "capture_area_key": self.capture_area_key, "items_uploaded": self.uploaded,
-                "items_kept": self.kept, "failed": [{"key": k, "reason": r} for k, r in self.failed],
-                "without_item": [{"key": k, "reason": r} for k, r in self.without_item], "errors": self.errors,
-                "notes": self.notes, "seconds": round(self.seconds, 3)}
+        return {
+            "complete": self.complete,
+            "collection_key": self.collection_key,
+            "capture_area_key": self.capture_area_key,
+            "items_uploaded": self.uploaded,
+            "items_kept": self.kept,
+            "failed": [{"key": k, "reason": r} for k, r in self.failed],
+            "without_item": [{"key": k, "reason": r} for k, r in self.without_item],
+            "errors": self.errors,
+            "notes": self.notes,
+            "seconds": round(self.seconds, 3),
+        }
 
     def summary_notes(self) -> list[str]:
         """Lines for the summary's notes (the report lists them): what is incomplete, and why."""
         lines = []
         if not self.complete:
-            what = [f"{len(self.failed)} Item(s) not written" if self.failed else "",
-                    *self.errors]
-            lines.append("STAC incomplete: " + "; ".join(w for w in what if w)
-                         + " (the processing file stays, so the next tick's resume writes them again)")
+            what = [f"{len(self.failed)} Item(s) not written" if self.failed else "", *self.errors]
+            lines.append(
+                "STAC incomplete: "
+                + "; ".join(w for w in what if w)
+                + " (the processing file stays, so the next tick's resume writes them again)"
+            )
             lines += [f"STAC Item of {key} not written: {reason}" for key, reason in self.failed[:MAX_NAMED]]
             if len(self.failed) > MAX_NAMED:
                 lines.append(f"... and {len(self.failed) - MAX_NAMED} more (outcome/<m>.json, 'stac')")
@@ -141,8 +150,9 @@ def footprint_of(item: Mapping[str, Any], cache: dict[str, str] | None = None) -
     native, wgs84 = props.get("proj:geometry"), item.get("geometry")
     if not isinstance(native, Mapping) or not isinstance(wgs84, Mapping):
         raise ValueError(f"Item {item.get('id')}: no proj:geometry or geometry")
-    return stac.Footprint(str(item.get("id")), _crs_wkt(props, {} if cache is None else cache), dict(native),
-                          dict(wgs84))
+    return stac.Footprint(
+        str(item.get("id")), _crs_wkt(props, {} if cache is None else cache), dict(native), dict(wgs84)
+    )
 
 
 def _pixel_size(item: Mapping[str, Any]) -> float | None:
@@ -184,8 +194,9 @@ def _publish_item(client: Any, bucket: str, row: StacRow, collection_href: str, 
         except ValueError as exc:
             return _Published(missing=f"{key} in '{bucket}' is not a STAC Item ({exc}); convert the image again")
         if row.item is None:  # outputs kept from a version that wrote no Item
-            return _Published(missing=f"{SKIPPED_WITHOUT_ITEM} and no {key} in '{bucket}': convert the image "
-                                      "again to get its Item")
+            return _Published(
+                missing=f"{SKIPPED_WITHOUT_ITEM} and no {key} in '{bucket}': convert the image again to get its Item"
+            )
     if row.item is None:
         return _Published(missing="its batch job recorded no STAC Item (no CRS or no valid pixel: see its notes)")
     item = link_item(row.item, s3_url(bucket, key), collection_href, collection_id)
@@ -206,8 +217,14 @@ def _copy(data: Mapping[str, Any], path: Path, result: StacResult) -> None:
         result.errors.append(f"cannot write {path}: {exc.strerror or exc}")
 
 
-def publish_stac(client: Any, config: Mapping[str, Any], keys: ManifestKeys, rows: Sequence[StacRow],
-                 local_dir: Path, threads: int = THREADS) -> StacResult:
+def publish_stac(
+    client: Any,
+    config: Mapping[str, Any],
+    keys: ManifestKeys,
+    rows: Sequence[StacRow],
+    local_dir: Path,
+    threads: int = THREADS,
+) -> StacResult:
     """Publish the STAC of one manifest's processed ``rows``: their Items in the output bucket, then the
     capture area and the Collection in the input bucket and in ``local_dir``. Never raises for S3."""
     started = time.monotonic()
@@ -215,8 +232,9 @@ def publish_stac(client: Any, config: Mapping[str, Any], keys: ManifestKeys, row
     result = StacResult()
     collection_href = s3_url(input_bucket, keys.collection)
     with ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="stac") as pool:
-        done = list(pool.map(lambda row: _publish_item(client, output_bucket, row, collection_href,
-                                                       keys.collection_id), rows))
+        done = list(
+            pool.map(lambda row: _publish_item(client, output_bucket, row, collection_href, keys.collection_id), rows)
+        )
     items: dict[str, Mapping[str, Any]] = {}
     footprints: list[stac.Footprint] = []
     sizes: list[float] = []
@@ -266,14 +284,22 @@ def publish_stac(client: Any, config: Mapping[str, Any], keys: ManifestKeys, row
             _put(client, input_bucket, keys.capture_area, area, GEOJSON)
             result.capture_area_key = keys.capture_area
         except s3.S3_ERRORS as exc:
-            result.errors.append(f"capture area {keys.capture_area} not written to '{input_bucket}': "
-                                 f"{s3.describe_error(exc)}")
-    collection = stac.collection_for(keys.collection_id, items, settings, title=keys.raw,
-                                     capture_area_href="./" + area_name if area is not None else None)
+            result.errors.append(
+                f"capture area {keys.capture_area} not written to '{input_bucket}': {s3.describe_error(exc)}"
+            )
+    collection = stac.collection_for(
+        keys.collection_id,
+        items,
+        settings,
+        title=keys.raw,
+        capture_area_href="./" + area_name if area is not None else None,
+    )
     data = collection.to_dict(include_self_link=False, transform_hrefs=False)
-    data["links"] = [{"rel": "self", "href": collection_href, "type": JSON},
-                     {"rel": "root", "href": collection_href, "type": JSON},
-                     *(link for link in data["links"] if link.get("rel") not in ("self", "root"))]
+    data["links"] = [
+        {"rel": "self", "href": collection_href, "type": JSON},
+        {"rel": "root", "href": collection_href, "type": JSON},
+        *(link for link in data["links"] if link.get("rel") not in ("self", "root")),
+    ]
     _copy(data, local_dir / keys.collection.rpartition("/")[2], result)
     try:
         _put(client, input_bucket, keys.collection, data, JSON)
@@ -281,7 +307,13 @@ def publish_stac(client: Any, config: Mapping[str, Any], keys: ManifestKeys, row
     except s3.S3_ERRORS as exc:
         result.errors.append(f"Collection {keys.collection} not written to '{input_bucket}': {s3.describe_error(exc)}")
     result.seconds = time.monotonic() - started
-    log.info("STAC: %d Item(s) written, %d kept, %d failed, %d without an Item; Collection %s (%.1f s)",
-             result.uploaded, result.kept, len(result.failed), len(result.without_item),
-             result.collection_key or "not written", result.seconds)
+    log.info(
+        "STAC: %d Item(s) written, %d kept, %d failed, %d without an Item; Collection %s (%.1f s)",
+        result.uploaded,
+        result.kept,
+        len(result.failed),
+        len(result.without_item),
+        result.collection_key or "not written",
+        result.seconds,
+    )
     return result

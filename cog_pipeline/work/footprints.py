@@ -71,7 +71,7 @@ def simplify_lonlat(geometry: dict[str, Any], max_vertices: int = MAX_VERTICES) 
     """A GeoJSON Polygon or MultiPolygon (lon/lat) with at most ``max_vertices`` vertices: outer rings only,
     the ``MAX_PARTS`` largest parts, simplified until it fits, coordinates rounded to 1e-6 degree (~0.1 m).
     None when nothing is left."""
-    originals = _exteriors(shapely.geometry.shape(geometry))[:max(1, max_vertices // 4)]
+    originals = _exteriors(shapely.geometry.shape(geometry))[: max(1, max_vertices // 4)]
     if not originals:
         return None
     minx, miny, maxx, maxy = shapely.geometry.MultiPolygon(originals).bounds

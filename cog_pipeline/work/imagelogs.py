@@ -93,54 +93,58 @@ def image_log_path(key: str) -> str:
 
 # ----------------------------------------------------------------------------------- what to do
 
-_S3_FAILED = ("S3 failed for this image (network or server): retry the failed rows; if it keeps failing, check the "
-              "endpoint and buckets")
-_REPORT_IT = ("this should not happen with a readable GeoTIFF: keep the input, and report it with this log file to "
-              "the pipeline's maintainers")
+_S3_FAILED = (
+    "S3 failed for this image (network or server): retry the failed rows; if it keeps failing, check the "
+    "endpoint and buckets"
+)
+_REPORT_IT = (
+    "this should not happen with a readable GeoTIFF: keep the input, and report it with this log file to "
+    "the pipeline's maintainers"
+)
 
 #: What an operator should do about a failed row, by its failure code.
 ADVICE: dict[FailureCode, str] = {
     FailureCode.INPUT_MISSING: "upload the image to the input bucket under exactly this key, then run "
-                               "`cog-pipeline retry` on the failed CSV",
+    "`cog-pipeline retry` on the failed CSV",
     FailureCode.INPUT_EMPTY: "the object in the input bucket has 0 bytes: upload the complete file again, then retry "
-                             "the failed rows",
+    "the failed rows",
     FailureCode.INPUT_CHANGED: _S3_FAILED,
     FailureCode.NOT_A_TIFF: "only GeoTIFFs are accepted: export the image as GeoTIFF (e.g. gdal_translate -of GTiff), "
-                            "upload it under this key, then retry",
+    "upload it under this key, then retry",
     FailureCode.CORRUPT: "the upload is incomplete or damaged: upload the file again (check it opens with gdalinfo "
-                         "first), then retry",
+    "first), then retry",
     FailureCode.TOO_LARGE: "if the image is genuine, raise cog.max_pixels in config/config.yaml (and the job's "
-                           "memory), or split it into tiles; then retry",
+    "memory), or split it into tiles; then retry",
     FailureCode.DISK_FULL: "the job's temp disk is full: set tmp_dir to a larger disk or raise disk_mb_per_job in the "
-                           "config, then retry",
+    "config, then retry",
     FailureCode.JPEG_TOO_LARGE: "the image is too large for a single JPEG preview: split it into tiles, then upload "
-                                "those with a new manifest",
+    "those with a new manifest",
     FailureCode.S3_DENIED: "the pipeline's S3 keys may not read the input or write the output bucket: ask the storage "
-                           "admin, then retry",
+    "admin, then retry",
     FailureCode.S3_FAILED: _S3_FAILED,
     FailureCode.BATCH_DID_NOT_FINISH: "the batch job stopped before this image finished (killed, out of memory or "
-                                      "time): see the batch log named in the reason, raise mem_mb_per_job if it ran "
-                                      "out of memory, then retry",
+    "time): see the batch log named in the reason, raise mem_mb_per_job if it ran "
+    "out of memory, then retry",
     FailureCode.BATCH_REMOVED: "the batch job was removed from the pool (condor_rm, or by the pool's policy) before "
-                               "this image finished: see logs/snakemake.log for who removed it, then retry the "
-                               "failed rows",
+    "this image finished: see logs/snakemake.log for who removed it, then retry the "
+    "failed rows",
     FailureCode.BATCH_HELD: "the pool held the batch job (the hold reason is in the reason): fix what it names (often "
-                            "memory or disk: mem_mb_per_job, disk_mb_per_job), then retry the failed rows",
+    "memory or disk: mem_mb_per_job, disk_mb_per_job), then retry the failed rows",
     FailureCode.OUTPUT_MISSING: "the outputs disappeared after conversion (deleted or lost on upload): retry the "
-                                "failed rows",
+    "failed rows",
     FailureCode.VERIFY_FAILED: _REPORT_IT,
     FailureCode.INTERNAL: _REPORT_IT,
     FailureCode.GDAL_FAILED: "GDAL could not read or convert the file: check it with gdalinfo, fix or re-export it, "
-                             "upload it again, then retry",
+    "upload it again, then retry",
     FailureCode.URLS_EXPIRED: "the batch job started after its presigned URLs expired (it waited too long in the "
-                              "pool's queue): run `cog-pipeline retry` on the failed CSV (new URLs are signed); "
-                              "raise s3.presign_expiry_s if queues are long",
+    "pool's queue): run `cog-pipeline retry` on the failed CSV (new URLs are signed); "
+    "raise s3.presign_expiry_s if queues are long",
     FailureCode.MANIFEST_ROW: "the manifest row itself is wrong: fix the row as the reason says and upload it in a new "
-                              "manifest (cog-pipeline retry leaves such rows out)",
+    "manifest (cog-pipeline retry leaves such rows out)",
     FailureCode.QA_FAILED: "delivery QA found the image inconsistent with the rest of its delivery (the reason names "
-                           "the check and what differs; all findings are in the QA CSV beside the outcome CSVs): fix "
-                           "or re-export the image, upload it under the same key, then retry the failed rows (or set "
-                           "that check to warn under qa.checks in the config)",
+    "the check and what differs; all findings are in the QA CSV beside the outcome CSVs): fix "
+    "or re-export the image, upload it under the same key, then retry the failed rows (or set "
+    "that check to warn under qa.checks in the config)",
 }
 GENERIC_ADVICE = "see this image's log for details; fix the cause, then retry the failed rows"
 
@@ -154,6 +158,7 @@ def advice(code: FailureCode | str | None) -> str:
 
 
 # ----------------------------------------------------------------------------------- writing
+
 
 def format_size(n: Any, unknown: str = "?") -> str:
     """A byte count as text (``736 B``, ``1.2 MB``); ``unknown`` when ``n`` is not a number."""
@@ -169,22 +174,28 @@ def format_size(n: Any, unknown: str = "?") -> str:
 def render_image_log(row: dict[str, Any], config: dict[str, Any]) -> str:
     """The text of one image's log section (``row`` as made by report.report_rows)."""
     s3cfg = config.get("s3", {})
-    lines = [f"image:      {row['key']}",
-             f"manifest:   {row.get('manifest', '?')}" + (f", line {row['line']}" if row.get("line") else ""),
-             f"run:        {config.get('run_id', '?')}"]
+    lines = [
+        f"image:      {row['key']}",
+        f"manifest:   {row.get('manifest', '?')}" + (f", line {row['line']}" if row.get("line") else ""),
+        f"run:        {config.get('run_id', '?')}",
+    ]
     if row["outcome"] == "failed":
         code = row.get("code")
         step = row.get("step") or ("manifest row" if code == FailureCode.MANIFEST_ROW else "?")
-        lines += [f"outcome:    FAILED at step '{step}'",
-                  f"reason:     {row.get('reason', '')}",
-                  f"what to do: {advice(code)}"]
+        lines += [
+            f"outcome:    FAILED at step '{step}'",
+            f"reason:     {row.get('reason', '')}",
+            f"what to do: {advice(code)}",
+        ]
     else:
         lines.append(f"outcome:    {row['outcome']}")
         if row.get("reason"):
             lines.append(f"notes:      {row['reason']}")
     if row.get("width"):
-        lines.append(f"input:      {format_size(row.get('input_bytes'))}, {row['width']}x{row['height']} px, "
-                     f"{row.get('file_bands', '?')} band(s) {row.get('dtype', '?')} (manifest said {row['bands']})")
+        lines.append(
+            f"input:      {format_size(row.get('input_bytes'))}, {row['width']}x{row['height']} px, "
+            f"{row.get('file_bands', '?')} band(s) {row.get('dtype', '?')} (manifest said {row['bands']})"
+        )
     if row["outcome"] != "failed":
         from cog_pipeline.work.manifest import jpeg_key
 

@@ -99,10 +99,12 @@ def _key_problems(key: str, max_key_bytes: int) -> list[str]:
     if not is_tiff_key(key):
         stripped = key.rstrip()
         if stripped != key and is_tiff_key(stripped):
-            problems.append(f"key has whitespace after {stripped[stripped.rindex('.'):]!r} (remove it)")
+            problems.append(f"key has whitespace after {stripped[stripped.rindex('.') :]!r} (remove it)")
         else:
-            problems.append(f"key {_show(key)} does not end in '.tif' or '.tiff' "
-                            "(only GeoTIFF keys are accepted; any case: .tif, .TIF, .tiff, .TIFF)")
+            problems.append(
+                f"key {_show(key)} does not end in '.tif' or '.tiff' "
+                "(only GeoTIFF keys are accepted; any case: .tif, .TIF, .tiff, .TIFF)"
+            )
     if ".." in key.split("/"):
         problems.append("key contains a '..' path segment (not allowed)")
     bad = _BAD_KEY_CHAR.search(key)
@@ -111,8 +113,10 @@ def _key_problems(key: str, max_key_bytes: int) -> list[str]:
         if char == "\\":
             problems.append("key contains a backslash '\\' (use '/' to separate folders)")
         elif char in "\r\n":
-            problems.append("key contains a line break (a '\"' opened on this line is closed on a later line "
-                            "or never; check the quoting)")
+            problems.append(
+                "key contains a line break (a '\"' opened on this line is closed on a later line "
+                "or never; check the quoting)"
+            )
         else:
             code = ord(char)
             name = _CONTROL_NAMES.get(code)
@@ -146,8 +150,12 @@ def _is_header(row: list[str]) -> bool:
     if len(row) < 2 or _SURROGATE.search(row[0] + row[1]):
         return False
     key, bands = row[0].strip(), row[1].strip()
-    return (not _INT.fullmatch(bands) and any(c.isalpha() for c in bands)
-            and not key.lower().endswith(TIFF_SUFFIXES) and "/" not in key)
+    return (
+        not _INT.fullmatch(bands)
+        and any(c.isalpha() for c in bands)
+        and not key.lower().endswith(TIFF_SUFFIXES)
+        and "/" not in key
+    )
 
 
 def parse_manifest(data: bytes, max_key_bytes: int = 1024) -> Manifest:
@@ -181,9 +189,10 @@ def parse_manifest(data: bytes, max_key_bytes: int = 1024) -> Manifest:
             break
         except csv.Error as exc:  # defensive: should not happen with the raised field limit
             start, prev = prev + 1, reader.line_num
-            raw_text = "".join(lines[start - 1:prev]).rstrip("\r\n")
-            manifest.rejected.append(Rejected(start, _replace_bad(raw_text), "", [raw_text],
-                                              f"line {start}: cannot be read as CSV ({exc})"))
+            raw_text = "".join(lines[start - 1 : prev]).rstrip("\r\n")
+            manifest.rejected.append(
+                Rejected(start, _replace_bad(raw_text), "", [raw_text], f"line {start}: cannot be read as CSV ({exc})")
+            )
             seen_data = True
             continue
         line, prev = prev + 1, reader.line_num
@@ -200,28 +209,47 @@ def parse_manifest(data: bytes, max_key_bytes: int = 1024) -> Manifest:
         key = row[0]
         bands_text = row[1] if len(row) > 1 else ""
         if undecodable and any(_ESCAPED_BYTE.search(f) for f in row):
-            manifest.rejected.append(Rejected(line, _replace_bad(key), _replace_bad(bands_text), row,
-                                              f"line {line}: not valid UTF-8 (save the manifest as UTF-8)"))
+            manifest.rejected.append(
+                Rejected(
+                    line,
+                    _replace_bad(key),
+                    _replace_bad(bands_text),
+                    row,
+                    f"line {line}: not valid UTF-8 (save the manifest as UTF-8)",
+                )
+            )
             continue
         if len(row) > 2:
             extra = row[2:]
-            hint = ("remove the trailing comma(s)" if all(not f.strip() for f in extra)
-                    else "if the key contains a comma, wrap the key in double quotes")
+            hint = (
+                "remove the trailing comma(s)"
+                if all(not f.strip() for f in extra)
+                else "if the key contains a comma, wrap the key in double quotes"
+            )
             reason = f"line {line}: {len(row)} columns, expected 2 (key,bands); {hint}"
             manifest.rejected.append(Rejected(line, key, bands_text, row, reason))
             continue
 
         # Fast paths for the common, valid case; the full checks name every problem.
-        if (is_tiff_key(key) and not key.startswith("/") and ".." not in key
-                and len(key) * 4 <= max_key_bytes and not _BAD_KEY_CHAR.search(key)):
+        if (
+            is_tiff_key(key)
+            and not key.startswith("/")
+            and ".." not in key
+            and len(key) * 4 <= max_key_bytes
+            and not _BAD_KEY_CHAR.search(key)
+        ):
             problems = []
         else:
             problems = _key_problems(key, max_key_bytes)
         bands: int | None = None
         if len(row) < 2:
             problems.append("missing band count (1 column, expected 2: key,bands)")
-        elif (bands_text.isdigit() and bands_text.isascii() and len(bands_text) <= 4
-              and bands_text != "0" * len(bands_text)):
+        elif (
+            bands_text.isdigit()
+            and bands_text.isascii()
+            and len(bands_text) <= 4
+            and bands_text != "0" * len(bands_text)
+        ):
             bands = int(bands_text)
         else:
             bands, problem = _bands_problem(bands_text)
@@ -231,8 +259,10 @@ def parse_manifest(data: bytes, max_key_bytes: int = 1024) -> Manifest:
             problems.append(f"duplicate of line {first_line[key]} (each key may be listed once)")
         elif not problems and jpeg_key(key) in first_preview:
             other = first_preview[jpeg_key(key)]
-            problems.append(f"same preview key {jpeg_key(key)!r} as line {other[0]} ({other[1]!r}): two images "
-                            "whose keys differ only in the extension would overwrite each other's JPEG; rename one")
+            problems.append(
+                f"same preview key {jpeg_key(key)!r} as line {other[0]} ({other[1]!r}): two images "
+                "whose keys differ only in the extension would overwrite each other's JPEG; rename one"
+            )
         if problems:
             manifest.rejected.append(Rejected(line, key, bands_text, row, f"line {line}: " + "; ".join(problems)))
             continue

@@ -30,8 +30,20 @@ from cog_pipeline.core.failures import FailureCode
 from cog_pipeline.core.naming import outcome_path
 from cog_pipeline.core.rundir import summary_finished
 
-__all__ = ["FailureCode", "ImageOutcome", "OutcomeCounter", "Status", "count_outcomes", "failure_codes",
-           "legacy_code", "manifest_finished", "read_outcomes", "recorded_failures", "read_summary", "write_outcomes"]
+__all__ = [
+    "FailureCode",
+    "ImageOutcome",
+    "OutcomeCounter",
+    "Status",
+    "count_outcomes",
+    "failure_codes",
+    "legacy_code",
+    "manifest_finished",
+    "read_outcomes",
+    "recorded_failures",
+    "read_summary",
+    "write_outcomes",
+]
 
 
 class Status(str, Enum):
@@ -185,27 +197,44 @@ class ImageOutcome:
             else:
                 code = legacy_code(f"{step}: {reason}")
         seconds = record.get("seconds")
-        return cls(key=key, status=status, line=_int(record.get("line")), bands=str(record.get("bands", "")),
-                   code=code, step=str(step) if step is not None else None, reason=reason,
-                   file_bands=_int(record.get("file_bands")), dtype=_str(record.get("dtype")),
-                   width=_int(record.get("width")), height=_int(record.get("height")),
-                   input_bytes=_int(record.get("input_bytes")), cog_bytes=_int(record.get("cog_bytes")),
-                   jpeg_bytes=_int(record.get("jpeg_bytes")),
-                   notes=tuple(str(n) for n in record.get("notes") or ()),
-                   step_seconds={str(k): float(v) for k, v in (record.get("step_seconds") or {}).items()},
-                   thumbnail=_str(record.get("thumbnail")), log=tuple(str(x) for x in record.get("log") or ()),
-                   seconds=float(seconds) if isinstance(seconds, (int, float)) else None,
-                   crs=_str(record.get("crs")), pixel_size=_pair(record.get("pixel_size")),
-                   pixel_unit=_str(record.get("pixel_unit")),
-                   overviews=tuple(v for v in record.get("overviews") or () if _int(v) is not None),
-                   codec=_str(record.get("codec")), input_codec=_str(record.get("input_codec")),
-                   footprint=_polygon(record.get("footprint")),
-                   kind=_str(record.get("kind")), preset=_str(record.get("preset")), check=_str(record.get("check")),
-                   max_abs_error=_float(record.get("max_abs_error")), rmse=_float(record.get("rmse")),
-                   psnr_db=_float(record.get("psnr_db")), input_pixel_digest=_str(record.get("input_pixel_digest")),
-                   cog_pixel_digest=_str(record.get("cog_pixel_digest")),
-                   sidecars=tuple(k for k in record.get("sidecars") or () if isinstance(k, str)),
-                   stac_item=_item(record.get("stac_item")))
+        return cls(
+            key=key,
+            status=status,
+            line=_int(record.get("line")),
+            bands=str(record.get("bands", "")),
+            code=code,
+            step=str(step) if step is not None else None,
+            reason=reason,
+            file_bands=_int(record.get("file_bands")),
+            dtype=_str(record.get("dtype")),
+            width=_int(record.get("width")),
+            height=_int(record.get("height")),
+            input_bytes=_int(record.get("input_bytes")),
+            cog_bytes=_int(record.get("cog_bytes")),
+            jpeg_bytes=_int(record.get("jpeg_bytes")),
+            notes=tuple(str(n) for n in record.get("notes") or ()),
+            step_seconds={str(k): float(v) for k, v in (record.get("step_seconds") or {}).items()},
+            thumbnail=_str(record.get("thumbnail")),
+            log=tuple(str(x) for x in record.get("log") or ()),
+            seconds=float(seconds) if isinstance(seconds, (int, float)) else None,
+            crs=_str(record.get("crs")),
+            pixel_size=_pair(record.get("pixel_size")),
+            pixel_unit=_str(record.get("pixel_unit")),
+            overviews=tuple(v for v in record.get("overviews") or () if _int(v) is not None),
+            codec=_str(record.get("codec")),
+            input_codec=_str(record.get("input_codec")),
+            footprint=_polygon(record.get("footprint")),
+            kind=_str(record.get("kind")),
+            preset=_str(record.get("preset")),
+            check=_str(record.get("check")),
+            max_abs_error=_float(record.get("max_abs_error")),
+            rmse=_float(record.get("rmse")),
+            psnr_db=_float(record.get("psnr_db")),
+            input_pixel_digest=_str(record.get("input_pixel_digest")),
+            cog_pixel_digest=_str(record.get("cog_pixel_digest")),
+            sidecars=tuple(k for k in record.get("sidecars") or () if isinstance(k, str)),
+            stac_item=_item(record.get("stac_item")),
+        )
 
 
 def _int(value: Any) -> int | None:
@@ -238,16 +267,22 @@ def _item(value: Any) -> dict[str, Any] | None:
 
 
 def _pair(value: Any) -> tuple[float, float] | None:
-    if isinstance(value, (list, tuple)) and len(value) == 2 and all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+    if (
+        isinstance(value, (list, tuple))
+        and len(value) == 2
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+    ):
         return (float(value[0]), float(value[1]))
     return None
 
 
 def _polygon(value: Any) -> dict[str, Any] | None:
     """A GeoJSON Polygon or MultiPolygon as recorded; anything else (unreadable) is no footprint."""
-    if isinstance(value, Mapping) and value.get("type") in ("Polygon", "MultiPolygon") \
-            and isinstance(value.get("coordinates"), list):
+    if (
+        isinstance(value, Mapping)
+        and value.get("type") in ("Polygon", "MultiPolygon")
+        and isinstance(value.get("coordinates"), list)
+    ):
         return dict(value)
     return None
 
@@ -256,23 +291,26 @@ def _polygon(value: Any) -> dict[str, Any] | None:
 
 #: How a reason written before failure codes existed maps to its code (first match wins). Used only for
 #: such records (and summaries); new failures get their code where they are raised.
-_LEGACY: list[tuple[re.Pattern[str], FailureCode]] = [(re.compile(p, re.IGNORECASE | re.DOTALL), c) for p, c in [
-    (r"input object not found", FailureCode.INPUT_MISSING),
-    (r"input object is empty|file is empty", FailureCode.INPUT_EMPTY),
-    (r"not a TIFF file", FailureCode.NOT_A_TIFF),
-    (r"truncated or corrupt", FailureCode.CORRUPT),
-    (r"exceeds max_pixels", FailureCode.TOO_LARGE),
-    (r"no space left|not enough space|disk full", FailureCode.DISK_FULL),
-    (r"JPEG format is limited", FailureCode.JPEG_TOO_LARGE),
-    (r"AccessDenied|Forbidden|InvalidAccessKeyId|SignatureDoesNotMatch", FailureCode.S3_DENIED),
-    (r"^(download|upload|check-output):", FailureCode.S3_FAILED),
-    (r"no outcome recorded", FailureCode.BATCH_DID_NOT_FINISH),
-    (r"output missing from the output bucket", FailureCode.OUTPUT_MISSING),
-    (r"^internal:", FailureCode.INTERNAL),
-    (r"^(validate|verify):", FailureCode.VERIFY_FAILED),
-    (r"^(open|cog|jpeg):", FailureCode.GDAL_FAILED),
-    (r"^line \d+:", FailureCode.MANIFEST_ROW),
-]]
+_LEGACY: list[tuple[re.Pattern[str], FailureCode]] = [
+    (re.compile(p, re.IGNORECASE | re.DOTALL), c)
+    for p, c in [
+        (r"input object not found", FailureCode.INPUT_MISSING),
+        (r"input object is empty|file is empty", FailureCode.INPUT_EMPTY),
+        (r"not a TIFF file", FailureCode.NOT_A_TIFF),
+        (r"truncated or corrupt", FailureCode.CORRUPT),
+        (r"exceeds max_pixels", FailureCode.TOO_LARGE),
+        (r"no space left|not enough space|disk full", FailureCode.DISK_FULL),
+        (r"JPEG format is limited", FailureCode.JPEG_TOO_LARGE),
+        (r"AccessDenied|Forbidden|InvalidAccessKeyId|SignatureDoesNotMatch", FailureCode.S3_DENIED),
+        (r"^(download|upload|check-output):", FailureCode.S3_FAILED),
+        (r"no outcome recorded", FailureCode.BATCH_DID_NOT_FINISH),
+        (r"output missing from the output bucket", FailureCode.OUTPUT_MISSING),
+        (r"^internal:", FailureCode.INTERNAL),
+        (r"^(validate|verify):", FailureCode.VERIFY_FAILED),
+        (r"^(open|cog|jpeg):", FailureCode.GDAL_FAILED),
+        (r"^line \d+:", FailureCode.MANIFEST_ROW),
+    ]
+]
 
 
 def legacy_code(reason: str) -> FailureCode | None:
@@ -284,6 +322,7 @@ def legacy_code(reason: str) -> FailureCode | None:
 
 
 # ----------------------------------------------------------------------------------- files
+
 
 def _batch_files(run_dir: Path, manifest_id: str, pattern: str = "batch-*.jsonl") -> list[Path]:
     return sorted((Path(run_dir) / "status" / manifest_id).glob(pattern))
@@ -401,6 +440,7 @@ def count_outcomes(run_dir: Path) -> tuple[int, int]:
 
 
 # ----------------------------------------------------------------------------------- summaries
+
 
 def read_summary(run_dir: Path, manifest_id: str) -> dict[str, Any] | None:
     """The aggregate's summary of a manifest (``outcome/<m>.json``), None when there is none (or unreadable)."""

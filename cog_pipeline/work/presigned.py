@@ -30,8 +30,23 @@ from cog_pipeline.work.outcomes import ImageOutcome
 
 #: An image does not start when its URLs have less than this left (its download would race the expiry).
 START_MARGIN_S = 60.0
-__all__ = ["DIRECT", "PRESIGNED", "TRANSFER_MODES", "Action", "BatchUrls", "ImageUrls", "JobRecord", "Uploaded",
-           "discard_urls", "expiry_s", "read_records", "records_path", "transfer_mode", "urls_path", "write_records"]
+__all__ = [
+    "DIRECT",
+    "PRESIGNED",
+    "TRANSFER_MODES",
+    "Action",
+    "BatchUrls",
+    "ImageUrls",
+    "JobRecord",
+    "Uploaded",
+    "discard_urls",
+    "expiry_s",
+    "read_records",
+    "records_path",
+    "transfer_mode",
+    "urls_path",
+    "write_records",
+]
 ANNOUNCEMENT = "execute points get presigned URLs, no keys (s3.transfer: presigned)"
 
 
@@ -113,14 +128,24 @@ class ImageUrls:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ImageUrls:
-        return cls(key=str(data["key"]), line=int(data["line"]), action=Action(data["action"]),
-                   input_bytes=data.get("input_bytes"), source_etag=data.get("source_etag"),
-                   token=str(data.get("token", "")), get=_request(data.get("get")),
-                   jpeg_put=_request(data.get("jpeg_put")), cog_put=_request(data.get("cog_put")),
-                   sidecar_puts=tuple((str(suffix), SignedRequest.from_dict(request))
-                                      for suffix, request in (data.get("sidecar_puts") or {}).items()),
-                   code=FailureCode(data["code"]) if data.get("code") else None, step=data.get("step"),
-                   reason=str(data.get("reason", "")))
+        return cls(
+            key=str(data["key"]),
+            line=int(data["line"]),
+            action=Action(data["action"]),
+            input_bytes=data.get("input_bytes"),
+            source_etag=data.get("source_etag"),
+            token=str(data.get("token", "")),
+            get=_request(data.get("get")),
+            jpeg_put=_request(data.get("jpeg_put")),
+            cog_put=_request(data.get("cog_put")),
+            sidecar_puts=tuple(
+                (str(suffix), SignedRequest.from_dict(request))
+                for suffix, request in (data.get("sidecar_puts") or {}).items()
+            ),
+            code=FailureCode(data["code"]) if data.get("code") else None,
+            step=data.get("step"),
+            reason=str(data.get("reason", "")),
+        )
 
 
 @dataclass(frozen=True)
@@ -145,16 +170,23 @@ class BatchUrls:
     def describe(self) -> str:
         """When the URLs were made and until when they are valid (UTC), for reasons."""
         fmt = "%Y-%m-%d %H:%M:%S UTC"
-        return (f"made {time.strftime(fmt, time.gmtime(self.made_at))}, valid until "
-                f"{time.strftime(fmt, time.gmtime(self.expires_at))} (s3.presign_expiry_s "
-                f"{self.expires_at - self.made_at:.0f} s)")
+        return (
+            f"made {time.strftime(fmt, time.gmtime(self.made_at))}, valid until "
+            f"{time.strftime(fmt, time.gmtime(self.expires_at))} (s3.presign_expiry_s "
+            f"{self.expires_at - self.made_at:.0f} s)"
+        )
 
     def write(self, path: Path) -> None:
         """Write atomically (private: the URLs are bearer tokens until they expire)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        data = {"manifest": self.manifest, "batch": self.batch, "made_at": self.made_at,
-                "expires_at": self.expires_at, "images": [i.as_dict() for i in self.images]}
+        data = {
+            "manifest": self.manifest,
+            "batch": self.batch,
+            "made_at": self.made_at,
+            "expires_at": self.expires_at,
+            "images": [i.as_dict() for i in self.images],
+        }
         tmp = path.with_name(path.name + ".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
@@ -166,12 +198,15 @@ class BatchUrls:
     def read(cls, path: Path) -> BatchUrls:
         try:
             data = json.loads(Path(path).read_text(encoding="utf-8"))
-            return cls(manifest=str(data["manifest"]), batch=str(data["batch"]), made_at=float(data["made_at"]),
-                       expires_at=float(data["expires_at"]),
-                       images=tuple(ImageUrls.from_dict(i) for i in data["images"]))
+            return cls(
+                manifest=str(data["manifest"]),
+                batch=str(data["batch"]),
+                made_at=float(data["made_at"]),
+                expires_at=float(data["expires_at"]),
+                images=tuple(ImageUrls.from_dict(i) for i in data["images"]),
+            )
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise PipelineError(f"cannot read the batch's presigned URLs {path}: {type(exc).__name__}: {exc}") \
-                from None
+            raise PipelineError(f"cannot read the batch's presigned URLs {path}: {type(exc).__name__}: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -188,8 +223,9 @@ class Uploaded:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Uploaded:
-        return cls(key=str(data["key"]), size=int(data["size"]), md5=str(data["md5"]),
-                   answered=str(data.get("answered", "")))
+        return cls(
+            key=str(data["key"]), size=int(data["size"]), md5=str(data["md5"]), answered=str(data.get("answered", ""))
+        )
 
 
 @dataclass(frozen=True)
@@ -225,7 +261,9 @@ def read_records(path: Path) -> Iterator[JobRecord]:
                 continue
             try:
                 data = json.loads(line)
-                yield JobRecord(ImageOutcome.from_record(data["outcome"]),
-                                tuple(Uploaded.from_dict(u) for u in data.get("uploads") or ()))
+                yield JobRecord(
+                    ImageOutcome.from_record(data["outcome"]),
+                    tuple(Uploaded.from_dict(u) for u in data.get("uploads") or ()),
+                )
             except (ValueError, KeyError, TypeError, AttributeError) as exc:
                 raise PipelineError(f"{path}, line {number}: not a batch job record ({exc})") from None

@@ -39,8 +39,21 @@ from cog_pipeline.work.outcomes import ImageOutcome, Status
 
 log = logging.getLogger(__name__)
 
-__all__ = ["STEP", "QaVerdict", "csv_path", "gdal_options", "qa_enabled", "qa_manifest", "qa_outcomes",
-           "read_verdict", "redact", "run_qa", "summary_lines", "verdict_path", "without_failed"]
+__all__ = [
+    "STEP",
+    "QaVerdict",
+    "csv_path",
+    "gdal_options",
+    "qa_enabled",
+    "qa_manifest",
+    "qa_outcomes",
+    "read_verdict",
+    "redact",
+    "run_qa",
+    "summary_lines",
+    "verdict_path",
+    "without_failed",
+]
 
 #: The step a QA-failed row failed at (the errors CSV: ``qa: <check>: <detail>``).
 STEP = "qa"
@@ -117,6 +130,7 @@ def gdal_options(settings: s3.S3Settings) -> dict[str, str]:
 
 # ------------------------------------------------------------------------------------------- the verdict
 
+
 @dataclass(frozen=True)
 class QaVerdict:
     """One manifest's QA: the findings, and the rows whose input was not in the bucket (not read)."""
@@ -139,18 +153,27 @@ class QaVerdict:
         return Counter(f.check for f in self.findings if f.severity == severity)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"manifest": self.manifest, "checked": self.checked,
-                "failed": [{"key": k, "reason": r} for k, r in self.failing().items()],
-                "missing": list(self.missing),
-                "findings": [{"key": f.key, "check": f.check, "severity": f.severity, "detail": f.detail}
-                             for f in self.findings]}
+        return {
+            "manifest": self.manifest,
+            "checked": self.checked,
+            "failed": [{"key": k, "reason": r} for k, r in self.failing().items()],
+            "missing": list(self.missing),
+            "findings": [
+                {"key": f.key, "check": f.check, "severity": f.severity, "detail": f.detail} for f in self.findings
+            ],
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> QaVerdict:
-        return cls(manifest=str(data["manifest"]), checked=int(data["checked"]),
-                   findings=tuple(Finding(str(f["key"]), str(f["check"]), str(f["severity"]), str(f["detail"]))
-                                  for f in data.get("findings") or []),
-                   missing=tuple(str(k) for k in data.get("missing") or []))
+        return cls(
+            manifest=str(data["manifest"]),
+            checked=int(data["checked"]),
+            findings=tuple(
+                Finding(str(f["key"]), str(f["check"]), str(f["severity"]), str(f["detail"]))
+                for f in data.get("findings") or []
+            ),
+            missing=tuple(str(k) for k in data.get("missing") or []),
+        )
 
 
 def verdict_path(run_dir: Path | str, manifest_id: str) -> Path:
@@ -183,6 +206,7 @@ def _write_verdict(path: Path, verdict: QaVerdict) -> None:
 
 # ------------------------------------------------------------------------------------------- running it
 
+
 def run_qa(config: dict[str, Any], manifest_id: str, keys: Sequence[str], client: Any = None) -> QaVerdict:
     """List the input bucket once for ``keys`` (the rows' inputs), read the header of each that is there
     through a presigned GET (``qa.threads`` at a time) and check the delivery."""
@@ -194,8 +218,9 @@ def run_qa(config: dict[str, Any], manifest_id: str, keys: Sequence[str], client
     try:
         present = s3.existing_keys(client, bucket, keys)
     except s3.S3_ERRORS as exc:
-        raise PipelineError(f"QA of {manifest_id}: cannot list input bucket '{bucket}': "
-                            f"{s3.describe_error(exc)}") from None
+        raise PipelineError(
+            f"QA of {manifest_id}: cannot list input bucket '{bucket}': {s3.describe_error(exc)}"
+        ) from None
     order = {key: i for i, key in enumerate(keys)}
     found = [k for k in keys if k in present]
     missing = tuple(k for k in keys if k not in present)
@@ -228,19 +253,26 @@ def qa_manifest(config: dict[str, Any], run_dir: Path | str, manifest_id: str) -
     try:
         s3.put_bytes(client, bucket, key, local.read_bytes())
     except Exception as exc:  # noqa: BLE001 - reported as a clear PipelineError
-        raise PipelineError(f"QA of {manifest_id}: cannot write {key} to '{bucket}': {s3.describe_error(exc)}") \
-            from None
+        raise PipelineError(
+            f"QA of {manifest_id}: cannot write {key} to '{bucket}': {s3.describe_error(exc)}"
+        ) from None
     _write_verdict(verdict_path(run_dir, manifest_id), verdict)
     failing = verdict.failing()
-    log.info("%s: QA read %s; %s fail (not converted), %s; findings in %s", manifest.raw_key,
-             plural(verdict.checked, "header"), plural(len(failing), "row"),
-             plural(len(verdict.missing), "input") + " not in the bucket", key)
+    log.info(
+        "%s: QA read %s; %s fail (not converted), %s; findings in %s",
+        manifest.raw_key,
+        plural(verdict.checked, "header"),
+        plural(len(failing), "row"),
+        plural(len(verdict.missing), "input") + " not in the bucket",
+        key,
+    )
     for k, reason in failing.items():
         log.info("%s: fails QA: %s", k, reason)
     return verdict
 
 
 # ------------------------------------------------------------------------------------------- batch, aggregate
+
 
 def without_failed(config: dict[str, Any], run_dir: Path | str, manifest_id: str, entries: list[Entry]) -> list[Entry]:
     """``entries`` without the rows QA failed (all of them when QA is off or has not run here)."""
@@ -253,8 +285,9 @@ def without_failed(config: dict[str, Any], run_dir: Path | str, manifest_id: str
     return [e for e in entries if e.key not in failing]
 
 
-def qa_outcomes(config: dict[str, Any], run_dir: Path | str, manifest_id: str, entries: Iterable[Entry],
-                recorded: set[str]) -> dict[str, ImageOutcome]:
+def qa_outcomes(
+    config: dict[str, Any], run_dir: Path | str, manifest_id: str, entries: Iterable[Entry], recorded: set[str]
+) -> dict[str, ImageOutcome]:
     """The outcome of each row QA failed (step ``qa``, code ``qa-failed``); and, when the QA step never finished
     (no verdict, so no batch ran), of each row without a record, saying so."""
     if not qa_enabled(config):
@@ -268,20 +301,33 @@ def qa_outcomes(config: dict[str, Any], run_dir: Path | str, manifest_id: str, e
         for e in entries:
             if e.key not in recorded:
                 out[e.key] = ImageOutcome(
-                    key=e.key, status=Status.FAILED, line=e.line, bands=e.bands_text,
-                    code=FailureCode.BATCH_DID_NOT_FINISH, step=STEP,
+                    key=e.key,
+                    status=Status.FAILED,
+                    line=e.line,
+                    bands=e.bands_text,
+                    code=FailureCode.BATCH_DID_NOT_FINISH,
+                    step=STEP,
                     reason=f"no outcome recorded: the delivery QA step did not finish, so no batch ran (see "
-                           f"logs/qa/{manifest_id}.log and logs/snakemake.log)")
+                    f"logs/qa/{manifest_id}.log and logs/snakemake.log)",
+                )
         return out
     failing = verdict.failing()
     for e in entries:
         if e.key in failing:
-            out[e.key] = ImageOutcome(key=e.key, status=Status.FAILED, line=e.line, bands=e.bands_text,
-                                      code=FailureCode.QA_FAILED, step=STEP, reason=failing[e.key])
+            out[e.key] = ImageOutcome(
+                key=e.key,
+                status=Status.FAILED,
+                line=e.line,
+                bands=e.bands_text,
+                code=FailureCode.QA_FAILED,
+                step=STEP,
+                reason=failing[e.key],
+            )
     return out
 
 
 # ------------------------------------------------------------------------------------------- dry run
+
 
 def summary_lines(verdict: QaVerdict, entries: Sequence[Entry], bucket: str, enabled: bool) -> list[str]:
     """What the dry run prints of a manifest's inputs and QA (indented under its "Would claim" line); with QA
@@ -290,8 +336,10 @@ def summary_lines(verdict: QaVerdict, entries: Sequence[Entry], bucket: str, ena
     total = len(entries)
     lines = []
     if verdict.missing:
-        lines.append(f"  inputs: {total - len(verdict.missing)} of {total} in bucket '{bucket}'; "
-                     f"{plural(len(verdict.missing), 'row')} would fail input-missing:")
+        lines.append(
+            f"  inputs: {total - len(verdict.missing)} of {total} in bucket '{bucket}'; "
+            f"{plural(len(verdict.missing), 'row')} would fail input-missing:"
+        )
         lines += [f"    missing: line {lines_of.get(k, '?')}: {k}" for k in verdict.missing[:SHOW]]
         if len(verdict.missing) > SHOW:
             lines.append(f"    ... and {len(verdict.missing) - SHOW} more")
@@ -304,8 +352,10 @@ def summary_lines(verdict: QaVerdict, entries: Sequence[Entry], bucket: str, ena
         found = verdict.counts(severity)
         return ", ".join(f"{check} {n}" for check, n in sorted(found.items())) or "none"
 
-    lines.append(f"  QA: {plural(verdict.checked, 'header')} read; {plural(len(failing), 'row')} {would} "
-                 f"({counted('fail')}); warnings: {counted('warn')}; info: {counted('info')}")
+    lines.append(
+        f"  QA: {plural(verdict.checked, 'header')} read; {plural(len(failing), 'row')} {would} "
+        f"({counted('fail')}); warnings: {counted('warn')}; info: {counted('info')}"
+    )
     for key, reason in list(failing.items())[:SHOW]:
         lines.append(f"    fails: line {lines_of.get(key, '?')}: {key}: qa: {reason}")
     if len(failing) > SHOW:

@@ -27,8 +27,15 @@ import yaml
 from cog_pipeline.work.imagelogs import advice, format_size, image_log_path, write_image_logs
 from cog_pipeline.work.outcomes import failure_codes, read_outcomes
 from cog_pipeline.core.naming import RUN_CONFIG, TIMESTAMP_FORMAT, ManifestKeys, batch_log_path, outcome_path
-from cog_pipeline.work.reportmap import MAP_CSS, SCRIPT, SCRIPT_HASH, BasemapError, basemap_origin, \
-    check_basemap_url, render_map
+from cog_pipeline.work.reportmap import (
+    MAP_CSS,
+    SCRIPT,
+    SCRIPT_HASH,
+    BasemapError,
+    basemap_origin,
+    check_basemap_url,
+    render_map,
+)
 from cog_pipeline.raster.thumbnail import DATA_URI_PREFIX, THUMBNAIL_SIDE
 
 #: At most this many processed rows are listed (every failed row always is); the processed CSV has all.
@@ -46,6 +53,8 @@ def content_security_policy(basemap_url: str | None = None) -> str:
     if not basemap_url:
         return CSP
     return CSP.replace("img-src data:", f"img-src data: {basemap_origin(basemap_url)}", 1)
+
+
 #: The reason of a row the manifest parser refused (cog_pipeline.work.manifest: "line N: ...").
 _REFUSED_ROW = re.compile(r"line \d+: ")
 #: At most this many manifest notes are listed (outcome/<m>.json has them all).
@@ -77,8 +86,10 @@ def _csv_rows(path: Path) -> list[list[str]]:
 
 def _records(run_dir: Path, manifest_id: str) -> dict[str, dict[str, Any]]:
     """Per-image records of a manifest by key, each with the path of the batch log that has its lines."""
-    return {key: {**outcome.to_record(), "batch_log": batch_log_path(manifest_id, outcome.batch or "")}
-            for key, outcome in read_outcomes(run_dir, manifest_id).items()}
+    return {
+        key: {**outcome.to_record(), "batch_log": batch_log_path(manifest_id, outcome.batch or "")}
+        for key, outcome in read_outcomes(run_dir, manifest_id).items()
+    }
 
 
 def report_rows(run_dir: Path, config: dict[str, Any]) -> list[dict[str, Any]]:
@@ -99,13 +110,31 @@ def report_rows(run_dir: Path, config: dict[str, Any]) -> list[dict[str, Any]]:
             # A row refused by the manifest parser ("line N: ...", e.g. a duplicate of a processed key) was
             # never converted: the record under its key, if any, is another row's and is not shown here.
             record = {} if _REFUSED_ROW.match(reason) else records.get(key, {})
-            rows.append({**record, "key": key, "bands": bands, "outcome": "failed", "reason": reason, "code": code,
-                         "manifest": manifest["raw_key"], "log_path": image_log_path(key)})
+            rows.append(
+                {
+                    **record,
+                    "key": key,
+                    "bands": bands,
+                    "outcome": "failed",
+                    "reason": reason,
+                    "code": code,
+                    "manifest": manifest["raw_key"],
+                    "log_path": image_log_path(key),
+                }
+            )
         for key, bands in (r[:2] for r in _csv_rows(local / summary["processed_key"].rpartition("/")[2])):
             record = records.get(key, {})
-            rows.append({**record, "key": key, "bands": bands, "manifest": manifest["raw_key"],
-                         "outcome": "skipped (already done)" if record.get("status") == "skipped" else "processed",
-                         "reason": "; ".join(record.get("notes", [])), "log_path": image_log_path(key)})
+            rows.append(
+                {
+                    **record,
+                    "key": key,
+                    "bands": bands,
+                    "manifest": manifest["raw_key"],
+                    "outcome": "skipped (already done)" if record.get("status") == "skipped" else "processed",
+                    "reason": "; ".join(record.get("notes", [])),
+                    "log_path": image_log_path(key),
+                }
+            )
     rows.sort(key=lambda row: row["outcome"] != "failed")
     return rows
 
@@ -126,8 +155,11 @@ def _run_times(run_dir: Path, config: dict[str, Any]) -> tuple[str, str]:
         started = calendar.timegm(time.strptime(run_id, TIMESTAMP_FORMAT))
     except ValueError:
         return run_id, ""
-    ends = [outcome_path(run_dir, m["id"]).stat().st_mtime for m in config.get("manifests", [])
-            if outcome_path(run_dir, m["id"]).is_file()]
+    ends = [
+        outcome_path(run_dir, m["id"]).stat().st_mtime
+        for m in config.get("manifests", [])
+        if outcome_path(run_dir, m["id"]).is_file()
+    ]
     shown = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(started))
     return shown, _duration(max(ends) - started) if ends else ""
 
@@ -167,15 +199,19 @@ def larger_warning(r: dict[str, Any]) -> str:
         return ""
     source, codec = str(r.get("input_codec") or ""), str(r.get("codec") or "the COG's codec")
     if source in LOSSY_CODECS:
-        why = (f"the input is {source}-compressed (lossy) and the COG keeps its decoded pixels exactly with "
-               f"{codec}, which cannot get near a lossy codec's size. For such imagery enable presets "
-               "(<code>presets.enabled: true</code>): <code>imagery: {compress: WEBP, quality: 100}</code> is "
-               "lossless and smaller than LZW; a lossy <code>quality</code> below 100 with "
-               "<code>min_psnr_db</code> (checked per image) comes near the input's size.")
+        why = (
+            f"the input is {source}-compressed (lossy) and the COG keeps its decoded pixels exactly with "
+            f"{codec}, which cannot get near a lossy codec's size. For such imagery enable presets "
+            "(<code>presets.enabled: true</code>): <code>imagery: {compress: WEBP, quality: 100}</code> is "
+            "lossless and smaller than LZW; a lossy <code>quality</code> below 100 with "
+            "<code>min_psnr_db</code> (checked per image) comes near the input's size."
+        )
     else:
-        why = (f"the input ({source or 'its codec unknown'}) was compressed more tightly than {codec}. Try a "
-               "predictor (<code>cog.predictor: STANDARD</code>, <code>FLOATING_POINT</code> for floats) or "
-               "presets per data kind (<code>presets.enabled: true</code>: ZSTD, WEBP or LERC).")
+        why = (
+            f"the input ({source or 'its codec unknown'}) was compressed more tightly than {codec}. Try a "
+            "predictor (<code>cog.predictor: STANDARD</code>, <code>FLOATING_POINT</code> for floats) or "
+            "presets per data kind (<code>presets.enabled: true</code>: ZSTD, WEBP or LERC)."
+        )
     return f'<div class="warn"><b>COG {ratio:.1f}&times; its input:</b> {why}</div>'
 
 
@@ -183,16 +219,19 @@ def _row_html(r: dict[str, Any], show_manifest: bool, index: int) -> str:
     esc = html.escape
     failed = r["outcome"] == "failed"
     ratio_value = size_ratio(r)
-    ratio = "" if ratio_value is None else (
-        f'<span class="{"bigger" if ratio_value > 1 else "smaller"}">{ratio_value:.2f}</span>')
+    ratio = (
+        ""
+        if ratio_value is None
+        else (f'<span class="{"bigger" if ratio_value > 1 else "smaller"}">{ratio_value:.2f}</span>')
+    )
     thumb = str(r.get("thumbnail", ""))
-    if thumb.startswith(DATA_URI_PREFIX) and all(c.isalnum() or c in "+/=" for c in thumb[len(DATA_URI_PREFIX):]):
+    if thumb.startswith(DATA_URI_PREFIX) and all(c.isalnum() or c in "+/=" for c in thumb[len(DATA_URI_PREFIX) :]):
         preview = f'<img alt="preview of {esc(r["key"])}" src="{thumb}">'
     else:
         preview = '<span class="none">no preview</span>' if not failed else ""
     reason = esc(str(r.get("reason", ""))) + larger_warning(r)
     if failed:
-        reason = (f"{reason}<div class=\"todo\"><b>What to do:</b> {esc(advice(r.get('code')))}</div>")
+        reason = f'{reason}<div class="todo"><b>What to do:</b> {esc(advice(r.get("code")))}</div>'
     reason = f'<div class="reason">{reason}</div>'
     overviews = r.get("overviews") or []
     levels = ", ".join(str(v) for v in overviews if isinstance(v, int)) or ("none" if r.get("codec") else "")
@@ -204,17 +243,28 @@ def _row_html(r: dict[str, Any], show_manifest: bool, index: int) -> str:
     cells = [preview, f'<span class="key">{_breakable(str(r["key"]))}</span>']
     if show_manifest:
         cells.append(esc(str(r.get("manifest", ""))))
-    cells += [f'<span class="outcome">{esc(str(r["outcome"]))}</span>', reason, dims, bands,
-              esc(str(r.get("dtype", ""))), esc(str(r.get("crs") or "")) + _sub(_pixel_size(r)),
-              codec + _sub(esc(levels) and f"overviews {esc(levels)}"),
-              format_size(r.get("input_bytes"), ""), format_size(r.get("cog_bytes"), ""), ratio, seconds,
-              f'<code>{_breakable(str(r.get("log_path", "")))}</code>']
-    return (f'<tr id="row-{index}" data-i="{index}" class="{"failed" if failed else "ok"}">'
-            + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    cells += [
+        f'<span class="outcome">{esc(str(r["outcome"]))}</span>',
+        reason,
+        dims,
+        bands,
+        esc(str(r.get("dtype", ""))),
+        esc(str(r.get("crs") or "")) + _sub(_pixel_size(r)),
+        codec + _sub(esc(levels) and f"overviews {esc(levels)}"),
+        format_size(r.get("input_bytes"), ""),
+        format_size(r.get("cog_bytes"), ""),
+        ratio,
+        seconds,
+        f"<code>{_breakable(str(r.get('log_path', '')))}</code>",
+    ]
+    return (
+        f'<tr id="row-{index}" data-i="{index}" class="{"failed" if failed else "ok"}">'
+        + "".join(f"<td>{c}</td>" for c in cells)
+        + "</tr>"
+    )
 
 
-def render_html(run_dir: Path, rows: list[dict[str, Any]] | None = None,
-                config: dict[str, Any] | None = None) -> str:
+def render_html(run_dir: Path, rows: list[dict[str, Any]] | None = None, config: dict[str, Any] | None = None) -> str:
     """The report page of a run directory."""
     run_dir = Path(run_dir)
     if config is None:
@@ -237,27 +287,58 @@ def render_html(run_dir: Path, rows: list[dict[str, Any]] | None = None,
     retry = ""
     if failed:
         failed_keys = [ManifestKeys.from_run(m).failed for m in manifests if outcome_path(run_dir, m["id"]).is_file()]
-        retry = ("<p class=\"retry\">The failed rows are in "
-                 + ", ".join(f"<code>{esc(k)}</code>" for k in failed_keys)
-                 + ". Fix their cause (see <i>What to do</i>), then queue them again with <code>cog-pipeline retry "
-                   "-a KEY -s KEY -e HOST --input-bucket " + esc(str(s3cfg.get("input_bucket", ""))) + " "
-                 + esc(failed_keys[0] if failed_keys else "FAILED.csv") + "</code>.</p>")
+        retry = (
+            '<p class="retry">The failed rows are in '
+            + ", ".join(f"<code>{esc(k)}</code>" for k in failed_keys)
+            + ". Fix their cause (see <i>What to do</i>), then queue them again with <code>cog-pipeline retry "
+            "-a KEY -s KEY -e HOST --input-bucket "
+            + esc(str(s3cfg.get("input_bucket", "")))
+            + " "
+            + esc(failed_keys[0] if failed_keys else "FAILED.csv")
+            + "</code>.</p>"
+        )
     more = ""
     if len(done) > MAX_PROCESSED_ROWS:
-        more = (f"<p>Only the first {MAX_PROCESSED_ROWS} of {len(done)} processed rows are listed; the processed "
-                "CSV lists them all.</p>")
+        more = (
+            f"<p>Only the first {MAX_PROCESSED_ROWS} of {len(done)} processed rows are listed; the processed "
+            "CSV lists them all.</p>"
+        )
     notes = manifest_notes(run_dir, config)
     notes_html = ""
     if notes:
-        items = "".join(f"<li>{(esc(raw) + ': ') if show_manifest else ''}{esc(note)}</li>"
-                        for raw, note in notes[:MAX_NOTES])
-        extra = (f"<p>... and {len(notes) - MAX_NOTES} more (outcome/&lt;manifest&gt;.json in the run directory has "
-                 "them all).</p>") if len(notes) > MAX_NOTES else ""
-        notes_html = f'<details class="notes" open><summary>Manifest notes ({len(notes)})</summary><ul id="notes">' \
-                     f"{items}</ul>{extra}</details>"
-    head = ["preview", "key"] + (["manifest"] if show_manifest else []) + [
-        "outcome", "reason / notes", "size (px)", "bands (CSV/file)", "type", "CRS / pixel size",
-        "codec / overviews", "input", "COG", "COG / input size", "seconds", "image log (in the run directory)"]
+        items = "".join(
+            f"<li>{(esc(raw) + ': ') if show_manifest else ''}{esc(note)}</li>" for raw, note in notes[:MAX_NOTES]
+        )
+        extra = (
+            (
+                f"<p>... and {len(notes) - MAX_NOTES} more (outcome/&lt;manifest&gt;.json in the run directory has "
+                "them all).</p>"
+            )
+            if len(notes) > MAX_NOTES
+            else ""
+        )
+        notes_html = (
+            f'<details class="notes" open><summary>Manifest notes ({len(notes)})</summary><ul id="notes">'
+            f"{items}</ul>{extra}</details>"
+        )
+    head = (
+        ["preview", "key"]
+        + (["manifest"] if show_manifest else [])
+        + [
+            "outcome",
+            "reason / notes",
+            "size (px)",
+            "bands (CSV/file)",
+            "type",
+            "CRS / pixel size",
+            "codec / overviews",
+            "input",
+            "COG",
+            "COG / input size",
+            "seconds",
+            "image log (in the run directory)",
+        ]
+    )
     body = "\n".join(_row_html(r, show_manifest, i) for i, r in enumerate(shown))
     basemap_note = ""
     try:
@@ -269,11 +350,13 @@ def render_html(run_dir: Path, rows: list[dict[str, Any]] | None = None,
     bigger_html = ""
     if bigger:
         lossy = sum(1 for r in bigger if str(r.get("input_codec") or "") in LOSSY_CODECS)
-        bigger_html = (f'<p class="retry" id="bigger-note"><b>{len(bigger)} COG{"s are" if len(bigger) != 1 else " is"}'
-                       f' larger than {"their inputs" if len(bigger) != 1 else "its input"}</b>'
-                       + (f" ({lossy} from lossy JPEG/WEBP-compressed inputs)" if lossy else "")
-                       + ": see the <i>COG / input size</i> column and the note in each such row for the preset "
-                         "that helps.</p>")
+        bigger_html = (
+            f'<p class="retry" id="bigger-note"><b>{len(bigger)} COG{"s are" if len(bigger) != 1 else " is"}'
+            f" larger than {'their inputs' if len(bigger) != 1 else 'its input'}</b>"
+            + (f" ({lossy} from lossy JPEG/WEBP-compressed inputs)" if lossy else "")
+            + ": see the <i>COG / input size</i> column and the note in each such row for the preset "
+            "that helps.</p>"
+        )
     manifest_keys = ", ".join(esc(str(m.get("raw_key", ""))) for m in manifests)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
@@ -312,18 +395,18 @@ td code {{ font-size: 0.8em; }}
 </style></head>
 <body>
 <h1>cog-pipeline run {run_id}</h1>
-<p class="meta">Manifest{'s' if len(manifests) != 1 else ''}: {manifest_keys}
-&middot; input bucket <code>{esc(str(s3cfg.get('input_bucket', '')))}</code>
-&middot; output bucket <code>{esc(str(s3cfg.get('output_bucket', '')))}</code>
-<br>Started {esc(started)}{(' &middot; took ' + esc(took)) if took else ''}
-&middot; report made {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}</p>
+<p class="meta">Manifest{"s" if len(manifests) != 1 else ""}: {manifest_keys}
+&middot; input bucket <code>{esc(str(s3cfg.get("input_bucket", "")))}</code>
+&middot; output bucket <code>{esc(str(s3cfg.get("output_bucket", "")))}</code>
+<br>Started {esc(started)}{(" &middot; took " + esc(took)) if took else ""}
+&middot; report made {time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}</p>
 <div class="counts">
 <div class="count">rows<b id="total-count">{len(rows)}</b></div>
 <div class="count">processed<b id="processed-count">{len(done)}</b></div>
 <div class="count">of which already done<b id="skipped-count">{skipped}</b></div>
-<div class="count{' bad' if failed else ''}">failed<b id="failed-count">{len(failed)}</b></div>
-<div class="count">input converted<b>{format_size(total_in, '') or '0 B'}</b></div>
-<div class="count">COGs written<b>{format_size(total_cog, '') or '0 B'}</b></div>
+<div class="count{" bad" if failed else ""}">failed<b id="failed-count">{len(failed)}</b></div>
+<div class="count">input converted<b>{format_size(total_in, "") or "0 B"}</b></div>
+<div class="count">COGs written<b>{format_size(total_cog, "") or "0 B"}</b></div>
 </div>
 {retry}
 {bigger_html}
@@ -332,7 +415,7 @@ td code {{ font-size: 0.8em; }}
 {map_html}
 {more}
 <table>
-<thead><tr>{''.join(f'<th>{esc(h)}</th>' for h in head)}</tr></thead>
+<thead><tr>{"".join(f"<th>{esc(h)}</th>" for h in head)}</tr></thead>
 <tbody>
 {body}
 </tbody></table>

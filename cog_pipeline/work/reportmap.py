@@ -23,8 +23,21 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-__all__ = ["MAP_WIDTH", "MAX_TILES", "MAX_UNMAPPED", "SCRIPT", "SCRIPT_HASH", "MapView", "BasemapError",
-           "basemap_origin", "check_basemap_url", "mercator", "render_map", "map_view", "tiles"]
+__all__ = [
+    "MAP_WIDTH",
+    "MAX_TILES",
+    "MAX_UNMAPPED",
+    "SCRIPT",
+    "SCRIPT_HASH",
+    "MapView",
+    "BasemapError",
+    "basemap_origin",
+    "check_basemap_url",
+    "mercator",
+    "render_map",
+    "map_view",
+    "tiles",
+]
 
 #: Width of the map's SVG coordinate system (its viewBox); the height follows the footprints' extent.
 MAP_WIDTH = 1000
@@ -111,12 +124,16 @@ def check_basemap_url(url: Any) -> str | None:
         raise BasemapError(f"report.basemap_url {url!r} must be a string (an XYZ tile URL template) or null")
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not _HOST.match(parts.netloc):
-        raise BasemapError(f"report.basemap_url {url!r} must be an http(s) URL with a plain host name "
-                           "(e.g. https://tile.openstreetmap.org/{z}/{x}/{y}.png)")
+        raise BasemapError(
+            f"report.basemap_url {url!r} must be an http(s) URL with a plain host name "
+            "(e.g. https://tile.openstreetmap.org/{z}/{x}/{y}.png)"
+        )
     missing = [p for p in ("{z}", "{x}", "{y}") if p not in url]
     if missing or re.search(r"[\s\"'<>\\]", url):
-        raise BasemapError(f"report.basemap_url {url!r} must contain {{z}}, {{x}} and {{y}} "
-                           f"(missing: {', '.join(missing) or 'none'}) and no spaces, quotes or angle brackets")
+        raise BasemapError(
+            f"report.basemap_url {url!r} must contain {{z}}, {{x}} and {{y}} "
+            f"(missing: {', '.join(missing) or 'none'}) and no spaces, quotes or angle brackets"
+        )
     return url
 
 
@@ -138,8 +155,9 @@ def _rings(geometry: Mapping[str, Any]) -> list[list[tuple[float, float]]]:
     coords = geometry.get("coordinates")
     if not isinstance(coords, list):
         return []
-    polygons = [coords] if geometry.get("type") == "Polygon" else coords if geometry.get("type") == "MultiPolygon" \
-        else []
+    polygons = (
+        [coords] if geometry.get("type") == "Polygon" else coords if geometry.get("type") == "MultiPolygon" else []
+    )
     rings = []
     for polygon in polygons:
         try:
@@ -182,7 +200,7 @@ def tiles(view: MapView, template: str) -> list[tuple[str, float, float, float]]
     about 256 units wide, lowered until at most ``MAX_TILES`` cover the view."""
     zoom = max(0, min(19, round(math.log2(max(view.scale / 256, 1)))))
     while True:
-        n = 2 ** zoom
+        n = 2**zoom
         left, right = math.floor(view.x0 * n), math.floor((view.x0 + view.width / view.scale) * n)
         top = max(0, math.floor(view.y0 * n))
         bottom = min(n - 1, math.floor((view.y0 + view.height / view.scale) * n))
@@ -249,43 +267,58 @@ def render_map(rows: Sequence[Mapping[str, Any]], basemap_url: str | None = None
         else:
             unmapped.append((i, row))
     counts = {kind: sum(1 for _, row, _ in mapped if _kind(row) == kind) for kind in ("processed", "skipped", "failed")}
-    legend = "".join(f'<li><span class="swatch {kind}"></span>{label} <b>{counts[kind]}</b></li>'
-                     for kind, label in (("processed", "processed"), ("skipped", "already done"),
-                                         ("failed", "failed")) if counts[kind] or kind == "processed")
+    legend = "".join(
+        f'<li><span class="swatch {kind}"></span>{label} <b>{counts[kind]}</b></li>'
+        for kind, label in (("processed", "processed"), ("skipped", "already done"), ("failed", "failed"))
+        if counts[kind] or kind == "processed"
+    )
     listed = "".join(
         f'<li data-i="{i}" tabindex="0" class="{_kind(row)}"><span class="key">{esc(str(row["key"]))}</span> '
-        f'<span class="why">{esc(_why_unmapped(row))}</span></li>' for i, row in unmapped[:MAX_UNMAPPED])
+        f'<span class="why">{esc(_why_unmapped(row))}</span></li>'
+        for i, row in unmapped[:MAX_UNMAPPED]
+    )
     more = f"<p>... and {len(unmapped) - MAX_UNMAPPED} more.</p>" if len(unmapped) > MAX_UNMAPPED else ""
-    side = (f'<ul class="legend">{legend}</ul>'
-            f'<h3>Not on the map <b id="unmapped-count">{len(unmapped)}</b></h3>'
-            + (f'<ul id="unmapped" class="unmapped">{listed}</ul>{more}' if unmapped
-               else "<p>Every image is on the map.</p>"))
+    side = f'<ul class="legend">{legend}</ul><h3>Not on the map <b id="unmapped-count">{len(unmapped)}</b></h3>' + (
+        f'<ul id="unmapped" class="unmapped">{listed}</ul>{more}' if unmapped else "<p>Every image is on the map.</p>"
+    )
     if not mapped:
-        return (f'<section class="map-section"><h2>Map of the delivery</h2><div class="map-wrap">'
-                f'<p class="nomap">No image has a footprint to draw (none was converted with a CRS in this run).</p>'
-                f'<div class="map-side">{side}</div></div></section>')
+        return (
+            f'<section class="map-section"><h2>Map of the delivery</h2><div class="map-wrap">'
+            f'<p class="nomap">No image has a footprint to draw (none was converted with a CRS in this run).</p>'
+            f'<div class="map-side">{side}</div></div></section>'
+        )
     view = map_view([ring for _, _, rings in mapped for ring in rings])
     # Failed footprints on top, and among the others the larger under the smaller, so none hides another.
     mapped.sort(key=lambda m: (_kind(m[1]) == "failed", -_area(view, m[2])))
     underlay, caption = "", "No basemap (set <code>report.basemap_url</code> for one); Web Mercator."
     if basemap_url:
-        underlay = '<g class="basemap">' + "".join(
-            f'<image href="{esc(url)}" x="{x:.2f}" y="{y:.2f}" width="{s:.2f}" height="{s:.2f}" '
-            f'preserveAspectRatio="none"></image>' for url, x, y, s in tiles(view, basemap_url)) + "</g>"
+        underlay = (
+            '<g class="basemap">'
+            + "".join(
+                f'<image href="{esc(url)}" x="{x:.2f}" y="{y:.2f}" width="{s:.2f}" height="{s:.2f}" '
+                f'preserveAspectRatio="none"></image>'
+                for url, x, y, s in tiles(view, basemap_url)
+            )
+            + "</g>"
+        )
         caption = f"Basemap tiles from <code>{esc(basemap_origin(basemap_url))}</code>; Web Mercator."
     paths = "".join(
         f'<path class="fp {_kind(row)}" data-i="{i}" tabindex="0" d="{_path(view, rings)}">'
-        f'<title>{esc(str(row["key"]))} ({esc(str(row["outcome"]))})</title></path>' for i, row, rings in mapped)
-    return (f'<section class="map-section"><h2>Map of the delivery</h2><div class="map-wrap">'
-            f'<div class="map-box"><svg id="map" role="img" aria-label="footprints of {len(mapped)} images" '
-            f'viewBox="0 0 {view.width} {view.height}" preserveAspectRatio="xMidYMid meet">'
-            f'<rect class="sea" x="-100000" y="-100000" width="200000" height="200000"></rect>{underlay}'
-            f'<g id="footprints">{paths}</g></svg>'
-            f'<div class="map-tools"><button type="button" id="map-in" title="zoom in">+</button>'
-            f'<button type="button" id="map-out" title="zoom out">&minus;</button>'
-            f'<button type="button" id="map-fit" title="show every footprint">fit</button></div>'
-            f'<p class="caption">{caption} Click a footprint to find its row; wheel to zoom, drag to pan.</p></div>'
-            f'<div class="map-side">{side}</div></div></section>')
+        f"<title>{esc(str(row['key']))} ({esc(str(row['outcome']))})</title></path>"
+        for i, row, rings in mapped
+    )
+    return (
+        f'<section class="map-section"><h2>Map of the delivery</h2><div class="map-wrap">'
+        f'<div class="map-box"><svg id="map" role="img" aria-label="footprints of {len(mapped)} images" '
+        f'viewBox="0 0 {view.width} {view.height}" preserveAspectRatio="xMidYMid meet">'
+        f'<rect class="sea" x="-100000" y="-100000" width="200000" height="200000"></rect>{underlay}'
+        f'<g id="footprints">{paths}</g></svg>'
+        f'<div class="map-tools"><button type="button" id="map-in" title="zoom in">+</button>'
+        f'<button type="button" id="map-out" title="zoom out">&minus;</button>'
+        f'<button type="button" id="map-fit" title="show every footprint">fit</button></div>'
+        f'<p class="caption">{caption} Click a footprint to find its row; wheel to zoom, drag to pan.</p></div>'
+        f'<div class="map-side">{side}</div></div></section>'
+    )
 
 
 MAP_CSS = """

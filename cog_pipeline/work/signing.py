@@ -23,8 +23,17 @@ from cog_pipeline.core.failures import FailureCode
 from cog_pipeline.core.naming import batch_id
 from cog_pipeline.raster.convert import preview_content_type, preview_key
 from cog_pipeline.storage import endpoint, presign, s3
-from cog_pipeline.work.batch import (SOURCE_ETAG_META, UPLOAD_META, ImageContext, _remove, _remove_stored,
-                                     batch_entries, check_source, failure_code, sidecar_suffixes)
+from cog_pipeline.work.batch import (
+    SOURCE_ETAG_META,
+    UPLOAD_META,
+    ImageContext,
+    _remove,
+    _remove_stored,
+    batch_entries,
+    check_source,
+    failure_code,
+    sidecar_suffixes,
+)
 from cog_pipeline.work.manifest import Entry, jpeg_key
 from cog_pipeline.work.outcomes import ImageOutcome, Status, write_outcomes
 from cog_pipeline.work.presigned import Action, BatchUrls, ImageUrls, JobRecord, expiry_s, read_records
@@ -55,8 +64,15 @@ def presign_batch(config: dict[str, Any], run_dir: Path, manifest_id: str, index
     urls = BatchUrls(manifest_id, batch_id(index), made, made + expires, images)
     urls.write(out)
     counts = {a: sum(i.action is a for i in images) for a in Action}
-    log.info("batch %s/%s: %d to convert, %d skipped (already done), %d failed here; URLs %s", manifest_id,
-             urls.batch, counts[Action.CONVERT], counts[Action.SKIP], counts[Action.FAIL], urls.describe())
+    log.info(
+        "batch %s/%s: %d to convert, %d skipped (already done), %d failed here; URLs %s",
+        manifest_id,
+        urls.batch,
+        counts[Action.CONVERT],
+        counts[Action.SKIP],
+        counts[Action.FAIL],
+        urls.describe(),
+    )
     return urls
 
 
@@ -68,23 +84,53 @@ def _sign(ctx: ImageContext, signer: Any, entry: Entry, expires: int, pin: bool)
         return ImageUrls(entry.key, entry.line, Action.FAIL, code=failure_code(exc), step=exc.step, reason=exc.message)
     size, etag = int(source["ContentLength"]), str(source["ETag"])
     if done:
-        return ImageUrls(entry.key, entry.line, Action.SKIP, input_bytes=size, source_etag=etag,
-                         reason="outputs already made from this input")
+        return ImageUrls(
+            entry.key,
+            entry.line,
+            Action.SKIP,
+            input_bytes=size,
+            source_etag=etag,
+            reason="outputs already made from this input",
+        )
     token = secrets.token_hex(8)
     metadata = {SOURCE_ETAG_META: etag, "cog-pipeline-version": __version__, UPLOAD_META: token}
     jpeg = jpeg_key(entry.key)
     return ImageUrls(
-        entry.key, entry.line, Action.CONVERT, input_bytes=size, source_etag=etag, token=token,
+        entry.key,
+        entry.line,
+        Action.CONVERT,
+        input_bytes=size,
+        source_etag=etag,
+        token=token,
         get=presign.presign_get(signer, ctx.input_bucket, entry.key, expires, etag if pin else None),
         jpeg_put=presign.presign_put(signer, ctx.output_bucket, jpeg, expires, JPEG_TYPE, metadata),
         cog_put=presign.presign_put(signer, ctx.output_bucket, entry.key, expires, COG_TYPE, metadata),
-        sidecar_puts=tuple((suffix, presign.presign_put(signer, ctx.output_bucket, preview_key(jpeg, suffix), expires,
-                                                        preview_content_type(suffix), metadata))
-                           for suffix in sidecar_suffixes(ctx.jpeg_options)))
+        sidecar_puts=tuple(
+            (
+                suffix,
+                presign.presign_put(
+                    signer,
+                    ctx.output_bucket,
+                    preview_key(jpeg, suffix),
+                    expires,
+                    preview_content_type(suffix),
+                    metadata,
+                ),
+            )
+            for suffix in sidecar_suffixes(ctx.jpeg_options)
+        ),
+    )
 
 
-def confirm_batch(config: dict[str, Any], run_dir: Path, manifest_id: str, index: int, urls_file: Path,
-                  records_file: Path, status_file: Path) -> list[ImageOutcome]:
+def confirm_batch(
+    config: dict[str, Any],
+    run_dir: Path,
+    manifest_id: str,
+    index: int,
+    urls_file: Path,
+    records_file: Path,
+    status_file: Path,
+) -> list[ImageOutcome]:
     """Confirm the job's uploads (removing a mismatched object of this batch) and write the status file."""
     urls = BatchUrls.read(urls_file)
     ctx = ImageContext(config)
@@ -124,21 +170,33 @@ def _confirm(ctx: ImageContext, record: JobRecord, image: ImageUrls | None) -> I
             continue
         found = s3.stored_problems(head, up.key, up.size, up.md5)
         if found:
-            problems.append(f"stored object {up.key} is not the file uploaded: {'; '.join(found)}"
-                            f"{_remove(ctx, up.key, head)}")
+            problems.append(
+                f"stored object {up.key} is not the file uploaded: {'; '.join(found)}{_remove(ctx, up.key, head)}"
+            )
         else:
             confirmed[up.key] = head
     if outcome.status is Status.OK:
         wanted = [jpeg_key(outcome.key), *outcome.sidecars, outcome.key]
-        problems += [f"the job reported no confirmed upload of {k}" for k in wanted
-                     if k not in confirmed and not any(k in p for p in problems)]
+        problems += [
+            f"the job reported no confirmed upload of {k}"
+            for k in wanted
+            if k not in confirmed and not any(k in p for p in problems)
+        ]
     if not problems and not outcome.failed:
         return outcome
     # A failed image keeps no file beside its JPEG (those of this batch's token; the JPEG, confirmed, stays).
-    removed = _remove_stored(ctx, [(k, head) for k, head in confirmed.items()
-                                   if k not in (jpeg_key(outcome.key), outcome.key)])
+    removed = _remove_stored(
+        ctx, [(k, head) for k, head in confirmed.items() if k not in (jpeg_key(outcome.key), outcome.key)]
+    )
     reason = "; ".join(problems)
     if outcome.failed:
         return outcome.replace(reason="; ".join(filter(None, (outcome.reason, reason))) + removed)
-    return outcome.replace(status=Status.FAILED, code=FailureCode.S3_FAILED, step="upload", reason=reason + removed,
-                           thumbnail=None, stac_item=None, sidecars=())
+    return outcome.replace(
+        status=Status.FAILED,
+        code=FailureCode.S3_FAILED,
+        step="upload",
+        reason=reason + removed,
+        thumbnail=None,
+        stac_item=None,
+        sidecars=(),
+    )

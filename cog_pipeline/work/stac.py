@@ -39,9 +39,23 @@ from cog_pipeline import __version__
 from cog_pipeline.core.naming import jpeg_key, key_stem
 from cog_pipeline.raster.header import PIXEL_DIGEST_VERSION, ImageHeader
 
-__all__ = ["PROCESSING_SCHEMA", "FileInfo", "Footprint", "ItemFacts", "StacSettings", "stac_settings_from_config",
-           "file_info", "footprint", "item_key", "item_for", "item_facts", "collection_for", "capture_area",
-           "software_versions", "write_json"]
+__all__ = [
+    "PROCESSING_SCHEMA",
+    "FileInfo",
+    "Footprint",
+    "ItemFacts",
+    "StacSettings",
+    "stac_settings_from_config",
+    "file_info",
+    "footprint",
+    "item_key",
+    "item_for",
+    "item_facts",
+    "collection_for",
+    "capture_area",
+    "software_versions",
+    "write_json",
+]
 
 PROCESSING_SCHEMA = "https://stac-extensions.github.io/processing/v1.2.0/schema.json"
 #: Colour interpretations that are eo common band names.
@@ -94,13 +108,15 @@ def stac_settings_from_config(config: Mapping[str, Any]) -> StacSettings:
         bad = [r for r in roles if r not in ("licensor", "producer", "processor", "host")]
         if bad:
             raise ValueError(f"stac.providers[{i}].roles {bad} are not licensor, producer, processor or host")
-        providers.append(pystac.Provider(name=p["name"], roles=roles or None, url=p.get("url"),
-                                         description=p.get("description")))
+        providers.append(
+            pystac.Provider(name=p["name"], roles=roles or None, url=p.get("url"), description=p.get("description"))
+        )
     description = section.get("description", StacSettings.description)
     return StacSettings(license_.strip(), tuple(providers), str(description))
 
 
 # --------------------------------------------------------------------------------------------- footprints
+
 
 @dataclass(frozen=True)
 class Footprint:
@@ -138,13 +154,16 @@ def footprint(header: ImageHeader, fill_value: float | None = None) -> Footprint
     if not valid.any():
         return None
     transform = Affine(*header.sample_transform)
-    polygons = [shapely.geometry.shape(g) for g, _ in
-                rasterio.features.shapes(valid.astype(np.uint8), mask=valid, transform=transform)]
+    polygons = [
+        shapely.geometry.shape(g)
+        for g, _ in rasterio.features.shapes(valid.astype(np.uint8), mask=valid, transform=transform)
+    ]
     union = shapely.ops.unary_union(polygons)
     step = min(abs(transform.a) or 1, abs(transform.e) or 1)
     union = union.simplify(step / 2, preserve_topology=True)
-    return Footprint(header.key, header.crs_wkt, shapely.geometry.mapping(union),
-                     _to_wgs84(union, header.crs_wkt, step / 2))
+    return Footprint(
+        header.key, header.crs_wkt, shapely.geometry.mapping(union), _to_wgs84(union, header.crs_wkt, step / 2)
+    )
 
 
 def capture_area(footprints: Sequence[Footprint], gsd: float) -> dict[str, Any]:
@@ -162,12 +181,15 @@ def capture_area(footprints: Sequence[Footprint], gsd: float) -> dict[str, Any]:
         raise ValueError(f"capture area: pixel size {gsd!r} must be positive")
     union = shapely.ops.unary_union([shapely.geometry.shape(f.native) for f in footprints])
     union = union.simplify(gsd, preserve_topology=True)
-    return {"type": "Feature",
-            "geometry": _to_wgs84(union, footprints[0].crs_wkt, gsd),
-            "properties": {"images": len(footprints), "source_crs": crs.to_string(), "simplified_to": gsd}}
+    return {
+        "type": "Feature",
+        "geometry": _to_wgs84(union, footprints[0].crs_wkt, gsd),
+        "properties": {"images": len(footprints), "source_crs": crs.to_string(), "simplified_to": gsd},
+    }
 
 
 # --------------------------------------------------------------------------------------------- items
+
 
 def item_key(key: str) -> str:
     """Where an image's Item goes: ``a/b.tif`` -> ``a/b.json``."""
@@ -191,8 +213,13 @@ def _statistics(header: ImageHeader, band: int) -> Statistics:
     if not values.size:
         return Statistics.create(valid_percent=0.0)
     v = values.astype(np.float64)
-    return Statistics.create(minimum=float(v.min()), maximum=float(v.max()), mean=float(v.mean()),
-                             stddev=float(v.std()), valid_percent=round(100.0 * values.size / max(1, total), 3))
+    return Statistics.create(
+        minimum=float(v.min()),
+        maximum=float(v.max()),
+        mean=float(v.mean()),
+        stddev=float(v.std()),
+        valid_percent=round(100.0 * values.size / max(1, total), 3),
+    )
 
 
 def _nodata(value: float | None) -> float | NoDataStrings | None:
@@ -205,10 +232,19 @@ def _nodata(value: float | None) -> float | NoDataStrings | None:
     return float(value)
 
 
-def item_for(key: str, header: ImageHeader, cog: FileInfo, jpeg: FileInfo | None, *,
-             datetime: dt.datetime | None = None, collection_id: str | None = None,
-             collection_href: str | None = None, pixel_digests: Mapping[str, str] | None = None,
-             fill_value: float | None = None, extra_properties: Mapping[str, Any] | None = None) -> pystac.Item:
+def item_for(
+    key: str,
+    header: ImageHeader,
+    cog: FileInfo,
+    jpeg: FileInfo | None,
+    *,
+    datetime: dt.datetime | None = None,
+    collection_id: str | None = None,
+    collection_href: str | None = None,
+    pixel_digests: Mapping[str, str] | None = None,
+    fill_value: float | None = None,
+    extra_properties: Mapping[str, Any] | None = None,
+) -> pystac.Item:
     """The Item of the COG at ``key`` (``header``: the COG's header; ``cog``/``jpeg``: the uploaded files).
     ``datetime``: the capture time when known; else the file's TIFFTAG_DATETIME, else now (the property
     ``cog_pipeline:datetime_source`` says which). ``collection_id`` needs ``collection_href`` (where the Item
@@ -234,8 +270,14 @@ def item_for(key: str, header: ImageHeader, cog: FileInfo, jpeg: FileInfo | None
         props["cog_pipeline:pixel_digest_version"] = PIXEL_DIGEST_VERSION
         props.update({f"cog_pipeline:{name}_pixel_digest": digest for name, digest in sorted(pixel_digests.items())})
     props.update(extra_properties or {})
-    item = pystac.Item(id=stem, geometry=fp.wgs84, bbox=list(geom.bounds), datetime=datetime, properties=props,
-                       collection=collection_id)
+    item = pystac.Item(
+        id=stem,
+        geometry=fp.wgs84,
+        bbox=list(geom.bounds),
+        datetime=datetime,
+        properties=props,
+        collection=collection_id,
+    )
     item.stac_extensions.append(PROCESSING_SCHEMA)
     if collection_href:
         item.add_link(pystac.Link(pystac.RelType.COLLECTION, collection_href, media_type=pystac.MediaType.JSON))
@@ -250,21 +292,35 @@ def item_for(key: str, header: ImageHeader, cog: FileInfo, jpeg: FileInfo | None
     proj.shape = [header.height, header.width]
     proj.transform = list(header.transform)
 
-    image = pystac.Asset(href="./" + key.rsplit("/", 1)[-1], media_type=pystac.MediaType.COG, roles=["data"],
-                         title="Cloud Optimized GeoTIFF")
+    image = pystac.Asset(
+        href="./" + key.rsplit("/", 1)[-1],
+        media_type=pystac.MediaType.COG,
+        roles=["data"],
+        title="Cloud Optimized GeoTIFF",
+    )
     item.add_asset("image", image)
     FileExtension.ext(image, add_if_missing=True).apply(size=cog.size, checksum=cog.checksum)
-    bands = [RasterBand.create(nodata=_nodata(header.nodata), data_type=DataType(header.dtypes[i]),
-                               statistics=_statistics(header, i), spatial_resolution=header.gsd[0])
-             for i in range(header.count)]
+    bands = [
+        RasterBand.create(
+            nodata=_nodata(header.nodata),
+            data_type=DataType(header.dtypes[i]),
+            statistics=_statistics(header, i),
+            spatial_resolution=header.gsd[0],
+        )
+        for i in range(header.count)
+    ]
     RasterExtension.ext(image, add_if_missing=True).apply(bands)
     names = [_EO_COMMON.get(ci) for ci in header.colorinterp]
     if any(names):
         eo_bands = [Band.create(name=name or f"b{i + 1}", common_name=name) for i, name in enumerate(names)]
         EOExtension.ext(image, add_if_missing=True).apply(bands=eo_bands)
     if jpeg is not None:
-        preview = pystac.Asset(href="./" + jpeg_key(key).rsplit("/", 1)[-1], media_type=pystac.MediaType.JPEG,
-                               roles=["overview"], title="JPEG preview")
+        preview = pystac.Asset(
+            href="./" + jpeg_key(key).rsplit("/", 1)[-1],
+            media_type=pystac.MediaType.JPEG,
+            roles=["overview"],
+            title="JPEG preview",
+        )
         item.add_asset("preview", preview)
         FileExtension.ext(preview, add_if_missing=True).apply(size=jpeg.size, checksum=jpeg.checksum)
     return item
@@ -289,8 +345,11 @@ def item_facts(item: pystac.Item | Mapping[str, Any]) -> ItemFacts:
         raise ValueError(f"Item {ident}: no valid bbox ({bbox!r:.80})")
     half = len(bbox) // 2
     try:
-        times = tuple(pystac.utils.str_to_datetime(props[name]) for name in ("datetime", "start_datetime",
-                                                                              "end_datetime") if props.get(name))
+        times = tuple(
+            pystac.utils.str_to_datetime(props[name])
+            for name in ("datetime", "start_datetime", "end_datetime")
+            if props.get(name)
+        )
     except (TypeError, ValueError) as exc:
         raise ValueError(f"Item {ident}: unreadable datetime ({exc})") from None
     if not times:
@@ -298,8 +357,14 @@ def item_facts(item: pystac.Item | Mapping[str, Any]) -> ItemFacts:
     return ItemFacts(str(ident), (float(bbox[0]), float(bbox[1]), float(bbox[half]), float(bbox[half + 1])), times)
 
 
-def collection_for(collection_id: str, items: Mapping[str, pystac.Item | Mapping[str, Any]], settings: StacSettings,
-                   *, title: str | None = None, capture_area_href: str | None = None) -> pystac.Collection:
+def collection_for(
+    collection_id: str,
+    items: Mapping[str, pystac.Item | Mapping[str, Any]],
+    settings: StacSettings,
+    *,
+    title: str | None = None,
+    capture_area_href: str | None = None,
+) -> pystac.Collection:
     """The Collection of a delivery: ``items`` (href of each Item, as the Collection should link it -> the Item
     or its dict), its extent (union of the Items' bboxes, their first and last datetime), license and providers
     from ``settings``, and optionally the capture-area GeoJSON as an asset. ValueError for an Item without a
@@ -308,18 +373,26 @@ def collection_for(collection_id: str, items: Mapping[str, pystac.Item | Mapping
         raise ValueError(f"collection {collection_id}: no items")
     facts = {href: item_facts(item) for href, item in items.items()}
     bboxes = [f.bbox for f in facts.values()]
-    bbox = [min(b[0] for b in bboxes), min(b[1] for b in bboxes), max(b[2] for b in bboxes),
-            max(b[3] for b in bboxes)]
+    bbox = [min(b[0] for b in bboxes), min(b[1] for b in bboxes), max(b[2] for b in bboxes), max(b[3] for b in bboxes)]
     times = sorted(t for f in facts.values() for t in f.times)
     extent = pystac.Extent(pystac.SpatialExtent([bbox]), pystac.TemporalExtent([[times[0], times[-1]]]))
-    collection = pystac.Collection(id=collection_id, description=settings.description, extent=extent,
-                                   title=title, license=settings.license, providers=list(settings.providers) or None)
+    collection = pystac.Collection(
+        id=collection_id,
+        description=settings.description,
+        extent=extent,
+        title=title,
+        license=settings.license,
+        providers=list(settings.providers) or None,
+    )
     for href, fact in facts.items():
-        collection.add_link(pystac.Link(pystac.RelType.ITEM, href, media_type=pystac.MediaType.GEOJSON,
-                                        title=fact.id))
+        collection.add_link(pystac.Link(pystac.RelType.ITEM, href, media_type=pystac.MediaType.GEOJSON, title=fact.id))
     if capture_area_href:
-        collection.add_asset("capture_area", pystac.Asset(href=capture_area_href, media_type=pystac.MediaType.GEOJSON,
-                                                          roles=["metadata"], title="Capture area"))
+        collection.add_asset(
+            "capture_area",
+            pystac.Asset(
+                href=capture_area_href, media_type=pystac.MediaType.GEOJSON, roles=["metadata"], title="Capture area"
+            ),
+        )
     return collection
 
 

@@ -55,8 +55,12 @@ def server_world(s3_target, tmp_path, figures):
     no fault proxy: the code under test talks to the server itself, with the server's own keys."""
     figures.tests += 1
     keys = write_key_files(tmp_path / "server-keys", s3_target.access_key, s3_target.secret_key)
-    settings = S3Settings(endpoint_url=s3_target.endpoint, access_key_file=str(keys[0]),
-                          secret_key_file=str(keys[1]), ca_bundle=s3_target.ca_bundle)
+    settings = S3Settings(
+        endpoint_url=s3_target.endpoint,
+        access_key_file=str(keys[0]),
+        secret_key_file=str(keys[1]),
+        ca_bundle=s3_target.ca_bundle,
+    )
     world = World(s3_target.client(), None, keys, tmp_path, figures, INPUT_BUCKET, OUTPUT_BUCKET, settings)
     world.target = s3_target
     return world

@@ -38,8 +38,9 @@ OUTCOME = re.compile(r"^(?P<stem>.*)(?P<kind>processed|failed|errors)-(?P<ts>\d{
 class Figures:
     """Counts accumulated over the whole fault suite (written to tests/.fault-figures.json)."""
 
-    fault_kinds: dict[str, set[str]] = field(default_factory=lambda: {k: set() for k in (
-        "s3", "crash", "concurrency", "resources", "input", "secrets")})
+    fault_kinds: dict[str, set[str]] = field(
+        default_factory=lambda: {k: set() for k in ("s3", "crash", "concurrency", "resources", "input", "secrets")}
+    )
     s3_faults_injected: Counter = field(default_factory=Counter)
     runs: int = 0
     rows_processed: int = 0
@@ -66,8 +67,9 @@ class Figures:
             "fault_kinds": kinds,
             "secret_channels_checked": sorted(self.fault_kinds["secrets"]),
             "s3_faults_injected": sum(self.s3_faults_injected.values()),
-            "s3_faults_by_operation_and_kind": {f"{op}/{kind}": n for (op, kind), n in
-                                                sorted(self.s3_faults_injected.items())},
+            "s3_faults_by_operation_and_kind": {
+                f"{op}/{kind}": n for (op, kind), n in sorted(self.s3_faults_injected.items())
+            },
             "runs_executed": self.runs,
             "rows_processed": self.rows_processed,
             "rows_failed_with_reason": self.rows_failed,
@@ -122,12 +124,21 @@ class Figures:
 
 
 #: Figures attribute -> its key in ``Figures.as_json()``, for the plain counts.
-_COUNTS = {"runs": "runs_executed", "rows_processed": "rows_processed", "rows_failed": "rows_failed_with_reason",
-           "rows_lost": "rows_lost", "rows_duplicated": "rows_accounted_twice",
-           "input_objects_checked": "input_objects_checked", "input_objects_changed": "input_objects_changed",
-           "outputs_checked": "output_objects_checked", "partial_outputs": "partial_outputs_found",
-           "incomplete_multipart_uploads": "incomplete_multipart_uploads_left", "secret_checks": "secret_checks",
-           "secret_leaks": "secret_leaks_found", "tests": "tests"}
+_COUNTS = {
+    "runs": "runs_executed",
+    "rows_processed": "rows_processed",
+    "rows_failed": "rows_failed_with_reason",
+    "rows_lost": "rows_lost",
+    "rows_duplicated": "rows_accounted_twice",
+    "input_objects_checked": "input_objects_checked",
+    "input_objects_changed": "input_objects_changed",
+    "outputs_checked": "output_objects_checked",
+    "partial_outputs": "partial_outputs_found",
+    "incomplete_multipart_uploads": "incomplete_multipart_uploads_left",
+    "secret_checks": "secret_checks",
+    "secret_leaks": "secret_leaks_found",
+    "tests": "tests",
+}
 
 
 def rows(text: str) -> list[list[str]]:
@@ -135,8 +146,16 @@ def rows(text: str) -> list[list[str]]:
     return [r for r in csv.reader(io.StringIO(text)) if r]
 
 
-def make_tif(path: Path, width: int = 32, height: int = 32, count: int = 1, dtype: str = "uint8", seed: int = 0,
-             georef: bool = True, **extra: Any) -> Path:
+def make_tif(
+    path: Path,
+    width: int = 32,
+    height: int = 32,
+    count: int = 1,
+    dtype: str = "uint8",
+    seed: int = 0,
+    georef: bool = True,
+    **extra: Any,
+) -> Path:
     """A small GeoTIFF with random pixels (distinct per seed)."""
     rng = np.random.default_rng(seed)
     data = rng.integers(0, 255, size=(count, height, width)).astype(dtype)
@@ -153,14 +172,24 @@ def make_tif(path: Path, width: int = 32, height: int = 32, count: int = 1, dtyp
 class World:
     """Buckets seeded through a separate client, the code under test talking through the fault proxy."""
 
-    def __init__(self, seed, proxy, key_files, tmp_path: Path, figures: Figures, input_bucket: str,
-                 output_bucket: str, settings: S3Settings | None = None):
+    def __init__(
+        self,
+        seed,
+        proxy,
+        key_files,
+        tmp_path: Path,
+        figures: Figures,
+        input_bucket: str,
+        output_bucket: str,
+        settings: S3Settings | None = None,
+    ):
         self.seed, self.proxy, self.figures = seed, proxy, figures
         self.tmp = tmp_path
         self.input_bucket, self.output_bucket = input_bucket, output_bucket
         self.key_files = key_files
-        self.settings = settings or S3Settings(endpoint_url=proxy.endpoint, access_key_file=str(key_files[0]),
-                                               secret_key_file=str(key_files[1]))
+        self.settings = settings or S3Settings(
+            endpoint_url=proxy.endpoint, access_key_file=str(key_files[0]), secret_key_file=str(key_files[1])
+        )
         self.workdir = tmp_path / "work"
         self.inputs: dict[str, tuple[str, str]] = {}
         self.scratch = tmp_path / "scratch"
@@ -195,28 +224,54 @@ class World:
         overrides = kw.pop("overrides", {})
         workdir = kw.pop("workdir", self.workdir)
         settings = kw.pop("settings", self.settings)
-        return TickOptions(input_bucket=self.input_bucket, output_bucket=self.output_bucket, settings=settings,
-                           workdir=workdir, run_overrides=overrides, **kw)
+        return TickOptions(
+            input_bucket=self.input_bucket,
+            output_bucket=self.output_bucket,
+            settings=settings,
+            workdir=workdir,
+            run_overrides=overrides,
+            **kw,
+        )
 
     def tick(self, **kw: Any):
         self.figures.runs += 1
         return tick(self.options(**kw))
 
-    def spawn(self, *, crash_at: str | None = None, workdir: Path | None = None, overrides: dict | None = None,
-              options: dict | None = None, env: dict | None = None, settings: S3Settings | None = None,
-              stdout: Any = subprocess.PIPE, stderr: Any = subprocess.PIPE) -> subprocess.Popen:
+    def spawn(
+        self,
+        *,
+        crash_at: str | None = None,
+        workdir: Path | None = None,
+        overrides: dict | None = None,
+        options: dict | None = None,
+        env: dict | None = None,
+        settings: S3Settings | None = None,
+        stdout: Any = subprocess.PIPE,
+        stderr: Any = subprocess.PIPE,
+    ) -> subprocess.Popen:
         """A tick in its own session (so a crash kills its whole process tree and nothing else)."""
         settings = settings or self.settings
-        args = {"input_bucket": self.input_bucket, "output_bucket": self.output_bucket,
-                "settings": dataclasses.asdict(settings),
-                "workdir": str(workdir or self.workdir), "overrides": overrides or {}, "options": options or {}}
+        args = {
+            "input_bucket": self.input_bucket,
+            "output_bucket": self.output_bucket,
+            "settings": dataclasses.asdict(settings),
+            "workdir": str(workdir or self.workdir),
+            "overrides": overrides or {},
+            "options": options or {},
+        }
         full_env = dict(os.environ, **(env or {}))
         full_env.pop("COG_PIPELINE_CRASH_AT", None)
         if crash_at:
             full_env["COG_PIPELINE_CRASH_AT"] = crash_at
         self.figures.runs += 1
-        return subprocess.Popen([sys.executable, str(TICKPROC), json.dumps(args)], stdout=stdout,
-                                stderr=stderr, text=True, env=full_env, start_new_session=True)
+        return subprocess.Popen(
+            [sys.executable, str(TICKPROC), json.dumps(args)],
+            stdout=stdout,
+            stderr=stderr,
+            text=True,
+            env=full_env,
+            start_new_session=True,
+        )
 
     def run_measured(self, **kw: Any) -> tuple[subprocess.CompletedProcess, float, float]:
         """A tick as a process: (its result, seconds, peak RSS in MB of its largest process, Snakemake and
@@ -228,8 +283,11 @@ class World:
             _pid, status, usage = os.wait4(proc.pid, 0)
             elapsed = time.monotonic() - started
         proc.returncode = os.waitstatus_to_exitcode(status)
-        return (subprocess.CompletedProcess(proc.args, proc.returncode, out.read_text(), err.read_text()),
-                elapsed, usage.ru_maxrss / 1024)
+        return (
+            subprocess.CompletedProcess(proc.args, proc.returncode, out.read_text(), err.read_text()),
+            elapsed,
+            usage.ru_maxrss / 1024,
+        )
 
     def run_proc(self, timeout: float = 240, **kw: Any) -> subprocess.CompletedProcess:
         proc = self.spawn(**kw)
@@ -265,8 +323,9 @@ class World:
             out.setdefault(stem, []).append(triple)
         return out
 
-    def check(self, expected: dict[str, dict[str, Any]], *, leftovers_ok: bool = False,
-              outputs: bool = True) -> dict[str, dict[str, Any]]:
+    def check(
+        self, expected: dict[str, dict[str, Any]], *, leftovers_ok: bool = False, outputs: bool = True
+    ) -> dict[str, dict[str, Any]]:
         """The end state, strictly: for each manifest stem exactly one outcome triple whose processed rows
         are ``expected[stem]["processed"]`` (in order) and whose failed rows are the keys of
         ``expected[stem]["failed"]`` with a reason containing the value; no processing object, raw
@@ -277,16 +336,22 @@ class World:
         outcomes = self.outcomes()
         problems = []
         if not leftovers_ok:
-            left = [k for k in objs if "processing-" in k or k.startswith(".cog-pipeline/")
-                    or any(k == stem + "raw.csv" for stem in expected)]
+            left = [
+                k
+                for k in objs
+                if "processing-" in k
+                or k.startswith(".cog-pipeline/")
+                or any(k == stem + "raw.csv" for stem in expected)
+            ]
             if left:
                 problems.append(f"left in the input bucket: {left}")
         found: dict[str, dict[str, Any]] = {}
         for stem, want in expected.items():
             triples = outcomes.get(stem, [])
             if len(triples) != 1:
-                problems.append(f"{stem}: {len(triples)} outcome triples (want exactly 1): "
-                                f"{[t['ts'] for t in triples]}")
+                problems.append(
+                    f"{stem}: {len(triples)} outcome triples (want exactly 1): {[t['ts'] for t in triples]}"
+                )
                 if not triples:
                     fig.rows_lost += len(want.get("processed", [])) + len(want.get("failed", ()))
                     continue
@@ -308,8 +373,9 @@ class World:
             if processed != want_processed:
                 problems.append(f"{stem}: processed {processed} != {want_processed}")
             if sorted(r[0] for r in failed_rows) != sorted(k for k, _ in want_pairs):
-                problems.append(f"{stem}: failed {[r[0][:60] for r in failed_rows][:20]} != "
-                                f"{[k[:60] for k, _ in want_pairs][:20]}")
+                problems.append(
+                    f"{stem}: failed {[r[0][:60] for r in failed_rows][:20]} != {[k[:60] for k, _ in want_pairs][:20]}"
+                )
             if len(errors) != len(failed_rows):
                 problems.append(f"{stem}: {len(errors)} error rows for {len(failed_rows)} failed rows")
             for key, fragment in want_failed.items():
@@ -324,8 +390,11 @@ class World:
         # Inputs untouched.
         for key, (etag, digest) in self.inputs.items():
             fig.input_objects_checked += 1
-            if key not in objs or objs[key]["ETag"] != etag or \
-                    hashlib.sha256(self.body(self.input_bucket, key)).hexdigest() != digest:
+            if (
+                key not in objs
+                or objs[key]["ETag"] != etag
+                or hashlib.sha256(self.body(self.input_bucket, key)).hexdigest() != digest
+            ):
                 fig.input_objects_changed += 1
                 problems.append(f"input object changed or gone: {key}")
         # Every output object complete, made from the current input, and the processed rows all have both.
@@ -353,8 +422,10 @@ class World:
             try:
                 assets = json.loads(data)["assets"]
                 for name, other in (("image", key[:-5] + ".tif"), ("preview", key[:-5] + ".jpg")):
-                    if assets[name]["file:checksum"] != "1220" + hashlib.sha256(self.body(self.output_bucket,
-                                                                                          other)).hexdigest():
+                    if (
+                        assets[name]["file:checksum"]
+                        != "1220" + hashlib.sha256(self.body(self.output_bucket, other)).hexdigest()
+                    ):
                         return f"its {name} checksum is not that of {other}"
             except Exception as exc:  # noqa: BLE001
                 return f"not a STAC Item of the outputs beside it: {exc!r}"

@@ -75,11 +75,33 @@ from dataclasses import dataclass, field
 
 #: Kinds that emulate a real server's behaviour (the second table); faults, like ignore-if and reject-if.
 QUIRK_KINDS = ("if-match-unquoted", "ignore-if-missing", "require-md5", "reject-trailer", "store-framing")
-KINDS = ("500", "503", "429", "reset", "reset-after", "500-after", "forbidden", "ignore-if", "reject-if", "delay",
-         "barrier", *QUIRK_KINDS)
+KINDS = (
+    "500",
+    "503",
+    "429",
+    "reset",
+    "reset-after",
+    "500-after",
+    "forbidden",
+    "ignore-if",
+    "reject-if",
+    "delay",
+    "barrier",
+    *QUIRK_KINDS,
+)
 #: Kinds that are faults (counted as injected); delay and barrier only shape timing.
-FAULT_KINDS = ("500", "503", "429", "reset", "reset-after", "500-after", "forbidden", "ignore-if",
-               "reject-if", *QUIRK_KINDS)
+FAULT_KINDS = (
+    "500",
+    "503",
+    "429",
+    "reset",
+    "reset-after",
+    "500-after",
+    "forbidden",
+    "ignore-if",
+    "reject-if",
+    *QUIRK_KINDS,
+)
 
 _ERRORS = {
     "500": (500, "InternalError", "We encountered an internal error. Please try again."),
@@ -96,10 +118,26 @@ _CONDITIONS = ("if-match", "if-none-match")
 _TRAILER_SHA256 = "STREAMING-UNSIGNED-PAYLOAD-TRAILER"
 _CHECKSUM_HEADER = re.compile(r"x-amz-checksum-(crc32|crc32c|crc64nvme|sha1|sha256)", re.IGNORECASE)
 #: Headers the ignore-if-missing probe (a HEAD) does not copy from the request it probes for.
-_PROBE_SKIP = {"expect", "content-md5", "content-type", "content-encoding", "x-amz-trailer",
-               "x-amz-decoded-content-length", "x-amz-sdk-checksum-algorithm"}
-_HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
-               "transfer-encoding", "upgrade", "content-length"}
+_PROBE_SKIP = {
+    "expect",
+    "content-md5",
+    "content-type",
+    "content-encoding",
+    "x-amz-trailer",
+    "x-amz-decoded-content-length",
+    "x-amz-sdk-checksum-algorithm",
+}
+_HOP_BY_HOP = {
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailers",
+    "transfer-encoding",
+    "upgrade",
+    "content-length",
+}
 _CREDENTIAL = re.compile(r"Credential=([^/,\s]+)/")
 
 
@@ -137,9 +175,11 @@ def classify(method: str, target: str, headers: http.client.HTTPMessage) -> tupl
 
 def has_trailer(headers: http.client.HTTPMessage) -> bool:
     """Whether a request announces an aws-chunked body or a trailer (what ``reject-trailer`` refuses)."""
-    return ("x-amz-trailer" in headers
-            or "aws-chunked" in (headers.get("Content-Encoding") or "").lower()
-            or (headers.get("x-amz-content-sha256") or "").upper() == _TRAILER_SHA256)
+    return (
+        "x-amz-trailer" in headers
+        or "aws-chunked" in (headers.get("Content-Encoding") or "").lower()
+        or (headers.get("x-amz-content-sha256") or "").upper() == _TRAILER_SHA256
+    )
 
 
 def checksum_header(headers: http.client.HTTPMessage) -> tuple[str, str] | None:
@@ -196,10 +236,12 @@ class Rule:
             raise ValueError(f"unknown fault kind {self.kind!r}")
 
     def matches(self, op: str, bucket: str, key: str, access_key: str | None) -> bool:
-        return ((self.ops is None or op in self.ops)
-                and (self.bucket is None or self.bucket == bucket)
-                and (self.key_contains is None or self.key_contains in key)
-                and (self.access_key is None or self.access_key == access_key))
+        return (
+            (self.ops is None or op in self.ops)
+            and (self.bucket is None or self.bucket == bucket)
+            and (self.key_contains is None or self.key_contains in key)
+            and (self.access_key is None or self.access_key == access_key)
+        )
 
 
 class FaultProxy:
@@ -251,16 +293,37 @@ class FaultProxy:
             self.forwarded.clear()
             self.rng = random.Random(self.seed if seed is None else seed)
 
-    def add(self, kind: str, ops: Iterable[str] | str | None = None, *, nth: Iterable[int] | int | None = None,
-            probability: float | None = None, times: int | None = None, key_contains: str | None = None,
-            access_key: str | None = None, delay: float = 0.0, parties: int = 2, bucket: str | None = None) -> Rule:
+    def add(
+        self,
+        kind: str,
+        ops: Iterable[str] | str | None = None,
+        *,
+        nth: Iterable[int] | int | None = None,
+        probability: float | None = None,
+        times: int | None = None,
+        key_contains: str | None = None,
+        access_key: str | None = None,
+        delay: float = 0.0,
+        parties: int = 2,
+        bucket: str | None = None,
+    ) -> Rule:
         """Add a rule; with neither ``nth`` nor ``probability`` it fires on every matching call."""
         if isinstance(ops, str):
             ops = [ops]
         if isinstance(nth, int):
             nth = [nth]
-        rule = Rule(kind, frozenset(ops) if ops is not None else None, frozenset(nth) if nth is not None else None,
-                    probability, times, key_contains, access_key, delay, parties, bucket)
+        rule = Rule(
+            kind,
+            frozenset(ops) if ops is not None else None,
+            frozenset(nth) if nth is not None else None,
+            probability,
+            times,
+            key_contains,
+            access_key,
+            delay,
+            parties,
+            bucket,
+        )
         with self.lock:
             self.rules.append(rule)
         return rule
@@ -278,11 +341,22 @@ class FaultProxy:
     def _wants_probe(self, op: str, bucket: str, key: str, access_key: str | None) -> bool:
         """Whether an ignore-if-missing rule could fire on this request (then its key is probed upstream)."""
         with self.lock:
-            return any(rule.kind == "ignore-if-missing" and rule.matches(op, bucket, key, access_key)
-                       and (rule.times is None or rule.fired < rule.times) for rule in self.rules)
+            return any(
+                rule.kind == "ignore-if-missing"
+                and rule.matches(op, bucket, key, access_key)
+                and (rule.times is None or rule.fired < rule.times)
+                for rule in self.rules
+            )
 
-    def _decide(self, op: str, bucket: str, key: str, access_key: str | None, conditional: bool = False,
-                applies: Callable[[str], bool] | None = None) -> Rule | None:
+    def _decide(
+        self,
+        op: str,
+        bucket: str,
+        key: str,
+        access_key: str | None,
+        conditional: bool = False,
+        applies: Callable[[str], bool] | None = None,
+    ) -> Rule | None:
         with self.lock:
             self.calls[op] += 1
             if access_key:
@@ -345,12 +419,20 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         access_key = match.group(1) if match else None
         conditional = any(h.lower() in _CONDITIONS for h in self.headers)
         missing = None
-        if (op == "put" and "If-Match" in self.headers
-                and self.owner._wants_probe(op, bucket, key, access_key)):
+        if op == "put" and "If-Match" in self.headers and self.owner._wants_probe(op, bucket, key, access_key):
             missing = self._probe_missing()
-        rule = None if op == "moto-api" else self.owner._decide(
-            op, bucket, key, access_key, conditional,
-            lambda kind: applies(kind, self.command, op, self.headers, missing))
+        rule = (
+            None
+            if op == "moto-api"
+            else self.owner._decide(
+                op,
+                bucket,
+                key,
+                access_key,
+                conditional,
+                lambda kind: applies(kind, self.command, op, self.headers, missing),
+            )
+        )
         kind = rule.kind if rule else None
         if kind == "reject-if":
             return self._error(kind)
@@ -399,16 +481,27 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 rule._released.set()
         rule._released.wait(timeout=30)
 
-    def _forward(self, body: bytes, strip_conditions: bool = False, *, drop: Iterable[str] = (),
-                 set_headers: dict[str, str] | None = None, method: str | None = None, target: str | None = None
-                 ) -> tuple[int, str, list[tuple[str, str]], bytes]:
+    def _forward(
+        self,
+        body: bytes,
+        strip_conditions: bool = False,
+        *,
+        drop: Iterable[str] = (),
+        set_headers: dict[str, str] | None = None,
+        method: str | None = None,
+        target: str | None = None,
+    ) -> tuple[int, str, list[tuple[str, str]], bytes]:
         """Send the request upstream (``method``/``target`` instead of its own, headers in ``drop`` left out,
         those of ``set_headers`` replaced) and return its answer."""
         method = method or self.command
         conn = http.client.HTTPConnection(*self.owner.upstream, timeout=120)
         try:
-            skip = (_HOP_BY_HOP | (set(_CONDITIONS) if strip_conditions else set())
-                    | {name.lower() for name in drop} | {name.lower() for name in set_headers or {}})
+            skip = (
+                _HOP_BY_HOP
+                | (set(_CONDITIONS) if strip_conditions else set())
+                | {name.lower() for name in drop}
+                | {name.lower() for name in set_headers or {}}
+            )
             headers = {k: v for k, v in self.headers.items() if k.lower() not in skip}
             headers.update(set_headers or {})
             if body or method in ("PUT", "POST"):
@@ -425,15 +518,21 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         """Whether the request's key is absent upstream: a HEAD of it with the request's own headers (moto
         does not verify signatures), without its body, conditions or body-describing headers."""
         path = urllib.parse.urlsplit(self.path).path
-        status, _reason, _headers, _data = self._forward(b"", strip_conditions=True, method="HEAD", target=path,
-                                                         drop=_PROBE_SKIP | {h for h, _ in self.headers.items()
-                                                                             if _CHECKSUM_HEADER.fullmatch(h)})
+        status, _reason, _headers, _data = self._forward(
+            b"",
+            strip_conditions=True,
+            method="HEAD",
+            target=path,
+            drop=_PROBE_SKIP | {h for h, _ in self.headers.items() if _CHECKSUM_HEADER.fullmatch(h)},
+        )
         return status == 404
 
     def _error(self, kind: str) -> None:
         status, code, message = _ERRORS[kind]
-        body = (f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code><Message>{message}</Message>'
-                f"<RequestId>FAULT{int(time.time() * 1000)}</RequestId></Error>").encode()
+        body = (
+            f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code><Message>{message}</Message>'
+            f"<RequestId>FAULT{int(time.time() * 1000)}</RequestId></Error>"
+        ).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/xml")
         if self.command == "HEAD":

@@ -31,8 +31,13 @@ def versioned(world) -> None:
 
 def test_moto_honours_every_semantic_and_the_probe_leaves_nothing(world):
     caps = probe(world)
-    assert (caps.put_if_none_match, caps.put_if_match, caps.put_if_match_missing_key, caps.delete_if_match,
-            caps.get_if_match) == (endpoint.HONOURED,) * 5
+    assert (
+        caps.put_if_none_match,
+        caps.put_if_match,
+        caps.put_if_match_missing_key,
+        caps.delete_if_match,
+        caps.get_if_match,
+    ) == (endpoint.HONOURED,) * 5
     assert caps.checksum_trailers == endpoint.ACCEPTED and caps.versioning == "Off"
     assert "Werkzeug" in caps.server
     sem = endpoint.semantics(caps, world.settings)
@@ -147,8 +152,9 @@ def test_manifest_redelivered_during_a_claim_is_processed_never_lost(world, monk
     world.image("a/two.tif", seed=2)
     if bucket_kind == "versioned":
         versioned(world)
-    settings = dataclasses.replace(world.settings, delete_fallback="verify-first" if bucket_kind != "versioned"
-                                   else "refuse")
+    settings = dataclasses.replace(
+        world.settings, delete_fallback="verify-first" if bucket_kind != "versioned" else "refuse"
+    )
     world.proxy.add("ignore-if", "delete")
     world.manifest("r/again-raw.csv", ["a/one.tif,1"])
     _redeliver_during_claim(monkeypatch, world, "r/again-raw.csv", b"a/two.tif,1\n")

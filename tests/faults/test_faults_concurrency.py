@@ -49,7 +49,7 @@ def test_ticks_at_the_same_moment_on_two_hosts_claim_each_manifest_once(world, t
     flat = [raw for c in claimed for raw in c]
     assert sorted(flat) == sorted(manifests), f"each manifest claimed exactly once: {claimed}"
     world.figures.kind("concurrency", f"{ticks}-ticks-same-moment")
-    world.check({raw[:-len("raw.csv")]: {"processed": [image, "shared/both.tif"]} for raw, image in manifests.items()})
+    world.check({raw[: -len("raw.csv")]: {"processed": [image, "shared/both.tif"]} for raw, image in manifests.items()})
 
 
 @pytest.mark.slow
@@ -66,9 +66,12 @@ def test_two_manifests_in_one_tick_same_image_and_same_name_in_two_folders(world
     assert result.exit_code == 0 and len(result.manifests) == 2
     world.figures.kind("concurrency", "two-manifests-one-tick")
     world.figures.kind("concurrency", "same-image-two-manifests")
-    world.check({"a/x-": {"processed": ["img/shared.tif", "img/only-a.tif"]},
-                 "b/x-": {"processed": ["img/only-b.tif", "img/shared.tif"],
-                          "failed": {"img/missing.tif": "not found"}}})
+    world.check(
+        {
+            "a/x-": {"processed": ["img/shared.tif", "img/only-a.tif"]},
+            "b/x-": {"processed": ["img/only-b.tif", "img/shared.tif"], "failed": {"img/missing.tif": "not found"}},
+        }
+    )
 
 
 @pytest.mark.slow
@@ -78,8 +81,12 @@ def test_live_claim_elsewhere_is_respected_and_a_stale_one_taken_over(world):
     world.snapshot()
     etag = world.seed.head_object(Bucket=world.input_bucket, Key="s/stale-raw.csv")["ETag"]
     marker = claim_marker_key("s/stale-raw.csv", etag)
-    other = {"host": "another-host", "pid": 4242, "token": "0123456789abcdef",
-             "claimed_as": "s/stale-processing-20200101-000000.csv"}
+    other = {
+        "host": "another-host",
+        "pid": 4242,
+        "token": "0123456789abcdef",
+        "claimed_as": "s/stale-processing-20200101-000000.csv",
+    }
     world.seed.put_object(Bucket=world.input_bucket, Key=marker, Body=json.dumps(other).encode())
 
     first = world.tick()  # default lease (1 h): the claim in progress elsewhere is left alone
@@ -118,8 +125,12 @@ def test_processing_file_whose_run_directory_is_gone_is_adopted(world):
 def test_foreign_processing_file_is_adopted_only_after_its_heartbeat_stops(world):
     world.image("a/one.tif", seed=1)
     key = "s/far-processing-20260101-000000.csv"
-    world.seed.put_object(Bucket=world.input_bucket, Key=key, Body=b"a/one.tif,1\n",
-                          Metadata={OWNER_META: "feedfacefeedface", RUN_META: "workflow-run-x"})
+    world.seed.put_object(
+        Bucket=world.input_bucket,
+        Key=key,
+        Body=b"a/one.tif,1\n",
+        Metadata={OWNER_META: "feedfacefeedface", RUN_META: "workflow-run-x"},
+    )
     world.snapshot()
     assert world.tick().run_dir is None, "fresh: its owner may be running it"
     time.sleep(1.5)
@@ -136,9 +147,22 @@ def test_heartbeat_refreshes_a_live_run_and_never_resurrects_a_finished_one(worl
     run_dir = tmp_path / "workflow-run-20260101-000000"
     (run_dir / "manifests").mkdir(parents=True)
     (run_dir / "manifests" / "hb.csv").write_bytes(b"a.tif,1\n")
-    (run_dir / RUN_CONFIG).write_text(yaml.safe_dump({"manifests": [
-        {"id": "m1", "csv": "manifests/hb.csv", "key": key, "raw_key": "s/hb-raw.csv", "stem": "s/hb-",
-         "timestamp": "20260101-000000"}]}))
+    (run_dir / RUN_CONFIG).write_text(
+        yaml.safe_dump(
+            {
+                "manifests": [
+                    {
+                        "id": "m1",
+                        "csv": "manifests/hb.csv",
+                        "key": key,
+                        "raw_key": "s/hb-raw.csv",
+                        "stem": "s/hb-",
+                        "timestamp": "20260101-000000",
+                    }
+                ]
+            }
+        )
+    )
     run = RunDir(run_dir)
     client = s3.make_client(world.settings)
     before = world.seed.head_object(Bucket=world.input_bucket, Key=key)
@@ -230,9 +254,11 @@ def test_endpoint_ignoring_conditional_writes_is_warned_about_and_loses_nothing(
         claimed += json.loads(out.strip().splitlines()[-1])["manifests"]
     outcomes = world.outcomes()
     for raw, image in manifests.items():
-        triples = outcomes[raw[:-len("raw.csv")]]
+        triples = outcomes[raw[: -len("raw.csv")]]
         assert triples and all(rows(t["processed"]) == [[image, "1"]] and rows(t["failed"]) == [] for t in triples)
     world.figures.kind("concurrency", "endpoint-ignores-conditional-writes")
     world.figures.bounds["duplicate_claims_without_conditional_writes"] = {
-        "manifests": len(manifests), "claims": len(claimed)}
+        "manifests": len(manifests),
+        "claims": len(claimed),
+    }
     world.check({}, leftovers_ok=False)

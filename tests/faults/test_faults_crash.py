@@ -17,8 +17,12 @@ from cog_pipeline.core.processes import busy, process_cwds
 from cog_pipeline.control.tick import MAX_RESUMES
 
 OVERRIDES = {"batch_size": 2}
-EXPECTED = {"crash/jobs-": {"processed": ["a/one.tif", "a/two.tif", "b/three.tif"],
-                            "failed": {"a/missing.tif": "not found", "/bad.tif": "starts with '/'"}}}
+EXPECTED = {
+    "crash/jobs-": {
+        "processed": ["a/one.tif", "a/two.tif", "b/three.tif"],
+        "failed": {"a/missing.tif": "not found", "/bad.tif": "starts with '/'"},
+    }
+}
 
 #: step -> True when the claim was committed before the crash (the run directory is resumed).
 STEPS = {
@@ -50,8 +54,9 @@ def scenario(world):
     world.put("a/one.tif", SAMPLES_DIR / "byte.tif")
     world.image("a/two.tif", seed=2)
     world.image("b/three.tif", count=3, seed=3)
-    world.manifest("crash/jobs-raw.csv", ["a/one.tif,1", "a/two.tif,1", "b/three.tif,3", "a/missing.tif,1",
-                                          "/bad.tif,1"])
+    world.manifest(
+        "crash/jobs-raw.csv", ["a/one.tif,1", "a/two.tif,1", "b/three.tif,3", "a/missing.tif,1", "/bad.tif,1"]
+    )
     world.snapshot()
 
 
@@ -82,8 +87,9 @@ def test_crash_at_step_then_next_tick_reaches_the_same_outcome(world, step):
         assert [str(p) for p in result.resumed] == [str(p) for p in runs_before], "the crashed run is resumed"
     else:
         assert not result.resumed and result.run_dir is not None, "the manifest is claimed afresh"
-        assert [p for p in world.workdir.glob("workflow-run-*")] == [result.run_dir], \
+        assert [p for p in world.workdir.glob("workflow-run-*")] == [result.run_dir], (
             "the crashed tick's run directory (nothing committed) is cleaned away"
+        )
     again = world.tick(overrides=OVERRIDES)
     assert again.run_dir is None and not again.resumed and not again.manifests, "nothing left to do"
 
@@ -107,9 +113,20 @@ def test_a_run_that_keeps_crashing_ends_with_every_row_accounted(world):
     result = world.tick(overrides=OVERRIDES)
     assert result.exit_code == 0 and len(result.resumed) == 1
     unfinished = "did not finish"
-    world.check({"crash/jobs-": {"processed": [], "failed": {"a/one.tif": unfinished, "a/two.tif": unfinished,
-                                                             "b/three.tif": unfinished, "a/missing.tif": unfinished,
-                                                             "/bad.tif": "starts with '/'"}}})
+    world.check(
+        {
+            "crash/jobs-": {
+                "processed": [],
+                "failed": {
+                    "a/one.tif": unfinished,
+                    "a/two.tif": unfinished,
+                    "b/three.tif": unfinished,
+                    "a/missing.tif": unfinished,
+                    "/bad.tif": "starts with '/'",
+                },
+            }
+        }
+    )
 
 
 @pytest.mark.slow
@@ -135,8 +152,9 @@ def test_snakemake_killed_alone_every_row_accounted_and_retry_completes(world):
 
     processed = [r[0] for r in rows(outcome["processed"])]
     failed = {r[0]: r[2] for r in rows(outcome["errors"])[1:]}
-    assert sorted(processed + list(failed)) == sorted(["a/one.tif", "a/two.tif", "b/three.tif", "a/missing.tif",
-                                                       "/bad.tif"]), "every row exactly once"
+    assert sorted(processed + list(failed)) == sorted(
+        ["a/one.tif", "a/two.tif", "b/three.tif", "a/missing.tif", "/bad.tif"]
+    ), "every row exactly once"
     retry = [k for k, reason in failed.items() if "did not finish" in reason]
     assert retry, "Snakemake was killed before every batch finished"
     world.figures.rows_processed += len(processed)

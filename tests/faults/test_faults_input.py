@@ -22,12 +22,22 @@ TEN_MB_KEY = "h/" + "x" * (10 * 1024 * 1024) + ".tif"
 
 def tiff_bomb_header(path, width=65536, height=65536):
     """A 200-byte TIFF that declares width x height pixels in one strip it does not have."""
-    entries = [(256, 4, 1, width), (257, 4, 1, height), (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 1),
-               (273, 4, 1, 200), (277, 3, 1, 1), (278, 4, 1, height), (279, 4, 1, 16)]
+    entries = [
+        (256, 4, 1, width),
+        (257, 4, 1, height),
+        (258, 3, 1, 8),
+        (259, 3, 1, 1),
+        (262, 3, 1, 1),
+        (273, 4, 1, 200),
+        (277, 3, 1, 1),
+        (278, 4, 1, height),
+        (279, 4, 1, 16),
+    ]
     ifd = struct.pack("<H", len(entries))
     for tag, typ, count, value in entries:
-        ifd += struct.pack("<HHI", tag, typ, count) + (struct.pack("<HH", value, 0) if typ == 3 else
-                                                       struct.pack("<I", value))
+        ifd += struct.pack("<HHI", tag, typ, count) + (
+            struct.pack("<HH", value, 0) if typ == 3 else struct.pack("<I", value)
+        )
     ifd += struct.pack("<I", 0)
     data = b"II*\x00" + struct.pack("<I", 8) + ifd
     path.write_bytes(data + b"\x00" * (216 - len(data)))
@@ -42,9 +52,21 @@ def sparse_bomb(path):
 
 
 def _sparse_bomb(path):
-    with rasterio.open(path, "w", driver="GTiff", width=100_000, height=100_000, count=1, dtype="uint8",
-                       tiled=True, blockxsize=1024, blockysize=1024, compress="deflate", SPARSE_OK=True,
-                       BIGTIFF="YES") as dst:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=100_000,
+        height=100_000,
+        count=1,
+        dtype="uint8",
+        tiled=True,
+        blockxsize=1024,
+        blockysize=1024,
+        compress="deflate",
+        SPARSE_OK=True,
+        BIGTIFF="YES",
+    ) as dst:
         dst.write(np.zeros((1, 1, 1), dtype="uint8"), window=rasterio.windows.Window(0, 0, 1, 1))
     return path
 
@@ -75,10 +97,25 @@ def test_hostile_and_odd_input_specific_reasons_bounded_memory_and_time(world):
     world.put("h/nogeo.tif", make_tif(s / "nogeo.tif", georef=False, seed=9))
     assert (s / "bomb-header.tif").stat().st_size < 1024 and (s / "bomb-sparse.tif").stat().st_size < 1_000_000
 
-    world.manifest("h/mixed-raw.csv", [
-        "h/good.tif,1", "h/../escape.tif,1", "h/%2e%2e/pct.tif,1", "h\\back.tif,1", "h/ctl\x01.tif,1",
-        "h/tab\tkey.tif,1", f"{LONG_KEY},1", f"{TOO_LONG_KEY},1", "h/jpeg-renamed.tif,3", "h/bomb-header.tif,1",
-        "h/bomb-sparse.tif,1", "h/bands200.tif,200", "h/already-cog.tif,1", "h/nogeo.tif,1"])
+    world.manifest(
+        "h/mixed-raw.csv",
+        [
+            "h/good.tif,1",
+            "h/../escape.tif,1",
+            "h/%2e%2e/pct.tif,1",
+            "h\\back.tif,1",
+            "h/ctl\x01.tif,1",
+            "h/tab\tkey.tif,1",
+            f"{LONG_KEY},1",
+            f"{TOO_LONG_KEY},1",
+            "h/jpeg-renamed.tif,3",
+            "h/bomb-header.tif,1",
+            "h/bomb-sparse.tif,1",
+            "h/bands200.tif,200",
+            "h/already-cog.tif,1",
+            "h/nogeo.tif,1",
+        ],
+    )
     world.manifest("h/empty-raw.csv", b"")
     world.manifest("h/rows100k-raw.csv", b"h/good.tif,1\n" * 100_000)
     world.manifest("h/longline-raw.csv", f"{TEN_MB_KEY},1\nh/good2.tif,1\n".encode())
@@ -89,23 +126,49 @@ def test_hostile_and_odd_input_specific_reasons_bounded_memory_and_time(world):
     assert proc.returncode == 0, proc.stderr[-3000:]
     expected = {
         "h/mixed-": {
-            "processed": ["h/good.tif", "h/%2e%2e/pct.tif", LONG_KEY, "h/bands200.tif", "h/already-cog.tif",
-                          "h/nogeo.tif"],
-            "failed": {"h/../escape.tif": "'..' path segment", "h\\back.tif": "backslash",
-                       "h/ctl\x01.tif": "control character (U+0001)",
-                       "h/tab\tkey.tif": "control character (U+0009 tab)",
-                       TOO_LONG_KEY: "longer than the 1024-byte limit",
-                       "h/jpeg-renamed.tif": "not a TIFF file (it looks like a JPEG image",
-                       "h/bomb-header.tif": "exceeds max_pixels", "h/bomb-sparse.tif": "exceeds max_pixels"}},
+            "processed": [
+                "h/good.tif",
+                "h/%2e%2e/pct.tif",
+                LONG_KEY,
+                "h/bands200.tif",
+                "h/already-cog.tif",
+                "h/nogeo.tif",
+            ],
+            "failed": {
+                "h/../escape.tif": "'..' path segment",
+                "h\\back.tif": "backslash",
+                "h/ctl\x01.tif": "control character (U+0001)",
+                "h/tab\tkey.tif": "control character (U+0009 tab)",
+                TOO_LONG_KEY: "longer than the 1024-byte limit",
+                "h/jpeg-renamed.tif": "not a TIFF file (it looks like a JPEG image",
+                "h/bomb-header.tif": "exceeds max_pixels",
+                "h/bomb-sparse.tif": "exceeds max_pixels",
+            },
+        },
         "h/empty-": {"processed": [], "failed": {}},
         "h/rows100k-": {"processed": ["h/good.tif"], "failed": [("h/good.tif", "duplicate of line 1")] * 99_999},
         "h/longline-": {"processed": ["h/good2.tif"], "failed": {TEN_MB_KEY: "longer than the 1024-byte limit"}},
         "h/badutf8-": {"processed": ["h/good3.tif"], "failed": {"h/\ufffd\ufffdbad.tif": "not valid UTF-8"}},
     }
     found = world.check(expected)
-    for name in ("dotdot", "percent-dotdot", "backslash", "control-character", "1024-byte-key", "1025-byte-key",
-                 "empty-csv", "100k-rows", "10MB-line", "invalid-utf8", "jpeg-as-tif", "tiff-bomb-header",
-                 "tiff-bomb-sparse", "200-bands", "already-cog", "no-georeference"):
+    for name in (
+        "dotdot",
+        "percent-dotdot",
+        "backslash",
+        "control-character",
+        "1024-byte-key",
+        "1025-byte-key",
+        "empty-csv",
+        "100k-rows",
+        "10MB-line",
+        "invalid-utf8",
+        "jpeg-as-tif",
+        "tiff-bomb-header",
+        "tiff-bomb-sparse",
+        "200-bands",
+        "already-cog",
+        "no-georeference",
+    ):
         world.figures.kind("input", name)
     assert rows(found["h/empty-"]["errors"]) == [["key", "bands", "reason"]]
     # Nothing was written outside the run's own temp dirs, whatever the keys said.
@@ -127,6 +190,7 @@ def test_peak_memory_of_a_100k_row_manifest_is_bounded(world):
     proc, elapsed, peak_mb = world.run_measured()
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert peak_mb < 1024 and elapsed < 120, f"peak RSS {peak_mb:.0f} MB, {elapsed:.0f} s"
-    world.check({"m/big-": {"processed": [], "failed": [(f"/m/img{i:06d}.tif", "starts with '/'")
-                                                        for i in range(100_000)]}})
+    world.check(
+        {"m/big-": {"processed": [], "failed": [(f"/m/img{i:06d}.tif", "starts with '/'") for i in range(100_000)]}}
+    )
     world.figures.bounds["manifest_100k_rows_tick"] = {"seconds": round(elapsed, 1), "peak_rss_mb": round(peak_mb)}

@@ -22,8 +22,14 @@ def test_rows_whose_urls_expired_fail_clearly_and_retry_processes_them(world):
     world.image("a/two.tif", seed=2)
     world.manifest("exp/late-raw.csv", ["a/one.tif,1", "a/two.tif,1"])
     assert world.tick(overrides=EXPIRED).exit_code == 0
-    failed = world.check({"exp/late-": {"processed": [], "failed": {"a/one.tif": "presigned URLs expired",
-                                                                    "a/two.tif": "presigned URLs expired"}}})
+    failed = world.check(
+        {
+            "exp/late-": {
+                "processed": [],
+                "failed": {"a/one.tif": "presigned URLs expired", "a/two.tif": "presigned URLs expired"},
+            }
+        }
+    )
     assert "cog-pipeline retry" in failed["exp/late-"]["errors"]
     assert not world.objects(world.output_bucket), "nothing may be left at an output key"
     [run_dir] = sorted(world.workdir.glob("workflow-run-*"))

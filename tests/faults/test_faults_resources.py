@@ -23,8 +23,11 @@ def tmpfs(path: Path, size: str, readonly: bool = False):
     if os.geteuid() != 0:
         pytest.skip("needs root to mount a small tmpfs")
     opts = f"size={size}" + (",ro" if readonly else "")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, f"cogtest-{uuid.uuid4().hex[:6]}", str(path)],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", opts, f"cogtest-{uuid.uuid4().hex[:6]}", str(path)],
+        capture_output=True,
+        text=True,
+    )
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
     try:
@@ -55,10 +58,25 @@ def prepare(world):
 
 
 def cli(world, *extra, access=None, secret=None, workdir=None, endpoint=None):
-    args = [sys.executable, "-m", "cog_pipeline.ui.cli", "tick", "-a", str(access or world.key_files[0]),
-            "-s", str(secret or world.key_files[1]), "-e", endpoint or world.proxy.endpoint,
-            "--input-bucket", world.input_bucket, "--output-bucket", world.output_bucket,
-            "--workdir", str(workdir or world.workdir), *extra]
+    args = [
+        sys.executable,
+        "-m",
+        "cog_pipeline.ui.cli",
+        "tick",
+        "-a",
+        str(access or world.key_files[0]),
+        "-s",
+        str(secret or world.key_files[1]),
+        "-e",
+        endpoint or world.proxy.endpoint,
+        "--input-bucket",
+        world.input_bucket,
+        "--output-bucket",
+        world.output_bucket,
+        "--workdir",
+        str(workdir or world.workdir),
+        *extra,
+    ]
     world.figures.runs += 1
     return subprocess.run(args, capture_output=True, text=True, timeout=120)
 
@@ -67,8 +85,9 @@ def test_working_directory_on_a_full_disk(world):
     before = prepare(world)
     with tmpfs(world.tmp / "full", "1m") as full:
         proc = cli(world, workdir=full / "work")
-    assert_refused(world, before, proc, "MiB free in the working directory", "nothing was claimed",
-                   kind="disk-full-before-claim")
+    assert_refused(
+        world, before, proc, "MiB free in the working directory", "nothing was claimed", kind="disk-full-before-claim"
+    )
 
 
 def test_unwritable_temp_dir(world):
@@ -100,8 +119,14 @@ def test_disk_fills_during_a_conversion(world):
         proc = world.run_proc(overrides={"tmp_dir": str(small), "batch_size": 10})
         leftovers = list(small.iterdir())
     assert proc.returncode == 0, proc.stderr[-3000:]
-    world.check({"r/disk-": {"processed": ["a/one.tif", "a/two.tif"],
-                             "failed": {"big/huge.tif": "no space left", "big/giant.tif": "no space left"}}})
+    world.check(
+        {
+            "r/disk-": {
+                "processed": ["a/one.tif", "a/two.tif"],
+                "failed": {"big/huge.tif": "no space left", "big/giant.tif": "no space left"},
+            }
+        }
+    )
     assert leftovers == [], "temp files are removed even after ENOSPC"
     world.figures.kind("resources", "disk-full-mid-run")
 
@@ -121,13 +146,19 @@ def test_wrong_credentials(world):
     world.proxy.add("forbidden", access_key="WRONGACCESSKEY000000")  # as a real S3 answers an unknown key
     proc = cli(world, access=wrong)
     assert "WRONGACCESSKEY000000" not in proc.stderr + proc.stdout
-    assert_refused(world, before, proc, "access to input bucket 'test-input' denied: check the key files",
-                   kind="wrong-credentials")
+    assert_refused(
+        world, before, proc, "access to input bucket 'test-input' denied: check the key files", kind="wrong-credentials"
+    )
 
 
-@pytest.mark.parametrize("content,message", [(None, "key file not found"),
-                                             ("two\nlines\n", "must hold exactly one non-empty line"),
-                                             ("", "must hold exactly one non-empty line")])
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        (None, "key file not found"),
+        ("two\nlines\n", "must hold exactly one non-empty line"),
+        ("", "must hold exactly one non-empty line"),
+    ],
+)
 def test_missing_or_malformed_key_file(world, content, message):
     before = prepare(world)
     path = world.tmp / "bad-key"

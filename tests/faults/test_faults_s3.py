@@ -16,8 +16,17 @@ from cog_pipeline.core.errors import PipelineError
 
 MiB = 1024 * 1024
 #: Every S3 operation the pipeline makes (the proxy's names); it makes no CopyObject call.
-OPERATIONS = ["head_bucket", "list", "head", "get", "put", "delete", "create_multipart", "upload_part",
-              "complete_multipart"]
+OPERATIONS = [
+    "head_bucket",
+    "list",
+    "head",
+    "get",
+    "put",
+    "delete",
+    "create_multipart",
+    "upload_part",
+    "complete_multipart",
+]
 SMALL_PARTS = {"s3": {"multipart_threshold": 5 * MiB, "multipart_chunksize": 5 * MiB}, "batch_size": 2}
 
 
@@ -28,8 +37,12 @@ def scenario(world):
     world.image("big/multi.tif", width=1900, height=1100, count=3, seed=3)  # ~6 MB: 2 parts up, ranged GETs down
     world.manifest("s3/faults-raw.csv", ["a/one.tif,1", "a/two.tif,3", "big/multi.tif,3", "a/missing.tif,1"])
     world.snapshot()
-    return {"s3/faults-": {"processed": ["a/one.tif", "a/two.tif", "big/multi.tif"],
-                           "failed": {"a/missing.tif": "not found"}}}
+    return {
+        "s3/faults-": {
+            "processed": ["a/one.tif", "a/two.tif", "big/multi.tif"],
+            "failed": {"a/missing.tif": "not found"},
+        }
+    }
 
 
 def _sample(name):
@@ -50,7 +63,7 @@ EVERY_OPERATION_KINDS = ["500", "503", "reset", "reset-after", "500-after"]
 def test_fault_kind_on_every_operation_run_completes_exactly(world, kind):
     expected = scenario(world)
     for op in OPERATIONS:
-        world.proxy.add(kind, op, nth=[1, 2])       # the first calls: the tick's own (claim, listing...)
+        world.proxy.add(kind, op, nth=[1, 2])  # the first calls: the tick's own (claim, listing...)
     world.proxy.add(kind, OPERATIONS, probability=0.08)  # and some of everyone's (batch jobs, aggregate)
 
     result = world.tick(overrides=SMALL_PARTS)
@@ -78,8 +91,12 @@ def test_retries_are_bounded_and_nothing_is_claimed_when_s3_keeps_failing(world)
     expected_manifest = b"a/one.tif,1\n"
     world.manifest("s3/down-raw.csv", expected_manifest)
     world.proxy.add("503", "head_bucket")
-    settings = s3.S3Settings(endpoint_url=world.proxy.endpoint, access_key_file=world.settings.access_key_file,
-                             secret_key_file=world.settings.secret_key_file, max_attempts=3)
+    settings = s3.S3Settings(
+        endpoint_url=world.proxy.endpoint,
+        access_key_file=world.settings.access_key_file,
+        secret_key_file=world.settings.secret_key_file,
+        max_attempts=3,
+    )
     started = time.monotonic()
     with pytest.raises(PipelineError, match="input bucket 'test-input': HeadBucket failed: 503"):
         world.tick(settings=settings)
@@ -101,8 +118,12 @@ def test_lost_answer_to_the_last_upload_attempt_is_recognised(world):
     result = world.tick()
     assert result.exit_code == 0
     world.check({"s3/lost-": {"processed": ["a/lost.tif"]}})
-    logs = "".join(p.read_text(errors="replace") for d in ("logs", "status") for p in (result.run_dir / d).rglob("*")
-                   if p.is_file())
+    logs = "".join(
+        p.read_text(errors="replace")
+        for d in ("logs", "status")
+        for p in (result.run_dir / d).rglob("*")
+        if p.is_file()
+    )
     assert "the object is there, complete" in logs
 
 
@@ -132,8 +153,9 @@ def test_throttling_429_without_a_known_code_is_retried(world, monkeypatch):
     world.put("k.tif", b"x")
     for shim in (False, True):
         if shim:  # as with botocore 1.40: no status-code check, only known codes
-            monkeypatch.setattr(botocore.retries.standard.ThrottlingStatusCodeChecker, "is_retryable",
-                                lambda self, context: False)
+            monkeypatch.setattr(
+                botocore.retries.standard.ThrottlingStatusCodeChecker, "is_retryable", lambda self, context: False
+            )
             monkeypatch.setattr(s3, "NEEDS_429_SHIM", True)
         client = s3.make_client(world.settings)
         world.proxy.reset()
@@ -142,8 +164,14 @@ def test_throttling_429_without_a_known_code_is_retried(world, monkeypatch):
         assert client.head_object(Bucket=world.input_bucket, Key="k.tif")["ContentLength"] == 1
         assert client.get_object(Bucket=world.input_bucket, Key="k.tif")["Body"].read() == b"x"
         assert world.proxy.calls["head"] == 3 and world.proxy.calls["get"] == 3
-    plain = boto3.client("s3", endpoint_url=world.proxy.endpoint, region_name="us-east-1", aws_access_key_id="a",
-                         aws_secret_access_key="b", config=Config(retries={"mode": "standard", "max_attempts": 3}))
+    plain = boto3.client(
+        "s3",
+        endpoint_url=world.proxy.endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="a",
+        aws_secret_access_key="b",
+        config=Config(retries={"mode": "standard", "max_attempts": 3}),
+    )
     world.proxy.reset()
     world.proxy.add("429", "head", nth=[1])
     # What the shim is for: without it this botocore gives up on the first bare 429 (no retry at all).
@@ -154,8 +182,9 @@ def test_throttling_429_without_a_known_code_is_retried(world, monkeypatch):
     assert world.proxy.calls["head"] == 1
 
 
-@pytest.mark.parametrize("op,key", [("put", ".cog-pipeline/claims/"), ("put", "processing-"),
-                                    ("delete", "s3/claim-raw.csv")])
+@pytest.mark.parametrize(
+    "op,key", [("put", ".cog-pipeline/claims/"), ("put", "processing-"), ("delete", "s3/claim-raw.csv")]
+)
 @pytest.mark.slow
 def test_lost_answer_to_a_claim_step_still_claims_the_manifest_once(world, op, key):
     """The conditional marker / processing write or the conditional delete of the raw manifest is applied

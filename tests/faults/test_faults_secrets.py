@@ -80,9 +80,25 @@ def sentinel_keys(tmp_path):
 
 
 def cli_tick(world, keys, sampler_runs: list, extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
-    args = [sys.executable, "-m", "cog_pipeline.ui.cli", "tick", "-a", str(keys[0]), "-s", str(keys[1]),
-            "-e", world.proxy.endpoint, "--input-bucket", world.input_bucket, "--output-bucket", world.output_bucket,
-            "--workdir", str(world.workdir), *extra]
+    args = [
+        sys.executable,
+        "-m",
+        "cog_pipeline.ui.cli",
+        "tick",
+        "-a",
+        str(keys[0]),
+        "-s",
+        str(keys[1]),
+        "-e",
+        world.proxy.endpoint,
+        "--input-bucket",
+        world.input_bucket,
+        "--output-bucket",
+        world.output_bucket,
+        "--workdir",
+        str(world.workdir),
+        *extra,
+    ]
     sampler = ProcSampler()
     sampler.start()
     world.figures.runs += 1
@@ -110,8 +126,14 @@ def test_sentinel_secrets_never_leak(world, sentinel_keys):
     assert ACCESS in world.proxy.access_keys, "the sentinel credentials were really used"
     for key_file in sentinel_keys:
         assert f"key file {key_file} is readable by other users; run: chmod 600 {key_file}" in proc.stderr
-    world.check({"sec/jobs-": {"processed": ["a/one.tif", "a/two.tif"],
-                               "failed": {"a/missing.tif": "not found", "/bad.tif": "starts with '/'"}}})
+    world.check(
+        {
+            "sec/jobs-": {
+                "processed": ["a/one.tif", "a/two.tif"],
+                "failed": {"a/missing.tif": "not found", "/bad.tif": "starts with '/'"},
+            }
+        }
+    )
     outputs = [proc.stdout + proc.stderr]
 
     world.proxy.reset()  # 2: uploads refused for these credentials mid-run: failed rows with the S3 error
@@ -135,12 +157,33 @@ def test_sentinel_secrets_never_leak(world, sentinel_keys):
     from cog_pipeline import htcondor
 
     run_dir = sorted(world.workdir.glob("workflow-run-*"))[0]
-    tick_argv = ["tick", "--input-bucket", world.input_bucket, "--output-bucket", world.output_bucket,
-                 "-p", "*raw.csv", "-a", str(sentinel_keys[0]), "-s", str(sentinel_keys[1]), "-e", world.proxy.endpoint]
-    descriptions = [str(htcondor.crondor_submit(tick_argv=tick_argv, pattern="*raw.csv", workdir=world.workdir)),
-                    str(htcondor.driver_submit(run_dir=run_dir, pattern="*raw.csv", run_id=run_dir.name[-15:],
-                                               drive_argv=["drive", str(run_dir), "--executor", "htcondor"])),
-                    " ".join(htcondor.snakemake_args(run_dir, run_dir.name[-15:], "*raw.csv"))]
+    tick_argv = [
+        "tick",
+        "--input-bucket",
+        world.input_bucket,
+        "--output-bucket",
+        world.output_bucket,
+        "-p",
+        "*raw.csv",
+        "-a",
+        str(sentinel_keys[0]),
+        "-s",
+        str(sentinel_keys[1]),
+        "-e",
+        world.proxy.endpoint,
+    ]
+    descriptions = [
+        str(htcondor.crondor_submit(tick_argv=tick_argv, pattern="*raw.csv", workdir=world.workdir)),
+        str(
+            htcondor.driver_submit(
+                run_dir=run_dir,
+                pattern="*raw.csv",
+                run_id=run_dir.name[-15:],
+                drive_argv=["drive", str(run_dir), "--executor", "htcondor"],
+            )
+        ),
+        " ".join(htcondor.snakemake_args(run_dir, run_dir.name[-15:], "*raw.csv")),
+    ]
     assert str(sentinel_keys[0]) in descriptions[0], "the key file *path* is what travels"
 
     leaks = [f"/proc sample: {leak}" for s in samplers for leak in s.leaks]
@@ -168,8 +211,9 @@ def test_the_leak_detectors_do_detect(tmp_path):
     sampler.start()
     try:
         subprocess.run([sys.executable, "-c", "import time; time.sleep(0.3)", ACCESS], check=True)
-        subprocess.run([sys.executable, "-c", "import time; time.sleep(0.3)"], env=dict(os.environ, X=SECRET),
-                       check=True)
+        subprocess.run(
+            [sys.executable, "-c", "import time; time.sleep(0.3)"], env=dict(os.environ, X=SECRET), check=True
+        )
     finally:
         sampler.stop.set()
         sampler.join()

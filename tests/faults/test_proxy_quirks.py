@@ -24,15 +24,25 @@ BUCKET = OUTPUT_BUCKET
 def client(proxy, checksums: str = "when_required", trailer: bool = False):
     """A boto3 client through the proxy, without retries; ``trailer``: its PutObject checksums go in an
     aws-chunked trailer even over plain HTTP (which boto3 only does over HTTPS by itself)."""
-    s3 = boto3.client("s3", endpoint_url=proxy.endpoint, region_name="us-east-1",
-                      aws_access_key_id=LOCAL_ACCESS_KEY, aws_secret_access_key=LOCAL_SECRET_KEY,
-                      config=Config(s3={"addressing_style": "path"}, request_checksum_calculation=checksums,
-                                    retries={"mode": "standard", "max_attempts": 1}))
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=proxy.endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=LOCAL_ACCESS_KEY,
+        aws_secret_access_key=LOCAL_SECRET_KEY,
+        config=Config(
+            s3={"addressing_style": "path"},
+            request_checksum_calculation=checksums,
+            retries={"mode": "standard", "max_attempts": 1},
+        ),
+    )
     if trailer:
+
         def to_trailer(params, **_kwargs):
             algorithm = params["context"].get("checksum", {}).get("request_algorithm")
             if isinstance(algorithm, dict):
                 algorithm["in"] = "trailer"
+
         s3.meta.events.register("before-call.s3.PutObject", to_trailer)
     return s3
 
@@ -45,8 +55,11 @@ def error(exc_info) -> tuple[int, str]:
 def forwarded(proxy, method: str, key: str) -> list[dict[str, str]]:
     """Headers (lower-cased names) of the requests of ``method`` on ``key`` the proxy sent upstream."""
     path = f"/{BUCKET}/{urllib.parse.quote(key)}"
-    return [{k.lower(): v for k, v in headers.items()} for m, target, headers in proxy.forwarded
-            if m == method and urllib.parse.urlsplit(target).path == path]
+    return [
+        {k.lower(): v for k, v in headers.items()}
+        for m, target, headers in proxy.forwarded
+        if m == method and urllib.parse.urlsplit(target).path == path
+    ]
 
 
 def stored(seed, key: str) -> bytes | None:
@@ -72,8 +85,9 @@ def raw_put(proxy, key: str, body: bytes, headers: dict[str, str]) -> tuple[int,
 
 def test_quirks_are_kinds_and_faults_and_timing_kinds_are_not():
     assert set(QUIRK_KINDS) <= set(KINDS) and set(QUIRK_KINDS) <= set(FAULT_KINDS)
-    assert {"500", "503", "429", "reset", "reset-after", "500-after", "forbidden", "ignore-if",
-            "reject-if"} <= set(FAULT_KINDS)
+    assert {"500", "503", "429", "reset", "reset-after", "500-after", "forbidden", "ignore-if", "reject-if"} <= set(
+        FAULT_KINDS
+    )
     assert "delay" not in FAULT_KINDS and "barrier" not in FAULT_KINDS
     assert set(FAULT_KINDS) <= set(KINDS)
 
@@ -181,6 +195,7 @@ def test_require_md5_accepts_delete_objects_with_content_md5_and_other_requests(
 
     def add_md5(request, **_kwargs):
         request.headers["Content-MD5"] = base64.b64encode(hashlib.md5(request.body).digest()).decode()
+
     s3.meta.events.register("before-sign.s3.DeleteObjects", add_md5)
     s3.delete_objects(Bucket=BUCKET, Delete={"Objects": delete["Objects"][:2]})
     s3.delete_object(Bucket=BUCKET, Key="c")
@@ -214,11 +229,15 @@ def test_reject_trailer_refuses_a_boto3_trailer(proxy, seed, buckets):
     assert rule.fired == 1 and proxy.injected[("put", "reject-trailer")] == 1
 
 
-@pytest.mark.parametrize("headers", [
-    {"x-amz-trailer": "x-amz-checksum-crc32"},
-    {"Content-Encoding": "gzip, aws-chunked"},
-    {"x-amz-content-sha256": "STREAMING-UNSIGNED-PAYLOAD-TRAILER"},
-], ids=["x-amz-trailer", "content-encoding", "content-sha256"])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"x-amz-trailer": "x-amz-checksum-crc32"},
+        {"Content-Encoding": "gzip, aws-chunked"},
+        {"x-amz-content-sha256": "STREAMING-UNSIGNED-PAYLOAD-TRAILER"},
+    ],
+    ids=["x-amz-trailer", "content-encoding", "content-sha256"],
+)
 def test_reject_trailer_refuses_each_marker(proxy, seed, buckets, headers):
     proxy.add("reject-trailer")
     status, body = raw_put(proxy, "r", b"0\r\n\r\n", headers)
@@ -243,9 +262,14 @@ def test_store_framing_stores_the_aws_chunked_framing(proxy, seed, buckets):
     assert response["ResponseMetadata"]["HTTPStatusCode"] == 200  # the client sees a success
     crc = base64.b64encode(zlib.crc32(b"hello").to_bytes(4, "big")).decode()
     framed = b"5\r\nhello\r\n0\r\nx-amz-checksum-crc32:" + crc.encode() + b"\r\n\r\n"
-    raw = boto3.client("s3", endpoint_url=seed.meta.endpoint_url, region_name="us-east-1",
-                       aws_access_key_id="seed", aws_secret_access_key="seed",
-                       config=Config(s3={"addressing_style": "path"}, response_checksum_validation="when_required"))
+    raw = boto3.client(
+        "s3",
+        endpoint_url=seed.meta.endpoint_url,
+        region_name="us-east-1",
+        aws_access_key_id="seed",
+        aws_secret_access_key="seed",
+        config=Config(s3={"addressing_style": "path"}, response_checksum_validation="when_required"),
+    )
     assert raw.get_object(Bucket=BUCKET, Key="f")["Body"].read() == framed
     assert seed.head_object(Bucket=BUCKET, Key="f")["ContentLength"] == len(framed)
     # moto keeps the checksum sent (of the real body): a read that validates checksums notices

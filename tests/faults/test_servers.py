@@ -51,8 +51,11 @@ def no_bookkeeping_versions(world) -> None:
     if not world.target.versioned:
         return
     page = world.seed.list_object_versions(Bucket=world.input_bucket)
-    left = [(v["Key"], v["VersionId"]) for v in page.get("Versions", []) + page.get("DeleteMarkers", [])
-            if v["Key"].startswith(".cog-pipeline/") or "-processing-" in v["Key"]]
+    left = [
+        (v["Key"], v["VersionId"])
+        for v in page.get("Versions", []) + page.get("DeleteMarkers", [])
+        if v["Key"].startswith(".cog-pipeline/") or "-processing-" in v["Key"]
+    ]
     assert left == [], f"bookkeeping versions piled up: {left}"
 
 
@@ -74,8 +77,7 @@ def test_probe_finds_what_each_server_does(server_world):
     else:  # Ceph RGW 16.2.15, unversioned
         assert (caps.put_if_none_match, caps.put_if_match) == (endpoint.HONOURED, endpoint.UNQUOTED)
         assert caps.delete_if_match == endpoint.IGNORED
-        assert caps.checksum_trailers.startswith(endpoint.REFUSED) and "MissingContentLength" in \
-            caps.checksum_trailers
+        assert caps.checksum_trailers.startswith(endpoint.REFUSED) and "MissingContentLength" in caps.checksum_trailers
     assert ("Werkzeug" if world.target.name == "moto" else "Ceph RGW") in caps.server
 
 
@@ -155,8 +157,12 @@ def test_orphan_claimed_elsewhere_is_adopted(server_world):
     world = server_world
     world.image("a/one.tif", seed=1)
     key = "s/far-processing-20260101-000000.csv"
-    world.seed.put_object(Bucket=world.input_bucket, Key=key, Body=b"a/one.tif,1\n",
-                          Metadata={OWNER_META: "feedfacefeedface", RUN_META: "workflow-run-x"})
+    world.seed.put_object(
+        Bucket=world.input_bucket,
+        Key=key,
+        Body=b"a/one.tif,1\n",
+        Metadata={OWNER_META: "feedfacefeedface", RUN_META: "workflow-run-x"},
+    )
     world.snapshot()
     time.sleep(1.5)
     result = world.tick(settings=tick_settings(world), adopt_after=1.0)
@@ -174,13 +180,29 @@ def test_heartbeat_refreshes_a_live_run_without_piling_up_versions(server_world,
     run_dir = tmp_path / "workflow-run-20260101-000000"
     (run_dir / "manifests").mkdir(parents=True)
     (run_dir / "manifests" / "hb.csv").write_bytes(b"a.tif,1\n")
-    (run_dir / RUN_CONFIG).write_text(yaml.safe_dump({"manifests": [
-        {"id": "m1", "csv": "manifests/hb.csv", "key": key, "raw_key": "s/hb-raw.csv", "stem": "s/hb-",
-         "timestamp": "20260101-000000"}]}))
+    (run_dir / RUN_CONFIG).write_text(
+        yaml.safe_dump(
+            {
+                "manifests": [
+                    {
+                        "id": "m1",
+                        "csv": "manifests/hb.csv",
+                        "key": key,
+                        "raw_key": "s/hb-raw.csv",
+                        "stem": "s/hb-",
+                        "timestamp": "20260101-000000",
+                    }
+                ]
+            }
+        )
+    )
     run = RunDir(run_dir)
     client = s3.make_client(world.settings)
-    sem = endpoint.semantics(endpoint.probe(client, world.settings, world.input_bucket), tick_settings(world),
-                             tick_settings(world).delete_fallback)
+    sem = endpoint.semantics(
+        endpoint.probe(client, world.settings, world.input_bucket),
+        tick_settings(world),
+        tick_settings(world).delete_fallback,
+    )
     before = world.seed.head_object(Bucket=world.input_bucket, Key=key)
     time.sleep(1.1)
     recovery.heartbeat(client, world.input_bucket, run, every=0, sem=sem)
@@ -217,8 +239,9 @@ def test_listing_skip_scan_pages_correctly(server_world):
         world.seed.put_object(Bucket=world.output_bucket, Key=key, Body=b"x")
     wanted = keys[2:6] + keys[20:23] + keys[37:] + ["list/absent.tif", "list/015x.tif"]
     client = s3.make_client(world.settings)
-    assert s3.existing_keys(client, world.output_bucket, wanted, page_size=3) == set(keys[2:6] + keys[20:23]
-                                                                                   + keys[37:])
+    assert s3.existing_keys(client, world.output_bucket, wanted, page_size=3) == set(
+        keys[2:6] + keys[20:23] + keys[37:]
+    )
 
 
 # Unversioned RGW: status probes the endpoint and shows the opted-in fallback, retry queues through it
@@ -267,8 +290,9 @@ def test_claim_markers_are_exclusive_by_oldest_version_where_if_none_match_is_ig
     assert third is not None and third[1] is None
     # A dead holder's version (a process of this host that no longer exists) is taken over.
     claims.release_marker(client, world.input_bucket, third[0])
-    world.seed.put_object(Bucket=world.input_bucket, Key=key,
-                          Body=json.dumps({**alive, "pid": 2 ** 22 + 7, "token": "dead"}).encode())
+    world.seed.put_object(
+        Bucket=world.input_bucket, Key=key, Body=json.dumps({**alive, "pid": 2**22 + 7, "token": "dead"}).encode()
+    )
     taken = claims.take_marker(client, world.input_bucket, key, {**alive, "token": "fourth"}, 3600, sem)
     assert taken is not None and taken[1] is not None and taken[1]["token"] == "dead"
     versions = world.seed.list_object_versions(Bucket=world.input_bucket, Prefix=key).get("Versions", [])

@@ -17,16 +17,29 @@ from cog_pipeline.control.tick import TickOptions, tick
 def main() -> int:
     args = json.loads(sys.argv[1])
     configure_cli()
-    opts = TickOptions(input_bucket=args["input_bucket"], output_bucket=args["output_bucket"],
-                       settings=S3Settings(**args["settings"]), workdir=Path(args["workdir"]),
-                       run_overrides=args.get("overrides", {}), **args.get("options", {}))
+    opts = TickOptions(
+        input_bucket=args["input_bucket"],
+        output_bucket=args["output_bucket"],
+        settings=S3Settings(**args["settings"]),
+        workdir=Path(args["workdir"]),
+        run_overrides=args.get("overrides", {}),
+        **args.get("options", {}),
+    )
     try:
         result = tick(opts)
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps({"run_dir": str(result.run_dir) if result.run_dir else None, "exit_code": result.exit_code,
-                      "manifests": result.manifests, "resumed": [str(p) for p in result.resumed]}))
+    print(
+        json.dumps(
+            {
+                "run_dir": str(result.run_dir) if result.run_dir else None,
+                "exit_code": result.exit_code,
+                "manifests": result.manifests,
+                "resumed": [str(p) for p in result.resumed],
+            }
+        )
+    )
     return result.exit_code
 
 

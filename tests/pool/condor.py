@@ -106,11 +106,24 @@ class Pool:
             return [_runuser(), "-u", self.user, "--", *wrapped]
         return wrapped
 
-    def run(self, argv: Sequence[str], *, check: bool = True, timeout: float = 120, cwd: Path | None = None,
-            extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        check: bool = True,
+        timeout: float = 120,
+        cwd: Path | None = None,
+        extra_env: dict[str, str] | None = None,
+    ) -> subprocess.CompletedProcess:
         """Run ``argv`` as the pool user; output captured as text. ``check``: PoolError on a non-zero exit."""
-        proc = subprocess.run(self.command(argv, extra_env), capture_output=True, text=True, timeout=timeout,
-                              cwd=str(cwd) if cwd else None, stdin=subprocess.DEVNULL)
+        proc = subprocess.run(
+            self.command(argv, extra_env),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=str(cwd) if cwd else None,
+            stdin=subprocess.DEVNULL,
+        )
         if check and proc.returncode != 0:
             raise PoolError(f"{shlex.join(map(str, argv))} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
         return proc
@@ -163,6 +176,7 @@ def _runuser() -> str:
 
 # ------------------------------------------------------------------------------------------ availability
 
+
 def find_tarball() -> Path | None:
     """The HTCondor tarball: ``$COG_PIPELINE_HTCONDOR_TARBALL``, else the shared folder's, else None."""
     given = os.environ.get(TARBALL_ENV)
@@ -193,8 +207,10 @@ def available() -> str | None:
     """Why a personal pool cannot run here, or None."""
     tarball = find_tarball()
     if tarball is None:
-        return (f"no HTCondor tarball: set {TARBALL_ENV} to {TARBALL_NAME} (built as /work/shared/htcondor/README.md "
-                f"says), or put it in /work/shared/htcondor/ or {REPO.parent / 'shared' / 'htcondor'}/")
+        return (
+            f"no HTCondor tarball: set {TARBALL_ENV} to {TARBALL_NAME} (built as /work/shared/htcondor/README.md "
+            f"says), or put it in /work/shared/htcondor/ or {REPO.parent / 'shared' / 'htcondor'}/"
+        )
     if not tarball.is_file():
         return f"{TARBALL_ENV}={tarball}: no such file"
     if not shutil.which("zstd", path=os.environ.get("PATH", "") + os.pathsep + _SYSTEM_PATH):
@@ -213,9 +229,11 @@ def available() -> str | None:
             return f"running as root, user {user} does not exist and useradd is missing to create it"
         blocked = [d for d in _dirs_needed() if not (d.stat().st_mode & stat.S_IXOTH)]
         if blocked and not shutil.which("setfacl", path=_SYSTEM_PATH):
-            return (f"running as root: the pool user must run {sys.executable}, but "
-                    f"{', '.join(map(str, blocked))} {'is' if len(blocked) == 1 else 'are'} not searchable by other "
-                    "users and setfacl is missing to grant that user search access: apt-get install acl")
+            return (
+                f"running as root: the pool user must run {sys.executable}, but "
+                f"{', '.join(map(str, blocked))} {'is' if len(blocked) == 1 else 'are'} not searchable by other "
+                "users and setfacl is missing to grant that user search access: apt-get install acl"
+            )
     return None
 
 
@@ -230,6 +248,7 @@ def _dirs_needed() -> list[Path]:
 
 
 # ------------------------------------------------------------------------------------------ set-up
+
 
 def verify_tarball(tarball: Path) -> str:
     """SHA256 of ``tarball``; PoolError if a ``SHA256SUMS`` beside it lists another value for its name."""
@@ -255,8 +274,11 @@ def free_port() -> int:
 
 def _ensure_user(name: str, notes: list[str]) -> pwd.struct_passwd:
     if not _user_exists(name):
-        proc = subprocess.run([shutil.which("useradd", path=_SYSTEM_PATH) or "useradd", "-m", "-s", "/bin/sh", name],
-                              capture_output=True, text=True)
+        proc = subprocess.run(
+            [shutil.which("useradd", path=_SYSTEM_PATH) or "useradd", "-m", "-s", "/bin/sh", name],
+            capture_output=True,
+            text=True,
+        )
         if proc.returncode != 0 and not _user_exists(name):  # another session may have created it meanwhile
             raise PoolError(f"useradd -m {name} failed: {proc.stderr.strip()}")
         notes.append(f"created user {name} (useradd -m)")
@@ -274,8 +296,9 @@ def _grant_search(user: pwd.struct_passwd, notes: list[str]) -> None:
         proc = subprocess.run([setfacl, "-m", f"u:{user.pw_name}:x", str(directory)], capture_output=True, text=True)
         if proc.returncode != 0:
             raise PoolError(f"setfacl -m u:{user.pw_name}:x {directory} failed: {proc.stderr.strip()}")
-        notes.append(f"setfacl -m u:{user.pw_name}:x {directory} (search only, so {user.pw_name} can run "
-                     f"{sys.executable})")
+        notes.append(
+            f"setfacl -m u:{user.pw_name}:x {directory} (search only, so {user.pw_name} can run {sys.executable})"
+        )
 
 
 def _can_search(directory: Path, user: pwd.struct_passwd) -> bool:
@@ -287,12 +310,17 @@ def _can_search(directory: Path, user: pwd.struct_passwd) -> bool:
     if st.st_gid in os.getgrouplist(user.pw_name, user.pw_gid) and st.st_mode & stat.S_IXGRP:
         return True
     # An ACL may already allow it: ask as that user.
-    return subprocess.run([_runuser(), "-u", user.pw_name, "--", "test", "-x", str(directory)],
-                          capture_output=True).returncode == 0
+    return (
+        subprocess.run(
+            [_runuser(), "-u", user.pw_name, "--", "test", "-x", str(directory)], capture_output=True
+        ).returncode
+        == 0
+    )
 
 
-def write_config(path: Path, *, release_dir: Path, local_dir: Path, port: int, user: pwd.struct_passwd,
-                 num_cpus: int = NUM_CPUS) -> None:
+def write_config(
+    path: Path, *, release_dir: Path, local_dir: Path, port: int, user: pwd.struct_passwd, num_cpus: int = NUM_CPUS
+) -> None:
     """The pool's whole configuration (nothing from /etc/condor): the README's facts for a loopback pool.
 
     ``num_cpus``: CPUs the startd advertises (more than the machine has for scale runs of tiny jobs)."""
@@ -354,6 +382,7 @@ def _tails(paths: Sequence[Path], lines: int) -> str:
 
 # ------------------------------------------------------------------------------------------ processes
 
+
 def pool_processes(base_dir: Path, exclude: Sequence[int] = ()) -> list[tuple[int, str]]:
     """(pid, command line) of every process whose environment or command line mentions ``base_dir``."""
     needle = os.fsencode(str(Path(base_dir).resolve()))
@@ -398,13 +427,21 @@ def _watchdog(base_dir: str) -> None:
 
 
 def _start_watchdog(base_dir: Path) -> subprocess.Popen:
-    code = (f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parent)!r}); "
-            f"import condor; condor._watchdog({str(base_dir)!r})")
-    return subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    code = (
+        f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parent)!r}); "
+        f"import condor; condor._watchdog({str(base_dir)!r})"
+    )
+    return subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
 
 
 # ------------------------------------------------------------------------------------------ the pool
+
 
 @contextlib.contextmanager
 def personal_pool(base_dir: Path, *, ready_timeout: float = READY_TIMEOUT, num_cpus: int = NUM_CPUS) -> Iterator[Pool]:
@@ -426,8 +463,11 @@ def personal_pool(base_dir: Path, *, ready_timeout: float = READY_TIMEOUT, num_c
     tarball = find_tarball()
     assert tarball is not None
     verify_tarball(tarball)
-    proc = subprocess.run(["tar", "-I", "zstd", "--no-same-owner", "-xf", str(tarball), "-C", str(base_dir)],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        ["tar", "-I", "zstd", "--no-same-owner", "-xf", str(tarball), "-C", str(base_dir)],
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode != 0:
         raise PoolError(f"cannot unpack {tarball}: {proc.stderr.strip()}")
     release_dir = base_dir / "condor-strip"
@@ -445,12 +485,26 @@ def personal_pool(base_dir: Path, *, ready_timeout: float = READY_TIMEOUT, num_c
     config = base_dir / "condor_config"
     write_config(config, release_dir=release_dir, local_dir=local_dir, port=port, user=user, num_cpus=num_cpus)
     bin_dir, sbin_dir = release_dir / "bin", release_dir / "sbin"
-    env = {"CONDOR_CONFIG": str(config),
-           "PATH": os.pathsep.join([str(bin_dir), str(sbin_dir), str(Path(sys.executable).parent), _SYSTEM_PATH]),
-           "HOME": user.pw_dir, "LANG": "C.UTF-8"}
-    pool = Pool(base_dir=base_dir, condor_config=config, release_dir=release_dir, bin_dir=bin_dir, sbin_dir=sbin_dir,
-                local_dir=local_dir, env=env, user=user.pw_name, uid=user.pw_uid, gid=user.pw_gid, port=port,
-                notes=notes)
+    env = {
+        "CONDOR_CONFIG": str(config),
+        "PATH": os.pathsep.join([str(bin_dir), str(sbin_dir), str(Path(sys.executable).parent), _SYSTEM_PATH]),
+        "HOME": user.pw_dir,
+        "LANG": "C.UTF-8",
+    }
+    pool = Pool(
+        base_dir=base_dir,
+        condor_config=config,
+        release_dir=release_dir,
+        bin_dir=bin_dir,
+        sbin_dir=sbin_dir,
+        local_dir=local_dir,
+        env=env,
+        user=user.pw_name,
+        uid=user.pw_uid,
+        gid=user.pw_gid,
+        port=port,
+        notes=notes,
+    )
     # The code under test must run as the pool user: check that it can before starting anything.
     check = pool.run([sys.executable, "-c", "import cog_pipeline, snakemake, htcondor2, rasterio"], check=False)
     if check.returncode != 0:
@@ -462,10 +516,13 @@ def personal_pool(base_dir: Path, *, ready_timeout: float = READY_TIMEOUT, num_c
     master = None
     try:
         with open(base_dir / "master.out", "wb") as out:
-            master = subprocess.Popen(pool.command(["condor_master", "-f", "-pidfile", str(local_dir / "run" /
-                                                                                       "master.pid")]),
-                                      stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                      start_new_session=True)
+            master = subprocess.Popen(
+                pool.command(["condor_master", "-f", "-pidfile", str(local_dir / "run" / "master.pid")]),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         _wait_ready(pool, master, ready_timeout, num_cpus)
         pool.startup_seconds = time.monotonic() - started
         yield pool
@@ -491,8 +548,10 @@ def _wait_ready(pool: Pool, master: subprocess.Popen, timeout: float, num_cpus: 
         cpus = sum(int(x) for x in status.stdout.split() if x.isdigit())
         if status.returncode == 0 and cpus >= num_cpus and queue.returncode == 0:
             return
-        last = f"condor_status: {status.returncode} {status.stdout.strip()} {status.stderr.strip()}\n" \
-               f"condor_q: {queue.returncode} {queue.stderr.strip()}"
+        last = (
+            f"condor_status: {status.returncode} {status.stdout.strip()} {status.stderr.strip()}\n"
+            f"condor_q: {queue.returncode} {queue.stderr.strip()}"
+        )
         time.sleep(0.5)
     raise PoolError(f"the pool did not answer within {timeout:.0f} s; last:\n{last}\n{pool.log_tails()}")
 
@@ -515,5 +574,9 @@ def _stop(pool: Pool, master: subprocess.Popen | None) -> None:
         left = pool.processes()
     if left:
         _kill_all(pool.base_dir, exclude=[pool.watchdog_pid])
-        raise PoolError("processes of the pool were still running after condor_off -master (killed):\n"
-                        + "\n".join(f"  {pid} {cmd}" for pid, cmd in left) + "\n" + pool.log_tails())
+        raise PoolError(
+            "processes of the pool were still running after condor_off -master (killed):\n"
+            + "\n".join(f"  {pid} {cmd}" for pid, cmd in left)
+            + "\n"
+            + pool.log_tails()
+        )

@@ -47,8 +47,7 @@ def pool(request):
     summary = _summary(request.config)
     try:
         with condor.personal_pool(base) as running:
-            summary.update(startup=running.startup_seconds, notes=running.notes, user=running.user,
-                           base=str(base))
+            summary.update(startup=running.startup_seconds, notes=running.notes, user=running.user, base=str(base))
             yield running
             stop_started = time.monotonic()
         summary["stop"] = time.monotonic() - stop_started
@@ -74,8 +73,10 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         return
     tr = terminalreporter
     tr.section("HTCondor personal pool")
-    tr.write_line(f"pool user {summary['user']}, in {summary['base']}: up in {summary['startup']:.1f} s"
-                  + (f", stopped in {summary['stop']:.1f} s" if "stop" in summary else ""))
+    tr.write_line(
+        f"pool user {summary['user']}, in {summary['base']}: up in {summary['startup']:.1f} s"
+        + (f", stopped in {summary['stop']:.1f} s" if "stop" in summary else "")
+    )
     for note in summary["notes"]:
         tr.write_line(f"set-up: {note}")
     for nodeid, seconds in summary["durations"].items():
@@ -106,8 +107,12 @@ class PoolUser:
         """``cog-pipeline ARGS`` as the pool user, in the working directory, with the pool's environment
         (+ ``extra_env``)."""
         command = Path(sys.executable).parent / "cog-pipeline"
-        extra = {"AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE": os.devnull,
-                 "AWS_SHARED_CREDENTIALS_FILE": os.devnull, **(extra_env or {})}
+        extra = {
+            "AWS_EC2_METADATA_DISABLED": "true",
+            "AWS_CONFIG_FILE": os.devnull,
+            "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+            **(extra_env or {}),
+        }
         return self.pool.run([str(command), *args], cwd=self.workdir, timeout=timeout, check=check, extra_env=extra)
 
 

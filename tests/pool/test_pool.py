@@ -63,8 +63,11 @@ def outcome_objects(seed, stem: str) -> dict[str, str]:
 
     Lists the keys first and reads only the outcome CSVs: the aggregate may delete the processing object
     between the listing and a read (seen as NoSuchKey when every object was read)."""
-    keys = [o["Key"] for page in seed.get_paginator("list_objects_v2").paginate(Bucket=INPUT_BUCKET, Prefix=stem)
-            for o in page.get("Contents", [])]
+    keys = [
+        o["Key"]
+        for page in seed.get_paginator("list_objects_v2").paginate(Bucket=INPUT_BUCKET, Prefix=stem)
+        for o in page.get("Contents", [])
+    ]
     found = {}
     for kind in ("processed", "failed", "errors"):
         matching = [k for k in keys if k.startswith(f"{stem}{kind}-")]
@@ -85,8 +88,10 @@ def tail(path: Path, lines: int = 40) -> str:
 
 
 def diagnostics(pool, run_dir: Path | None) -> str:
-    parts = [pool.condor("condor_q", "-allusers", "-nobatch", check=False).stdout,
-             pool.condor("condor_q", "-allusers", "-hold", check=False).stdout]
+    parts = [
+        pool.condor("condor_q", "-allusers", "-nobatch", check=False).stdout,
+        pool.condor("condor_q", "-allusers", "-hold", check=False).stdout,
+    ]
     if run_dir is not None:
         logs = run_dir / "logs"
         parts += [tail(p) for p in sorted(logs.glob("driver_*.err"))]
@@ -112,8 +117,10 @@ def secret_places(pool, user) -> list[str]:
     and every file of the pool (spool with the job queue log and history, logs, execute dirs) and of the
     working directory (run directories, staged workflow, job.env, driver/Crondor/Snakemake logs)."""
     hits = []
-    ads = (pool.condor("condor_q", "-allusers", "-long", check=False).stdout
-           + pool.condor("condor_history", "-long", check=False).stdout)
+    ads = (
+        pool.condor("condor_q", "-allusers", "-long", check=False).stdout
+        + pool.condor("condor_history", "-long", check=False).stdout
+    )
     assert "CogPipeline" in ads, "the job ads searched must include the pipeline's jobs"
     for label, value in (("secret key", user.secret_key), ("access key", user.access_key)):
         if value in ads:
@@ -131,16 +138,36 @@ def secret_places(pool, user) -> list[str]:
 
 # ---------------------------------------------------------------------------------------------- tests
 
+
 def seed_client(endpoint: str) -> Any:
-    return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="seed",
-                        aws_secret_access_key="seed", config=Config(s3={"addressing_style": "path"}))
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="seed",
+        aws_secret_access_key="seed",
+        config=Config(s3={"addressing_style": "path"}),
+    )
 
 
 def batch_jobs_of(pool, run_id: str, manifest_id: str) -> list[dict[str, Any]]:
     """Queued batch jobs of one manifest of a run (their TransferOutput names logs/convert/<m>/batch-...)."""
-    ads = pool.query(f'{run_constraint(run_id)} && CogPipelineRole =?= "job"',
-                     ["ClusterId", "JobStatus", "TransferOutput", "HoldReasonCode", "NumHolds", "PeriodicRelease",
-                      "PeriodicRemove", "CogPipelineHoldPolicy", "RequestMemory", "RequestDisk", "RequestCpus"])
+    ads = pool.query(
+        f'{run_constraint(run_id)} && CogPipelineRole =?= "job"',
+        [
+            "ClusterId",
+            "JobStatus",
+            "TransferOutput",
+            "HoldReasonCode",
+            "NumHolds",
+            "PeriodicRelease",
+            "PeriodicRemove",
+            "CogPipelineHoldPolicy",
+            "RequestMemory",
+            "RequestDisk",
+            "RequestCpus",
+        ],
+    )
     return [ad for ad in ads if f"logs/convert/{manifest_id}/batch-" in str(ad.get("TransferOutput", ""))]
 
 
@@ -185,12 +212,19 @@ def e2e(pool, s3_endpoint) -> E2ERun:
     seed.put_object(Bucket=INPUT_BUCKET, Key=CORRUPT, Body=CORRUPT_BYTES)
     rows = [(k, b) for k, (_n, b) in IMAGES.items()] + [(MISSING, 3), (CORRUPT, 1)]
     seed.put_object(Bucket=INPUT_BUCKET, Key="pool-e2e/batch-raw.csv", Body=manifest(rows))
-    seed.put_object(Bucket=INPUT_BUCKET, Key="pool-e2e/removed-raw.csv",
-                    Body=manifest([("imagery/small/byte.tif", 1)]))
+    seed.put_object(Bucket=INPUT_BUCKET, Key="pool-e2e/removed-raw.csv", Body=manifest([("imagery/small/byte.tif", 1)]))
 
     started = time.monotonic()
-    tick = user.cli("tick", "--executor", "htcondor", *user.bucket_flags(PATTERN_E2E),
-                    "--config", str(user.config_file), "--workdir", str(user.workdir))
+    tick = user.cli(
+        "tick",
+        "--executor",
+        "htcondor",
+        *user.bucket_flags(PATTERN_E2E),
+        "--config",
+        str(user.config_file),
+        "--workdir",
+        str(user.workdir),
+    )
     tick_seconds = time.monotonic() - started
     assert "Submitted the run's driver as HTCondor cluster" in tick.stdout, tick.stdout + tick.stderr
     run_dirs = sorted(user.workdir.glob("workflow-run-*"))
@@ -208,8 +242,9 @@ def e2e(pool, s3_endpoint) -> E2ERun:
     deadline = time.monotonic() + DRIVER_WAIT
     while not outcome.is_file():
         if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for the aggregate of the removed batch\n{diagnostics(pool, run_dir)}",
-                        pytrace=False)
+            pytest.fail(
+                f"timed out waiting for the aggregate of the removed batch\n{diagnostics(pool, run_dir)}", pytrace=False
+            )
         for ad in batch_jobs_of(pool, run_id, removed_id):
             cluster = int(ad["ClusterId"])
             if cluster not in run.removed_clusters and int(ad["JobStatus"]) not in (3, 4):
@@ -217,16 +252,22 @@ def e2e(pool, s3_endpoint) -> E2ERun:
                 run.removed_clusters.append(cluster)
         if run.removed_clusters and not run.status_json:
             run.status_text = user.cli("status", "-p", PATTERN_E2E, "--workdir", str(user.workdir)).stdout
-            run.status_json = json.loads(user.cli("status", "--json", "-p", PATTERN_E2E, "--workdir",
-                                                  str(user.workdir)).stdout)
+            run.status_json = json.loads(
+                user.cli("status", "--json", "-p", PATTERN_E2E, "--workdir", str(user.workdir)).stdout
+            )
         time.sleep(0.5)
 
     def finished():
-        return len(list((run_dir / "outcome").glob("*.json"))) == 2 and not pool.query(run_constraint(run_id),
-                                                                                      ["ClusterId"])
+        return len(list((run_dir / "outcome").glob("*.json"))) == 2 and not pool.query(
+            run_constraint(run_id), ["ClusterId"]
+        )
 
-    wait_for(finished, DRIVER_WAIT, "the driver to write both outcomes and leave the queue",
-             lambda: diagnostics(pool, run_dir))
+    wait_for(
+        finished,
+        DRIVER_WAIT,
+        "the driver to write both outcomes and leave the queue",
+        lambda: diagnostics(pool, run_dir),
+    )
     return run
 
 
@@ -238,8 +279,10 @@ def test_tick_runs_a_manifest_on_the_pool(pool, e2e):
     batch_id = e2e.ids["pool-e2e/batch-raw.csv"]
 
     # The driver: one local-universe job with the original's batch name, finished with status 0.
-    drivers = pool.history(f'{run_constraint(run_id)} && CogPipelineRole =?= "driver"',
-                           ["ClusterId", "JobBatchName", "JobUniverse", "JobStatus", "ExitCode", "Owner"])
+    drivers = pool.history(
+        f'{run_constraint(run_id)} && CogPipelineRole =?= "driver"',
+        ["ClusterId", "JobBatchName", "JobUniverse", "JobStatus", "ExitCode", "Owner"],
+    )
     assert len(drivers) == 1, drivers
     driver = drivers[0]
     assert driver["JobBatchName"] == f"COG-Pipeline-DAG-{pattern}"
@@ -247,11 +290,26 @@ def test_tick_runs_a_manifest_on_the_pool(pool, e2e):
     assert driver["Owner"] == pool.user
     # The batch jobs of the first manifest: vanilla jobs matched to the startd's slot, 5 rows in batches
     # of 2 = 3 clusters, each sized to its images (far below the config's caps of 1000 MB / 2000 MB).
-    jobs = [j for j in pool.history(f'{run_constraint(run_id)} && CogPipelineRole =?= "job"',
-                                    ["ClusterId", "JobBatchName", "JobUniverse", "JobStatus", "ExitCode",
-                                     "LastRemoteHost", "CogPipelinePattern", "TransferOutput", "RequestMemory",
-                                     "RequestDisk", "RequestCpus"])
-            if f"logs/convert/{batch_id}/batch-" in j.get("TransferOutput", "")]
+    jobs = [
+        j
+        for j in pool.history(
+            f'{run_constraint(run_id)} && CogPipelineRole =?= "job"',
+            [
+                "ClusterId",
+                "JobBatchName",
+                "JobUniverse",
+                "JobStatus",
+                "ExitCode",
+                "LastRemoteHost",
+                "CogPipelinePattern",
+                "TransferOutput",
+                "RequestMemory",
+                "RequestDisk",
+                "RequestCpus",
+            ],
+        )
+        if f"logs/convert/{batch_id}/batch-" in j.get("TransferOutput", "")
+    ]
     assert len(jobs) == 3, jobs
     for job in jobs:
         assert (job["JobUniverse"], job["JobStatus"], job["ExitCode"]) == (VANILLA_UNIVERSE, 4, 0), job
@@ -278,8 +336,12 @@ def test_tick_runs_a_manifest_on_the_pool(pool, e2e):
     # The COGs (made on the pool's execute side) are valid; each has its JPEG.
     outputs = all_objects(seed, OUTPUT_BUCKET)
     beside = [k[:-4] + suffix for k in IMAGES for suffix in (".jgw", ".jpg.aux.xml")]  # the JPEGs' georeference
-    assert sorted(k for k in outputs if not k.endswith(".json")) == sorted(  # .json: the STAC Items
-        [*IMAGES, *(k[:-4] + ".jpg" for k in IMAGES), *beside])
+    assert (
+        sorted(k for k in outputs if not k.endswith(".json"))
+        == sorted(  # .json: the STAC Items
+            [*IMAGES, *(k[:-4] + ".jpg" for k in IMAGES), *beside]
+        )
+    )
     for i, key in enumerate(IMAGES):
         cog = e2e.user.workdir.parent / f"check-{i}.tif"
         cog.write_bytes(outputs[key])
@@ -352,8 +414,16 @@ def test_hold_policy_then_stop_during_the_run_and_resume(pool, pool_user, seed, 
     for path in (archive, held_settings, good_settings):
         pool.give(path)
     archive.chmod(0o000)
-    args = ("tick", "--executor", "htcondor", *pool_user.bucket_flags(pattern), "--config",
-            str(pool_user.config_file), "--workdir", str(pool_user.workdir))
+    args = (
+        "tick",
+        "--executor",
+        "htcondor",
+        *pool_user.bucket_flags(pattern),
+        "--config",
+        str(pool_user.config_file),
+        "--workdir",
+        str(pool_user.workdir),
+    )
 
     tick = pool_user.cli(*args, extra_env={"COG_PIPELINE_HTCONDOR_SETTINGS": str(held_settings)})
     assert "Submitted the run's driver as HTCondor cluster" in tick.stdout, tick.stdout + tick.stderr
@@ -365,23 +435,41 @@ def test_hold_policy_then_stop_during_the_run_and_resume(pool, pool_user, seed, 
         jobs = batch_jobs_of(pool, run_id, mid)
         return jobs if jobs and int(jobs[0].get("NumHolds", 0)) >= 2 else None
 
-    jobs = wait_for(held_twice, 120, "the batch job to be held, released by the policy and held again",
-                    lambda: diagnostics(pool, run_dir), interval=1)
+    jobs = wait_for(
+        held_twice,
+        120,
+        "the batch job to be held, released by the policy and held again",
+        lambda: diagnostics(pool, run_dir),
+        interval=1,
+    )
     job = jobs[0]
     assert job["CogPipelineHoldPolicy"] is True, job
     # The schedd stores them as expressions (condor_q -json: "/Expr(...)/", =!= written as isnt).
     release, remove = str(job["PeriodicRelease"]), str(job["PeriodicRemove"])
     assert "NumHolds < 5" in release and "HoldReasonCode isnt 1" in release, release
     assert "NumHolds >= 5" in remove, remove
-    history = pool.condor("condor_q", "-allusers", "-constraint", f"ClusterId == {int(job['ClusterId'])}", "-af",
-                          "HoldReasonCode", "NumHolds", "JobStatus").stdout.split()
+    history = pool.condor(
+        "condor_q",
+        "-allusers",
+        "-constraint",
+        f"ClusterId == {int(job['ClusterId'])}",
+        "-af",
+        "HoldReasonCode",
+        "NumHolds",
+        "JobStatus",
+    ).stdout.split()
     assert history and history[0] not in ("undefined", "1", "16"), history  # a transfer hold, not a user's
 
     # stop during the run: the driver and the held job leave the queue; nothing is lost.
     stop = pool_user.cli("stop", "-p", pattern, check=False)
     assert stop.returncode == 0 and "Removed" in stop.stdout, stop.stdout + stop.stderr
-    wait_for(lambda: not pool.query(run_constraint(run_id), ["ClusterId"]), 60,
-             "the run's jobs to leave the queue after stop", lambda: diagnostics(pool, run_dir), interval=1)
+    wait_for(
+        lambda: not pool.query(run_constraint(run_id), ["ClusterId"]),
+        60,
+        "the run's jobs to leave the queue after stop",
+        lambda: diagnostics(pool, run_dir),
+        interval=1,
+    )
     assert not list((run_dir / "outcome").glob("*.json")) if (run_dir / "outcome").is_dir() else True
     assert [k for k in all_objects(seed, INPUT_BUCKET) if k.startswith("pool-hold/one-processing-")]
 
@@ -390,12 +478,20 @@ def test_hold_policy_then_stop_during_the_run_and_resume(pool, pool_user, seed, 
     assert "Resuming" in resume.stdout and run_dir.name in resume.stdout, resume.stdout + resume.stderr
     assert "Claimed" not in resume.stdout, resume.stdout
     assert len(list(pool_user.workdir.glob("workflow-run-*"))) == 1
-    out = wait_for(lambda: (lambda o: o if len(o) == 3 else None)(outcome_objects(seed, "pool-hold/one-")),
-                   DRIVER_WAIT, "the resumed run's outcome CSVs", lambda: diagnostics(pool, run_dir))
+    out = wait_for(
+        lambda: (lambda o: o if len(o) == 3 else None)(outcome_objects(seed, "pool-hold/one-")),
+        DRIVER_WAIT,
+        "the resumed run's outcome CSVs",
+        lambda: diagnostics(pool, run_dir),
+    )
     assert sorted(csv_rows(out["processed"])) == sorted([list(map(str, r)) for r in rows]), out
     assert csv_rows(out["failed"]) == []
-    wait_for(lambda: not pool.query(run_constraint(run_id), ["ClusterId"]), 60,
-             "the resumed run to leave the queue", lambda: diagnostics(pool, run_dir))
+    wait_for(
+        lambda: not pool.query(run_constraint(run_id), ["ClusterId"]),
+        60,
+        "the resumed run to leave the queue",
+        lambda: diagnostics(pool, run_dir),
+    )
     drivers = pool.history(f'{run_constraint(run_id)} && CogPipelineRole =?= "driver"', ["JobStatus", "ExitCode"])
     assert sorted(d["JobStatus"] for d in drivers) == [3, 4], drivers  # the stopped driver, the resumed one
 
@@ -405,26 +501,47 @@ def test_crondor_ticks_by_itself_then_stop_empties_the_queue(pool, pool_user, se
     (nobody calls tick); status shows the Crondor; stop leaves nothing in the queue."""
     pattern = "pool-cron/*raw.csv"
     upload_images(seed, samples)
-    start = pool_user.cli("start", "--every", "1", *pool_user.bucket_flags(pattern),
-                          "--config", str(pool_user.config_file), "--workdir", str(pool_user.workdir))
+    start = pool_user.cli(
+        "start",
+        "--every",
+        "1",
+        *pool_user.bucket_flags(pattern),
+        "--config",
+        str(pool_user.config_file),
+        "--workdir",
+        str(pool_user.workdir),
+    )
     match = re.search(r"cluster (\d+)", start.stdout)
     assert match, start.stdout + start.stderr
     cluster = int(match.group(1))
     try:
-        crondor = pool.query(f"ClusterId == {cluster}", ["JobBatchName", "JobUniverse", "CronMinute", "OnExitRemove",
-                                                         "CogPipelineRole", "Environment"])
+        crondor = pool.query(
+            f"ClusterId == {cluster}",
+            ["JobBatchName", "JobUniverse", "CronMinute", "OnExitRemove", "CogPipelineRole", "Environment"],
+        )
         assert len(crondor) == 1, crondor
         ad = crondor[0]
         assert ad["JobBatchName"] == f"COG-Pipeline-Crondor-{pattern}"
-        assert (ad["JobUniverse"], ad["CronMinute"], ad["OnExitRemove"], ad["CogPipelineRole"]) == \
-            (LOCAL_UNIVERSE, "*/1", False, "crondor"), ad
+        assert (ad["JobUniverse"], ad["CronMinute"], ad["OnExitRemove"], ad["CogPipelineRole"]) == (
+            LOCAL_UNIVERSE,
+            "*/1",
+            False,
+            "crondor",
+        ), ad
         assert pool_user.secret_key not in json.dumps(ad)
 
-        status = pool_user.cli("status", *pool_user.s3_flags(), "--input-bucket", INPUT_BUCKET, "-p", pattern,
-                               "--workdir", str(pool_user.workdir))
+        status = pool_user.cli(
+            "status",
+            *pool_user.s3_flags(),
+            "--input-bucket",
+            INPUT_BUCKET,
+            "-p",
+            pattern,
+            "--workdir",
+            str(pool_user.workdir),
+        )
         assert f"COG-Pipeline-Crondor-{pattern}" in status.stdout, status.stdout
-        state = json.loads(pool_user.cli("status", "--json", "-p", pattern, "--workdir",
-                                         str(pool_user.workdir)).stdout)
+        state = json.loads(pool_user.cli("status", "--json", "-p", pattern, "--workdir", str(pool_user.workdir)).stdout)
         assert state["htcondor"]["reachable"], state["htcondor"]
         groups = {g["batch_name"]: g for g in state["htcondor"]["by_batch_name"]}
         group = groups[f"COG-Pipeline-Crondor-{pattern}"]
@@ -443,20 +560,33 @@ def test_crondor_ticks_by_itself_then_stop_empties_the_queue(pool, pool_user, se
             dirs = sorted(pool_user.workdir.glob("workflow-run-*"))
             return dirs[0] if dirs else None
 
-        out = wait_for(lambda: (lambda o: o if len(o) == 3 else None)(outcome_objects(seed, "pool-cron/late-")),
-                       CRON_WAIT, "the Crondor's tick to process the manifest uploaded after start",
-                       lambda: tail(pool_user.workdir / "ticks.log") + "\n"
-                       + tail(pool_user.workdir / f"crondor_{cluster}.err") + "\n" + diagnostics(pool, run_dir()))
+        out = wait_for(
+            lambda: (lambda o: o if len(o) == 3 else None)(outcome_objects(seed, "pool-cron/late-")),
+            CRON_WAIT,
+            "the Crondor's tick to process the manifest uploaded after start",
+            lambda: (
+                tail(pool_user.workdir / "ticks.log")
+                + "\n"
+                + tail(pool_user.workdir / f"crondor_{cluster}.err")
+                + "\n"
+                + diagnostics(pool, run_dir())
+            ),
+        )
         processed_after = time.monotonic() - uploaded
         assert csv_rows(out["processed"]) == [["imagery/small/byte.tif", "1"]]
         assert csv_rows(out["failed"]) == [[MISSING, "1"]]
         # Let the run's driver finish (the aggregate has written the CSVs; it then cleans up and exits), so
         # that stop below removes an idle Crondor, not a driver in its last second.
         run_id = run_dir().name.removeprefix("workflow-run-")
-        wait_for(lambda: not pool.query(run_constraint(run_id), ["ClusterId"]), 60,
-                 "the Crondor's run to leave the queue", lambda: diagnostics(pool, run_dir()))
-        drivers = pool.history(f'{run_constraint(run_id)} && CogPipelineRole =?= "driver"',
-                               ["JobBatchName", "ExitCode"])
+        wait_for(
+            lambda: not pool.query(run_constraint(run_id), ["ClusterId"]),
+            60,
+            "the Crondor's run to leave the queue",
+            lambda: diagnostics(pool, run_dir()),
+        )
+        drivers = pool.history(
+            f'{run_constraint(run_id)} && CogPipelineRole =?= "driver"', ["JobBatchName", "ExitCode"]
+        )
         assert [(d["JobBatchName"], d["ExitCode"]) for d in drivers] == [(f"COG-Pipeline-DAG-{pattern}", 0)]
         ticks = (pool_user.workdir / "ticks.log").read_text()
         assert "Submitted the run's driver as HTCondor cluster" in ticks, ticks
@@ -469,7 +599,12 @@ def test_crondor_ticks_by_itself_then_stop_empties_the_queue(pool, pool_user, se
     assert stop.returncode == 0, stop.stdout + stop.stderr
     assert "Removed" in stop.stdout, stop.stdout
 
-    wait_for(lambda: not pool.query("CogPipeline =?= true", ["ClusterId"]), 60,
-             "the pipeline's jobs to leave the queue after stop", lambda: diagnostics(pool, None), interval=1)
+    wait_for(
+        lambda: not pool.query("CogPipeline =?= true", ["ClusterId"]),
+        60,
+        "the pipeline's jobs to leave the queue after stop",
+        lambda: diagnostics(pool, None),
+        interval=1,
+    )
     assert pool.query(f"ClusterId == {cluster}") == []
     assert secret_places(pool, pool_user) == []

@@ -11,8 +11,18 @@ import pytest
 
 from cog_pipeline import SAMPLES_DIR
 from conftest import INPUT_BUCKET, OUTPUT_BUCKET, all_objects
-from pool.test_pool import (DRIVER_WAIT, MISSING, VANILLA_UNIVERSE, csv_rows, diagnostics, manifest,
-                            outcome_objects, run_constraint, secret_places, wait_for)
+from pool.test_pool import (
+    DRIVER_WAIT,
+    MISSING,
+    VANILLA_UNIVERSE,
+    csv_rows,
+    diagnostics,
+    manifest,
+    outcome_objects,
+    run_constraint,
+    secret_places,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -21,10 +31,21 @@ def test_batch_jobs_convert_with_presigned_urls_and_hold_no_key(pool, pool_user,
     pattern = "pool-presigned/*raw.csv"
     seed.upload_file(str(SAMPLES_DIR / "byte.tif"), INPUT_BUCKET, "imagery/p/byte é.tif")
     seed.upload_file(str(SAMPLES_DIR / "RGB.byte.tif"), INPUT_BUCKET, "imagery/p/rgb.tif")
-    seed.put_object(Bucket=INPUT_BUCKET, Key="pool-presigned/p-raw.csv",
-                    Body=manifest([("imagery/p/byte é.tif", 1), ("imagery/p/rgb.tif", 3), (MISSING, 1)]))
-    tick = pool_user.cli("tick", "--executor", "htcondor", *pool_user.bucket_flags(pattern), "--config",
-                         str(pool_user.config_file), "--workdir", str(pool_user.workdir))
+    seed.put_object(
+        Bucket=INPUT_BUCKET,
+        Key="pool-presigned/p-raw.csv",
+        Body=manifest([("imagery/p/byte é.tif", 1), ("imagery/p/rgb.tif", 3), (MISSING, 1)]),
+    )
+    tick = pool_user.cli(
+        "tick",
+        "--executor",
+        "htcondor",
+        *pool_user.bucket_flags(pattern),
+        "--config",
+        str(pool_user.config_file),
+        "--workdir",
+        str(pool_user.workdir),
+    )
     assert "Submitted the run's driver as HTCondor cluster" in tick.stdout, tick.stdout + tick.stderr
     [run_dir] = sorted(pool_user.workdir.glob("workflow-run-*"))
     run_id = run_dir.name.removeprefix("workflow-run-")
@@ -46,9 +67,10 @@ def test_batch_jobs_convert_with_presigned_urls_and_hold_no_key(pool, pool_user,
     assert list((run_dir / "logs" / "confirm").rglob("batch-*.log")), "confirm_batch ran on the access point"
     assert not list(run_dir.glob("urls/**/*.json")), "URL files outlived their batches"
 
-    jobs = pool.history(f'{run_constraint(run_id)} && CogPipelineRole =?= "job"',
-                        ["ClusterId", "JobUniverse", "JobStatus", "ExitCode", "TransferInput", "Environment",
-                         "TransferOutput"])
+    jobs = pool.history(
+        f'{run_constraint(run_id)} && CogPipelineRole =?= "job"',
+        ["ClusterId", "JobUniverse", "JobStatus", "ExitCode", "TransferInput", "Environment", "TransferOutput"],
+    )
     convert = [j for j in jobs if "logs/convert/" in str(j.get("TransferOutput", ""))]
     assert convert, jobs
     for job in convert:

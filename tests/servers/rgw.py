@@ -129,11 +129,14 @@ def _empty_and_delete(client: Any, bucket: str) -> None:
                     client.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
         for attempt in range(5):
             for page in client.get_paginator("list_object_versions").paginate(Bucket=bucket):
-                doomed = [{"Key": entry["Key"], "VersionId": entry["VersionId"]}
-                          for entry in page.get("Versions", []) + page.get("DeleteMarkers", [])]
+                doomed = [
+                    {"Key": entry["Key"], "VersionId": entry["VersionId"]}
+                    for entry in page.get("Versions", []) + page.get("DeleteMarkers", [])
+                ]
                 if doomed:
-                    client.delete_objects(Bucket=bucket, Delete={"Objects": doomed, "Quiet": True},
-                                          BypassGovernanceRetention=True)
+                    client.delete_objects(
+                        Bucket=bucket, Delete={"Objects": doomed, "Quiet": True}, BypassGovernanceRetention=True
+                    )
             try:
                 client.delete_bucket(Bucket=bucket)
                 return
@@ -276,8 +279,16 @@ class _Cluster:
         """Run a command to completion and return its stdout; everything goes to log/commands.log (not a secret)."""
         started = time.monotonic()
         try:
-            result = subprocess.run(args, check=False, env=self.env, cwd=self.base, stdin=subprocess.DEVNULL,
-                                    capture_output=True, text=True, timeout=timeout)
+            result = subprocess.run(
+                args,
+                check=False,
+                env=self.env,
+                cwd=self.base,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+            )
         except subprocess.TimeoutExpired:
             result = subprocess.CompletedProcess(args, -9, "", f"(timed out after {timeout:.0f} s)")
         with (self.logs / "commands.log").open("a") as log:
@@ -285,21 +296,32 @@ class _Cluster:
             log.write("(stdout not logged)\n" if secret else result.stdout or "")
             log.write(result.stderr or "")
         if result.returncode != 0:
-            raise RGWUnavailable(f"{' '.join(args[:4])} ... failed (rc={result.returncode}):\n"
-                                 + "\n".join((result.stderr or "").splitlines()[-_TAIL_LINES:]))
+            raise RGWUnavailable(
+                f"{' '.join(args[:4])} ... failed (rc={result.returncode}):\n"
+                + "\n".join((result.stderr or "").splitlines()[-_TAIL_LINES:])
+            )
         return result.stdout
 
     def ceph(self, *args: str, timeout: float = 30) -> Any:
         """Run a ``ceph`` CLI command as client.admin and parse its JSON output."""
-        out = self.run(["ceph", "-c", str(self.conf), "--connect-timeout", str(int(timeout)), *args,
-                        "--format", "json"], timeout=timeout + 5)
+        out = self.run(
+            ["ceph", "-c", str(self.conf), "--connect-timeout", str(int(timeout)), *args, "--format", "json"],
+            timeout=timeout + 5,
+        )
         return json.loads(out) if out.strip() else None
 
     def spawn(self, name: str, args: Sequence[str]) -> subprocess.Popen[bytes]:
         """Start a process in its own session, output to log/<name>.out, pid in run/<name>.pid."""
         with (self.logs / f"{name}.out").open("ab") as out:
-            proc = subprocess.Popen(args, env=self.env, cwd=self.base, stdin=subprocess.DEVNULL, stdout=out,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
+            proc = subprocess.Popen(
+                args,
+                env=self.env,
+                cwd=self.base,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         self.procs[name] = proc
         self.tell_watchdog(f"add {proc.pid}")
         (self.base / "run" / f"{name}.pid").write_text(f"{proc.pid}\n")
@@ -377,8 +399,13 @@ class _Cluster:
             _CLUSTERS[self.base] = self
         for sub in ("log", "run", "crash", "mon/a", "osd/0", "rgw", "tls"):
             (self.base / sub).mkdir(parents=True, exist_ok=True)
-        self.watchdog = subprocess.Popen([sys.executable, "-I", "-c", _WATCHDOG], stdin=subprocess.PIPE,
-                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        self.watchdog = subprocess.Popen(
+            [sys.executable, "-I", "-c", _WATCHDOG],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         self.tell_watchdog(f"rm {self.base}")
         self.ports = dict(zip(("mon_v2", "mon_v1", "http", "https"), _free_ports(4), strict=True))
         osd_uuid = str(uuid.uuid4())
@@ -387,34 +414,70 @@ class _Cluster:
         self._write_keyring()
 
         monmap = str(self.base / "monmap")
-        self.run(["monmaptool", "--create", "--clobber", "--fsid", self.fsid, "--addv", "a",
-                  f"[v2:127.0.0.1:{self.ports['mon_v2']},v1:127.0.0.1:{self.ports['mon_v1']}]", monmap])
-        self.run(["ceph-mon", "-c", str(self.conf), "-i", "a", "--mkfs", "--monmap", monmap,
-                  "--keyring", str(self.base / "keyring")])
+        self.run(
+            [
+                "monmaptool",
+                "--create",
+                "--clobber",
+                "--fsid",
+                self.fsid,
+                "--addv",
+                "a",
+                f"[v2:127.0.0.1:{self.ports['mon_v2']},v1:127.0.0.1:{self.ports['mon_v1']}]",
+                monmap,
+            ]
+        )
+        self.run(
+            [
+                "ceph-mon",
+                "-c",
+                str(self.conf),
+                "-i",
+                "a",
+                "--mkfs",
+                "--monmap",
+                monmap,
+                "--keyring",
+                str(self.base / "keyring"),
+            ]
+        )
         self.start_daemon("mon.a")
         # BlueStore's mkfs needs no monitor: it runs while the monitor starts.
-        mkfs = self.spawn("osd-mkfs", ["ceph-osd", "-f", "-c", str(self.conf), "-i", "0", "--mkfs",
-                                       "--osd-uuid", osd_uuid, "--no-mon-config"])
-        self.wait_for("monitor quorum",
-                      lambda: "a" in self.ceph("quorum_status", timeout=5)["quorum_names"], deadline, "mon.a")
+        mkfs = self.spawn(
+            "osd-mkfs",
+            ["ceph-osd", "-f", "-c", str(self.conf), "-i", "0", "--mkfs", "--osd-uuid", osd_uuid, "--no-mon-config"],
+        )
+        self.wait_for(
+            "monitor quorum", lambda: "a" in self.ceph("quorum_status", timeout=5)["quorum_names"], deadline, "mon.a"
+        )
         self.ceph("osd", "new", osd_uuid, "0")
         self.wait_for("ceph-osd --mkfs", lambda: mkfs.poll() is not None, deadline, "osd-mkfs")
         if mkfs.returncode != 0:
             raise self.failure(f"ceph-osd --mkfs failed with status {mkfs.returncode}", "osd-mkfs", "osd.0")
         self.kill("osd-mkfs")
         self.start_daemon("osd.0")
-        self.wait_for("osd.0 up", lambda: self.ceph("osd", "stat", timeout=5)["num_up_osds"] == 1,
-                      deadline, "osd.0", "mon.a")
+        self.wait_for(
+            "osd.0 up", lambda: self.ceph("osd", "stat", timeout=5)["num_up_osds"] == 1, deadline, "osd.0", "mon.a"
+        )
         self.start_gateway(deadline, "the gateway", retry_ports=True)
         http, https = self.ports["http"], self.ports["https"]
-        created = self.run(["radosgw-admin", "-c", str(self.conf), "user", "create", "--uid", _USER,
-                            "--display-name", _USER], secret=True, timeout=max(10.0, deadline - time.monotonic()))
+        created = self.run(
+            ["radosgw-admin", "-c", str(self.conf), "user", "create", "--uid", _USER, "--display-name", _USER],
+            secret=True,
+            timeout=max(10.0, deadline - time.monotonic()),
+        )
         keys = json.loads(created)["keys"][0]
         version = self.run(["radosgw", "--version"])
         match = re.search(r"ceph version (\S+)", version)
-        server = RGWServer(http_url=f"http://127.0.0.1:{http}", https_url=f"https://127.0.0.1:{https}",
-                           ca_bundle=self.ca, access_key=keys["access_key"], secret_key=keys["secret_key"],
-                           version=match.group(1) if match else version.strip(), base_dir=self.base)
+        server = RGWServer(
+            http_url=f"http://127.0.0.1:{http}",
+            https_url=f"https://127.0.0.1:{https}",
+            ca_bundle=self.ca,
+            access_key=keys["access_key"],
+            secret_key=keys["secret_key"],
+            version=match.group(1) if match else version.strip(),
+            base_dir=self.base,
+        )
         self._warm_up(server)
         if time.monotonic() > deadline:
             raise self.failure(f"bootstrap took longer than {timeout} s", _RGW)
@@ -425,8 +488,13 @@ class _Cluster:
         for attempt in range(3):
             self.start_daemon(_RGW)
             try:
-                self.wait_for(f"{what} over HTTP", lambda: _answers(f"http://127.0.0.1:{self.ports['http']}/"),
-                              deadline, _RGW, "osd.0")
+                self.wait_for(
+                    f"{what} over HTTP",
+                    lambda: _answers(f"http://127.0.0.1:{self.ports['http']}/"),
+                    deadline,
+                    _RGW,
+                    "osd.0",
+                )
                 break
             except RGWUnavailable:
                 proc = self.procs.get(_RGW)
@@ -436,8 +504,9 @@ class _Cluster:
             self.drop_stale_watchers()
             self.ports["http"], self.ports["https"] = _free_ports(2)
             self._write_conf()
-        self.wait_for(f"{what} over HTTPS", lambda: _answers(f"https://127.0.0.1:{self.ports['https']}/", self.ca),
-                      deadline, _RGW)
+        self.wait_for(
+            f"{what} over HTTPS", lambda: _answers(f"https://127.0.0.1:{self.ports['https']}/", self.ca), deadline, _RGW
+        )
 
     def drop_stale_watchers(self) -> None:
         """Blocklist the watches a dead radosgw left on its control objects.
@@ -445,8 +514,9 @@ class _Cluster:
         Otherwise every metadata change (bucket creation, ...) waits for them to time out: 30 s.
         """
         with contextlib.suppress(RGWUnavailable):
-            out = self.run(["rados", "-c", str(self.conf), "-p", "default.rgw.control", "listwatchers", "notify.0"],
-                           timeout=15)
+            out = self.run(
+                ["rados", "-c", str(self.conf), "-p", "default.rgw.control", "listwatchers", "notify.0"], timeout=15
+            )
             for address in re.findall(r"watcher=(\S+)", out):
                 self.ceph("osd", "blocklist", "add", address)
 
@@ -454,17 +524,65 @@ class _Cluster:
         """Make a throw-away CA and a server certificate for IP 127.0.0.1 signed by it."""
         tls = self.base / "tls"
         ext = tls / "server.ext"
-        ext.write_text("basicConstraints = critical, CA:FALSE\nkeyUsage = critical, digitalSignature, keyEncipherment\n"
-                       "extendedKeyUsage = serverAuth\nsubjectAltName = IP:127.0.0.1\n")
+        ext.write_text(
+            "basicConstraints = critical, CA:FALSE\nkeyUsage = critical, digitalSignature, keyEncipherment\n"
+            "extendedKeyUsage = serverAuth\nsubjectAltName = IP:127.0.0.1\n"
+        )
         key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-        self.run(["openssl", "req", "-x509", *key, "-keyout", str(tls / "ca.key"), "-out", str(self.ca),
-                  "-days", "30", "-subj", "/CN=cog-pipeline test CA",
-                  "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign"])
-        self.run(["openssl", "req", "-new", *key, "-keyout", str(tls / "key.pem"), "-out", str(tls / "server.csr"),
-                  "-subj", "/CN=127.0.0.1"])
-        self.run(["openssl", "x509", "-req", "-in", str(tls / "server.csr"), "-CA", str(self.ca),
-                  "-CAkey", str(tls / "ca.key"), "-CAcreateserial", "-days", "30", "-extfile", str(ext),
-                  "-out", str(tls / "cert.pem")])
+        self.run(
+            [
+                "openssl",
+                "req",
+                "-x509",
+                *key,
+                "-keyout",
+                str(tls / "ca.key"),
+                "-out",
+                str(self.ca),
+                "-days",
+                "30",
+                "-subj",
+                "/CN=cog-pipeline test CA",
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            ]
+        )
+        self.run(
+            [
+                "openssl",
+                "req",
+                "-new",
+                *key,
+                "-keyout",
+                str(tls / "key.pem"),
+                "-out",
+                str(tls / "server.csr"),
+                "-subj",
+                "/CN=127.0.0.1",
+            ]
+        )
+        self.run(
+            [
+                "openssl",
+                "x509",
+                "-req",
+                "-in",
+                str(tls / "server.csr"),
+                "-CA",
+                str(self.ca),
+                "-CAkey",
+                str(tls / "ca.key"),
+                "-CAcreateserial",
+                "-days",
+                "30",
+                "-extfile",
+                str(ext),
+                "-out",
+                str(tls / "cert.pem"),
+            ]
+        )
 
     def _write_conf(self) -> None:
         b, p, fsid = self.base, self.ports, self.fsid
@@ -565,15 +683,27 @@ rgw crypt require ssl = false
     # -- clients
 
     def client(self, server: RGWServer, https: bool) -> BaseClient:
-        config = Config(region_name="us-east-1", signature_version="s3v4", s3={"addressing_style": "path"},
-                        request_checksum_calculation="when_required", response_checksum_validation="when_required",
-                        retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=10, read_timeout=120)
+        config = Config(
+            region_name="us-east-1",
+            signature_version="s3v4",
+            s3={"addressing_style": "path"},
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+            retries={"max_attempts": 3, "mode": "standard"},
+            connect_timeout=10,
+            read_timeout=120,
+        )
         with self.lock:
             if self.session is None:
                 self.session = boto3.session.Session()
-            return self.session.client("s3", endpoint_url=server.https_url if https else server.http_url,
-                                       aws_access_key_id=server.access_key, aws_secret_access_key=server.secret_key,
-                                       verify=str(server.ca_bundle) if https else None, config=config)
+            return self.session.client(
+                "s3",
+                endpoint_url=server.https_url if https else server.http_url,
+                aws_access_key_id=server.access_key,
+                aws_secret_access_key=server.secret_key,
+                verify=str(server.ca_bundle) if https else None,
+                config=config,
+            )
 
     def reset_client(self, server: RGWServer) -> Any:
         with self.lock:
@@ -637,8 +767,9 @@ def _main(argv: Sequence[str] | None = None) -> int:
     try:
         with rgw_server(base, args.timeout) as server:
             fields = {key: str(value) for key, value in dataclasses.asdict(server).items()}
-            print(json.dumps({**fields, "bootstrap_seconds": round(time.monotonic() - started, 1)}, indent=2),
-                  flush=True)
+            print(
+                json.dumps({**fields, "bootstrap_seconds": round(time.monotonic() - started, 1)}, indent=2), flush=True
+            )
             while True:
                 time.sleep(3600)
     except RGWUnavailable as error:
