@@ -295,3 +295,20 @@ def test_each_report_row_shows_its_own_record_notes_and_breaks_keys_at_slashes(t
     assert '<span class="key">folder/<wbr>deep/<wbr>a.tif</span>' in page
     assert "<code>logs/<wbr>images/<wbr>folder/<wbr>deep/<wbr>a.log</code>" in page
     assert "overflow-wrap: anywhere" not in page  # breaks inside a name only when one name is wider than the column
+
+
+def test_outcome_csvs_with_megabyte_fields_are_read_in_a_fresh_process(tmp_path):
+    """A 10 MB manifest line comes back as a megabyte-long failed key: the report, status and retry read
+    such CSVs without csv's 128 KB field limit (a fresh interpreter: the manifest parser has not raised it)."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "m-errors.csv"
+    path.write_text("key,bands,reason\n" + "k" * 300_000 + ",1,line 1: key too long\n", encoding="utf-8")
+    code = (
+        "import sys; from pathlib import Path; from cog_pipeline.work.report import _csv_rows; "
+        "rows = _csv_rows(Path(sys.argv[1])); print(len(rows), len(rows[1][0]))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["2", "300000"]

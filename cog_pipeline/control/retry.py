@@ -9,15 +9,13 @@ already waiting in the queue.
 
 from __future__ import annotations
 
-import csv
-import io
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from cog_pipeline.storage import s3
 from cog_pipeline.core.errors import PipelineError
-from cog_pipeline.work.manifest import parse_manifest, write_rows_csv
+from cog_pipeline.work.manifest import csv_reader, parse_manifest, write_rows_csv
 from cog_pipeline.core.naming import timestamp
 
 FAILED_KEY = re.compile(r"^(?P<stem>.*)failed-(?P<ts>\d{8}-\d{6})\.csv$", re.DOTALL)
@@ -121,10 +119,10 @@ def original_lines(client: Any, bucket: str, errors_key: str, failed_body: bytes
         errors = s3.get_bytes(client, bucket, errors_key).decode("utf-8", "replace")
     except Exception:  # noqa: BLE001 - without it the failed CSV's own lines are named, said so
         return {}
-    reasons = [row for row in csv.reader(io.StringIO(errors, newline=""))][1:]
+    reasons = list(csv_reader(errors))[1:]
     starts, line = [], 1
     text = failed_body.decode("utf-8", "replace")
-    reader = csv.reader(io.StringIO(text, newline=""))
+    reader = csv_reader(text)
     rows = []
     for row in reader:
         if row:

@@ -10,9 +10,7 @@ and the command exits 1 (:data:`EXIT_BUCKET_UNREADABLE`).
 from __future__ import annotations
 
 import calendar
-import csv
 import fnmatch
-import io
 import json
 import re
 import shlex
@@ -118,7 +116,9 @@ def _count_rows(client: Any, bucket: str, key: str) -> int | None:
         text = s3.get_bytes(client, bucket, key).decode("utf-8", "replace")
     except Exception:  # noqa: BLE001 - a count is best effort
         return None
-    return sum(1 for row in csv.reader(io.StringIO(text, newline="")) if any(field.strip() for field in row))
+    from cog_pipeline.work.manifest import csv_reader
+
+    return sum(1 for row in csv_reader(text) if any(field.strip() for field in row))
 
 
 def _run_state(run: RunDir, config: RunConfig, finished: bool, pool: dict[str, Any]) -> str:

@@ -16,9 +16,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cog_pipeline.core.naming import TIFF_SUFFIXES, is_tiff_key
 from cog_pipeline.core.naming import jpeg_key as jpeg_key  # re-exported: batch, aggregate and bench import it here
+
+if TYPE_CHECKING:
+    from _csv import Reader as _csv_reader
 
 #: Band counts above this are taken for a typo, not a real image.
 MAX_BANDS = 10_000
@@ -87,6 +91,13 @@ def _raise_field_limit(size: int) -> None:
     needed = min(max(MIN_FIELD_SIZE_LIMIT, size + 1), _MAX_FIELD_SIZE_LIMIT)
     if csv.field_size_limit() < needed:
         csv.field_size_limit(needed)
+
+
+def csv_reader(text: str) -> _csv_reader:
+    """The rows of a CSV text we wrote (outcome CSVs: a key or reason may be megabytes long, as the manifest
+    row it came from), with the csv module's field limit raised to fit, as the manifest parser does."""
+    _raise_field_limit(len(text))
+    return csv.reader(io.StringIO(text, newline=""))
 
 
 def _key_problems(key: str, max_key_bytes: int) -> list[str]:

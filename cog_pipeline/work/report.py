@@ -12,9 +12,7 @@ and the page's Content-Security-Policy allows one script (the map's, by its hash
 from __future__ import annotations
 
 import calendar
-import csv
 import html
-import io
 import json
 import os
 import re
@@ -26,6 +24,7 @@ import yaml
 
 from cog_pipeline.work.imagelogs import advice, format_size, image_log_path, write_image_logs
 from cog_pipeline.work.outcomes import failure_codes, read_outcomes
+from cog_pipeline.work.manifest import csv_reader
 from cog_pipeline.core.naming import RUN_CONFIG, TIMESTAMP_FORMAT, ManifestKeys, batch_log_path, outcome_path
 from cog_pipeline.work.reportmap import (
     MAP_CSS,
@@ -81,7 +80,7 @@ def manifest_notes(run_dir: Path, config: dict[str, Any]) -> list[tuple[str, str
 def _csv_rows(path: Path) -> list[list[str]]:
     if not path.is_file():
         return []
-    return [row for row in csv.reader(io.StringIO(path.read_text(encoding="utf-8"), newline="")) if row]
+    return [row for row in csv_reader(path.read_text(encoding="utf-8")) if row]
 
 
 def _records(run_dir: Path, manifest_id: str) -> dict[str, dict[str, Any]]:
