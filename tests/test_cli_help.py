@@ -8,7 +8,7 @@ import pytest
 
 from cog_pipeline.ui import cli
 
-#: `convert`'s options are helper C's part of the CLI (tested with the converter).
+#: `convert`'s options are tested with the converter (tests/test_raster_console.py).
 COMMANDS = ["tick", "drive", "aggregate", "demo", "start", "stop", "status", "check-endpoint", "retry"]
 
 
