@@ -90,6 +90,28 @@ def samples() -> Path:
     return SAMPLES_DIR
 
 
+def one_manifest_config(s3_section: dict, timestamp: str = "20261125-000000", **extra) -> dict:
+    """The run config of an in-process batch on one claimed manifest, ``manifests/m.csv`` (id m1), with the
+    given S3 settings (endpoint, key files) and the test buckets."""
+    return {
+        "batch_size": 20,
+        "cog": {},
+        "jpeg": {},
+        "s3": {**s3_section, "input_bucket": INPUT_BUCKET, "output_bucket": OUTPUT_BUCKET},
+        "manifests": [
+            {
+                "id": "m1",
+                "csv": "manifests/m.csv",
+                "key": f"m-processing-{timestamp}.csv",
+                "raw_key": "m-raw.csv",
+                "stem": "m-",
+                "timestamp": timestamp,
+            }
+        ],
+        **extra,
+    }
+
+
 def all_objects(client, bucket: str) -> dict[str, bytes]:
     """Every object of a bucket with its bytes (small test buckets only)."""
     out = {}

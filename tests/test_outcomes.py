@@ -22,7 +22,7 @@ from cog_pipeline.work.outcomes import (
     write_outcomes,
 )
 
-from conftest import INPUT_BUCKET, OUTPUT_BUCKET, all_objects
+from conftest import INPUT_BUCKET, OUTPUT_BUCKET, all_objects, one_manifest_config
 
 
 def test_a_record_round_trips_and_keeps_todays_field_names(tmp_path):
@@ -200,29 +200,14 @@ def test_failure_codes_of_a_summary_and_of_an_older_one():
 def batch_config(settings, run_dir, keys):
     (run_dir / "manifests").mkdir(parents=True)
     (run_dir / "manifests" / "m.csv").write_bytes("".join(f"{k},1\n" for k in keys).encode())
-    return {
-        "batch_size": 20,
-        "cog": {},
-        "jpeg": {},
-        "run_id": "20261125-000000",
-        "s3": {
+    return one_manifest_config(
+        {
             "endpoint_url": settings.endpoint_url,
             "access_key_file": settings.access_key_file,
             "secret_key_file": settings.secret_key_file,
-            "input_bucket": INPUT_BUCKET,
-            "output_bucket": OUTPUT_BUCKET,
         },
-        "manifests": [
-            {
-                "id": "m1",
-                "csv": "manifests/m.csv",
-                "key": "m-processing-20261125-000000.csv",
-                "raw_key": "m-raw.csv",
-                "stem": "m-",
-                "timestamp": "20261125-000000",
-            }
-        ],
-    }
+        run_id="20261125-000000",
+    )
 
 
 def test_the_batch_gives_each_failure_its_code_where_it_happens(seed, buckets, settings, samples, tmp_path):

@@ -14,7 +14,7 @@ from rio_cogeo.cogeo import cog_validate
 
 from cog_pipeline.core.errors import PipelineError
 from cog_pipeline.control.tick import TickOptions, tick
-from conftest import INPUT_BUCKET, OUTPUT_BUCKET, all_objects
+from conftest import INPUT_BUCKET, OUTPUT_BUCKET, all_objects, one_manifest_config
 
 GOOD = {
     "imagery/rgb.tif": "RGB.byte.tif",
@@ -363,28 +363,13 @@ def test_batch_requests_per_image_and_skip_if_done(seed, buckets, settings, samp
     run_dir = tmp_path / "run"
     (run_dir / "manifests").mkdir(parents=True)
     (run_dir / "manifests" / "m.csv").write_bytes("".join(f"{k},1\n" for k in GOOD).encode())
-    config = {
-        "batch_size": 20,
-        "cog": {},
-        "jpeg": {},
-        "s3": {
+    config = one_manifest_config(
+        {
             "endpoint_url": settings.endpoint_url,
             "access_key_file": settings.access_key_file,
             "secret_key_file": settings.secret_key_file,
-            "input_bucket": INPUT_BUCKET,
-            "output_bucket": OUTPUT_BUCKET,
-        },
-        "manifests": [
-            {
-                "id": "m1",
-                "csv": "manifests/m.csv",
-                "key": "m-processing-20261125-000000.csv",
-                "raw_key": "m-raw.csv",
-                "stem": "m-",
-                "timestamp": "20261125-000000",
-            }
-        ],
-    }
+        }
+    )
     counts: dict[str, int] = {}
     real = s3.make_client
 

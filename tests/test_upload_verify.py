@@ -17,7 +17,7 @@ from cog_pipeline.work import batch
 from cog_pipeline.storage import s3
 from cog_pipeline.core.errors import ImageError
 from cog_pipeline.work.manifest import jpeg_key
-from conftest import INPUT_BUCKET, OUTPUT_BUCKET
+from conftest import INPUT_BUCKET, OUTPUT_BUCKET, one_manifest_config
 from faults.proxy import FaultProxy, classify
 
 MiB = 1024 * 1024
@@ -324,26 +324,7 @@ def test_short_cog_fails_its_row_with_the_reason_and_leaves_nothing_at_its_key(
     run_dir = tmp_path / "run"
     (run_dir / "manifests").mkdir(parents=True)
     (run_dir / "manifests" / "m.csv").write_bytes(f"{key},1\nimagery/fine.tif,1\n".encode())
-    config = {
-        "batch_size": 20,
-        "cog": {},
-        "jpeg": {},
-        "s3": {
-            **{k: v for k, v in dataclasses.asdict(proxied).items() if v is not None},
-            "input_bucket": INPUT_BUCKET,
-            "output_bucket": OUTPUT_BUCKET,
-        },
-        "manifests": [
-            {
-                "id": "m1",
-                "csv": "manifests/m.csv",
-                "key": "m-processing-20261125-000000.csv",
-                "raw_key": "m-raw.csv",
-                "stem": "m-",
-                "timestamp": "20261125-000000",
-            }
-        ],
-    }
+    config = one_manifest_config({k: v for k, v in dataclasses.asdict(proxied).items() if v is not None})
     proxy.rewrite_body("put", key, lambda body: body[: len(body) // 2])  # the COG only (the JPEG is .jpg)
 
     records = batch.run_batch(config, run_dir, "m1", 0, run_dir / "status" / "b0.jsonl", threads=1)
