@@ -71,6 +71,7 @@ def test_each_odd_image_is_named_with_its_check(tmp_path, rules):
         ("coarse.tif", "gsd_mismatch", "fail"),
         ("four.tif", "band_count_mismatch", "fail"),
         ("four.tif", "colorinterp_mismatch", "warn"),
+        # 16-bit RGB is kind "other", compared with the orthoimagery all the same
         ("u16.tif", "dtype_mismatch", "fail"),
         ("u16.tif", "colorinterp_mismatch", "warn"),  # GDAL says gray,undefined,undefined for 16-bit
         ("bgr.tif", "colorinterp_mismatch", "warn"),
@@ -78,9 +79,90 @@ def test_each_odd_image_is_named_with_its_check(tmp_path, rules):
     }
     by = {(f.key, f.check): f.detail for f in found}
     assert by["utm.tif", "srs_mismatch"] == "SRS EPSG:32760, while 7 of 9 images are EPSG:2193"
-    assert by["coarse.tif", "gsd_mismatch"] == "pixel size 1 x 1, while 6 of 7 images in EPSG:2193 are 0.5 x 0.5"
+    assert by["coarse.tif", "gsd_mismatch"] == (
+        "pixel size 1 x 1, while 6 of 7 imagery/other images in EPSG:2193 are 0.5 x 0.5"
+    )
+    assert by["u16.tif", "dtype_mismatch"] == "data type uint16, while 8 of 9 imagery/other images have uint8"
     assert "colour interpretation blue,green,red" in by["bgr.tif", "colorinterp_mismatch"]
     assert qa.failing_keys(found) == {"utm.tif", "coarse.tif", "four.tif", "u16.tif", "nocrs.tif"}
+
+
+#: Half-metre grid origin, with other pixel sizes: 0.1 m orthoimagery, 1 m elevation, 2 m land cover.
+def at(size: float, col: int = 0) -> Affine:
+    return Affine(size, 0, 1_750_000 + 64 * size * col, 0, -size, 5_430_000)
+
+
+def dem(seed: int = 0, n: int = 64) -> np.ndarray:
+    return (np.linspace(10, 900, n * n, dtype=np.float32) + seed).reshape(n, n)
+
+
+def land_cover(n: int = 64) -> np.ndarray:
+    return (np.arange(n * n) % 6).astype(np.uint8).reshape(n, n) + 1
+
+
+PALETTE = {i: (i * 40, 100, 0, 255) for i in range(7)}
+
+
+def mixed_delivery(tmp_path: Path) -> dict[str, Path]:
+    """A county delivery of three kinds: 0.1 m uint8 RGB orthos, 1 m float32 elevation, a paletted land cover."""
+    paths = {}
+    for i in range(3):
+        paths[f"ortho/{i}.tif"] = make_tif(tmp_path / f"ortho{i}.tif", rgb(seed=i), transform=at(0.1, i))
+        paths[f"dem/{i}.tif"] = make_tif(tmp_path / f"dem{i}.tif", dem(i), transform=at(1, i))
+    paths["landcover.tif"] = make_tif(tmp_path / "lc.tif", land_cover(), colormap=PALETTE, transform=at(2))
+    return paths
+
+
+def test_a_delivery_of_three_kinds_is_compared_kind_by_kind(tmp_path, rules):
+    found = run_qa(mixed_delivery(tmp_path), rules)
+    assert checks(found) == {("landcover.tif", "paletted", "info")}, [(f.key, f.check, f.detail) for f in found]
+
+
+def test_an_odd_image_within_its_kind_is_found_and_named_by_kind(tmp_path, rules):
+    paths = mixed_delivery(tmp_path)
+    paths["ortho/coarse.tif"] = make_tif(tmp_path / "coarse.tif", rgb(seed=7), transform=at(0.5, 3))
+    paths["ortho/rgba.tif"] = make_tif(
+        tmp_path / "rgba.tif",
+        rgb(seed=8, bands=4),
+        transform=at(0.1, 4),
+        colorinterp=[ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.alpha],
+    )
+    paths["dem/coarse.tif"] = make_tif(tmp_path / "dem-coarse.tif", dem(9), transform=at(2, 3))
+    paths["dem/f64.tif"] = make_tif(tmp_path / "dem-f64.tif", dem(5).astype(np.float64), transform=at(1, 4))
+    found = run_qa(paths, rules)
+    assert checks(found) == {
+        ("landcover.tif", "paletted", "info"),
+        ("ortho/coarse.tif", "gsd_mismatch", "fail"),
+        ("ortho/rgba.tif", "band_count_mismatch", "fail"),
+        ("ortho/rgba.tif", "colorinterp_mismatch", "warn"),
+        ("dem/coarse.tif", "gsd_mismatch", "fail"),
+        ("dem/f64.tif", "dtype_mismatch", "fail"),
+    }
+    by = {(f.key, f.check): f.detail for f in found}
+    assert by["ortho/coarse.tif", "gsd_mismatch"] == (
+        "pixel size 0.5 x 0.5, while 4 of 5 imagery images in EPSG:2193 are 0.1 x 0.1"
+    )
+    assert by["ortho/rgba.tif", "band_count_mismatch"] == "band(s) 4, while 4 of 5 imagery images have 3"
+    assert (
+        by["dem/coarse.tif", "gsd_mismatch"] == "pixel size 2 x 2, while 4 of 5 elevation images in EPSG:2193 are 1 x 1"
+    )
+    assert by["dem/f64.tif", "dtype_mismatch"] == "data type float64, while 4 of 5 elevation images have float32"
+
+
+def test_the_srs_is_still_compared_across_the_whole_delivery(tmp_path, rules):
+    paths = mixed_delivery(tmp_path)
+    paths["landcover.tif"] = make_tif(
+        tmp_path / "lc-utm.tif", land_cover(), colormap=PALETTE, crs="EPSG:32760", transform=at(2)
+    )
+    paths["dem/utm.tif"] = make_tif(tmp_path / "dem-utm.tif", dem(3), crs="EPSG:32760", transform=at(1, 3))
+    found = run_qa(paths, rules)
+    assert checks(found) == {
+        ("landcover.tif", "paletted", "info"),
+        ("landcover.tif", "srs_mismatch", "fail"),
+        ("dem/utm.tif", "srs_mismatch", "fail"),
+    }
+    by = {(f.key, f.check): f.detail for f in found}
+    assert by["dem/utm.tif", "srs_mismatch"] == "SRS EPSG:32760, while 6 of 8 images are EPSG:2193"
 
 
 def test_the_same_srs_written_two_ways_is_one(tmp_path, rules):

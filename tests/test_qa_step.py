@@ -96,6 +96,9 @@ def test_a_delivery_mixing_two_srs_fails_the_minority_rows(seed, buckets, settin
     assert verdict.failing() == {"d/utm.tif": UTM_REASON}
     assert verdict.missing == ("d/gone.tif",)  # not read: the batch fails it input-missing
     assert verdict.checked == 4
+    # The failing row is never converted: its place on the report's map comes from this read of its input.
+    assert list(verdict.places) == ["d/utm.tif"] and verdict.places["d/utm.tif"]["crs"] == "EPSG:32760"
+    assert verdict.places["d/utm.tif"]["footprint"]["type"] == "Polygon"
     assert qa_step.QaVerdict.from_dict(json.loads(json.dumps(verdict.to_dict()))) == verdict
 
 

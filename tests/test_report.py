@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 
 import numpy as np
 import pytest
@@ -312,3 +313,120 @@ def test_outcome_csvs_with_megabyte_fields_are_read_in_a_fresh_process(tmp_path)
     proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split() == ["2", "300000"]
+
+
+HOSTILE = "x/<script>alert(1)</script>.tif"
+
+
+def with_qa_verdict(run):
+    """``hand_made_run`` plus a QA step: a QA-failed row, a processed row with a hostile key and the verdict."""
+    import json
+
+    from cog_pipeline.raster.qa import Finding
+    from cog_pipeline.work.qa_step import QaVerdict, verdict_path
+
+    outcome = run / "outcome" / "m1"
+    with (outcome / "set-processed-20261201-101010.csv").open("a") as f:
+        f.write(f"{HOSTILE},3\n")
+    with (outcome / "set-errors-20261201-101010.csv").open("a") as f:
+        f.write('utm.tif,3,"qa: srs_mismatch: SRS EPSG:32760, while 3 of 4 images are EPSG:2193"\n')
+    verdict = QaVerdict(
+        "m1",
+        4,
+        (
+            Finding("folder/deep/a.tif", "paletted", "info", "paletted (7 colours): overviews by nearest/mode"),
+            Finding("utm.tif", "srs_mismatch", "fail", "SRS EPSG:32760, while 3 of 4 images are EPSG:2193"),
+            Finding("utm.tif", "colorinterp_mismatch", "warn", "colour interpretation gray"),
+            Finding(HOSTILE, "undeclared_fill", "warn", 'value -9999 runs along the <left> edge & "more"'),
+        ),
+        missing=("lost.tif",),
+    )
+    path = verdict_path(run, "m1")
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps(verdict.to_dict()), encoding="utf-8")
+    return run
+
+
+def table_rows(page: str) -> dict[str, str]:
+    """The report table's rows by their key cell's text (the later of two rows with one key)."""
+    rows = re.findall(r'<tr id="row-\d+".*?</tr>', page, re.S)
+    return {re.search(r'<span class="key">(.*?)</span>', r).group(1).replace("<wbr>", ""): r for r in rows} | {
+        "_all": "\n".join(rows)
+    }
+
+
+def test_the_report_shows_the_qa_summary_and_each_rows_warnings_escaped(tmp_path):
+    from cog_pipeline.work.report import render_html
+
+    page = render_html(with_qa_verdict(hand_made_run(tmp_path)))
+    section = page[page.index('<section class="qa-section"') : page.index("</section>")]
+    assert (
+        "set-raw.csv: 4 headers read, 1 row failed by QA (not converted), 1 input not in the bucket &middot; "
+        "findings: fail 1 (srs_mismatch 1); warn 2 (colorinterp_mismatch 1, undeclared_fill 1); info 1 (paletted 1) "
+        "&middot; all findings in <code>set-qa-20261201-101010.csv</code> in the input bucket"
+    ) in section
+    assert page.count("<script") == 1 and "<left>" not in page, "keys and details are escaped"
+    rows = table_rows(page)
+    hostile = rows["x/&lt;script&gt;alert(1)&lt;/script&gt;.tif"]
+    assert (
+        '<div class="qa qa-warn"><b>QA warn: undeclared_fill</b> <span class="qa-detail">value -9999 runs along '
+        "the &lt;left&gt; edge &amp; &quot;more&quot;</span></div>"
+    ) in hostile
+    utm = rows["utm.tif"]
+    assert "qa: srs_mismatch: SRS EPSG:32760" in utm and "QA warn: colorinterp_mismatch" in utm
+    assert "QA fail" not in rows["_all"], "a failing check is the row's reason, not repeated under it"
+    processed = rows["folder/deep/a.tif"]  # the later row of that key: the processed one
+    assert 'class="ok"' in processed and "QA info: paletted" in processed
+    assert rows["_all"].count("QA info: paletted") == 1, "the refused duplicate row gets no QA notes"
+
+
+def test_a_run_without_qa_has_no_qa_on_its_report(tmp_path, monkeypatch):
+    from cog_pipeline.work import report
+
+    real = time.gmtime
+    monkeypatch.setattr(report.time, "gmtime", lambda *a: real(*a) if a else real(0))  # "report made" fixed
+    run = hand_made_run(tmp_path)
+    page = report.render_html(run)
+    assert not re.search("qa", page, re.I), re.findall(".{0,30}qa.{0,30}", page, re.I | re.S)
+    (run / "qa").mkdir()  # a QA step that wrote nothing for this manifest: still no verdict
+    assert report.render_html(run) == page
+    page_with_qa = report.render_html(with_qa_verdict(run))
+    assert "Delivery QA" in page_with_qa and ".qa-section" in page_with_qa
+
+
+@pytest.mark.slow
+def test_a_tick_with_qa_puts_its_findings_on_the_report(seed, buckets, settings, tmp_path):
+    from affine import Affine
+
+    from rasters import TRANSFORM, make_tif
+
+    rng = np.random.default_rng(0)
+    for i, crs in enumerate(["EPSG:2193", "EPSG:2193", "EPSG:32760"]):
+        data = rng.integers(1, 255, (3, 64, 64), dtype=np.uint8)
+        path = make_tif(tmp_path / f"t{i}.tif", data, crs=crs, transform=TRANSFORM @ Affine.translation(64 * i, 0))
+        seed.upload_file(str(path), INPUT_BUCKET, f"d/t{i}.tif")
+    dem = np.linspace(10, 900, 64 * 64, dtype=np.float32).reshape(64, 64)
+    dem[:, :16] = -9999  # an undeclared fill along the left edge: a warning
+    seed.upload_file(str(make_tif(tmp_path / "dem.tif", dem)), INPUT_BUCKET, "d/<dem>.tif")
+    manifest = b"d/t0.tif,3\nd/t1.tif,3\nd/t2.tif,3\nd/<dem>.tif,1\n"
+    seed.put_object(Bucket=INPUT_BUCKET, Key="county-raw.csv", Body=manifest)
+    result = tick(
+        TickOptions(
+            input_bucket=INPUT_BUCKET,
+            output_bucket=OUTPUT_BUCKET,
+            settings=settings,
+            workdir=tmp_path / "work",
+            run_overrides={"qa": {"enabled": True}},
+        )
+    )
+    assert result.exit_code == 0
+    page = (result.run_dir / "report.html").read_text(encoding="utf-8")
+    [qa_key] = [k for k in all_objects(seed, INPUT_BUCKET) if k.startswith("county-qa-")]
+    assert (
+        "county-raw.csv: 4 headers read, 1 row failed by QA (not converted) &middot; findings: fail 1 (srs_mismatch 1)"
+        in page
+    )
+    assert f"<code>{qa_key}</code> in the input bucket" in page
+    rows = table_rows(page)
+    assert "qa: srs_mismatch: SRS EPSG:32760" in rows["d/t2.tif"] and 'class="failed"' in rows["d/t2.tif"]
+    assert "QA warn: undeclared_fill" in rows["d/&lt;dem&gt;.tif"] and 'class="ok"' in rows["d/&lt;dem&gt;.tif"]

@@ -1,5 +1,7 @@
 """Delivery QA before anything is converted: each image's header and a decimated read, checked alone and
-against the rest of the delivery. Findings are typed (key, check, severity, detail); the ``qa:`` config
+against the rest of the delivery: its SRS against the whole delivery; its pixel size, bands, data type and
+colour interpretation against the images of its data kind (raster/kinds.py), so orthoimagery, elevation and
+land cover may come in one delivery. Findings are typed (key, check, severity, detail); the ``qa:`` config
 section gives each check its severity: ``fail`` (the row fails), ``warn``, ``info`` or ``off``.
 docs/delivery.md says what each check means to GIS staff.
 """
@@ -260,9 +262,28 @@ def _srs_groups(images: Sequence[ImageHeader]) -> dict[str, int]:
     return out
 
 
+#: Kinds compared as one: an image of no known kind (16-bit RGB, a 5-band scan) among orthoimagery is most
+#: likely an odd ortho tile, so it is compared with them rather than left alone of its kind.
+_COMPARED_AS = {DataKind.OTHER: DataKind.IMAGERY}
+
+
+def _kind_groups(images: Sequence[ImageHeader], rules: QaRules) -> dict[str, list[ImageHeader]]:
+    """The images compared with each other, by data kind (raster/kinds.py; imagery and other as one), in image
+    order; each group named by the kinds in it ("elevation", "imagery/other")."""
+    kinds: dict[DataKind, set[DataKind]] = {}
+    members: dict[DataKind, list[ImageHeader]] = {}
+    for h in images:
+        kind = classify(h, rules.categorical_max_values).kind
+        group = _COMPARED_AS.get(kind, kind)
+        kinds.setdefault(group, set()).add(kind)
+        members.setdefault(group, []).append(h)
+    return {"/".join(sorted(k.value for k in kinds[g])): hs for g, hs in members.items()}
+
+
 def check_delivery(images: Iterable[ImageHeader], rules: QaRules) -> list[Finding]:
-    """Every image's own checks, then each against the delivery's majority (SRS, pixel size, band count,
-    data type, colour interpretation). Findings in image order."""
+    """Every image's own checks, its SRS against the delivery's majority, then its pixel size (within its SRS),
+    band count, data type and colour interpretation against the majority of the images of its data kind
+    (imagery with other, elevation, categorical: a delivery may mix them). Findings in image order."""
     images = list(images)
     by_key: dict[str, list[Finding]] = {h.key: check_image(h, rules) for h in images}
 
@@ -280,28 +301,37 @@ def check_delivery(images: Iterable[ImageHeader], rules: QaRules) -> list[Findin
         for h in located:
             if groups[h.key] != group:
                 add(h, "srs_mismatch", f"SRS {_crs_label(h)}, while {count} of {n} images are {label}")
-        same_srs = [h for h in located if groups[h.key] == group]
-        (ref_x, ref_y), count = _majority(same_srs, lambda h: (round(h.gsd[0], 9), round(h.gsd[1], 9)))
-        for h in same_srs:
-            gx, gy = h.gsd
-            if abs(gx - ref_x) > rules.gsd_tolerance * ref_x or abs(gy - ref_y) > rules.gsd_tolerance * ref_y:
-                add(
-                    h,
-                    "gsd_mismatch",
-                    f"pixel size {gx:g} x {gy:g}, while {count} of {len(same_srs)} images in "
-                    f"{label} are {ref_x:g} x {ref_y:g}",
-                )
-    for check, what, value in (
-        ("band_count_mismatch", "band(s)", lambda h: str(h.count)),
-        ("dtype_mismatch", "data type", lambda h: ",".join(sorted(set(h.dtypes)))),
-        ("colorinterp_mismatch", "colour interpretation", lambda h: ",".join(h.colorinterp)),
-    ):
-        if not images:
-            break
-        ref, count = _majority(images, value)
-        for h in images:
-            if value(h) != ref:
-                add(h, check, f"{what} {value(h)}, while {count} of {n} images have {ref}")
+    for kinds, members in _kind_groups(images, rules).items():
+        if len(members) < 2:
+            continue  # nothing of its kind to compare with
+        name = f"{kinds} images"
+        by_srs: dict[int, list[ImageHeader]] = {}
+        for h in members:
+            if h.key in groups:
+                by_srs.setdefault(groups[h.key], []).append(h)
+        for same_srs in by_srs.values():
+            if len(same_srs) < 2:
+                continue
+            label = _crs_label(same_srs[0])
+            (ref_x, ref_y), count = _majority(same_srs, lambda h: (round(h.gsd[0], 9), round(h.gsd[1], 9)))
+            for h in same_srs:
+                gx, gy = h.gsd
+                if abs(gx - ref_x) > rules.gsd_tolerance * ref_x or abs(gy - ref_y) > rules.gsd_tolerance * ref_y:
+                    add(
+                        h,
+                        "gsd_mismatch",
+                        f"pixel size {gx:g} x {gy:g}, while {count} of {len(same_srs)} {name} in "
+                        f"{label} are {ref_x:g} x {ref_y:g}",
+                    )
+        for check, what, value in (
+            ("band_count_mismatch", "band(s)", lambda h: str(h.count)),
+            ("dtype_mismatch", "data type", lambda h: ",".join(sorted(set(h.dtypes)))),
+            ("colorinterp_mismatch", "colour interpretation", lambda h: ",".join(h.colorinterp)),
+        ):
+            ref, count = _majority(members, value)
+            for h in members:
+                if value(h) != ref:
+                    add(h, check, f"{what} {value(h)}, while {count} of {len(members)} {name} have {ref}")
     return [f for h in images for f in by_key[h.key]]
 
 

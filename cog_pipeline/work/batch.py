@@ -45,7 +45,7 @@ from cog_pipeline.raster.convert import (
     preview_key,
 )
 from cog_pipeline.raster.georef import world_file_suffix
-from cog_pipeline.raster.header import read_header
+from cog_pipeline.raster.header import ImageHeader, read_header
 from cog_pipeline.raster.kinds import Preset, preset_for, presets_from_config
 from cog_pipeline.core.errors import ImageError, PipelineError
 from cog_pipeline.core.failures import FailureCode
@@ -53,7 +53,7 @@ from cog_pipeline.work.manifest import Entry, batch_slices, jpeg_key, parse_mani
 from cog_pipeline.work.imagelogs import capture as capture_image_log
 from cog_pipeline.work.outcomes import ImageOutcome, Status, write_outcomes
 from cog_pipeline.work.presigned import START_MARGIN_S, Action, BatchUrls, ImageUrls, JobRecord, Uploaded, write_records
-from cog_pipeline.work.footprints import map_facts
+from cog_pipeline.work.footprints import header_facts
 from cog_pipeline.work import qa_step
 from cog_pipeline.work.stac import file_info, item_for
 from cog_pipeline.raster.thumbnail import thumbnail_data_uri
@@ -335,14 +335,18 @@ def _finish(
     """The ``ok`` outcome's fields, with a thumbnail for the report's first rows, the COG's map facts and the
     delivery standard's (kind, preset, check, digests, files beside the JPEG, STAC Item)."""
     fields = _result_fields(result, input_bytes)
-    fields.update(_delivery_fields(ctx, entry, result, local_cog, local_jpg))
+    delivery, header = _delivery_fields(ctx, entry, result, local_cog, local_jpg)
+    fields.update(delivery)
     if entry.line <= MAX_THUMBNAIL_LINE:
         try:
             fields["thumbnail"] = thumbnail_data_uri(local_cog, options=ctx.jpeg_options)  # from its overviews
         except Exception as exc:  # noqa: BLE001 - a missing thumbnail never fails an image
             log.warning("%s: no thumbnail for the report: %s", entry.key, exc)
-    try:  # CRS, pixel size, overviews, codec and footprint for the report's columns and map
-        fields.update(map_facts(local_cog, entry.key))
+    if header is None:
+        log.warning("%s: no map footprint for the report: the COG's header could not be read", entry.key)
+        return fields
+    try:  # CRS, pixel size, overviews, codec and footprint for the report's columns and map, from the same header
+        fields.update(header_facts(header))
     except Exception as exc:  # noqa: BLE001 - like the thumbnail, never fails an image
         log.warning("%s: no map footprint for the report: %s", entry.key, exc)
     return fields
@@ -350,11 +354,12 @@ def _finish(
 
 def _delivery_fields(
     ctx: ImageContext, entry: Entry, result: ConversionResult, local_cog: Path, local_jpg: Path
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], ImageHeader | None]:
     """Kind, preset, check and error, pixel digests, the keys beside the JPEG and the STAC Item of a converted
-    image (its Item from the COG's header and the sha256 of the very files uploaded). With presets off the
-    kind is still detected, from the COG (the same pixels, verified). An image without a CRS has no Item
-    (a note says so); a failure to make one is noted, never fails the image."""
+    image (its Item from the COG's header and the sha256 of the very files uploaded), and that header (read
+    once: the map facts come from it too; None if it could not be read). With presets off the kind is still
+    detected, from the COG (the same pixels, verified). An image without a CRS has no Item (a note says so); a
+    failure to make one is noted, never fails the image."""
     started = time.perf_counter()
     notes = list(result.notes)
     fields: dict[str, Any] = {
@@ -367,6 +372,7 @@ def _delivery_fields(
     }
     if result.error is not None:
         fields.update(max_abs_error=result.error.max_abs_error, rmse=result.error.rmse, psnr_db=result.error.psnr_db)
+    header: ImageHeader | None = None
     try:
         header = read_header(local_cog, key=entry.key)
         if result.kind is None:
@@ -397,7 +403,7 @@ def _delivery_fields(
     seconds = dict(result.seconds)
     seconds["stac"] = time.perf_counter() - started
     fields["step_seconds"] = {k: round(v, 3) for k, v in seconds.items()}
-    return fields
+    return fields, header
 
 
 def _upload(ctx: ImageContext, key: str, path: Path, content_type: str, metadata: dict[str, str]) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from rasterio.errors import CRSError
 from cog_pipeline.raster.header import ImageHeader, read_header
 from cog_pipeline.work.stac import footprint
 
-__all__ = ["MAX_VERTICES", "MAX_PARTS", "map_facts", "crs_label", "simplify_lonlat"]
+__all__ = ["MAX_VERTICES", "MAX_PARTS", "map_facts", "header_facts", "crs_label", "simplify_lonlat"]
 
 #: At most this many vertices per footprint (all its parts together), after simplification.
 MAX_VERTICES = 48
@@ -92,7 +92,11 @@ def map_facts(cog_path: str | Path, key: str) -> dict[str, Any]:
     """The outcome fields of a converted image read from its COG: ``crs``, ``pixel_size`` (x, y), ``pixel_unit``,
     ``overviews`` (decimation factors), ``codec`` and ``footprint`` (lon/lat, absent without a CRS or a valid
     pixel). ImageError("qa", ...) if the COG cannot be read."""
-    header: ImageHeader = read_header(cog_path, key, sample_max_side=SAMPLE_SIDE)
+    return header_facts(read_header(cog_path, key, sample_max_side=SAMPLE_SIDE))
+
+
+def header_facts(header: ImageHeader) -> dict[str, Any]:
+    """:func:`map_facts` of a COG header already read (the batch reads it once, for the Item too)."""
     facts: dict[str, Any] = {"overviews": tuple(header.overviews)}
     if header.compression:
         facts["codec"] = header.compression.upper()

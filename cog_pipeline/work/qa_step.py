@@ -20,9 +20,9 @@ import json
 import logging
 import re
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from cog_pipeline.core.failures import FailureCode
 from cog_pipeline.core.naming import ManifestKeys, plural
 from cog_pipeline.core.rundir import RunConfig
 from cog_pipeline.raster import qa
+from cog_pipeline.raster.header import ImageHeader
 from cog_pipeline.raster.qa import Finding, QaRules
 from cog_pipeline.storage import presign, s3
 from cog_pipeline.storage.presign import DEFAULT_EXPIRY_S
@@ -139,6 +140,9 @@ class QaVerdict:
     checked: int
     findings: tuple[Finding, ...]
     missing: tuple[str, ...] = ()
+    #: Key -> the map facts (footprint, CRS, pixel size) of each row QA fails, read from its input: those rows
+    #: are never converted, so the report's map has their footprint from here.
+    places: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def failing(self) -> dict[str, str]:
         """Key -> the row's reason (``<check>: <detail>``, several joined by ``; ``), in finding order."""
@@ -158,6 +162,7 @@ class QaVerdict:
             "checked": self.checked,
             "failed": [{"key": k, "reason": r} for k, r in self.failing().items()],
             "missing": list(self.missing),
+            "places": {k: dict(v) for k, v in self.places.items()},
             "findings": [
                 {"key": f.key, "check": f.check, "severity": f.severity, "detail": f.detail} for f in self.findings
             ],
@@ -173,6 +178,7 @@ class QaVerdict:
                 for f in data.get("findings") or []
             ),
             missing=tuple(str(k) for k in data.get("missing") or []),
+            places={str(k): dict(v) for k, v in (data.get("places") or {}).items()},
         )
 
 
@@ -234,7 +240,22 @@ def run_qa(config: dict[str, Any], manifest_id: str, keys: Sequence[str], client
     findings = [Finding(f.key, f.check, f.severity, redact(f.detail)) for f in unreadable]
     findings += qa.check_delivery(headers, rules)
     findings.sort(key=lambda f: order.get(f.key, len(order)))  # stable: each image's own order kept
-    return QaVerdict(manifest_id, len(found), tuple(findings), missing)
+    failing = qa.failing_keys(findings)
+    places = {h.key: _place(h) for h in headers if h.key in failing}
+    return QaVerdict(manifest_id, len(found), tuple(findings), missing, {k: v for k, v in places.items() if v})
+
+
+def _place(header: ImageHeader) -> dict[str, Any]:
+    """The report map's facts of an input QA fails (its footprint, CRS and pixel size); empty if none."""
+    from cog_pipeline.work.footprints import header_facts  # shapely and pystac: only when a row fails
+
+    try:
+        facts = header_facts(header)
+    except Exception as exc:  # noqa: BLE001 - a footprint for the map never fails the QA step
+        log.warning("%s: no map footprint of the input: %s", header.key, redact(str(exc)))
+        return {}
+    place = {k: facts[k] for k in ("footprint", "crs", "pixel_size", "pixel_unit") if k in facts}
+    return dict(json.loads(json.dumps(place)))  # as the verdict file holds it (lists, not tuples)
 
 
 def qa_manifest(config: dict[str, Any], run_dir: Path | str, manifest_id: str) -> QaVerdict:

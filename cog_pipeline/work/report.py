@@ -1,12 +1,14 @@
 """The run report: ``workflow-run-<TS>/report.html``, one self-contained page per run.
 
-Summary counts, a map of the delivery (every image's footprint, coloured by outcome: work/reportmap.py),
-then one row per image (failed rows first) with its key, sizes, bands, data type, CRS, pixel size, overview
-levels, codec, COG / input size (with a warning where the COG is the larger), time, outcome, reason and what
-to do, and a small thumbnail (made by the batch job from the COG's overviews, see thumbnail.py) embedded as a
-data URI. Everything that comes from users or files (keys, reasons, notes, bucket names) is HTML-escaped,
-and the page's Content-Security-Policy allows one script (the map's, by its hash) and no remote content
-(except the tiles of ``report.basemap_url`` when it is set), so it is safe to open straight from the bucket.
+Summary counts, a map of the delivery (every image's footprint, coloured by outcome: work/reportmap.py), a
+delivery QA summary per manifest where the run had a QA step (work/qa_step.py: headers read, rows failed,
+findings per severity and check, the QA CSV's key), then one row per image (failed rows first) with its key,
+sizes, bands, data type, CRS, pixel size, overview levels, codec, COG / input size (with a warning where the
+COG is the larger), time, outcome, reason and what to do, its QA warnings and notes, and a small thumbnail
+(made by the batch job from the COG's overviews, see thumbnail.py) embedded as a data URI. Everything that
+comes from users or files (keys, reasons, notes, QA findings, bucket names) is HTML-escaped, and the page's
+Content-Security-Policy allows one script (the map's, by its hash) and no remote content (except the tiles
+of ``report.basemap_url`` when it is set), so it is safe to open straight from the bucket.
 """
 
 from __future__ import annotations
@@ -18,9 +20,14 @@ import os
 import re
 import time
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import yaml
+
+from cog_pipeline.core.errors import PipelineError
+from cog_pipeline.core.naming import plural
+from cog_pipeline.raster.qa import Finding
 
 from cog_pipeline.work.imagelogs import advice, format_size, image_log_path, write_image_logs
 from cog_pipeline.work.outcomes import failure_codes, read_outcomes
@@ -36,6 +43,7 @@ from cog_pipeline.work.reportmap import (
     render_map,
 )
 from cog_pipeline.raster.thumbnail import DATA_URI_PREFIX, THUMBNAIL_SIDE
+from cog_pipeline.work.qa_step import QaVerdict, read_verdict
 
 #: At most this many processed rows are listed (every failed row always is); the processed CSV has all.
 MAX_PROCESSED_ROWS = 5000
@@ -83,6 +91,35 @@ def _csv_rows(path: Path) -> list[list[str]]:
     return [row for row in csv_reader(path.read_text(encoding="utf-8")) if row]
 
 
+def qa_verdicts(run_dir: Path, config: dict[str, Any]) -> dict[str, QaVerdict | str]:
+    """Manifest id -> its QA verdict, or why the verdict cannot be read; manifests without QA are left out."""
+    out: dict[str, QaVerdict | str] = {}
+    for manifest in config.get("manifests", []):
+        try:
+            verdict = read_verdict(run_dir, manifest["id"])
+        except PipelineError as exc:
+            out[manifest["id"]] = str(exc)
+            continue
+        if verdict is not None:
+            out[manifest["id"]] = verdict
+    return out
+
+
+def _qa_places(verdict: QaVerdict | str | None) -> Mapping[str, Mapping[str, Any]]:
+    """Key -> the map facts QA read from the input of each row it failed (never converted, so no record has them)."""
+    return verdict.places if isinstance(verdict, QaVerdict) else {}
+
+
+def _qa_notes(verdict: QaVerdict | str | None) -> dict[str, list[Finding]]:
+    """Key -> its warn and info findings (the fail ones are the row's reason)."""
+    out: dict[str, list[Finding]] = {}
+    if isinstance(verdict, QaVerdict):
+        for f in verdict.findings:
+            if f.severity in ("warn", "info"):
+                out.setdefault(f.key, []).append(f)
+    return out
+
+
 def _records(run_dir: Path, manifest_id: str) -> dict[str, dict[str, Any]]:
     """Per-image records of a manifest by key, each with the path of the batch log that has its lines."""
     return {
@@ -93,8 +130,10 @@ def _records(run_dir: Path, manifest_id: str) -> dict[str, dict[str, Any]]:
 
 def report_rows(run_dir: Path, config: dict[str, Any]) -> list[dict[str, Any]]:
     """One dict per manifest row (failed first, manifest order kept), joined from the outcome CSVs
-    (the truth about each row) and the per-image records (sizes, timings, thumbnails, log lines)."""
+    (the truth about each row), the per-image records (sizes, timings, thumbnails, log lines) and the QA
+    verdicts (a row's warn/info findings under ``qa_findings``)."""
     rows: list[dict[str, Any]] = []
+    verdicts = qa_verdicts(run_dir, config)
     for manifest in config.get("manifests", []):
         summary_path = outcome_path(run_dir, manifest["id"])
         if not summary_path.is_file():
@@ -102,16 +141,21 @@ def report_rows(run_dir: Path, config: dict[str, Any]) -> list[dict[str, Any]]:
         summary = json.loads(summary_path.read_text(encoding="utf-8"))
         local = run_dir / "outcome" / manifest["id"]
         records = _records(run_dir, manifest["id"])
+        qa_notes = _qa_notes(verdicts.get(manifest["id"]))
+        qa_places = _qa_places(verdicts.get(manifest["id"]))
         errors = _csv_rows(local / summary["errors_key"].rpartition("/")[2])[1:]
         failed = [r[:3] for r in errors if len(r) >= 3]
         codes = failure_codes(summary, [r[2] for r in failed])  # one per errors-CSV row
         for (key, bands, reason), code in zip(failed, codes, strict=True):
             # A row refused by the manifest parser ("line N: ...", e.g. a duplicate of a processed key) was
             # never converted: the record under its key, if any, is another row's and is not shown here.
-            record = {} if _REFUSED_ROW.match(reason) else records.get(key, {})
+            refused = bool(_REFUSED_ROW.match(reason))
+            record = {} if refused else (records.get(key) or dict(qa_places.get(key) or {}))
+            found = [] if refused else qa_notes.get(key, [])
             rows.append(
                 {
                     **record,
+                    **({"qa_findings": found} if found else {}),
                     "key": key,
                     "bands": bands,
                     "outcome": "failed",
@@ -123,9 +167,11 @@ def report_rows(run_dir: Path, config: dict[str, Any]) -> list[dict[str, Any]]:
             )
         for key, bands in (r[:2] for r in _csv_rows(local / summary["processed_key"].rpartition("/")[2])):
             record = records.get(key, {})
+            found = qa_notes.get(key, [])
             rows.append(
                 {
                     **record,
+                    **({"qa_findings": found} if found else {}),
                     "key": key,
                     "bands": bands,
                     "manifest": manifest["raw_key"],
@@ -214,6 +260,66 @@ def larger_warning(r: dict[str, Any]) -> str:
     return f'<div class="warn"><b>COG {ratio:.1f}&times; its input:</b> {why}</div>'
 
 
+def qa_row_html(r: dict[str, Any]) -> str:
+    """A row's QA warnings and notes (check in bold, detail in small text); empty when it has none."""
+    esc = html.escape
+    found = [f for f in r.get("qa_findings") or [] if isinstance(f, Finding)]
+    return "".join(
+        f'<div class="qa qa-{esc(f.severity)}"><b>QA {esc(f.severity)}: {esc(f.check)}</b> '
+        f'<span class="qa-detail">{esc(f.detail)}</span></div>'
+        for f in found
+    )
+
+
+def _qa_counts(verdict: QaVerdict, severity: str) -> str:
+    """``fail 2 (gsd_mismatch 1, srs_mismatch 1)``, ``warn 0``."""
+    found = verdict.counts(severity)
+    checks = ", ".join(f"{html.escape(check)} {n}" for check, n in sorted(found.items()))
+    return f"{severity} {sum(found.values())}" + (f" ({checks})" if checks else "")
+
+
+def qa_summary_html(run_dir: Path, config: dict[str, Any]) -> str:
+    """The report's QA section: one line per manifest that had a QA step; empty when none had."""
+    esc = html.escape
+    verdicts = qa_verdicts(run_dir, config)
+    items = []
+    for manifest in config.get("manifests", []):
+        verdict = verdicts.get(manifest["id"])
+        if verdict is None:
+            continue
+        raw = esc(str(manifest.get("raw_key", "")))
+        if isinstance(verdict, str):
+            items.append(f'<li class="qa-summary">{raw}: the QA verdict cannot be read: {esc(verdict)}</li>')
+            continue
+        missing = f", {plural(len(verdict.missing), 'input')} not in the bucket" if verdict.missing else ""
+        key = ManifestKeys.from_run(manifest).qa
+        items.append(
+            f'<li class="qa-summary">{raw}: {plural(verdict.checked, "header")} read, '
+            f"{plural(len(verdict.failing()), 'row')} failed by QA (not converted){missing} &middot; findings: "
+            + "; ".join(_qa_counts(verdict, severity) for severity in ("fail", "warn", "info"))
+            + f" &middot; all findings in <code>{esc(key)}</code> in the input bucket</li>"
+        )
+    if not items:
+        return ""
+    return (
+        '<section class="qa-section" id="qa"><h2>Delivery QA</h2><ul>'
+        + "".join(items)
+        + "</ul><p>Rows failed by QA show their checks as the reason; warnings and notes are under each "
+        "row's reason. docs/delivery.md says what each check means.</p></section>"
+    )
+
+
+#: The QA section's style, on the page only when it has QA (a run without QA keeps its page as before).
+QA_CSS = """
+.qa-section { margin: 0.5em 0 1em; }
+.qa-section h2 { font-size: 1.1em; margin: 0.3em 0; }
+.qa-section ul { margin: 0.3em 0; }
+.qa { margin-top: 0.3em; font-size: 0.9em; }
+.qa-warn b { color: #6d4c00; }
+.qa-info b { color: #1a5e8a; }
+.qa-detail { color: #666; }"""
+
+
 def _row_html(r: dict[str, Any], show_manifest: bool, index: int) -> str:
     esc = html.escape
     failed = r["outcome"] == "failed"
@@ -231,6 +337,7 @@ def _row_html(r: dict[str, Any], show_manifest: bool, index: int) -> str:
     reason = esc(str(r.get("reason", ""))) + larger_warning(r)
     if failed:
         reason = f'{reason}<div class="todo"><b>What to do:</b> {esc(advice(r.get("code")))}</div>'
+    reason += qa_row_html(r)
     reason = f'<div class="reason">{reason}</div>'
     overviews = r.get("overviews") or []
     levels = ", ".join(str(v) for v in overviews if isinstance(v, int)) or ("none" if r.get("codec") else "")
@@ -357,6 +464,8 @@ def render_html(run_dir: Path, rows: list[dict[str, Any]] | None = None, config:
             "that helps.</p>"
         )
     manifest_keys = ", ".join(esc(str(m.get("raw_key", ""))) for m in manifests)
+    qa_html = qa_summary_html(run_dir, config)
+    qa_css = QA_CSS if qa_html or any(r.get("qa_findings") for r in shown) else ""
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta http-equiv="Content-Security-Policy" content="{esc(content_security_policy(basemap), quote=False)}">
@@ -390,7 +499,7 @@ img {{ display: block; min-width: 48px; max-width: {THUMBNAIL_SIDE}px; max-heigh
 .sub {{ color: #666; font-size: 0.9em; }}
 .reason {{ min-width: 16em; }}
 td code {{ font-size: 0.8em; }}
-{MAP_CSS}
+{MAP_CSS}{qa_css}
 </style></head>
 <body>
 <h1>cog-pipeline run {run_id}</h1>
@@ -409,7 +518,7 @@ td code {{ font-size: 0.8em; }}
 </div>
 {retry}
 {bigger_html}
-{notes_html}
+{notes_html}{qa_html}
 {basemap_note}
 {map_html}
 {more}
