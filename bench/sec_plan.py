@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,39 @@ def snakemake_dry_run(run_dir: Path) -> dict[str, Any]:
         raise RuntimeError(f"snakemake -n failed in {run_dir}:\n{res['output'][-3000:]}")
     res["jobs"] = _jobs(res["output"])
     return res
+
+
+#: A workflow of many independent, alike jobs (as the batches are), each doing next to nothing: what is left
+#: is Snakemake's own cost per job, which the scheduler's choice changes.
+_ALIKE_JOBS = """
+rule all:
+    input: expand("o/{i}", i=range(JOBS))
+rule one:
+    output: "o/{i}"
+    shell: "touch {output}"
+"""
+
+
+def scheduler_overhead(rep: Report, work: Path, jobs: int = 300) -> None:
+    """A real Snakemake run of ``jobs`` alike jobs on 2 cores, with the ILP scheduler (Snakemake's default: a
+    solver run per scheduling round) and with greedy (what the driver and profiles/htcondor use)."""
+    common.fresh_dir(work)
+    (work / "Snakefile").write_text(_ALIKE_JOBS.replace("JOBS", str(jobs)), encoding="utf-8")
+    for scheduler in ("ilp", "greedy"):
+        shutil.rmtree(work / "o", ignore_errors=True)
+        shutil.rmtree(work / ".snakemake", ignore_errors=True)
+        cmd = [sys.executable, "-m", "snakemake", "--cores", "2", "--quiet", "--scheduler", scheduler]
+        res = proc.run(cmd, cwd=work, env=common.python_env())
+        if res["returncode"] != 0:
+            raise RuntimeError(f"snakemake --scheduler {scheduler} failed:\n{res['output'][-3000:]}")
+        rep.add(
+            "4",
+            f"Snakemake run of {jobs} alike jobs, --scheduler {scheduler}: time",
+            res["wall"],
+            "s",
+            load=res["load"],
+            note="the driver's choice" if scheduler == "greedy" else "Snakemake's default",
+        )
 
 
 def section4(rep: Report, work: Path, cfg: dict[str, Any]) -> None:
@@ -69,6 +103,7 @@ def section4(rep: Report, work: Path, cfg: dict[str, Any]) -> None:
         load=one["load"],
         note=f"peak RSS {one['rss_mb']:.0f} MB",
     )
+    scheduler_overhead(rep, w / "scheduler")
 
     # The user-facing command: cog-pipeline tick --dry-run against the local S3 server.
     with CountingS3Server(w / "s3") as srv:

@@ -109,7 +109,8 @@ def batch_threads():
 # points"): direct (the job's own boto3 client and the run's key files) or presigned (the access point signs
 # each image's GET and PUTs in presign_batch, the job holds URLs and no key, confirm_batch checks the uploads
 # and writes the status file). auto: presigned on htcondor, direct locally.
-from cog_pipeline.work import presigned as transfer
+# (core modules only: the workflow's own process needs neither boto3 nor rasterio)
+from cog_pipeline.core import transfer
 
 TRANSFER = transfer.transfer_mode(config, RUN.executor)
 PRESIGNED = TRANSFER == transfer.PRESIGNED
@@ -119,27 +120,26 @@ CONVERT_OUTPUT = "uploads/{manifest}/batch-{batch}.jsonl" if PRESIGNED else "sta
 if workflow.is_main_process:
     from snakemake.logging import logger
 
-    logger.info(transfer.ANNOUNCEMENT if PRESIGNED else
-                "batch jobs reach S3 with the run's key files (s3.transfer: direct)")
+    logger.info(transfer.ANNOUNCEMENTS[TRANSFER])
 
 
 # Delivery QA (rules/qa.smk, cog_pipeline/work/qa_step.py): a manifest's batches wait for its verdict and leave
 # out the rows it fails (qa.enabled: false, no QA step).
-from cog_pipeline.work import qa_step
+from cog_pipeline.core.naming import qa_verdict_path
 
-QA_ENABLED = qa_step.qa_enabled(config)
+QA_ENABLED = config_model.qa_enabled(config)
 
 
 def qa_verdict(wildcards):
     """The manifest's QA verdict (qa/<m>.json), or nothing when QA is off."""
-    return [str(qa_step.verdict_path("", wildcards.manifest))] if QA_ENABLED else []
+    return [str(qa_verdict_path("", wildcards.manifest))] if QA_ENABLED else []
 
 
 def convert_inputs(wildcards):
     """The manifest, the QA verdict (qa.enabled), and with presigned transfers the batch's URL file."""
     inputs = {"manifest": manifest_csv(wildcards)}
     if QA_ENABLED:
-        inputs["qa"] = str(qa_step.verdict_path("", wildcards.manifest))
+        inputs["qa"] = str(qa_verdict_path("", wildcards.manifest))
     if PRESIGNED:
         inputs["urls"] = f"urls/{wildcards.manifest}/batch-{wildcards.batch}.json"
     return inputs

@@ -58,6 +58,10 @@ def snakemake_command(run_dir: Path, executor: str, cores: int, extra: list[str]
         "--keep-going",
         "--rerun-incomplete",
         "--nocolor",
+        # The batches are independent and alike: Snakemake's default ILP scheduler only adds a solver run per
+        # scheduling round (300 alike jobs on 2 cores: 7.9 s with it, 5.5 s greedy; docs/performance.md).
+        "--scheduler",
+        "greedy",
     ]
     if executor == "htcondor":
         from cog_pipeline import htcondor

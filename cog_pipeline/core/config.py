@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 from functools import lru_cache
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import jsonschema
@@ -120,3 +121,8 @@ def load(
     if run:
         config = merge(config, run)
     return validate(config, source or (f"config (with {site_file})" if site_file else "config"))
+
+
+def qa_enabled(config: Mapping[str, Any]) -> bool:
+    """``qa.enabled``: the run has a delivery QA step before conversion (default false; work/qa_step.py)."""
+    return bool((config.get("qa") or {}).get("enabled", False))

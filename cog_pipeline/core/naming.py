@@ -164,6 +164,11 @@ def batch_log_path(manifest_id: str, batch: str) -> str:
     return f"logs/convert/{manifest_id}/batch-{batch}.log"
 
 
+def qa_verdict_path(run_dir: Path | str, manifest_id: str) -> Path:
+    """The QA verdict of a manifest (work/qa_step.py writes it; its batches wait for it)."""
+    return Path(run_dir) / "qa" / f"{manifest_id}.json"
+
+
 def outcome_path(run_dir: Path, manifest_id: str) -> Path:
     """Summary the aggregate writes once the outcome CSVs are safely in the bucket."""
     return Path(run_dir) / "outcome" / f"{manifest_id}.json"

@@ -11,6 +11,11 @@ from cog_pipeline.core.errors import PipelineError
 TRANSFER_MODES = ("auto", "presigned", "direct")
 PRESIGNED = "presigned"
 DIRECT = "direct"
+#: What the workflow says at its start (logs/snakemake.log), per mode.
+ANNOUNCEMENTS = {
+    PRESIGNED: "execute points get presigned URLs, no keys (s3.transfer: presigned)",
+    DIRECT: "batch jobs reach S3 with the run's key files (s3.transfer: direct)",
+}
 
 
 def transfer_mode(config: dict[str, Any], executor: str | None = None) -> str:

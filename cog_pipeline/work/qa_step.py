@@ -28,7 +28,8 @@ from typing import Any
 
 from cog_pipeline.core.errors import PipelineError
 from cog_pipeline.core.failures import FailureCode
-from cog_pipeline.core.naming import ManifestKeys, plural
+from cog_pipeline.core.config import qa_enabled
+from cog_pipeline.core.naming import ManifestKeys, plural, qa_verdict_path
 from cog_pipeline.core.rundir import RunConfig
 from cog_pipeline.raster import qa
 from cog_pipeline.raster.header import ImageHeader
@@ -93,11 +94,6 @@ def _redacted_gdal_logs() -> Iterator[None]:
     finally:
         for logger in loggers:
             logger.removeFilter(flt)
-
-
-def qa_enabled(config: dict[str, Any]) -> bool:
-    """``qa.enabled``: the run has a QA step (default false)."""
-    return bool((config.get("qa") or {}).get("enabled", False))
 
 
 def rules_of(config: dict[str, Any]) -> QaRules:
@@ -183,7 +179,7 @@ class QaVerdict:
 
 
 def verdict_path(run_dir: Path | str, manifest_id: str) -> Path:
-    return Path(run_dir) / "qa" / f"{manifest_id}.json"
+    return qa_verdict_path(run_dir, manifest_id)
 
 
 def csv_path(run_dir: Path | str, manifest_id: str) -> Path:
