@@ -4,7 +4,9 @@ arguments that make the driver's Snakemake submit every job through the plugin w
 
 from __future__ import annotations
 
+import compileall
 import os
+import py_compile
 import shlex
 import shutil
 from pathlib import Path
@@ -48,6 +50,14 @@ def _ignore_in_package(directory: str, names: list[str]) -> set[str]:
     return ignored
 
 
+def _compile(package: Path) -> None:
+    """Bytecode of the staged package, valid whatever the file times (HTCondor's transfer does not keep them):
+    without it every job compiles the package from source again. A job under another Python ignores it."""
+    compileall.compile_dir(
+        str(package), quiet=2, invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH, workers=1
+    )
+
+
 def stage_workflow(run_dir: Path) -> Path:
     """Copy the workflow (Snakefile, environment.yml, rules, scripts, config, package, job wrapper) into
     ``run_dir/workflow``.
@@ -73,6 +83,7 @@ def stage_workflow(run_dir: Path) -> Path:
             if (WORKFLOW_DIR / sub).is_dir():
                 shutil.copytree(WORKFLOW_DIR / sub, tmp / sub, ignore=_IGNORE)
         shutil.copytree(PACKAGE_DIR, tmp / "cog_pipeline", ignore=_ignore_in_package)
+        _compile(tmp / "cog_pipeline")
         shutil.copy2(JOB_WRAPPER, tmp / JOB_WRAPPER.name)
         (tmp / JOB_WRAPPER.name).chmod(0o755)
         tmp.rename(dest)
