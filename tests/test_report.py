@@ -9,6 +9,7 @@ import time
 import numpy as np
 import pytest
 import rasterio
+import yaml
 from rasterio.transform import from_origin
 
 from cog_pipeline.raster.convert import convert_file
@@ -278,8 +279,6 @@ def test_each_report_row_shows_its_own_record_notes_and_breaks_keys_at_slashes(t
     from cog_pipeline.work.report import render_html, report_rows
 
     run = hand_made_run(tmp_path)
-    import yaml
-
     rows = report_rows(run, yaml.safe_load((run / "run.yaml").read_text()))
     duplicate, lost, processed = rows
     assert (duplicate["outcome"], duplicate["reason"]) == (
@@ -378,6 +377,19 @@ def test_the_report_shows_the_qa_summary_and_each_rows_warnings_escaped(tmp_path
     processed = rows["folder/deep/a.tif"]  # the later row of that key: the processed one
     assert 'class="ok"' in processed and "QA info: paletted" in processed
     assert rows["_all"].count("QA info: paletted") == 1, "the refused duplicate row gets no QA notes"
+
+
+def test_each_images_log_has_its_qa_warnings_and_notes(tmp_path):
+    from cog_pipeline.work.imagelogs import image_log_path, write_image_logs
+    from cog_pipeline.work.report import report_rows
+
+    run = with_qa_verdict(hand_made_run(tmp_path))
+    config = yaml.safe_load((run / "run.yaml").read_text())
+    write_image_logs(run, report_rows(run, config), config)
+    utm = (run / image_log_path("utm.tif")).read_text()
+    assert "qa:         warn colorinterp_mismatch: colour interpretation gray" in utm
+    assert "reason:     qa: srs_mismatch: SRS EPSG:32760" in utm  # the failing check is the reason
+    assert "qa:         info paletted: paletted (7 colours)" in (run / image_log_path("folder/deep/a.tif")).read_text()
 
 
 def test_a_run_without_qa_has_no_qa_on_its_report(tmp_path, monkeypatch):

@@ -13,9 +13,9 @@ compress=lzw`` accepts).
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
-from collections.abc import Mapping
 from typing import Any
 
 import jsonschema

@@ -191,6 +191,8 @@ def render_image_log(row: dict[str, Any], config: dict[str, Any]) -> str:
         lines.append(f"outcome:    {row['outcome']}")
         if row.get("reason"):
             lines.append(f"notes:      {row['reason']}")
+    for finding in row.get("qa_findings") or []:  # the delivery QA's warnings and notes (report.report_rows)
+        lines.append(f"qa:         {finding.severity} {finding.check}: {finding.detail}")
     if row.get("width"):
         lines.append(
             f"input:      {format_size(row.get('input_bytes'))}, {row['width']}x{row['height']} px, "

@@ -19,8 +19,8 @@ import json
 import os
 import re
 import time
-from pathlib import Path
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import yaml
