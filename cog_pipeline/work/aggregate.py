@@ -32,7 +32,7 @@ from cog_pipeline.core.crash import crash_point
 from cog_pipeline.core.errors import PipelineError
 from cog_pipeline.core.failures import FailureCode
 from cog_pipeline.core.naming import ManifestKeys, batch_id, batch_log_path, outcome_path
-from cog_pipeline.work.batch import manifest_config
+from cog_pipeline.core.rundir import RunConfig
 from cog_pipeline.work.delivery import StacResult, StacRow, publish_stac
 from cog_pipeline.work.manifest import Entry, batch_slices, jpeg_key, parse_manifest, write_errors_csv, write_rows_csv
 from cog_pipeline.work.presigned import discard_urls
@@ -278,9 +278,9 @@ def aggregate_manifest(config: dict[str, Any], run_dir: Path, manifest_id: str) 
     """Classify one manifest's rows, upload the outcome CSVs and the report, delete its ``processing`` object,
     then mark the manifest finished; returns its summary."""
     run_dir = Path(run_dir)
-    manifest = manifest_config(config, manifest_id)
-    keys = ManifestKeys.from_run(manifest)
-    manifest_bytes = (run_dir / manifest["csv"]).read_bytes()
+    manifest = RunConfig(config).manifest(manifest_id)
+    keys = manifest.keys
+    manifest_bytes = (run_dir / manifest.csv).read_bytes()
     entries = parse_manifest(manifest_bytes).entries
     client = s3.make_client(s3.S3Settings.from_config(config["s3"]))
     input_bucket, output_bucket = config["s3"]["input_bucket"], config["s3"]["output_bucket"]

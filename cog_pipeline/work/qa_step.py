@@ -29,7 +29,7 @@ from typing import Any
 from cog_pipeline.core.errors import PipelineError
 from cog_pipeline.core.failures import FailureCode
 from cog_pipeline.core.config import qa_enabled
-from cog_pipeline.core.naming import ManifestKeys, plural, qa_verdict_path
+from cog_pipeline.core.naming import plural, qa_verdict_path
 from cog_pipeline.core.rundir import RunConfig
 from cog_pipeline.raster import qa
 from cog_pipeline.raster.header import ImageHeader
@@ -265,7 +265,7 @@ def qa_manifest(config: dict[str, Any], run_dir: Path | str, manifest_id: str) -
     verdict = run_qa(config, manifest_id, [e.key for e in entries], client)
     csv_path(run_dir, manifest_id).parent.mkdir(parents=True, exist_ok=True)
     local = qa.write_qa_csv(verdict.findings, csv_path(run_dir, manifest_id))
-    key = ManifestKeys(raw=manifest.raw_key, stem=manifest.stem, ts=manifest.timestamp).qa
+    key = manifest.keys.qa
     bucket = config["s3"]["input_bucket"]
     try:
         s3.put_bytes(client, bucket, key, local.read_bytes())
