@@ -14,7 +14,6 @@ import numpy as np
 import pystac
 import pytest
 import rasterio
-from pystac.validation.stac_validator import JsonSchemaSTACValidator
 
 from cog_pipeline.core.conversion import JpegOptions
 from cog_pipeline.raster.convert import convert_file
@@ -25,7 +24,7 @@ from cog_pipeline.work.manifest import jpeg_key
 from cog_pipeline.work.outcomes import ImageOutcome, Status, read_outcomes
 from conftest import INPUT_BUCKET, OUTPUT_BUCKET, all_objects
 from rasters import make_tif
-from test_stac import EXTENSION_URIS, SCHEMAS, valid
+from test_stac import offline_validator, valid
 
 MANIFEST = {
     "id": "m1",
@@ -96,16 +95,7 @@ def delivery(buckets, seed, tmp_path):
 
 @pytest.fixture
 def validator(monkeypatch):
-    """pystac's validator offline, as tests/test_stac.py's: a schema wanted from the network fails the test."""
-
-    def no_network(self, source, *args, **kwargs):
-        raise AssertionError(f"validation wanted a schema from the network: {source}")
-
-    monkeypatch.setattr(pystac.StacIO, "read_text", no_network)
-    v = JsonSchemaSTACValidator()
-    for name, uri in EXTENSION_URIS.items():
-        v.schema_cache[uri] = json.loads((SCHEMAS / name).read_text())
-    return v
+    return offline_validator(monkeypatch)
 
 
 def sha256_multihash(data: bytes) -> str:

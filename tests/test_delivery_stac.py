@@ -13,7 +13,6 @@ import pytest
 import shapely.geometry
 import yaml
 from affine import Affine
-from pystac.validation.stac_validator import JsonSchemaSTACValidator
 
 from cog_pipeline.core import config as config_module
 from cog_pipeline.core.errors import PipelineError
@@ -25,7 +24,7 @@ from cog_pipeline.work.outcomes import ImageOutcome, Status, manifest_finished, 
 
 from conftest import INPUT_BUCKET, OUTPUT_BUCKET, all_objects
 from rasters import TRANSFORM, make_tif
-from test_stac import EXTENSION_URIS, SCHEMAS
+from test_stac import offline_validator
 
 TS = "20261125-000000"
 KEYS = ManifestKeys(raw="county/ortho-raw.csv", stem="county/ortho-", ts=TS)
@@ -76,16 +75,7 @@ def tile(path, row):
 
 @pytest.fixture
 def offline(monkeypatch):
-    """pystac's JSON-schema validator with every schema local (tests/test_stac.py); a network fetch fails."""
-
-    def no_network(self, source, *args, **kwargs):
-        raise AssertionError(f"validation wanted a schema from the network: {source}")
-
-    monkeypatch.setattr(pystac.StacIO, "read_text", no_network)
-    validator = JsonSchemaSTACValidator()
-    for name, uri in EXTENSION_URIS.items():
-        validator.schema_cache[uri] = json.loads((SCHEMAS / name).read_text())
-    return validator
+    return offline_validator(monkeypatch)
 
 
 def valid(data, validator):

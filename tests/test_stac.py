@@ -32,9 +32,9 @@ EXTENSION_URIS = {
 }
 
 
-@pytest.fixture
-def validator(monkeypatch):
-    """pystac's JSON-schema validator, offline: every schema it needs is local, or the test fails."""
+def offline_validator(monkeypatch) -> JsonSchemaSTACValidator:
+    """pystac's JSON-schema validator, offline: every schema it needs is local (tests/data/stac-schemas), and a
+    schema wanted from the network fails the test. The STAC tests of other files use it too."""
 
     def no_network(self, source, *args, **kwargs):
         raise AssertionError(f"validation wanted a schema from the network: {source}")
@@ -44,6 +44,11 @@ def validator(monkeypatch):
     for name, uri in EXTENSION_URIS.items():
         v.schema_cache[uri] = json.loads((SCHEMAS / name).read_text())
     return v
+
+
+@pytest.fixture
+def validator(monkeypatch):
+    return offline_validator(monkeypatch)
 
 
 def valid(obj: pystac.STACObject, validator) -> list[str]:
