@@ -46,7 +46,7 @@ def local_s3_server() -> Iterator[str]:
 
 def _dispatcher(create_backend_app: Any) -> Any:
     """moto's request dispatcher, without listing moto's package directory on every request to tell a backend's
-    name from a host (a stat of each of its ~180 folders: half of the server's time per S3 request)."""
+    name from a host (a stat of each of its ~180 folders: a quarter of the server's CPU per S3 request)."""
     from moto import backends
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication
 
