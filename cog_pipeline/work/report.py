@@ -128,12 +128,15 @@ def _records(run_dir: Path, manifest_id: str) -> dict[str, dict[str, Any]]:
     }
 
 
-def report_rows(run_dir: Path, config: dict[str, Any]) -> list[dict[str, Any]]:
+def report_rows(
+    run_dir: Path, config: dict[str, Any], verdicts: Mapping[str, QaVerdict | str] | None = None
+) -> list[dict[str, Any]]:
     """One dict per manifest row (failed first, manifest order kept), joined from the outcome CSVs
     (the truth about each row), the per-image records (sizes, timings, thumbnails, log lines) and the QA
     verdicts (a row's warn/info findings under ``qa_findings``)."""
     rows: list[dict[str, Any]] = []
-    verdicts = qa_verdicts(run_dir, config)
+    if verdicts is None:
+        verdicts = qa_verdicts(run_dir, config)
     for manifest in config.get("manifests", []):
         summary_path = outcome_path(run_dir, manifest["id"])
         if not summary_path.is_file():
@@ -278,10 +281,10 @@ def _qa_counts(verdict: QaVerdict, severity: str) -> str:
     return f"{severity} {sum(found.values())}" + (f" ({checks})" if checks else "")
 
 
-def qa_summary_html(run_dir: Path, config: dict[str, Any]) -> str:
-    """The report's QA section: one line per manifest that had a QA step; empty when none had."""
+def qa_summary_html(verdicts: Mapping[str, QaVerdict | str], config: dict[str, Any]) -> str:
+    """The report's QA section (``verdicts`` from :func:`qa_verdicts`): one line per manifest that had a QA step;
+    empty when none had."""
     esc = html.escape
-    verdicts = qa_verdicts(run_dir, config)
     items = []
     for manifest in config.get("manifests", []):
         verdict = verdicts.get(manifest["id"])
@@ -370,13 +373,21 @@ def _row_html(r: dict[str, Any], show_manifest: bool, index: int) -> str:
     )
 
 
-def render_html(run_dir: Path, rows: list[dict[str, Any]] | None = None, config: dict[str, Any] | None = None) -> str:
-    """The report page of a run directory."""
+def render_html(
+    run_dir: Path,
+    rows: list[dict[str, Any]] | None = None,
+    config: dict[str, Any] | None = None,
+    verdicts: Mapping[str, QaVerdict | str] | None = None,
+) -> str:
+    """The report page of a run directory (``rows`` and ``verdicts``, when given, as report_rows and qa_verdicts
+    read them)."""
     run_dir = Path(run_dir)
     if config is None:
         config = yaml.safe_load((run_dir / RUN_CONFIG).read_text(encoding="utf-8")) or {}
+    if verdicts is None:
+        verdicts = qa_verdicts(run_dir, config)
     if rows is None:
-        rows = report_rows(run_dir, config)
+        rows = report_rows(run_dir, config, verdicts)
     esc = html.escape
     failed = [r for r in rows if r["outcome"] == "failed"]
     done = [r for r in rows if r["outcome"] != "failed"]
@@ -464,7 +475,7 @@ def render_html(run_dir: Path, rows: list[dict[str, Any]] | None = None, config:
             "that helps.</p>"
         )
     manifest_keys = ", ".join(esc(str(m.get("raw_key", ""))) for m in manifests)
-    qa_html = qa_summary_html(run_dir, config)
+    qa_html = qa_summary_html(verdicts, config)
     qa_css = QA_CSS if qa_html or any(r.get("qa_findings") for r in shown) else ""
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
@@ -537,10 +548,11 @@ def write_report(run_dir: Path, config: dict[str, Any] | None = None) -> Path:
     run_dir = Path(run_dir)
     if config is None:
         config = yaml.safe_load((run_dir / RUN_CONFIG).read_text(encoding="utf-8")) or {}
-    rows = report_rows(run_dir, config)
+    verdicts = qa_verdicts(run_dir, config)  # read once, for the rows and the QA section
+    rows = report_rows(run_dir, config, verdicts)
     write_image_logs(run_dir, rows, config)
     path = run_dir / "report.html"
     tmp = path.with_name(f".report.html.{os.getpid()}.tmp")
-    tmp.write_text(render_html(run_dir, rows, config), encoding="utf-8")
+    tmp.write_text(render_html(run_dir, rows, config, verdicts), encoding="utf-8")
     os.replace(tmp, path)
     return path
