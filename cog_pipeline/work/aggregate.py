@@ -54,12 +54,6 @@ class Outcome:
     notes: list[str] = field(default_factory=list)
 
 
-def _failure(entry: Entry, code: FailureCode, reason: str) -> ImageOutcome:
-    return ImageOutcome(
-        key=entry.key, status=Status.FAILED, line=entry.line, bands=entry.bands_text, code=code, reason=reason
-    )
-
-
 def classify(
     manifest_bytes: bytes,
     records: dict[str, ImageOutcome],
@@ -78,21 +72,14 @@ def classify(
         rows.append(
             (
                 rejected.line,
-                ImageOutcome(
-                    key=rejected.key,
-                    status=Status.FAILED,
-                    line=rejected.line,
-                    bands=rejected.bands_text,
-                    code=FailureCode.MANIFEST_ROW,
-                    reason=rejected.reason,
-                ),
+                ImageOutcome.failure_of(rejected, FailureCode.MANIFEST_ROW, rejected.reason),
             )
         )
     for entry in manifest.entries:
         record = records.get(entry.key)
         result: ImageOutcome | tuple[str, str]
         if record is None:
-            result = (unfinished or {}).get(entry.key) or _failure(
+            result = (unfinished or {}).get(entry.key) or ImageOutcome.failure_of(
                 entry,
                 FailureCode.BATCH_DID_NOT_FINISH,
                 "no outcome recorded: the conversion job for this row did not finish (see logs/convert/)",
@@ -101,7 +88,7 @@ def classify(
             result = record.replace(line=entry.line, bands=entry.bands_text)
         elif entry.key not in present or jpeg_key(entry.key) not in present:
             missing = [k for k in (entry.key, jpeg_key(entry.key)) if k not in present]
-            result = _failure(
+            result = ImageOutcome.failure_of(
                 entry,
                 FailureCode.OUTPUT_MISSING,
                 f"output missing from the output bucket after conversion: {', '.join(missing)}",
@@ -210,7 +197,7 @@ def unfinished_outcomes(
         else:
             where = f"no log came back from the job: {log_path} is absent"
         reason = f"no outcome recorded: batch job batch-{batch} {what}{why} ({where})"
-        failures.update((e.key, _failure(e, code, reason)) for e in missing)
+        failures.update((e.key, ImageOutcome.failure_of(e, code, reason)) for e in missing)
     return failures
 
 

@@ -23,12 +23,15 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cog_pipeline.core.errors import PipelineError
 from cog_pipeline.core.failures import FailureCode
 from cog_pipeline.core.naming import outcome_path
 from cog_pipeline.core.rundir import summary_finished
+
+if TYPE_CHECKING:
+    from cog_pipeline.work.manifest import Entry, Rejected
 
 __all__ = [
     "FailureCode",
@@ -172,6 +175,13 @@ class ImageOutcome:
         if self.stac_item is not None:
             record["stac_item"] = dict(self.stac_item)
         return record
+
+    @classmethod
+    def failure_of(cls, row: Entry | Rejected, code: FailureCode, reason: str, step: str | None = None) -> ImageOutcome:
+        """The failed outcome of a manifest row (accepted or rejected), at ``step`` when one is known."""
+        return cls(
+            key=row.key, status=Status.FAILED, line=row.line, bands=row.bands_text, code=code, step=step, reason=reason
+        )
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> ImageOutcome:

@@ -37,7 +37,7 @@ from cog_pipeline.raster.qa import Finding, QaRules
 from cog_pipeline.storage import presign, s3
 from cog_pipeline.storage.presign import DEFAULT_EXPIRY_S
 from cog_pipeline.work.manifest import Entry, read_manifest
-from cog_pipeline.work.outcomes import ImageOutcome, Status
+from cog_pipeline.work.outcomes import ImageOutcome
 
 log = logging.getLogger(__name__)
 
@@ -317,29 +317,18 @@ def qa_outcomes(
             return {}  # QA was not part of this run (a run made before it): the batches did not wait for it
         for e in entries:
             if e.key not in recorded:
-                out[e.key] = ImageOutcome(
-                    key=e.key,
-                    status=Status.FAILED,
-                    line=e.line,
-                    bands=e.bands_text,
-                    code=FailureCode.BATCH_DID_NOT_FINISH,
-                    step=STEP,
-                    reason=f"no outcome recorded: the delivery QA step did not finish, so no batch ran (see "
+                out[e.key] = ImageOutcome.failure_of(
+                    e,
+                    FailureCode.BATCH_DID_NOT_FINISH,
+                    f"no outcome recorded: the delivery QA step did not finish, so no batch ran (see "
                     f"logs/qa/{manifest_id}.log and logs/snakemake.log)",
+                    STEP,
                 )
         return out
     failing = verdict.failing()
     for e in entries:
         if e.key in failing:
-            out[e.key] = ImageOutcome(
-                key=e.key,
-                status=Status.FAILED,
-                line=e.line,
-                bands=e.bands_text,
-                code=FailureCode.QA_FAILED,
-                step=STEP,
-                reason=failing[e.key],
-            )
+            out[e.key] = ImageOutcome.failure_of(e, FailureCode.QA_FAILED, failing[e.key], STEP)
     return out
 
 
