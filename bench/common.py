@@ -90,3 +90,22 @@ def python_env() -> dict[str, str]:
 
 def cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "cog_pipeline.ui.cli", *args]
+
+
+def tick_args(keys: tuple[Path, Path], endpoint: str, pattern: str) -> list[str]:
+    """``cog-pipeline tick``'s arguments for the bench's buckets on ``endpoint`` with the key files ``keys``."""
+    return [
+        "tick",
+        "-a",
+        str(keys[0]),
+        "-s",
+        str(keys[1]),
+        "-e",
+        endpoint,
+        "--input-bucket",
+        INPUT_BUCKET,
+        "--output-bucket",
+        OUTPUT_BUCKET,
+        "-p",
+        pattern,
+    ]

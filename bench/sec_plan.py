@@ -119,19 +119,7 @@ def section4(rep: Report, work: Path, cfg: dict[str, Any]) -> None:
         for n in cfg["plan_rows"]:
             srv.reset_counts()
             cmd = common.cli(
-                "tick",
-                "-a",
-                str(keys[0]),
-                "-s",
-                str(keys[1]),
-                "-e",
-                srv.endpoint,
-                "--input-bucket",
-                common.INPUT_BUCKET,
-                "--output-bucket",
-                common.OUTPUT_BUCKET,
-                "-p",
-                f"plan{n}/*raw.csv",
+                *common.tick_args(keys, srv.endpoint, f"plan{n}/*raw.csv"),
                 "--dry-run",
                 "--workdir",
                 str(w / "tick"),

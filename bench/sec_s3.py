@@ -36,19 +36,7 @@ class _LoadReport:
 def _tick(srv: CountingS3Server, keys: tuple[Path, Path], pattern: str, w: Path) -> dict[str, Any]:
     srv.reset_counts()
     cmd = common.cli(
-        "tick",
-        "-a",
-        str(keys[0]),
-        "-s",
-        str(keys[1]),
-        "-e",
-        srv.endpoint,
-        "--input-bucket",
-        common.INPUT_BUCKET,
-        "--output-bucket",
-        common.OUTPUT_BUCKET,
-        "-p",
-        pattern,
+        *common.tick_args(keys, srv.endpoint, pattern),
         "--cores",
         "2",
         "--workdir",
