@@ -25,11 +25,13 @@ def configure_cli(verbose: bool = False) -> None:
 
 @contextmanager
 def log_to_file(path: str | Path) -> Iterator[logging.Logger]:
-    """Send every log record to ``path`` for the duration (a Snakemake rule's ``log:`` file)."""
+    """Send every log record to ``path`` for the duration (a Snakemake rule's ``log:`` file); the root logger's
+    level is restored after."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter(FORMAT))
     root = logging.getLogger()
+    level = root.level
     root.addHandler(handler)
     root.setLevel(logging.INFO)
     quiet_boto_logs()
@@ -40,4 +42,5 @@ def log_to_file(path: str | Path) -> Iterator[logging.Logger]:
         raise
     finally:
         root.removeHandler(handler)
+        root.setLevel(level)
         handler.close()

@@ -9,14 +9,18 @@ import fcntl
 import hashlib
 import io
 import json
+import logging
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
 import time
+import traceback
 import warnings
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,8 +31,17 @@ from rasterio.errors import NotGeoreferencedWarning
 from affine import Affine
 from rio_cogeo.cogeo import cog_validate
 
+from cog_pipeline.control import driver
+from cog_pipeline.control import tick as tick_module
+from cog_pipeline.control.tick import TickOptions, TickResult, tick
+from cog_pipeline.core import crash as crash_module
+from cog_pipeline.core.logs import configure_cli, log_to_file
+from cog_pipeline.core.naming import batch_id
+from cog_pipeline.core.rundir import RunDir
 from cog_pipeline.storage.s3 import S3Settings
-from cog_pipeline.control.tick import TickOptions, tick
+from cog_pipeline.work.aggregate import aggregate_manifest
+from cog_pipeline.work.batch import manifest_config, manifest_entries, run_batch
+from cog_pipeline.work.manifest import batch_slices
 
 TICKPROC = Path(__file__).with_name("tickproc.py")
 OUTCOME = re.compile(r"^(?P<stem>.*)(?P<kind>processed|failed|errors)-(?P<ts>\d{8}-\d{6})\.csv$", re.DOTALL)
@@ -169,6 +182,125 @@ def make_tif(
     return path
 
 
+def run_workflow_in_process(run_dir: Path) -> None:
+    """The run directory's workflow steps in this process, in the Snakefile's order: each manifest's batches
+    whose status file is missing (what a resumed Snakemake reruns: a status file appears whole, by rename),
+    then its aggregate, each logging to its rule's log file. The Snakemake local executor without its start-up;
+    direct transfers, no QA step."""
+    run = RunDir(run_dir)
+    config = run.config.data
+    if config["s3"].get("transfer", "direct") != "direct" or config.get("qa", {}).get("enabled"):
+        raise AssertionError("run_workflow_in_process runs direct transfers without QA only")
+    for manifest in run.manifests:
+        entries = manifest_entries(run.path, manifest_config(config, manifest.id))
+        for index in range(len(batch_slices(len(entries), int(config["batch_size"])))):
+            status = run.status_file(manifest.id, batch_id(index))
+            if not status.exists():
+                status.parent.mkdir(parents=True, exist_ok=True)
+                with log_to_file(run.batch_log(manifest.id, batch_id(index))):  # the rule's log: file
+                    run_batch(config, run.path, manifest.id, index, status, threads=int(config["threads_per_job"]))
+        with log_to_file(run.path / "logs" / "aggregate" / f"{manifest.id}.log"):
+            aggregate_manifest(config, run.path, manifest.id)
+
+
+def launch_in_process(run: RunDir, opts: TickOptions) -> TickResult:
+    """A stand-in for ``control.tick.launch`` (local executor): :func:`run_workflow_in_process`, then the
+    driver's own final step (``driver.finish``: outcome summaries, the ticks.log line), as ``driver.drive``."""
+    tick_module.crash_point("tick.launch")
+    run_workflow_in_process(run.path)
+    code, summaries = driver.finish(run.path)
+    return TickResult(run_dir=run.path, manifests=summaries, exit_code=code)
+
+
+def die_in_fork(step: str, work: Callable[[], object], timeout: float = 240) -> None:
+    """Run ``work`` in a forked child (a session of its own) whose crash point ``step`` is armed, for it and
+    every process it starts: at ``step`` the child's whole process group is SIGKILLed, as the host dying there
+    would. A fork imports nothing again, so the crashed tick costs no Python start-up. Fails unless the child
+    died by that SIGKILL; returns once the child is reaped."""
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        code = 3
+        try:
+            os.setsid()
+            os.environ["COG_PIPELINE_CRASH_AT"] = step  # for Snakemake and its jobs
+            crash_module._AT = step  # read at import by this process's modules
+            crash_module._seen.clear()
+            work()
+        except BaseException:  # noqa: BLE001 - reported through the exit status and stderr
+            traceback.print_exc()
+            code = 2
+        os._exit(code)
+    deadline = time.monotonic() + timeout
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.killpg(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise AssertionError(f"the tick armed to crash at {step} did not end in {timeout} s")
+        time.sleep(0.02)
+    code = os.waitstatus_to_exitcode(status)
+    assert code == -signal.SIGKILL, f"did not crash at {step}: exit status {code} (3: the step was never reached)"
+
+
+@dataclass
+class ForkedTick:
+    """A tick running in a forked child (:meth:`World.fork_tick`); ``communicate`` as subprocess.Popen's."""
+
+    pid: int
+    out: Path
+    err: Path
+    returncode: int | None = None
+
+    @classmethod
+    def start(cls, opts: TickOptions, scratch: Path) -> ForkedTick:
+        out, err = (Path(tempfile.mkstemp(dir=scratch, suffix=suffix)[1]) for suffix in (".out", ".err"))
+        pid = os.fork()
+        if pid == 0:  # the child: never returns into pytest
+            code = 2
+            try:
+                os.setsid()
+                for fd, path in ((1, out), (2, err)):
+                    os.dup2(os.open(path, os.O_WRONLY | os.O_TRUNC), fd)
+                sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115 - the child's whole life
+                sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
+                logging.getLogger().handlers.clear()  # pytest's capturing handlers: the child logs as tickproc
+                configure_cli()
+                result = tick(opts)
+                print(
+                    json.dumps(
+                        {
+                            "run_dir": str(result.run_dir) if result.run_dir else None,
+                            "exit_code": result.exit_code,
+                            "manifests": result.manifests,
+                            "resumed": [str(p) for p in result.resumed],
+                        }
+                    )
+                )
+                code = result.exit_code
+            except BaseException:  # noqa: BLE001 - reported through the exit status and stderr
+                traceback.print_exc()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+        return cls(pid, out, err)
+
+    def communicate(self, timeout: float = 300) -> tuple[str, str]:
+        deadline = time.monotonic() + timeout
+        while self.returncode is None:
+            done, status = os.waitpid(self.pid, os.WNOHANG)
+            if done:
+                self.returncode = os.waitstatus_to_exitcode(status)
+            elif time.monotonic() > deadline:
+                os.killpg(self.pid, signal.SIGKILL)
+                os.waitpid(self.pid, 0)
+                raise AssertionError(f"the forked tick did not end in {timeout} s:\n{self.err.read_text()[-4000:]}")
+            else:
+                time.sleep(0.02)
+        return self.out.read_text(), self.err.read_text()
+
+
 class World:
     """Buckets seeded through a separate client, the code under test talking through the fault proxy."""
 
@@ -272,6 +404,14 @@ class World:
             env=full_env,
             start_new_session=True,
         )
+
+    def fork_tick(self, workdir: Path | None = None, **kw: Any) -> ForkedTick:
+        """A tick in a forked child of its own session, running now: what :meth:`spawn` starts, without a new
+        Python (and with whatever the test patched, e.g. ``in_process_workflow``). Its stdout ends with the
+        result as JSON, as tickproc.py prints it; ``kw``: :meth:`options` arguments."""
+        opts = self.options(workdir=workdir or self.workdir, **kw)
+        self.figures.runs += 1
+        return ForkedTick.start(opts, self.scratch)
 
     def run_measured(self, **kw: Any) -> tuple[subprocess.CompletedProcess, float, float]:
         """A tick as a process: (its result, seconds, peak RSS in MB of its largest process, Snakemake and

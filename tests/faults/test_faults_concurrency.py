@@ -29,8 +29,15 @@ def _claimed(proc) -> list[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("ticks", [2, 3])
-def test_ticks_at_the_same_moment_on_two_hosts_claim_each_manifest_once(world, ticks):
+@pytest.mark.parametrize(
+    ("ticks", "executor"), [(2, "in-process"), (3, "snakemake")], ids=["2-in-process", "3-snakemake"]
+)
+def test_ticks_at_the_same_moment_on_two_hosts_claim_each_manifest_once(world, ticks, executor, request):
+    """Each tick a process of its own: tickproc.py with Snakemake, or a fork running its steps in-process (the
+    claims are the subject; Snakemake's part is the same as one tick's)."""
+    in_process = executor == "in-process"
+    if in_process:
+        request.getfixturevalue("in_process_workflow")
     manifests = {f"race/m{i}-raw.csv": f"race/img{i}.tif" for i in range(2 * ticks)}
     for raw, image in manifests.items():
         world.put(image, SAMPLES_DIR / "byte.tif")
@@ -40,7 +47,8 @@ def test_ticks_at_the_same_moment_on_two_hosts_claim_each_manifest_once(world, t
     # Every tick lists before any claims; their first claim attempts hit the server together.
     world.proxy.add("barrier", "list", nth=range(1, ticks + 1), parties=ticks, bucket=world.input_bucket)
     world.proxy.add("barrier", "put", key_contains=".cog-pipeline/claims/", nth=range(1, ticks + 1), parties=ticks)
-    procs = [world.spawn(workdir=world.tmp / f"host{i}") for i in range(ticks)]
+    start = world.fork_tick if in_process else world.spawn
+    procs = [start(workdir=world.tmp / f"host{i}") for i in range(ticks)]
     done = []
     for proc in procs:
         out, err = proc.communicate(timeout=300)
@@ -52,7 +60,7 @@ def test_ticks_at_the_same_moment_on_two_hosts_claim_each_manifest_once(world, t
     world.check({raw[: -len("raw.csv")]: {"processed": [image, "shared/both.tif"]} for raw, image in manifests.items()})
 
 
-@pytest.mark.slow
+@pytest.mark.usefixtures("in_process_workflow")  # claims and adoption: the subject
 def test_two_manifests_in_one_tick_same_image_and_same_name_in_two_folders(world):
     """Two manifests named alike in two folders (their run-directory copies must not collide), both listing
     the same image: each gets its own, correct outcome."""
@@ -74,7 +82,7 @@ def test_two_manifests_in_one_tick_same_image_and_same_name_in_two_folders(world
     )
 
 
-@pytest.mark.slow
+@pytest.mark.usefixtures("in_process_workflow")  # claims and adoption: the subject
 def test_live_claim_elsewhere_is_respected_and_a_stale_one_taken_over(world):
     world.image("a/one.tif", seed=1)
     world.manifest("s/stale-raw.csv", ["a/one.tif,1"])
@@ -100,7 +108,7 @@ def test_live_claim_elsewhere_is_respected_and_a_stale_one_taken_over(world):
     world.check({"s/stale-": {"processed": ["a/one.tif"]}})
 
 
-@pytest.mark.slow
+@pytest.mark.usefixtures("in_process_workflow")  # claims and adoption: the subject
 def test_processing_file_whose_run_directory_is_gone_is_adopted(world):
     """A tick claimed the manifest, then its run directory was lost (disk wiped): the next tick in the
     same working directory adopts the processing file at once; the outcome keeps its timestamp."""
@@ -121,7 +129,7 @@ def test_processing_file_whose_run_directory_is_gone_is_adopted(world):
     assert processing == [f"s/lost-processing-{found['s/lost-']['ts']}.csv"]
 
 
-@pytest.mark.slow
+@pytest.mark.usefixtures("in_process_workflow")  # claims and adoption: the subject
 def test_foreign_processing_file_is_adopted_only_after_its_heartbeat_stops(world):
     world.image("a/one.tif", seed=1)
     key = "s/far-processing-20260101-000000.csv"
@@ -187,15 +195,16 @@ def test_heartbeat_refreshes_a_live_run_and_never_resurrects_a_finished_one(worl
     assert key not in world.objects(world.input_bucket)
 
 
-@pytest.mark.slow
+@pytest.mark.usefixtures("in_process_workflow")
 def test_outcome_rows_of_same_image_in_two_concurrent_ticks(world):
-    """The same image in two manifests claimed by two ticks at once: both rows processed, one valid COG."""
+    """The same image in two manifests claimed by two ticks at once: both rows processed, one valid COG. (Two
+    forked ticks, each running its batch and aggregate in its own process.)"""
     world.put("img/shared.tif", SAMPLES_DIR / "byte.tif")
     world.manifest("c/one-raw.csv", ["img/shared.tif,1"])
     world.manifest("c/two-raw.csv", ["img/shared.tif,1"])
     world.snapshot()
     world.proxy.add("barrier", "list", nth=[1, 2], parties=2, bucket=world.input_bucket)
-    procs = [world.spawn(workdir=world.tmp / f"host{i}") for i in range(2)]
+    procs = [world.fork_tick(workdir=world.tmp / f"host{i}") for i in range(2)]
     for proc in procs:
         _out, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err[-3000:]
@@ -230,7 +239,7 @@ def test_endpoint_ignoring_conditional_deletes_on_an_unversioned_bucket_is_refus
     world.figures.kind("concurrency", "endpoint-ignores-conditional-deletes")
 
 
-@pytest.mark.slow
+@pytest.mark.usefixtures("in_process_workflow")
 def test_endpoint_ignoring_conditional_writes_is_warned_about_and_loses_nothing(world):
     """The documented limit: where If-None-Match / If-Match are silently ignored (and the operator opted
     in to verify-first deletes), two hosts ticking at one instant may both claim a manifest. The tick
@@ -245,7 +254,7 @@ def test_endpoint_ignoring_conditional_writes_is_warned_about_and_loses_nothing(
     world.proxy.add("ignore-if")
     world.proxy.add("barrier", "list", nth=[1, 2], parties=2, bucket=world.input_bucket)
     world.proxy.add("barrier", "put", key_contains=".cog-pipeline/claims/", nth=[1, 2], parties=2)
-    procs = [world.spawn(workdir=world.tmp / f"host{i}") for i in range(2)]
+    procs = [world.fork_tick(workdir=world.tmp / f"host{i}") for i in range(2)]  # forks: steps in-process
     claimed = []
     for proc in procs:
         out, err = proc.communicate(timeout=300)

@@ -1,11 +1,18 @@
 """Crash at every step: the tick's whole process tree (tick, Snakemake, its jobs) is SIGKILLed at a named
 point (COG_PIPELINE_CRASH_AT), as if the host died there. The next tick must reach exactly the outcome
 of a run without the crash: every row once, nothing at an output key but complete objects, no input
-touched, no processing file, raw manifest or claim marker left behind."""
+touched, no processing file, raw manifest or claim marker left behind.
+
+Each step runs with one of two executors. ``snakemake``: the real local executor, one step for each kind of
+state a crash leaves (before the claim, mid claim, committed, mid batch, a finished batch, mid aggregate,
+after the report). ``in-process``: the run's steps in the test's own process (faults.harness.launch_in_process),
+for the other steps of the same phases, whose resumption Snakemake handles the same way: the subject there is
+what the tick, the claim, the batch and the aggregate leave behind and pick up, at a fraction of the cost."""
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -13,9 +20,12 @@ from pathlib import Path
 import pytest
 
 from cog_pipeline import SAMPLES_DIR
-from cog_pipeline.core.processes import busy, process_cwds
+from cog_pipeline.control import tick as tick_module
 from cog_pipeline.control.tick import MAX_RESUMES
+from cog_pipeline.core.processes import busy, process_cwds
+from faults.harness import die_in_fork
 
+PACKAGE = Path(tick_module.__file__).resolve().parents[1]
 OVERRIDES = {"batch_size": 2}
 EXPECTED = {
     "crash/jobs-": {
@@ -24,29 +34,29 @@ EXPECTED = {
     }
 }
 
-#: step -> True when the claim was committed before the crash (the run directory is resumed).
+#: step -> (True when the claim was committed before the crash (the run directory is resumed), executor).
 STEPS = {
-    "tick.listed": False,
-    "tick.run-dir": False,
-    "claim.marker": False,
-    "claim.downloaded": False,
-    "claim.journaled": False,
-    "claim.processing": False,
-    "claim.renamed": True,
-    "claim.done": True,
-    "tick.run-written": True,
-    "tick.launch": True,
-    "batch.downloaded": True,
-    "batch.converted:1": True,
-    "batch.converted:2": True,
-    "batch.uploaded-jpeg": True,
-    "batch.uploaded": True,
-    "batch.status": True,
-    "aggregate.listed": True,
-    "aggregate.csv:1": True,
-    "aggregate.csv:3": True,
-    "aggregate.report": True,  # outcome CSVs and report uploaded, processing file not yet deleted (issue 12)
-    "aggregate.deleted": True,
+    "tick.listed": (False, "snakemake"),
+    "tick.run-dir": (False, "in-process"),
+    "claim.marker": (False, "in-process"),
+    "claim.downloaded": (False, "in-process"),
+    "claim.journaled": (False, "in-process"),
+    "claim.processing": (False, "snakemake"),
+    "claim.renamed": (True, "snakemake"),
+    "claim.done": (True, "in-process"),
+    "tick.run-written": (True, "in-process"),
+    "tick.launch": (True, "snakemake"),
+    "batch.downloaded": (True, "in-process"),
+    "batch.converted:1": (True, "snakemake"),
+    "batch.converted:2": (True, "in-process"),
+    "batch.uploaded-jpeg": (True, "in-process"),
+    "batch.uploaded": (True, "in-process"),
+    "batch.status": (True, "snakemake"),
+    "aggregate.listed": (True, "in-process"),
+    "aggregate.csv:1": (True, "snakemake"),
+    "aggregate.csv:3": (True, "in-process"),
+    "aggregate.report": (True, "snakemake"),  # outcome CSVs and report uploaded, processing file not yet deleted
+    "aggregate.deleted": (True, "in-process"),
 }
 
 
@@ -60,21 +70,29 @@ def scenario(world):
     world.snapshot()
 
 
-def crash(world, step, **kw):
-    """Run a tick that dies at ``step``; wait until nothing of it is left."""
-    proc = world.run_proc(crash_at=step, overrides=OVERRIDES, **kw)
-    assert proc.returncode == -signal.SIGKILL, f"did not crash at {step}: rc={proc.returncode}\n{proc.stderr[-3000:]}"
+def crash(world, step, **options):
+    """Run a tick that dies at ``step`` (a forked child: no Python start-up); wait until nothing of it is left.
+    ``options``: TickOptions fields (world.options), OVERRIDES as the run overrides unless given."""
+    options.setdefault("overrides", OVERRIDES)
+    world.figures.runs += 1
+    die_in_fork(step, lambda: tick_module.tick(world.options(**options)))
     world.figures.kind("crash", step.partition(":")[0])
     deadline = time.monotonic() + 10
     while any(busy(d, process_cwds()) for d in world.workdir.glob("workflow-run-*")):
         assert time.monotonic() < deadline, "processes of the crashed tick still alive"
         time.sleep(0.1)
-    return proc
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("step", list(STEPS))
-def test_crash_at_step_then_next_tick_reaches_the_same_outcome(world, step):
+def _params():
+    for step, (_committed, executor) in STEPS.items():
+        marks = [pytest.mark.slow] if executor == "snakemake" else []
+        yield pytest.param(step, executor, id=f"{step}-{executor}", marks=marks)
+
+
+@pytest.mark.parametrize(("step", "executor"), list(_params()))
+def test_crash_at_step_then_next_tick_reaches_the_same_outcome(world, step, executor, request):
+    if executor == "in-process":
+        request.getfixturevalue("in_process_workflow")  # for the crashed tick too (a fork of this process)
     scenario(world)
     crash(world, step)
     runs_before = sorted(world.workdir.glob("workflow-run-*"))
@@ -83,7 +101,7 @@ def test_crash_at_step_then_next_tick_reaches_the_same_outcome(world, step):
 
     assert result.exit_code == 0
     world.check(EXPECTED)
-    if STEPS[step]:
+    if STEPS[step][0]:
         assert [str(p) for p in result.resumed] == [str(p) for p in runs_before], "the crashed run is resumed"
     else:
         assert not result.resumed and result.run_dir is not None, "the manifest is claimed afresh"
@@ -92,6 +110,17 @@ def test_crash_at_step_then_next_tick_reaches_the_same_outcome(world, step):
         )
     again = world.tick(overrides=OVERRIDES)
     assert again.run_dir is None and not again.resumed and not again.manifests, "nothing left to do"
+
+
+def test_every_crash_point_of_the_code_is_in_the_matrix():
+    """A crash point added to the code without a step in STEPS (or a step whose point was removed) fails here."""
+    in_code = set()
+    for path in PACKAGE.rglob("*.py"):
+        in_code.update(re.findall(r'crash_point\("([^"]+)"\)', path.read_text(encoding="utf-8")))
+    assert {step.partition(":")[0] for step in STEPS} == in_code
+    assert {executor for _committed, executor in STEPS.values()} == {"snakemake", "in-process"}
+    batch_or_later = [s for s in STEPS if s.startswith(("batch.", "aggregate."))]
+    assert {STEPS[s][1] for s in batch_or_later} == {"snakemake", "in-process"}
 
 
 @pytest.mark.slow
@@ -103,10 +132,11 @@ def test_crash_during_the_resume_too(world):
     world.check(EXPECTED)
 
 
-@pytest.mark.slow
+@pytest.mark.usefixtures("in_process_workflow")
 def test_a_run_that_keeps_crashing_ends_with_every_row_accounted(world):
     """A poison image that kills its job's host every time: after MAX_RESUMES resumes only the aggregate
-    runs, and every row is accounted for (the unfinished ones failed with the reason)."""
+    runs, and every row is accounted for (the unfinished ones failed with the reason). The tick's resume count
+    is the subject: the runs' steps are in-process (Snakemake's resume is the matrix's and the test above's)."""
     scenario(world)
     for _ in range(1 + MAX_RESUMES):
         crash(world, "batch.converted:1")

@@ -56,11 +56,16 @@ def _sample(name):
 #: mixed test below injects), a connection reset before and after the server applied the call (lost answer),
 #: and a 500 after it applied the call.
 EVERY_OPERATION_KINDS = ["500", "503", "reset", "reset-after", "500-after"]
+#: The kinds whose tick runs real Snakemake and its job processes; the others run the workflow's steps in the
+#: test's process (the same clients and retry settings, built from the same run config, without the start-ups).
+SNAKEMAKE_KINDS = {"503", "reset-after"}
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", EVERY_OPERATION_KINDS)
-def test_fault_kind_on_every_operation_run_completes_exactly(world, kind):
+def test_fault_kind_on_every_operation_run_completes_exactly(world, kind, request):
+    if kind not in SNAKEMAKE_KINDS:
+        request.getfixturevalue("in_process_workflow")
     expected = scenario(world)
     for op in OPERATIONS:
         world.proxy.add(kind, op, nth=[1, 2])  # the first calls: the tick's own (claim, listing...)
@@ -107,10 +112,11 @@ def test_retries_are_bounded_and_nothing_is_claimed_when_s3_keeps_failing(world)
     assert not [k for k in world.objects(world.input_bucket) if k != "s3/down-raw.csv"]
 
 
-@pytest.mark.slow
+@pytest.mark.usefixtures("in_process_workflow")
 def test_lost_answer_to_the_last_upload_attempt_is_recognised(world):
     """boto3 gives up on a PUT whose every answer was lost, though the object landed: the row is
-    processed anyway (the object carries this upload's token), not failed."""
+    processed anyway (the object carries this upload's token), not failed. (The batch is the subject: it runs
+    in the test's process.)"""
     world.image("a/lost.tif", seed=5)
     world.manifest("s3/lost-raw.csv", ["a/lost.tif,1"])
     world.snapshot()
@@ -185,11 +191,12 @@ def test_throttling_429_without_a_known_code_is_retried(world, monkeypatch):
 @pytest.mark.parametrize(
     "op,key", [("put", ".cog-pipeline/claims/"), ("put", "processing-"), ("delete", "s3/claim-raw.csv")]
 )
-@pytest.mark.slow
+@pytest.mark.usefixtures("in_process_workflow")
 def test_lost_answer_to_a_claim_step_still_claims_the_manifest_once(world, op, key):
     """The conditional marker / processing write or the conditional delete of the raw manifest is applied
     but its answer is lost: boto3's retry then meets 412 (or 404). The tick must see its own write, not
-    'another tick', claim the manifest in this very tick, and leave no marker behind."""
+    'another tick', claim the manifest in this very tick, and leave no marker behind. (The claim is the
+    subject: the run's steps are in the test's process.)"""
     world.image("a/one.tif", seed=1)
     world.manifest("s3/claim-raw.csv", ["a/one.tif,1"])
     world.snapshot()
