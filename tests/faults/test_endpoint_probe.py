@@ -144,6 +144,7 @@ def _redeliver_during_claim(monkeypatch, world, key: str, body: bytes) -> None:
     monkeypatch.setattr(claims, "crash_point", redeliver)
 
 
+@pytest.mark.usefixtures("in_process_workflow")  # the claim is the subject: the runs' steps in-process
 @pytest.mark.parametrize("bucket_kind", ["versioned", "verify-first"])
 def test_manifest_redelivered_during_a_claim_is_processed_never_lost(world, monkeypatch, bucket_kind):
     """The issue's reproduction: DeleteObject ignores If-Match and a manifest is re-uploaded under the

@@ -106,6 +106,8 @@ def test_unversioned_rgw_bucket_is_refused_by_default_and_nothing_changes(server
 
 
 # All three: the claim sees the new version by If-Match (moto), HEAD first (RGW) or VersionId (versioned RGW).
+# The claim is the subject: the runs' steps are in-process (against the same server; Snakemake: end_to_end_tick).
+@pytest.mark.usefixtures("in_process_workflow")
 def test_manifest_redelivered_during_a_claim_is_never_lost(server_world, monkeypatch):
     """A new version uploaded under the claimed key right before the commit point: processed by this
     or the next tick, never deleted unprocessed (the issue's reproduction, on the real server)."""
@@ -136,7 +138,9 @@ def test_manifest_redelivered_during_a_claim_is_never_lost(server_world, monkeyp
     no_bookkeeping_versions(world)
 
 
-# RGW both ways x the crash points on the claim, commit and delete paths (every step on moto: test_faults_crash).
+# RGW both ways x the crash points on the claim, commit and delete paths (every step on moto: test_faults_crash),
+# the runs' steps in-process (against the same server; Snakemake: end_to_end_tick, and the moto matrix).
+@pytest.mark.usefixtures("in_process_workflow")
 @pytest.mark.parametrize("s3_target", RGW_TARGETS, indirect=True)
 @pytest.mark.parametrize("step", SERVER_CRASH_STEPS)
 def test_crash_then_next_tick_reaches_the_same_outcome(server_world, step):
@@ -151,6 +155,7 @@ def test_crash_then_next_tick_reaches_the_same_outcome(server_world, step):
 
 
 # RGW both ways: the rewrite is by unquoted If-Match unversioned, by version check versioned (moto: concurrency).
+@pytest.mark.usefixtures("in_process_workflow")
 @pytest.mark.parametrize("s3_target", RGW_TARGETS, indirect=True)
 def test_orphan_claimed_elsewhere_is_adopted(server_world):
     """Adoption rewrites the processing object with If-Match (RGW 16.2: only the unquoted ETag passes)."""
@@ -245,7 +250,8 @@ def test_listing_skip_scan_pages_correctly(server_world):
 
 
 # Unversioned RGW: status probes the endpoint and shows the opted-in fallback, retry queues through it
-# (moto: test_retry, test_status; the versioned commit path is covered above).
+# (moto: test_retry, test_status; the versioned commit path is covered above). The runs' steps in-process.
+@pytest.mark.usefixtures("in_process_workflow")
 @pytest.mark.parametrize("s3_target", ["rgw-https"], indirect=True)
 def test_retry_and_status(server_world):
     world = server_world
