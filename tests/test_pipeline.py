@@ -1,4 +1,6 @@
-"""End to end: manifest in the input bucket -> tick (local Snakemake) -> outputs + outcome CSVs."""
+"""End to end: manifest in the input bucket -> tick (local Snakemake) -> outputs + outcome CSVs. The batch's and the
+aggregate's own behaviour (sorting rows, skipping finished images) is tested on runs driven in-process
+(tests/inprocess.py); the tick's (claiming, ticks.log, the command) on real ticks."""
 
 from __future__ import annotations
 
@@ -13,8 +15,9 @@ import rasterio
 from rio_cogeo.cogeo import cog_validate
 
 from cog_pipeline.core.errors import PipelineError
-from cog_pipeline.control.tick import TickOptions, tick
+from cog_pipeline.control.tick import tick
 from conftest import INPUT_BUCKET, OUTPUT_BUCKET, all_objects, one_manifest_config
+from inprocess import claim_and_run, tick_options
 
 GOOD = {
     "imagery/rgb.tif": "RGB.byte.tif",
@@ -29,10 +32,8 @@ def upload_samples(seed, samples, mapping=GOOD):
 
 
 def run_tick(settings, tmp_path, **kw):
-    opts = TickOptions(
-        input_bucket=INPUT_BUCKET, output_bucket=OUTPUT_BUCKET, settings=settings, workdir=tmp_path / "work", **kw
-    )
-    return tick(opts)
+    """A real tick (Snakemake, local executor) in the working directory ``tmp_path/work``."""
+    return tick(tick_options(settings, tmp_path / "work", **kw))
 
 
 def outcome_files(seed, stem="batch-"):
@@ -50,7 +51,6 @@ def rows(text):
     return [r for r in csv.reader(io.StringIO(text)) if r]
 
 
-@pytest.mark.slow
 def test_mixed_batch_sorts_every_row_and_loses_nothing(seed, buckets, settings, samples, tmp_path):
     upload_samples(seed, samples)
     seed.put_object(Bucket=INPUT_BUCKET, Key="imagery/empty.tif", Body=b"")
@@ -79,9 +79,9 @@ def test_mixed_batch_sorts_every_row_and_loses_nothing(seed, buckets, settings, 
     seed.put_object(Bucket=INPUT_BUCKET, Key="batch-raw.csv", Body=manifest)
     inputs_before = {k: v for k, v in all_objects(seed, INPUT_BUCKET).items() if k.endswith(".tif")}
 
-    result = run_tick(settings, tmp_path)
+    _run, summaries = claim_and_run(tick_options(settings, tmp_path / "work"))  # batch and aggregate in-process
 
-    assert result.exit_code == 0
+    assert [(m["raw_key"], m["processed"], m["failed"]) for m in summaries] == [("batch-raw.csv", 3, 12)]
     objs, (pkey, processed), (fkey, failed), (_ekey, errors) = outcome_files(seed)
     assert "batch-raw.csv" not in objs
     assert not [k for k in objs if "processing" in k], "processing file must be deleted"
@@ -134,15 +134,48 @@ def test_mixed_batch_sorts_every_row_and_loses_nothing(seed, buckets, settings, 
     assert not (tmp_path / "etc").exists()
 
 
+def cli_tick(settings, workdir, *flags):
+    """``cog-pipeline tick`` as a command on the test buckets (its own Python, as cron or a Crondor runs it)."""
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cog_pipeline.ui.cli",
+            "tick",
+            "-a",
+            settings.access_key_file,
+            "-s",
+            settings.secret_key_file,
+            "-e",
+            settings.endpoint_url,
+            "--input-bucket",
+            INPUT_BUCKET,
+            "--output-bucket",
+            OUTPUT_BUCKET,
+            *flags,
+            "--workdir",
+            str(workdir),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
 @pytest.mark.slow
-def test_rerun_of_same_manifest_skips_finished_images(seed, buckets, settings, samples, tmp_path):
+def test_a_command_tick_then_a_rerun_of_its_manifest_skips_finished_images(seed, buckets, settings, samples, tmp_path):
+    """Two real ticks of one manifest (in a folder) in one working directory: the first as the command, the second
+    skips every finished image and rewrites no output; ticks.log keeps every claim and every run's outcome."""
     upload_samples(seed, samples)
     body = b"imagery/rgb.tif,3\nimagery/small/byte.tif,1\n"
-    seed.put_object(Bucket=INPUT_BUCKET, Key="batch-raw.csv", Body=body)
-    assert run_tick(settings, tmp_path).exit_code == 0
+    seed.put_object(Bucket=INPUT_BUCKET, Key="x/run1-raw.csv", Body=body)
+    proc = cli_tick(settings, tmp_path / "work", "-p", "*raw.csv")
+    assert proc.returncode == 0, proc.stderr
+    assert "x/run1-raw.csv: 2 processed, 0 failed" in proc.stdout
+    assert [k for k in all_objects(seed, INPUT_BUCKET) if k.startswith("x/run1-processed-")]
     first = {o["Key"]: o["LastModified"] for o in seed.list_objects_v2(Bucket=OUTPUT_BUCKET)["Contents"]}
 
-    seed.put_object(Bucket=INPUT_BUCKET, Key="batch-raw.csv", Body=body)
+    seed.put_object(Bucket=INPUT_BUCKET, Key="x/run1-raw.csv", Body=body)
     second = run_tick(settings, tmp_path)
     assert second.exit_code == 0 and second.manifests[0]["processed"] == 2
     status = (second.run_dir / "status" / "m1" / "batch-00000.jsonl").read_text()
@@ -152,7 +185,7 @@ def test_rerun_of_same_manifest_skips_finished_images(seed, buckets, settings, s
 
     # every tick that claimed something left a line in ticks.log (crondor_<cluster>.out keeps only the last tick)
     lines = (tmp_path / "work" / "ticks.log").read_text().splitlines()
-    claimed = [line for line in lines if ": Claimed batch-raw.csv -> batch-processing-" in line]
+    claimed = [line for line in lines if ": Claimed x/run1-raw.csv -> x/run1-processing-" in line]
     assert len(claimed) == 2 and all(line.endswith(".csv") and " UTC pid " in line for line in claimed)
     assert sum(f"Run directory: {second.run_dir}" in line for line in lines) == 1
     # ...and every run its outcome, from the driver's final step: counts, manifests, report
@@ -160,20 +193,22 @@ def test_rerun_of_same_manifest_skips_finished_images(seed, buckets, settings, s
     assert finished == [line for line in finished if " UTC " in line] and len(finished) == 2, lines
     run_id = second.run_dir.name.removeprefix("workflow-run-")
     assert finished[1].endswith(
-        f" {run_id} finished: 2 processed, 0 failed (batch-raw.csv) report {second.run_dir / 'report.html'}"
+        f" {run_id} finished: 2 processed, 0 failed (x/run1-raw.csv) report {second.run_dir / 'report.html'}"
     ), finished[1]
     assert lines.index(finished[1]) > next(i for i, line in enumerate(lines) if str(second.run_dir) in line)
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # in-process, but `make check` has the same case in test_batch_requests_per_image_and_skip_if_done
 def test_changed_input_is_converted_again(seed, buckets, settings, samples, tmp_path):
+    opts = tick_options(settings, tmp_path / "work")
     seed.upload_file(str(samples / "byte.tif"), INPUT_BUCKET, "a.tif")
     seed.put_object(Bucket=INPUT_BUCKET, Key="batch-raw.csv", Body=b"a.tif,1\n")
-    run_tick(settings, tmp_path)
+    _run, [first] = claim_and_run(opts)
+    assert first["processed"] == 1
     seed.upload_file(str(samples / "shade.tif"), INPUT_BUCKET, "a.tif")
     seed.put_object(Bucket=INPUT_BUCKET, Key="batch-raw.csv", Body=b"a.tif,1\n")
-    result = run_tick(settings, tmp_path)
-    assert '"status": "ok"' in (result.run_dir / "status" / "m1" / "batch-00000.jsonl").read_text()
+    run, _ = claim_and_run(opts)
+    assert '"status": "ok"' in run.status_file("m1", "00000").read_text()
     cog = tmp_path / "a.tif"
     seed.download_file(OUTPUT_BUCKET, "a.tif", str(cog))
     with rasterio.open(cog) as c:
@@ -285,40 +320,6 @@ def test_aggregate_runs_even_when_no_job_finished(seed, buckets, settings, sampl
     assert processed == ""
     assert rows(failed) == [["imagery/rgb.tif", "3"], ["/bad.tif", "1"]]
     assert "did not finish" in errors
-
-
-@pytest.mark.slow
-def test_cli_tick_runs_as_a_command(seed, buckets, settings, samples, tmp_path):
-    upload_samples(seed, samples, {"x/byte.tif": "byte.tif"})
-    seed.put_object(Bucket=INPUT_BUCKET, Key="x/run1-raw.csv", Body=b"x/byte.tif,1\n")
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "cog_pipeline.ui.cli",
-            "tick",
-            "-a",
-            settings.access_key_file,
-            "-s",
-            settings.secret_key_file,
-            "-e",
-            settings.endpoint_url,
-            "--input-bucket",
-            INPUT_BUCKET,
-            "--output-bucket",
-            OUTPUT_BUCKET,
-            "-p",
-            "*raw.csv",
-            "--workdir",
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert "x/run1-raw.csv: 1 processed, 0 failed" in proc.stdout
-    assert [k for k in all_objects(seed, INPUT_BUCKET) if k.startswith("x/run1-processed-")]
 
 
 def test_cli_reports_bad_bucket_without_traceback(settings, s3_server, tmp_path):

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from affine import Affine
 
-from cog_pipeline.control.tick import TickOptions, tick
+from cog_pipeline.control.tick import tick
 from cog_pipeline.core import config as config_model
 from cog_pipeline.core.failures import FailureCode
 from cog_pipeline.work import qa_step
@@ -23,6 +23,7 @@ from cog_pipeline.work.batch import batch_entries, run_batch
 from cog_pipeline.work.imagelogs import ADVICE
 from cog_pipeline.work.outcomes import read_outcomes
 from conftest import INPUT_BUCKET, OUTPUT_BUCKET, all_objects
+from inprocess import claim_and_run, tick_options
 from rasters import TRANSFORM, make_tif
 
 TS = "20260101-000000"
@@ -211,10 +212,8 @@ def test_the_plan_has_the_qa_step_only_when_enabled(tmp_path):
 
 
 def run_tick(settings, tmp_path, **kw):
-    opts = TickOptions(
-        input_bucket=INPUT_BUCKET, output_bucket=OUTPUT_BUCKET, settings=settings, workdir=tmp_path / "work", **kw
-    )
-    return tick(opts)
+    """A real tick (Snakemake, local executor) in the working directory ``tmp_path/work``."""
+    return tick(tick_options(settings, tmp_path / "work", **kw))
 
 
 def test_the_dry_run_names_missing_inputs_and_qa_findings_without_claiming(
@@ -250,16 +249,9 @@ def test_the_dry_run_shows_findings_when_qa_is_off(seed, buckets, settings, tmp_
     assert "qa_delivery" not in out
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("transfer", ["direct", "presigned"])
-def test_a_tick_converts_nothing_qa_failed(seed, buckets, settings, tmp_path, transfer):
-    upload_tiles(seed, tmp_path)
-    seed.put_object(Bucket=INPUT_BUCKET, Key="county-raw.csv", Body="".join(f"{k},3\n" for k in TILES).encode())
-
-    result = run_tick(settings, tmp_path, run_overrides={"qa": {"enabled": True}, "s3": {"transfer": transfer}})
-
-    assert result.exit_code == 0
-    [summary] = result.manifests
+def check_nothing_qa_failed_is_converted(seed, summary, run_dir):
+    """The manifest of ``TILES`` came back with its QA-failed row failed, not converted, its reason in the errors
+    CSV and its finding in the QA CSV beside it."""
     assert summary["failures"] == [{"line": 3, "key": "d/utm.tif", "code": "qa-failed"}]
     assert summary["processed"] == 3
     out = all_objects(seed, OUTPUT_BUCKET)
@@ -269,7 +261,34 @@ def test_a_tick_converts_nothing_qa_failed(seed, buckets, settings, tmp_path, tr
     assert errors[1] == ["d/utm.tif", "3", f"qa: {UTM_REASON}"]
     [qa_key] = [k for k in objs if k.startswith("county-qa-")]
     assert rows(objs[qa_key])[1][:3] == ["d/utm.tif", "srs_mismatch", "fail"]
-    assert (result.run_dir / "qa" / "m1.json").is_file()
+    assert (run_dir / "qa" / "m1.json").is_file()
+
+
+@pytest.mark.slow  # in-process; `make check` has test_qa_failed_rows_are_not_converted_and_fail_with_their_reason
+def test_a_run_converts_nothing_qa_failed(seed, buckets, settings, tmp_path):
+    """Direct transfers, the claimed run driven in-process (QA step, batch, aggregate)."""
+    upload_tiles(seed, tmp_path)
+    seed.put_object(Bucket=INPUT_BUCKET, Key="county-raw.csv", Body="".join(f"{k},3\n" for k in TILES).encode())
+    opts = tick_options(
+        settings, tmp_path / "work", run_overrides={"qa": {"enabled": True}, "s3": {"transfer": "direct"}}
+    )
+
+    run, [summary] = claim_and_run(opts)
+
+    check_nothing_qa_failed_is_converted(seed, summary, run.path)
+
+
+@pytest.mark.slow
+def test_a_tick_converts_nothing_qa_failed_with_presigned_urls(seed, buckets, settings, tmp_path):
+    """A real tick: Snakemake runs the QA step before the batches' signing and conversion (rules/qa.smk)."""
+    upload_tiles(seed, tmp_path)
+    seed.put_object(Bucket=INPUT_BUCKET, Key="county-raw.csv", Body="".join(f"{k},3\n" for k in TILES).encode())
+
+    result = run_tick(settings, tmp_path, run_overrides={"qa": {"enabled": True}, "s3": {"transfer": "presigned"}})
+
+    assert result.exit_code == 0
+    [summary] = result.manifests
+    check_nothing_qa_failed_is_converted(seed, summary, result.run_dir)
 
 
 def test_a_replaced_object_is_read_again_under_the_same_url(seed, buckets, settings, tmp_path, monkeypatch):

@@ -16,11 +16,14 @@ from cog_pipeline.raster.convert import convert_file
 from cog_pipeline.work.imagelogs import advice, capture, log_name
 from cog_pipeline.work.report import CSP
 from cog_pipeline.raster.thumbnail import _overview_level, thumbnail_array
-from cog_pipeline.control.tick import TickOptions, tick
+from cog_pipeline.control.tick import tick
 from conftest import INPUT_BUCKET, OUTPUT_BUCKET, all_objects
+from inprocess import claim_and_run, tick_options
 
 
 def run_mixed(seed, settings, samples, tmp_path):
+    """A run (driven in-process) of two convertible images, one with a key to escape and a wrong band count,
+    a missing input and a bad row; its run directory."""
     seed.upload_file(str(samples / "RGB.byte.tif"), INPUT_BUCKET, "imagery/rgb.tif")
     seed.upload_file(str(samples / "byte.tif"), INPUT_BUCKET, "imagery/<b>bold</b>.tif")
     seed.put_object(
@@ -28,17 +31,14 @@ def run_mixed(seed, settings, samples, tmp_path):
         Key="set-raw.csv",
         Body=b"imagery/rgb.tif,3\nimagery/<b>bold</b>.tif,2\nimagery/missing.tif,1\n/bad.tif,1\n",
     )
-    return tick(
-        TickOptions(
-            input_bucket=INPUT_BUCKET, output_bucket=OUTPUT_BUCKET, settings=settings, workdir=tmp_path / "work"
-        )
-    )
+    run, [summary] = claim_and_run(tick_options(settings, tmp_path / "work"))
+    assert (summary["processed"], summary["failed"]) == (2, 2)
+    return run.path
 
 
-@pytest.mark.slow
 def test_report_is_written_uploaded_and_escaped(seed, buckets, settings, samples, tmp_path):
-    result = run_mixed(seed, settings, samples, tmp_path)
-    page = (result.run_dir / "report.html").read_text(encoding="utf-8")
+    run_dir = run_mixed(seed, settings, samples, tmp_path)
+    page = (run_dir / "report.html").read_text(encoding="utf-8")
     assert re.search(r'id="total-count">4<', page)
     assert re.search(r'id="processed-count">2<', page) and re.search(r'id="failed-count">2<', page)
     assert "<b>bold</b>" not in page and "&lt;b&gt;bold&lt;/b&gt;" in page
@@ -54,10 +54,9 @@ def test_report_is_written_uploaded_and_escaped(seed, buckets, settings, samples
     assert len(reports) == 1 and all_objects(seed, INPUT_BUCKET)[reports[0]].decode() == page
 
 
-@pytest.mark.slow
 def test_every_row_gets_a_log_named_after_its_image(seed, buckets, settings, samples, tmp_path):
-    result = run_mixed(seed, settings, samples, tmp_path)
-    logs = result.run_dir / "logs" / "images"
+    run_dir = run_mixed(seed, settings, samples, tmp_path)
+    logs = run_dir / "logs" / "images"
     assert sorted(p.relative_to(logs).as_posix() for p in logs.rglob("*.log")) == [
         "bad.log",
         "imagery/<b>bold</b>.log",
@@ -74,7 +73,7 @@ def test_every_row_gets_a_log_named_after_its_image(seed, buckets, settings, sam
     ok = (logs / "imagery" / "rgb.log").read_text()
     assert "outcome:    processed" in ok and "791x718 px, 3 band(s) uint8" in ok
     assert f"s3://{OUTPUT_BUCKET}/imagery/rgb.tif" in ok and "validate" in ok
-    assert "logs/<wbr>images/<wbr>imagery/<wbr>missing.log" in (result.run_dir / "report.html").read_text()
+    assert "logs/<wbr>images/<wbr>imagery/<wbr>missing.log" in (run_dir / "report.html").read_text()
 
 
 def test_log_names_stay_inside_the_log_directory():
@@ -422,15 +421,7 @@ def test_a_tick_with_qa_puts_its_findings_on_the_report(seed, buckets, settings,
     seed.upload_file(str(make_tif(tmp_path / "dem.tif", dem)), INPUT_BUCKET, "d/<dem>.tif")
     manifest = b"d/t0.tif,3\nd/t1.tif,3\nd/t2.tif,3\nd/<dem>.tif,1\n"
     seed.put_object(Bucket=INPUT_BUCKET, Key="county-raw.csv", Body=manifest)
-    result = tick(
-        TickOptions(
-            input_bucket=INPUT_BUCKET,
-            output_bucket=OUTPUT_BUCKET,
-            settings=settings,
-            workdir=tmp_path / "work",
-            run_overrides={"qa": {"enabled": True}},
-        )
-    )
+    result = tick(tick_options(settings, tmp_path / "work", run_overrides={"qa": {"enabled": True}}))  # a real tick
     assert result.exit_code == 0
     page = (result.run_dir / "report.html").read_text(encoding="utf-8")
     [qa_key] = [k for k in all_objects(seed, INPUT_BUCKET) if k.startswith("county-qa-")]

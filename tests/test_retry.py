@@ -8,8 +8,9 @@ from cog_pipeline.ui.cli import main
 from cog_pipeline.core.errors import PipelineError
 from cog_pipeline.control.retry import plan_retry, queue_retry, retry_stem
 from cog_pipeline.storage.s3 import make_client
-from cog_pipeline.control.tick import TickOptions, tick
-from conftest import INPUT_BUCKET, OUTPUT_BUCKET, all_objects
+from cog_pipeline.control.tick import tick
+from conftest import INPUT_BUCKET, all_objects
+from inprocess import claim_and_run, tick_options
 
 
 def s3_flags(settings):
@@ -26,16 +27,14 @@ def s3_flags(settings):
 
 
 def failed_run(seed, settings, samples, tmp_path):
+    """A run (driven in-process) of a manifest with a missing input and a bad row; its failed-rows key."""
     seed.upload_file(str(samples / "byte.tif"), INPUT_BUCKET, "folder/a.tif")
     seed.put_object(
         Bucket=INPUT_BUCKET, Key="folder/set-raw.csv", Body=b"folder/a.tif,1\nfolder/late.tif,1\n/bad.tif,1\n"
     )
-    tick(
-        TickOptions(
-            input_bucket=INPUT_BUCKET, output_bucket=OUTPUT_BUCKET, settings=settings, workdir=tmp_path / "work"
-        )
-    )
-    return next(k for k in all_objects(seed, INPUT_BUCKET) if k.startswith("folder/set-failed-"))
+    _run, [summary] = claim_and_run(tick_options(settings, tmp_path / "work"))
+    assert (summary["processed"], summary["failed"]) == (1, 2)
+    return summary["failed_key"]
 
 
 @pytest.mark.slow
@@ -65,11 +64,7 @@ def test_retry_requeues_failed_rows_once_inputs_exist(seed, buckets, settings, s
     with pytest.raises(PipelineError, match="already queued as folder/set-retry-"):
         plan_retry(client, INPUT_BUCKET, failed_key)
 
-    result = tick(
-        TickOptions(
-            input_bucket=INPUT_BUCKET, output_bucket=OUTPUT_BUCKET, settings=settings, workdir=tmp_path / "work"
-        )
-    )
+    result = tick(tick_options(settings, tmp_path / "work"))  # a real tick picks the retry up as a new manifest
     assert [(m["raw_key"], m["processed"], m["failed"]) for m in result.manifests] == [(plan.key, 1, 0)]
 
 
@@ -94,7 +89,6 @@ def test_a_retry_of_a_retry_keeps_a_short_name():
     assert retry_stem("a/b/county-retry-") == "a/b/county-retry-retry-"  # only a timestamped retry is folded
 
 
-@pytest.mark.slow
 def test_a_listing_error_is_a_clear_message_not_a_traceback(
     seed, buckets, settings, samples, tmp_path, monkeypatch, capsys
 ):

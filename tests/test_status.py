@@ -11,10 +11,11 @@ from cog_pipeline.ui.cli import main
 from cog_pipeline.ui.demo import EXAMPLE_FAILURE_KEY, run_demo
 from cog_pipeline.core.errors import PipelineError
 from cog_pipeline.control.rundirs import RunLock
-from cog_pipeline.control.tick import TickOptions, run_config, tick, write_run
+from cog_pipeline.control.tick import TickOptions, run_config, write_run
 from cog_pipeline.core.naming import ManifestKeys
 from cog_pipeline.core.rundir import ClaimedManifest
 from conftest import INPUT_BUCKET, OUTPUT_BUCKET
+from inprocess import claim_and_run, tick_options
 
 
 def s3_flags(settings):
@@ -70,12 +71,11 @@ def test_status_with_s3_unreachable_still_shows_local_runs_and_the_pool(settings
     assert "cannot list bucket" in state["bucket_error"] and len(state["runs"]) == 1
 
 
-@pytest.mark.slow
 def test_status_counts_manifests_and_runs(seed, buckets, settings, samples, tmp_path, capsys, no_schedd):
     seed.upload_file(str(samples / "byte.tif"), INPUT_BUCKET, "a.tif")
     seed.put_object(Bucket=INPUT_BUCKET, Key="set1-raw.csv", Body=b"a.tif,1\nmissing.tif,1\n")
     work = tmp_path / "work"
-    tick(TickOptions(input_bucket=INPUT_BUCKET, output_bucket=OUTPUT_BUCKET, settings=settings, workdir=work))
+    claim_and_run(tick_options(settings, work))  # a run driven in-process, finished as a tick leaves it
     seed.put_object(Bucket=INPUT_BUCKET, Key="set2-raw.csv", Body=b"a.tif,1\n")
     seed.put_object(Bucket=INPUT_BUCKET, Key="set3-processing-20260101-000000.csv", Body=b"a.tif,1\n")
     capsys.readouterr()

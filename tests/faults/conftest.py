@@ -10,8 +10,8 @@ import pytest
 
 from cog_pipeline.storage.s3 import S3Settings
 from conftest import INPUT_BUCKET, OUTPUT_BUCKET, write_key_files
-from cog_pipeline.control import tick as tick_module
-from faults.harness import Figures, World, launch_in_process
+from faults.harness import Figures, World
+from inprocess import workflow_in_process
 from faults.proxy import FaultProxy
 
 FIGURES_FILE = Path(__file__).resolve().parent.parent / ".fault-figures.json"
@@ -68,7 +68,8 @@ def server_world(s3_target, tmp_path, figures):
 
 
 @pytest.fixture
-def in_process_workflow(monkeypatch):
-    """Ticks run their workflow's steps in the test's process (faults.harness.launch_in_process) instead of
-    starting Snakemake: for tests whose subject is the tick, the claims, a batch or the aggregate, not Snakemake."""
-    monkeypatch.setattr(tick_module, "launch", launch_in_process)
+def in_process_workflow():
+    """Ticks run their workflow's jobs in the test's process (tests/inprocess.py) instead of starting Snakemake:
+    for tests whose subject is the tick, the claims, a batch or the aggregate, not Snakemake."""
+    with workflow_in_process():
+        yield

@@ -31,17 +31,10 @@ from rasterio.errors import NotGeoreferencedWarning
 from affine import Affine
 from rio_cogeo.cogeo import cog_validate
 
-from cog_pipeline.control import driver
-from cog_pipeline.control import tick as tick_module
-from cog_pipeline.control.tick import TickOptions, TickResult, tick
+from cog_pipeline.control.tick import TickOptions, tick
 from cog_pipeline.core import crash as crash_module
-from cog_pipeline.core.logs import configure_cli, log_to_file
-from cog_pipeline.core.naming import batch_id
-from cog_pipeline.core.rundir import RunDir
+from cog_pipeline.core.logs import configure_cli
 from cog_pipeline.storage.s3 import S3Settings
-from cog_pipeline.work.aggregate import aggregate_manifest
-from cog_pipeline.work.batch import manifest_config, manifest_entries, run_batch
-from cog_pipeline.work.manifest import batch_slices
 
 TICKPROC = Path(__file__).with_name("tickproc.py")
 OUTCOME = re.compile(r"^(?P<stem>.*)(?P<kind>processed|failed|errors)-(?P<ts>\d{8}-\d{6})\.csv$", re.DOTALL)
@@ -180,36 +173,6 @@ def make_tif(
         with rasterio.open(path, "w", **profile) as dst:
             dst.write(data)
     return path
-
-
-def run_workflow_in_process(run_dir: Path) -> None:
-    """The run directory's workflow steps in this process, in the Snakefile's order: each manifest's batches
-    whose status file is missing (what a resumed Snakemake reruns: a status file appears whole, by rename),
-    then its aggregate, each logging to its rule's log file. The Snakemake local executor without its start-up;
-    direct transfers, no QA step."""
-    run = RunDir(run_dir)
-    config = run.config.data
-    if config["s3"].get("transfer", "direct") != "direct" or config.get("qa", {}).get("enabled"):
-        raise AssertionError("run_workflow_in_process runs direct transfers without QA only")
-    for manifest in run.manifests:
-        entries = manifest_entries(run.path, manifest_config(config, manifest.id))
-        for index in range(len(batch_slices(len(entries), int(config["batch_size"])))):
-            status = run.status_file(manifest.id, batch_id(index))
-            if not status.exists():
-                status.parent.mkdir(parents=True, exist_ok=True)
-                with log_to_file(run.batch_log(manifest.id, batch_id(index))):  # the rule's log: file
-                    run_batch(config, run.path, manifest.id, index, status, threads=int(config["threads_per_job"]))
-        with log_to_file(run.path / "logs" / "aggregate" / f"{manifest.id}.log"):
-            aggregate_manifest(config, run.path, manifest.id)
-
-
-def launch_in_process(run: RunDir, opts: TickOptions) -> TickResult:
-    """A stand-in for ``control.tick.launch`` (local executor): :func:`run_workflow_in_process`, then the
-    driver's own final step (``driver.finish``: outcome summaries, the ticks.log line), as ``driver.drive``."""
-    tick_module.crash_point("tick.launch")
-    run_workflow_in_process(run.path)
-    code, summaries = driver.finish(run.path)
-    return TickResult(run_dir=run.path, manifests=summaries, exit_code=code)
 
 
 def die_in_fork(step: str, work: Callable[[], object], timeout: float = 240) -> None:

@@ -5,7 +5,7 @@ touched, no processing file, raw manifest or claim marker left behind.
 
 Each step runs with one of two executors. ``snakemake``: the real local executor, one step for each kind of
 state a crash leaves (before the claim, mid claim, committed, mid batch, a finished batch, mid aggregate,
-after the report). ``in-process``: the run's steps in the test's own process (faults.harness.launch_in_process),
+after the report). ``in-process``: the run's steps in the test's own process (tests/inprocess.py),
 for the other steps of the same phases, whose resumption Snakemake handles the same way: the subject there is
 what the tick, the claim, the batch and the aggregate leave behind and pick up, at a fraction of the cost."""
 
