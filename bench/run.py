@@ -10,6 +10,7 @@ Prints every figure with its target and ratio as it is measured, then writes
   python bench/run.py --sections 7        # optional: proposed convert.py changes, measured (~4 min)
   python bench/run.py --sections 8        # optional: job sizing model, then 2000 images on a personal pool
   python bench/run.py --sections 9        # optional: COG size and time per preset vs the plain COG driver (~5 min)
+  python bench/run.py --sections 10       # optional: the aggregate of a 100,000-row manifest, in-process (~1 min)
 
 Sections: 1 per-image conversion vs the original's gdal_translate path, 2 memory, 3 pipeline
 efficiency (tick vs a tight loop), 4 planning at scale (snakemake -n, tick --dry-run), 5 S3 request
@@ -146,6 +147,10 @@ def main(argv: list[str] | None = None) -> int:
         import sec_presets
 
         run("9", "Presets", sec_presets.section9, rep, cache, work, 4000 if not args.quick else 2000, cfg["repeats"])
+    if "10" in sections:  # optional: the aggregate of a 100,000-row manifest, in-process (bench/sec_aggregate.py)
+        import sec_aggregate
+
+        run("10", "Aggregate of a large manifest", sec_aggregate.section10, rep, work)
 
     path = rep.save()
     print("\n" + rep.markdown())

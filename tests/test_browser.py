@@ -29,6 +29,7 @@ from cog_pipeline.ui.demo import sample_files
 from cog_pipeline.work.report import render_html
 from cog_pipeline.work.manifest import write_rows_csv
 from cog_pipeline.control.tick import TickOptions, tick
+from inprocess import workflow_in_process
 from conftest import INPUT_BUCKET, OUTPUT_BUCKET
 
 SCREENSHOT = os.environ.get("COG_PIPELINE_REPORT_SCREENSHOT")
@@ -239,7 +240,8 @@ def test_the_problem_collector_sees_console_errors_and_broken_images(page, tmp_p
 
 
 def mixed_run(seed, settings, tmp_path):
-    """The demo's six sample images, a hostile key, a missing image and a bad row, through a real tick."""
+    """The demo's six sample images, a hostile key, a missing image and a bad row, through a real tick whose jobs
+    run in the test's process (the report is the subject: tests/inprocess.py)."""
     (tmp_path / "inputs").mkdir()
     files = sample_files(tmp_path / "inputs")
     files[HOSTILE_KEY] = files["imagery/small/byte.tif"]
@@ -250,11 +252,12 @@ def mixed_run(seed, settings, tmp_path):
             rows.append((key, str(src.count)))
     rows += [("imagery/not-uploaded-yet.tif", "3"), ("/imagery/leading-slash.tif", "3")]
     seed.put_object(Bucket=INPUT_BUCKET, Key="county-2026-11-25-raw.csv", Body=write_rows_csv(rows))
-    return tick(
-        TickOptions(
-            input_bucket=INPUT_BUCKET, output_bucket=OUTPUT_BUCKET, settings=settings, workdir=tmp_path / "work"
+    with workflow_in_process():
+        return tick(
+            TickOptions(
+                input_bucket=INPUT_BUCKET, output_bucket=OUTPUT_BUCKET, settings=settings, workdir=tmp_path / "work"
+            )
         )
-    )
 
 
 @pytest.mark.slow

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,6 +21,7 @@ from typing import Any
 
 from cog_pipeline.core.logs import FORMAT
 from cog_pipeline.core.failures import FailureCode
+from cog_pipeline.core.naming import key_stem
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +72,12 @@ def log_name(key: str) -> str:
     Never leaves the directory (no empty, ``.`` or ``..`` parts, no control characters) and keeps
     every part within file-name limits.
     """
-    from cog_pipeline.core.naming import key_stem
-
     name = key_stem(key)
+    if len(name) * 4 <= _MAX_PART_BYTES and not _BAD_NAME_CHAR.search(name):  # nothing to replace or shorten
+        parts = name.split("/")
+        if "" in parts or "." in parts or ".." in parts:
+            parts = [part for part in parts if part not in ("", ".", "..")]
+        return ("/".join(parts) or "_") + ".log"
     parts = []
     for part in name.split("/"):
         if part in ("", ".", ".."):
@@ -88,7 +93,10 @@ def log_name(key: str) -> str:
 
 def image_log_path(key: str) -> str:
     """The image log of ``key``, relative to the run directory."""
-    return f"{IMAGE_LOG_DIR.as_posix()}/{log_name(key)}"
+    return _LOG_PREFIX + log_name(key)
+
+
+_LOG_PREFIX = IMAGE_LOG_DIR.as_posix() + "/"
 
 
 # ----------------------------------------------------------------------------------- what to do
@@ -151,10 +159,13 @@ GENERIC_ADVICE = "see this image's log for details; fix the cause, then retry th
 
 def advice(code: FailureCode | str | None) -> str:
     """What an operator should do about a failed row with this failure code (a generic text without one)."""
-    try:
-        return ADVICE[FailureCode(code)] if code is not None else GENERIC_ADVICE
-    except ValueError:
-        return GENERIC_ADVICE
+    if isinstance(code, FailureCode):
+        return ADVICE[code]
+    return _ADVICE_BY_VALUE.get(code, GENERIC_ADVICE) if isinstance(code, str) else GENERIC_ADVICE
+
+
+#: :data:`ADVICE` by each code's value (what a summary or record holds).
+_ADVICE_BY_VALUE: dict[str, str] = {code.value: text for code, text in ADVICE.items()}
 
 
 # ----------------------------------------------------------------------------------- writing
@@ -217,22 +228,44 @@ def render_image_log(row: dict[str, Any], config: dict[str, Any]) -> str:
 
 
 def write_image_logs(run_dir: Path, rows: list[dict[str, Any]], config: dict[str, Any]) -> Path:
-    """Write ``logs/images/<name>.log`` for every row (sections appended when a key occurs twice)."""
+    """Write ``logs/images/<name>.log`` for every row (sections appended when a key occurs twice).
+
+    A row's ``log_path`` (report.report_rows sets it: :func:`image_log_path`) names its file; each folder is
+    made once, and each file written with one open, write and close (a large run has a file per row).
+    """
     base = Path(run_dir) / IMAGE_LOG_DIR
     sections: dict[str, list[str]] = {}
     for row in rows:
-        sections.setdefault(log_name(row["key"]), []).append(render_image_log(row, config))
+        where = row.get("log_path")
+        name = where[len(_LOG_PREFIX) :] if isinstance(where, str) and where.startswith(_LOG_PREFIX) else None
+        sections.setdefault(name or log_name(row["key"]), []).append(render_image_log(row, config))
+    folders: set[str] = set()  # made (or found) already
+    root = str(base)
     for name, texts in sections.items():
-        text = "\n".join(texts)
-        path = base / name
+        data = "\n".join(texts).encode("utf-8", "backslashreplace")
+        path = os.path.join(root, name)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text, encoding="utf-8", errors="backslashreplace")
+            _write_file(path, data, folders)
         except OSError as exc:  # e.g. a key that is both a folder and a file name: fall back to a flat name
-            flat = base / "_other" / (hashlib.sha1(name.encode("utf-8", "surrogateescape")).hexdigest()[:16] + ".log")
+            flat = os.path.join(root, "_other", hashlib.sha1(name.encode("utf-8", "surrogateescape")).hexdigest()[:16])
             try:
-                flat.parent.mkdir(parents=True, exist_ok=True)
-                flat.write_text(text, encoding="utf-8", errors="backslashreplace")
+                _write_file(flat + ".log", data, folders)
             except OSError:
                 log.warning("cannot write the image log %s: %s", path, exc)
     return base
+
+
+def _write_file(path: str, data: bytes, folders: set[str]) -> None:
+    """Write ``data`` to ``path`` (created or truncated, mode 0o666 less the umask, as ``open(path, "w")``), making
+    its folder first unless ``folders`` has it; a folder made (or found) is added to ``folders``."""
+    folder = os.path.dirname(path)
+    if folder not in folders:
+        os.makedirs(folder, exist_ok=True)
+        folders.add(folder)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)  # not inherited (PEP 446)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)

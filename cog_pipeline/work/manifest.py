@@ -243,8 +243,8 @@ def parse_manifest(data: bytes, max_key_bytes: int = 1024) -> Manifest:
 
         # Fast paths for the common, valid case; the full checks name every problem.
         if (
-            is_tiff_key(key)
-            and not key.startswith("/")
+            not key.startswith("/")
+            and is_tiff_key(key)
             and ".." not in key
             and len(key) * 4 <= max_key_bytes
             and not _BAD_KEY_CHAR.search(key)
@@ -266,12 +266,13 @@ def parse_manifest(data: bytes, max_key_bytes: int = 1024) -> Manifest:
             bands, problem = _bands_problem(bands_text)
             if problem:
                 problems.append(problem)
+        preview = jpeg_key(key) if not problems else ""
         if not problems and key in first_line:
             problems.append(f"duplicate of line {first_line[key]} (each key may be listed once)")
-        elif not problems and jpeg_key(key) in first_preview:
-            other = first_preview[jpeg_key(key)]
+        elif not problems and preview in first_preview:
+            other = first_preview[preview]
             problems.append(
-                f"same preview key {jpeg_key(key)!r} as line {other[0]} ({other[1]!r}): two images "
+                f"same preview key {preview!r} as line {other[0]} ({other[1]!r}): two images "
                 "whose keys differ only in the extension would overwrite each other's JPEG; rename one"
             )
         if problems:
@@ -279,7 +280,7 @@ def parse_manifest(data: bytes, max_key_bytes: int = 1024) -> Manifest:
             continue
         assert bands is not None
         first_line[key] = line
-        first_preview.setdefault(jpeg_key(key), (line, key))
+        first_preview.setdefault(preview, (line, key))
         manifest.entries.append(Entry(line, key, bands, bands_text))
 
     if blank:

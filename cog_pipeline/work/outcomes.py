@@ -467,6 +467,10 @@ def manifest_finished(run_dir: Path, manifest_id: str) -> bool:
     return summary_finished(outcome_path(run_dir, manifest_id))
 
 
+#: Each failure code by its value, and by itself.
+_CODES: dict[str, FailureCode] = {code.value: code for code in FailureCode} | {code: code for code in FailureCode}
+
+
 def failure_codes(summary: Mapping[str, Any], reasons: list[str]) -> list[FailureCode | None]:
     """The failure code of each row of a manifest's errors CSV (``reasons``, in its order): from the summary's
     ``failures``, or, for a summary written before codes existed, from each reason."""
@@ -474,9 +478,7 @@ def failure_codes(summary: Mapping[str, Any], reasons: list[str]) -> list[Failur
     if isinstance(failures, list) and len(failures) == len(reasons):
         codes: list[FailureCode | None] = []
         for failure in failures:
-            try:
-                codes.append(FailureCode(failure.get("code")) if failure.get("code") else None)
-            except (ValueError, AttributeError):
-                codes.append(None)
+            code = failure.get("code") if isinstance(failure, dict) else None
+            codes.append(_CODES.get(code) if isinstance(code, str) else None)  # a FailureCode is a str too
         return codes
     return [legacy_code(reason) for reason in reasons]
