@@ -51,6 +51,7 @@ def rows(text):
     return [r for r in csv.reader(io.StringIO(text)) if r]
 
 
+@pytest.mark.slow
 def test_mixed_batch_sorts_every_row_and_loses_nothing(seed, buckets, settings, samples, tmp_path):
     upload_samples(seed, samples)
     seed.put_object(Bucket=INPUT_BUCKET, Key="imagery/empty.tif", Body=b"")

@@ -71,6 +71,7 @@ def test_status_with_s3_unreachable_still_shows_local_runs_and_the_pool(settings
     assert "cannot list bucket" in state["bucket_error"] and len(state["runs"]) == 1
 
 
+@pytest.mark.slow
 def test_status_counts_manifests_and_runs(seed, buckets, settings, samples, tmp_path, capsys, no_schedd):
     seed.upload_file(str(samples / "byte.tif"), INPUT_BUCKET, "a.tif")
     seed.put_object(Bucket=INPUT_BUCKET, Key="set1-raw.csv", Body=b"a.tif,1\nmissing.tif,1\n")

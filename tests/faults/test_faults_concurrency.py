@@ -60,6 +60,7 @@ def test_ticks_at_the_same_moment_on_two_hosts_claim_each_manifest_once(world, t
     world.check({raw[: -len("raw.csv")]: {"processed": [image, "shared/both.tif"]} for raw, image in manifests.items()})
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("in_process_workflow")  # claims and adoption: the subject
 def test_two_manifests_in_one_tick_same_image_and_same_name_in_two_folders(world):
     """Two manifests named alike in two folders (their run-directory copies must not collide), both listing
@@ -82,6 +83,7 @@ def test_two_manifests_in_one_tick_same_image_and_same_name_in_two_folders(world
     )
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("in_process_workflow")  # claims and adoption: the subject
 def test_live_claim_elsewhere_is_respected_and_a_stale_one_taken_over(world):
     world.image("a/one.tif", seed=1)
@@ -108,6 +110,7 @@ def test_live_claim_elsewhere_is_respected_and_a_stale_one_taken_over(world):
     world.check({"s/stale-": {"processed": ["a/one.tif"]}})
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("in_process_workflow")  # claims and adoption: the subject
 def test_processing_file_whose_run_directory_is_gone_is_adopted(world):
     """A tick claimed the manifest, then its run directory was lost (disk wiped): the next tick in the
@@ -129,6 +132,7 @@ def test_processing_file_whose_run_directory_is_gone_is_adopted(world):
     assert processing == [f"s/lost-processing-{found['s/lost-']['ts']}.csv"]
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("in_process_workflow")  # claims and adoption: the subject
 def test_foreign_processing_file_is_adopted_only_after_its_heartbeat_stops(world):
     world.image("a/one.tif", seed=1)
@@ -195,6 +199,7 @@ def test_heartbeat_refreshes_a_live_run_and_never_resurrects_a_finished_one(worl
     assert key not in world.objects(world.input_bucket)
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("in_process_workflow")
 def test_outcome_rows_of_same_image_in_two_concurrent_ticks(world):
     """The same image in two manifests claimed by two ticks at once: both rows processed, one valid COG. (Two
@@ -239,6 +244,7 @@ def test_endpoint_ignoring_conditional_deletes_on_an_unversioned_bucket_is_refus
     world.figures.kind("concurrency", "endpoint-ignores-conditional-deletes")
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("in_process_workflow")
 def test_endpoint_ignoring_conditional_writes_is_warned_about_and_loses_nothing(world):
     """The documented limit: where If-None-Match / If-Match are silently ignored (and the operator opted

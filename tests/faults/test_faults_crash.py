@@ -85,8 +85,7 @@ def crash(world, step, **options):
 
 def _params():
     for step, (_committed, executor) in STEPS.items():
-        marks = [pytest.mark.slow] if executor == "snakemake" else []
-        yield pytest.param(step, executor, id=f"{step}-{executor}", marks=marks)
+        yield pytest.param(step, executor, id=f"{step}-{executor}", marks=[pytest.mark.slow])  # in-process: 3-5 s
 
 
 @pytest.mark.parametrize(("step", "executor"), list(_params()))
@@ -132,6 +131,7 @@ def test_crash_during_the_resume_too(world):
     world.check(EXPECTED)
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("in_process_workflow")
 def test_a_run_that_keeps_crashing_ends_with_every_row_accounted(world):
     """A poison image that kills its job's host every time: after MAX_RESUMES resumes only the aggregate

@@ -112,6 +112,7 @@ def test_retries_are_bounded_and_nothing_is_claimed_when_s3_keeps_failing(world)
     assert not [k for k in world.objects(world.input_bucket) if k != "s3/down-raw.csv"]
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("in_process_workflow")
 def test_lost_answer_to_the_last_upload_attempt_is_recognised(world):
     """boto3 gives up on a PUT whose every answer was lost, though the object landed: the row is
@@ -191,6 +192,7 @@ def test_throttling_429_without_a_known_code_is_retried(world, monkeypatch):
 @pytest.mark.parametrize(
     "op,key", [("put", ".cog-pipeline/claims/"), ("put", "processing-"), ("delete", "s3/claim-raw.csv")]
 )
+@pytest.mark.slow
 @pytest.mark.usefixtures("in_process_workflow")
 def test_lost_answer_to_a_claim_step_still_claims_the_manifest_once(world, op, key):
     """The conditional marker / processing write or the conditional delete of the raw manifest is applied
