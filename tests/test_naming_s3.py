@@ -144,3 +144,23 @@ def test_one_key_file_without_the_other_is_refused(tmp_path):
     path.write_text("v\n")
     with pytest.raises(PipelineError, match="both"):
         s3.make_client(s3.S3Settings(access_key_file=str(path)))
+
+
+def test_clients_share_one_session_but_each_signs_with_its_own_keys(tmp_path):
+    """make_client reuses the process's boto3 session (its service model loaded once), never its credentials."""
+    settings = []
+    for name in ("one", "two"):
+        (tmp_path / f"{name}-access").write_text(f"AKIA{name.upper()}\n")
+        (tmp_path / f"{name}-secret").write_text(f"secret-{name}\n")
+        settings.append(
+            s3.S3Settings(
+                endpoint_url="http://127.0.0.1:9",
+                access_key_file=str(tmp_path / f"{name}-access"),
+                secret_key_file=str(tmp_path / f"{name}-secret"),
+            )
+        )
+    first, second = (s3.make_client(s) for s in settings)
+    keys = [c._request_signer._credentials.get_frozen_credentials() for c in (first, second)]
+    assert [(k.access_key, k.secret_key) for k in keys] == [("AKIAONE", "secret-one"), ("AKIATWO", "secret-two")]
+    description = [c.meta.service_model._service_description for c in (first, second)]
+    assert description[0] is description[1], "the S3 service model is loaded once per process"

@@ -16,6 +16,7 @@ import os
 import random
 import re
 import stat
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,6 +144,18 @@ def ca_bundle(settings: S3Settings) -> str | None:
     raise PipelineError(f"CA bundle not found: {path} (given by {source})")
 
 
+_SESSION_LOCK = threading.Lock()
+_SESSIONS: list[boto3.session.Session] = []
+
+
+def _session() -> boto3.session.Session:
+    """This process's one boto3 session (under ``_SESSION_LOCK``): a new session loads and parses the S3 service
+    model again, most of a client's cost (~0.1 CPU-second); the credentials are each client's own."""
+    if not _SESSIONS:
+        _SESSIONS.append(boto3.session.Session())
+    return _SESSIONS[0]
+
+
 def make_client(settings: S3Settings) -> Any:
     """A boto3 S3 client with bounded retries/timeouts; credentials from key files if given."""
     kwargs: dict[str, Any] = {}
@@ -164,14 +177,14 @@ def make_client(settings: S3Settings) -> Any:
     bundle = ca_bundle(settings)
     if bundle:
         kwargs["verify"] = bundle
-    session = boto3.session.Session()
-    client = session.client(
-        "s3",
-        endpoint_url=normalize_endpoint(settings.endpoint_url),
-        region_name=settings.region,
-        config=config,
-        **kwargs,
-    )
+    with _SESSION_LOCK:  # a Session is not thread-safe; the clients it makes are
+        client = _session().client(
+            "s3",
+            endpoint_url=normalize_endpoint(settings.endpoint_url),
+            region_name=settings.region,
+            config=config,
+            **kwargs,
+        )
     if NEEDS_429_SHIM:
         client.meta.events.register("needs-retry.s3", _retry_429(settings.max_attempts))
     if checksums == "when_required":
