@@ -90,6 +90,16 @@ def samples() -> Path:
     return SAMPLES_DIR
 
 
+def s3_cli_flags(
+    settings: S3Settings, input_bucket: str = INPUT_BUCKET, output_bucket: str | None = OUTPUT_BUCKET
+) -> list[str]:
+    """The command line's S3 options for ``settings`` (key files, endpoint) and the buckets (no output bucket
+    with None), as an operator types them after ``cog-pipeline tick`` / ``status`` / ``retry``."""
+    flags = ["-a", str(settings.access_key_file), "-s", str(settings.secret_key_file), "-e", str(settings.endpoint_url)]
+    flags += ["--input-bucket", input_bucket]
+    return flags + (["--output-bucket", output_bucket] if output_bucket else [])
+
+
 def one_manifest_config(s3_section: dict, timestamp: str = "20261125-000000", **extra) -> dict:
     """The run config of an in-process batch on one claimed manifest, ``manifests/m.csv`` (id m1), with the
     given S3 settings (endpoint, key files) and the test buckets."""

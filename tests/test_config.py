@@ -14,7 +14,7 @@ from cog_pipeline.core.conversion import RESAMPLINGS, cog_options_from_config
 from cog_pipeline.control.driver import load_run_config
 from cog_pipeline.core.errors import PipelineError
 from cog_pipeline.core.naming import RUN_CONFIG
-from conftest import INPUT_BUCKET, OUTPUT_BUCKET, all_objects
+from conftest import INPUT_BUCKET, OUTPUT_BUCKET, all_objects, s3_cli_flags
 
 
 def test_the_workflow_config_states_exactly_the_schema_defaults():
@@ -74,21 +74,7 @@ def test_a_run_config_is_deep_merged_as_snakemake_does(tmp_path):
 
 
 def tick_flags(settings, workdir):
-    return [
-        "tick",
-        "-a",
-        settings.access_key_file,
-        "-s",
-        settings.secret_key_file,
-        "-e",
-        settings.endpoint_url,
-        "--input-bucket",
-        INPUT_BUCKET,
-        "--output-bucket",
-        OUTPUT_BUCKET,
-        "--workdir",
-        str(workdir),
-    ]
+    return ["tick", *s3_cli_flags(settings), "--workdir", str(workdir)]
 
 
 def test_a_bad_site_config_is_refused_before_claiming(seed, buckets, settings, samples, tmp_path, capsys):

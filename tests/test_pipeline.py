@@ -16,7 +16,7 @@ from rio_cogeo.cogeo import cog_validate
 
 from cog_pipeline.core.errors import PipelineError
 from cog_pipeline.control.tick import tick
-from conftest import INPUT_BUCKET, OUTPUT_BUCKET, all_objects, one_manifest_config
+from conftest import INPUT_BUCKET, OUTPUT_BUCKET, all_objects, one_manifest_config, s3_cli_flags
 from inprocess import claim_and_run, tick_options
 
 GOOD = {
@@ -143,16 +143,7 @@ def cli_tick(settings, workdir, *flags):
             "-m",
             "cog_pipeline.ui.cli",
             "tick",
-            "-a",
-            settings.access_key_file,
-            "-s",
-            settings.secret_key_file,
-            "-e",
-            settings.endpoint_url,
-            "--input-bucket",
-            INPUT_BUCKET,
-            "--output-bucket",
-            OUTPUT_BUCKET,
+            *s3_cli_flags(settings),
             *flags,
             "--workdir",
             str(workdir),
@@ -330,16 +321,7 @@ def test_cli_reports_bad_bucket_without_traceback(settings, s3_server, tmp_path)
             "-m",
             "cog_pipeline.ui.cli",
             "tick",
-            "-a",
-            settings.access_key_file,
-            "-s",
-            settings.secret_key_file,
-            "-e",
-            s3_server,
-            "--input-bucket",
-            "nope-in",
-            "--output-bucket",
-            "nope-out",
+            *s3_cli_flags(settings, "nope-in", "nope-out"),
             "--workdir",
             str(tmp_path),
         ],

@@ -9,21 +9,12 @@ from cog_pipeline.core.errors import PipelineError
 from cog_pipeline.control.retry import plan_retry, queue_retry, retry_stem
 from cog_pipeline.storage.s3 import make_client
 from cog_pipeline.control.tick import tick
-from conftest import INPUT_BUCKET, all_objects
+from conftest import INPUT_BUCKET, all_objects, s3_cli_flags
 from inprocess import claim_and_run, tick_options
 
 
 def s3_flags(settings):
-    return [
-        "-a",
-        settings.access_key_file,
-        "-s",
-        settings.secret_key_file,
-        "-e",
-        settings.endpoint_url,
-        "--input-bucket",
-        INPUT_BUCKET,
-    ]
+    return s3_cli_flags(settings, output_bucket=None)
 
 
 def failed_run(seed, settings, samples, tmp_path):

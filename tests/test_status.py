@@ -14,7 +14,7 @@ from cog_pipeline.control.rundirs import RunLock
 from cog_pipeline.control.tick import TickOptions, run_config, write_run
 from cog_pipeline.core.naming import ManifestKeys
 from cog_pipeline.core.rundir import ClaimedManifest
-from conftest import INPUT_BUCKET, OUTPUT_BUCKET
+from conftest import INPUT_BUCKET, OUTPUT_BUCKET, s3_cli_flags
 from inprocess import claim_and_run, tick_options
 
 
@@ -248,16 +248,7 @@ def test_status_and_retry_work_against_the_demo_bucket(tmp_path, capsys, no_sche
     seen = {}
 
     def operate(settings, result):
-        flags = [
-            "-a",
-            settings.access_key_file,
-            "-s",
-            settings.secret_key_file,
-            "-e",
-            settings.endpoint_url,
-            "--input-bucket",
-            "cog-demo-input",
-        ]
+        flags = s3_cli_flags(settings, "cog-demo-input", output_bucket=None)
         capsys.readouterr()
         seen["status"] = main(["status", *flags, "--workdir", str(tmp_path), "--json"])
         seen["state"] = json.loads(capsys.readouterr().out)

@@ -35,6 +35,7 @@ from cog_pipeline.control.tick import TickOptions, tick
 from cog_pipeline.core import crash as crash_module
 from cog_pipeline.core.logs import configure_cli
 from cog_pipeline.storage.s3 import S3Settings
+from faults.tickproc import result_json
 
 TICKPROC = Path(__file__).with_name("tickproc.py")
 OUTCOME = re.compile(r"^(?P<stem>.*)(?P<kind>processed|failed|errors)-(?P<ts>\d{8}-\d{6})\.csv$", re.DOTALL)
@@ -231,16 +232,7 @@ class ForkedTick:
                 logging.getLogger().handlers.clear()  # pytest's capturing handlers: the child logs as tickproc
                 configure_cli()
                 result = tick(opts)
-                print(
-                    json.dumps(
-                        {
-                            "run_dir": str(result.run_dir) if result.run_dir else None,
-                            "exit_code": result.exit_code,
-                            "manifests": result.manifests,
-                            "resumed": [str(p) for p in result.resumed],
-                        }
-                    )
-                )
+                print(result_json(result))
                 code = result.exit_code
             except BaseException:  # noqa: BLE001 - reported through the exit status and stderr
                 traceback.print_exc()

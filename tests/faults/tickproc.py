@@ -11,7 +11,7 @@ from pathlib import Path
 from cog_pipeline.core.errors import PipelineError
 from cog_pipeline.core.logs import configure_cli
 from cog_pipeline.storage.s3 import S3Settings
-from cog_pipeline.control.tick import TickOptions, tick
+from cog_pipeline.control.tick import TickOptions, TickResult, tick
 
 
 def main() -> int:
@@ -30,17 +30,20 @@ def main() -> int:
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(
-        json.dumps(
-            {
-                "run_dir": str(result.run_dir) if result.run_dir else None,
-                "exit_code": result.exit_code,
-                "manifests": result.manifests,
-                "resumed": [str(p) for p in result.resumed],
-            }
-        )
-    )
+    print(result_json(result))
     return result.exit_code
+
+
+def result_json(result: TickResult) -> str:
+    """A tick's result as the one JSON line this script (and a forked tick, faults.harness) prints last."""
+    return json.dumps(
+        {
+            "run_dir": str(result.run_dir) if result.run_dir else None,
+            "exit_code": result.exit_code,
+            "manifests": result.manifests,
+            "resumed": [str(p) for p in result.resumed],
+        }
+    )
 
 
 if __name__ == "__main__":
