@@ -137,7 +137,8 @@ def all_objects(client, bucket: str) -> dict[str, bytes]:
 def xdist_group(nodeid: str) -> str | None:
     """The worker group of a test whose session or module fixture is too costly to build on every worker: the
     HTCondor pool (tests/pool), a Ceph RGW cluster (one per RGW target of ``s3_target``: two clusters, so the
-    RGW tests take two workers, not one nor all) and the built wheel (tests/test_packaging.py)."""
+    RGW tests take two workers, not one nor all) and the built wheel (tests/test_packaging.py); and the secrets
+    tests, which must not run beside each other (one starts processes holding the sentinel on purpose)."""
     path, _, name = nodeid.partition("::")
     if path.startswith("tests/pool/"):
         return "pool"
@@ -148,6 +149,8 @@ def xdist_group(nodeid: str) -> str | None:
                 return target
     if path == "tests/test_packaging.py":
         return "packaging"
+    if path == "tests/faults/test_faults_secrets.py":
+        return "secrets"  # its /proc sampler would take the leak-detector test's own sentinel process for a leak
     return None
 
 

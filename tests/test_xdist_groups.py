@@ -27,6 +27,8 @@ ROOT = Path(__file__).resolve().parent.parent
         ("tests/faults/test_servers.py::test_end_to_end_tick[rgw-https-versioned]", "rgw-https-versioned"),
         ("tests/faults/test_servers.py::test_probe_finds_what_each_server_does[moto]", None),
         ("tests/test_packaging.py::test_installed_wheel_runs_the_demo", "packaging"),
+        ("tests/faults/test_faults_secrets.py::test_the_leak_detectors_do_detect", "secrets"),
+        ("tests/faults/test_faults_secrets.py::test_sentinel_secrets_never_leak", "secrets"),
         (
             "tests/test_naming_s3.py::test_pipeline_objects_are_recognised[.cog-pipeline/claims/X-raw.csv@abc-True]",
             None,
