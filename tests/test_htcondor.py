@@ -909,29 +909,11 @@ def test_wrapper_missing_tarball_fails_without_hold(scratch):
 # ---------------------------------------------------------------------------------------------
 
 
-def test_cli_start_and_stop_without_schedd(buckets, s3_server, key_files, tmp_path, capsys):
+def test_cli_start_and_stop_without_schedd(buckets, settings, tmp_path, capsys):
     from cog_pipeline.ui.cli import main
-    from conftest import INPUT_BUCKET, OUTPUT_BUCKET
+    from conftest import s3_cli_flags
 
-    code = main(
-        [
-            "start",
-            "-a",
-            str(key_files[0]),
-            "-s",
-            str(key_files[1]),
-            "-e",
-            s3_server,
-            "--input-bucket",
-            INPUT_BUCKET,
-            "--output-bucket",
-            OUTPUT_BUCKET,
-            "--workdir",
-            str(tmp_path),
-            "--max-running",
-            "5",
-        ]
-    )
+    code = main(["start", *s3_cli_flags(settings), "--workdir", str(tmp_path), "--max-running", "5"])
     err = capsys.readouterr().err
     assert code == 2 and "error: No HTCondor schedd reachable" in err and "Traceback" not in err
     assert main(["stop", "-p", PATTERN]) == 2

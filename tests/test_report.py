@@ -321,7 +321,8 @@ def with_qa_verdict(run):
     import json
 
     from cog_pipeline.raster.qa import Finding
-    from cog_pipeline.work.qa_step import QaVerdict, verdict_path
+    from cog_pipeline.core.naming import qa_verdict_path
+    from cog_pipeline.work.qa_step import QaVerdict
 
     outcome = run / "outcome" / "m1"
     with (outcome / "set-processed-20261201-101010.csv").open("a") as f:
@@ -339,7 +340,7 @@ def with_qa_verdict(run):
         ),
         missing=("lost.tif",),
     )
-    path = verdict_path(run, "m1")
+    path = qa_verdict_path(run, "m1")
     path.parent.mkdir(exist_ok=True)
     path.write_text(json.dumps(verdict.to_dict()), encoding="utf-8")
     return run

@@ -93,10 +93,7 @@ def log_name(key: str) -> str:
 
 def image_log_path(key: str) -> str:
     """The image log of ``key``, relative to the run directory."""
-    return _LOG_PREFIX + log_name(key)
-
-
-_LOG_PREFIX = IMAGE_LOG_DIR.as_posix() + "/"
+    return f"{IMAGE_LOG_DIR.as_posix()}/{log_name(key)}"
 
 
 # ----------------------------------------------------------------------------------- what to do
@@ -230,15 +227,13 @@ def render_image_log(row: dict[str, Any], config: dict[str, Any]) -> str:
 def write_image_logs(run_dir: Path, rows: list[dict[str, Any]], config: dict[str, Any]) -> Path:
     """Write ``logs/images/<name>.log`` for every row (sections appended when a key occurs twice).
 
-    A row's ``log_path`` (report.report_rows sets it: :func:`image_log_path`) names its file; each folder is
-    made once, and each file written with one open, write and close (a large run has a file per row).
+    Each folder is made once, and each file written with one open, write and close (a large run has a file
+    per row).
     """
     base = Path(run_dir) / IMAGE_LOG_DIR
     sections: dict[str, list[str]] = {}
     for row in rows:
-        where = row.get("log_path")
-        name = where[len(_LOG_PREFIX) :] if isinstance(where, str) and where.startswith(_LOG_PREFIX) else None
-        sections.setdefault(name or log_name(row["key"]), []).append(render_image_log(row, config))
+        sections.setdefault(log_name(row["key"]), []).append(render_image_log(row, config))
     folders: set[str] = set()  # made (or found) already
     root = str(base)
     for name, texts in sections.items():

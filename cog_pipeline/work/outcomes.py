@@ -467,8 +467,8 @@ def manifest_finished(run_dir: Path, manifest_id: str) -> bool:
     return summary_finished(outcome_path(run_dir, manifest_id))
 
 
-#: Each failure code by its value, and by itself.
-_CODES: dict[str, FailureCode] = {code.value: code for code in FailureCode} | {code: code for code in FailureCode}
+#: Each failure code by its value (a FailureCode is a str: it finds itself too).
+_CODES: dict[str, FailureCode] = {code.value: code for code in FailureCode}
 
 
 def failure_codes(summary: Mapping[str, Any], reasons: list[str]) -> list[FailureCode | None]:
@@ -479,6 +479,6 @@ def failure_codes(summary: Mapping[str, Any], reasons: list[str]) -> list[Failur
         codes: list[FailureCode | None] = []
         for failure in failures:
             code = failure.get("code") if isinstance(failure, dict) else None
-            codes.append(_CODES.get(code) if isinstance(code, str) else None)  # a FailureCode is a str too
+            codes.append(_CODES.get(code) if isinstance(code, str) else None)
         return codes
     return [legacy_code(reason) for reason in reasons]

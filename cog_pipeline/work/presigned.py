@@ -24,7 +24,7 @@ from typing import Any
 
 from cog_pipeline.core.errors import PipelineError
 from cog_pipeline.core.failures import FailureCode
-from cog_pipeline.core.transfer import ANNOUNCEMENTS, DIRECT, PRESIGNED, TRANSFER_MODES, transfer_mode
+from cog_pipeline.core.transfer import DIRECT, PRESIGNED, TRANSFER_MODES, transfer_mode
 from cog_pipeline.storage.presign import DEFAULT_EXPIRY_S, SignedRequest, check_expiry
 from cog_pipeline.work.outcomes import ImageOutcome
 
@@ -47,7 +47,6 @@ __all__ = [
     "urls_path",
     "write_records",
 ]
-ANNOUNCEMENT = ANNOUNCEMENTS[PRESIGNED]
 
 
 def expiry_s(config: dict[str, Any]) -> int:

@@ -53,7 +53,6 @@ __all__ = [
     "redact",
     "run_qa",
     "summary_lines",
-    "verdict_path",
     "without_failed",
 ]
 
@@ -178,17 +177,13 @@ class QaVerdict:
         )
 
 
-def verdict_path(run_dir: Path | str, manifest_id: str) -> Path:
-    return qa_verdict_path(run_dir, manifest_id)
-
-
 def csv_path(run_dir: Path | str, manifest_id: str) -> Path:
     return Path(run_dir) / "qa" / f"{manifest_id}.csv"
 
 
 def read_verdict(run_dir: Path | str, manifest_id: str) -> QaVerdict | None:
     """The manifest's verdict, None when its QA did not run (PipelineError naming a damaged file)."""
-    path = verdict_path(run_dir, manifest_id)
+    path = qa_verdict_path(run_dir, manifest_id)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -273,7 +268,7 @@ def qa_manifest(config: dict[str, Any], run_dir: Path | str, manifest_id: str) -
         raise PipelineError(
             f"QA of {manifest_id}: cannot write {key} to '{bucket}': {s3.describe_error(exc)}"
         ) from None
-    _write_verdict(verdict_path(run_dir, manifest_id), verdict)
+    _write_verdict(qa_verdict_path(run_dir, manifest_id), verdict)
     failing = verdict.failing()
     log.info(
         "%s: QA read %s; %s fail (not converted), %s; findings in %s",

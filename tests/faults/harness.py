@@ -176,6 +176,22 @@ def make_tif(
     return path
 
 
+def reap(pid: int, timeout: float, what: str, stderr: Path | None = None) -> int:
+    """Wait for the forked child ``pid`` (a session leader) and return its exit code (-N: killed by signal N); after
+    ``timeout`` seconds kill its process group and fail, naming ``what`` (and the end of ``stderr``)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        if time.monotonic() > deadline:
+            os.killpg(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            tail = f":\n{stderr.read_text()[-4000:]}" if stderr else ""
+            raise AssertionError(f"{what} did not end in {timeout} s{tail}")
+        time.sleep(0.02)
+
+
 def die_in_fork(step: str, work: Callable[[], object], timeout: float = 240) -> None:
     """Run ``work`` in a forked child (a session of its own) whose crash point ``step`` is armed, for it and
     every process it starts: at ``step`` the child's whole process group is SIGKILLed, as the host dying there
@@ -194,17 +210,7 @@ def die_in_fork(step: str, work: Callable[[], object], timeout: float = 240) -> 
             traceback.print_exc()
             code = 2
         os._exit(code)
-    deadline = time.monotonic() + timeout
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            break
-        if time.monotonic() > deadline:
-            os.killpg(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            raise AssertionError(f"the tick armed to crash at {step} did not end in {timeout} s")
-        time.sleep(0.02)
-    code = os.waitstatus_to_exitcode(status)
+    code = reap(pid, timeout, f"the tick armed to crash at {step}")
     assert code == -signal.SIGKILL, f"did not crash at {step}: exit status {code} (3: the step was never reached)"
 
 
@@ -242,17 +248,8 @@ class ForkedTick:
         return cls(pid, out, err)
 
     def communicate(self, timeout: float = 300) -> tuple[str, str]:
-        deadline = time.monotonic() + timeout
-        while self.returncode is None:
-            done, status = os.waitpid(self.pid, os.WNOHANG)
-            if done:
-                self.returncode = os.waitstatus_to_exitcode(status)
-            elif time.monotonic() > deadline:
-                os.killpg(self.pid, signal.SIGKILL)
-                os.waitpid(self.pid, 0)
-                raise AssertionError(f"the forked tick did not end in {timeout} s:\n{self.err.read_text()[-4000:]}")
-            else:
-                time.sleep(0.02)
+        if self.returncode is None:
+            self.returncode = reap(self.pid, timeout, "the forked tick", self.err)
         return self.out.read_text(), self.err.read_text()
 
 

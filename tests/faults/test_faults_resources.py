@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 
 from cog_pipeline import SAMPLES_DIR
+from cog_pipeline.storage.s3 import S3Settings
+from conftest import s3_cli_flags
 
 
 @contextlib.contextmanager
@@ -58,21 +60,18 @@ def prepare(world):
 
 
 def cli(world, *extra, access=None, secret=None, workdir=None, endpoint=None):
+    settings = S3Settings(
+        endpoint_url=endpoint or world.proxy.endpoint,
+        access_key_file=str(access or world.key_files[0]),
+        secret_key_file=str(secret or world.key_files[1]),
+    )
+    flags = s3_cli_flags(settings, world.input_bucket, world.output_bucket)
     args = [
         sys.executable,
         "-m",
         "cog_pipeline.ui.cli",
         "tick",
-        "-a",
-        str(access or world.key_files[0]),
-        "-s",
-        str(secret or world.key_files[1]),
-        "-e",
-        endpoint or world.proxy.endpoint,
-        "--input-bucket",
-        world.input_bucket,
-        "--output-bucket",
-        world.output_bucket,
+        *flags,
         "--workdir",
         str(workdir or world.workdir),
         *extra,

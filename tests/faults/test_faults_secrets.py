@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from cog_pipeline import SAMPLES_DIR
-from conftest import write_key_files
+from cog_pipeline.storage.s3 import S3Settings
+from conftest import s3_cli_flags, write_key_files
 
 ACCESS = "AKIASENTINEL7ACCESS42"
 SECRET = "SeNtInEl/secret+Key=9f8e7d6c5b4a3210XYZ"
@@ -80,25 +81,9 @@ def sentinel_keys(tmp_path):
 
 
 def cli_tick(world, keys, sampler_runs: list, extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
-    args = [
-        sys.executable,
-        "-m",
-        "cog_pipeline.ui.cli",
-        "tick",
-        "-a",
-        str(keys[0]),
-        "-s",
-        str(keys[1]),
-        "-e",
-        world.proxy.endpoint,
-        "--input-bucket",
-        world.input_bucket,
-        "--output-bucket",
-        world.output_bucket,
-        "--workdir",
-        str(world.workdir),
-        *extra,
-    ]
+    settings = S3Settings(endpoint_url=world.proxy.endpoint, access_key_file=str(keys[0]), secret_key_file=str(keys[1]))
+    flags = s3_cli_flags(settings, world.input_bucket, world.output_bucket)
+    args = [sys.executable, "-m", "cog_pipeline.ui.cli", "tick", *flags, "--workdir", str(world.workdir), *extra]
     sampler = ProcSampler()
     sampler.start()
     world.figures.runs += 1
