@@ -1,6 +1,7 @@
-"""Section 5: S3 economy. Requests counted by operation at the server (every process included):
-per tick and per claimed CSV, the aggregate for N rows, multipart uploads, and the original's post
-script (one whole-bucket listing per expected object) emulated request for request."""
+"""Section 5: S3 economy. The CPU of an S3 client (the first of a process, each further one); requests
+counted by operation at the server (every process included): per tick and per claimed CSV, the aggregate for N
+rows, multipart uploads, and the original's post script (one whole-bucket listing per expected object) emulated
+request for request."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import fnmatch
 import json
 import math
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -281,6 +283,36 @@ def _multipart(rep: Report, srv: CountingS3Server, client: Any, keys: tuple[Path
     big.unlink()
 
 
+#: A fresh process times its first S3 client and the next 20 (CPU: time.process_time).
+_CLIENT_COST = """
+import json, sys, time
+from cog_pipeline.storage import s3
+settings = s3.S3Settings(endpoint_url=sys.argv[1], access_key_file=sys.argv[2], secret_key_file=sys.argv[3])
+t0 = time.process_time(); s3.make_client(settings); t1 = time.process_time()
+for _ in range(20):
+    s3.make_client(settings)
+print(json.dumps({"first_ms": (t1 - t0) * 1000, "next_ms": (time.process_time() - t1) * 1000 / 20}))
+"""
+
+
+def _client_cost(rep: Report, endpoint: str, keys: tuple[Path, Path]) -> None:
+    """CPU of ``s3.make_client``: the first client of a process (its boto3 session parses the S3 service model)
+    and each further one (the session reused: every tick, aggregate and heartbeat makes several)."""
+    res = proc.run([sys.executable, "-c", _CLIENT_COST, endpoint, str(keys[0]), str(keys[1])], env=common.python_env())
+    if res["returncode"] != 0:
+        raise RuntimeError(f"client cost probe failed:\n{res['output'][-2000:]}")
+    got = json.loads(res["output"].strip().splitlines()[-1])
+    rep.add("5", "S3 client, the first of a process: CPU", round(got["first_ms"], 1), "ms")
+    rep.add(
+        "5",
+        "S3 client, each further one (one boto3 session per process): CPU",
+        round(got["next_ms"], 1),
+        "ms",
+        "<= 20",
+        note="a new session per client cost about as much as the first, every time",
+    )
+
+
 def section5(rep: Report, work: Path, cfg: dict[str, Any]) -> None:
     rep = _LoadReport(rep)  # type: ignore[assignment]
     w = work / "s5"
@@ -290,6 +322,7 @@ def section5(rep: Report, work: Path, cfg: dict[str, Any]) -> None:
         client = common.client(srv.endpoint, keys)
         client.create_bucket(Bucket=common.INPUT_BUCKET)
         client.create_bucket(Bucket=common.OUTPUT_BUCKET)
+        _client_cost(rep, srv.endpoint, keys)
         t = time.time()
         _per_tick(rep, srv, client, keys, w)
         print(f"   ticks: {time.time() - t:.0f} s", flush=True)
