@@ -1099,6 +1099,38 @@ def test_supervisor_in_a_job_leaves_running_jobs_when_the_schedd_goes_away(tmp_p
     assert "leaving the run's running jobs to finish" in err and "Traceback" not in err
 
 
+def test_a_signal_while_the_driver_starts_reaches_the_driver(tmp_path, monkeypatch):
+    """SIGTERM right after the driver was spawned (a schedd shutting down then): the supervisor, whose handlers are
+    in place before the spawn, forwards it to the driver instead of dying and orphaning it (seen as a 60 s hang of
+    the test below in CI). Run in a forked child: without the fix that child dies of the signal."""
+    import signal as signals
+
+    from cog_pipeline.htcondor import supervisor
+
+    real_popen = subprocess.Popen
+
+    def popen_then_signalled(*args, **kwargs):
+        started = real_popen(*args, **kwargs)
+        os.kill(os.getpid(), signals.SIGTERM)
+        return started
+
+    monkeypatch.setattr(supervisor.subprocess, "Popen", popen_then_signalled)
+    monkeypatch.delenv("_CONDOR_JOB_AD", raising=False)
+    monkeypatch.delenv("CONDOR_CONFIG", raising=False)
+    monkeypatch.chdir(tmp_path)
+    driver = "import signal, sys, time\nsignal.signal(signal.SIGTERM, lambda *_: sys.exit(143))\ntime.sleep(30)\n"
+    pid = os.fork()
+    if pid == 0:
+        code = 2
+        try:
+            code = supervisor.supervise(RUN_ID, [sys.executable, "-c", driver])
+        finally:
+            os._exit(code)
+    from faults.harness import reap
+
+    assert reap(pid, 60, "the supervisor") == 143, "the driver got the SIGTERM and ended with 143"
+
+
 def test_supervisor_messages_survive_a_restarted_driver(tmp_path):
     """HTCondor truncates driver_<cluster>.err when the driver job is re-run (seen after a schedd
     restart on a pool): the supervisor also appends its messages to logs/supervisor.log."""

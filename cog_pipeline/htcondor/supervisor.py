@@ -104,15 +104,23 @@ def supervise(run_id: str, command: list[str]) -> int:
         policy = None
     job = own_job_id()  # read now: the starter may delete its scratch directory before we are done
     terminated = threading.Event()
-    child = subprocess.Popen(command, start_new_session=True)
+    received: list[int] = []
+    child: subprocess.Popen[bytes] | None = None
 
     def forward(signum: int, _frame: Any) -> None:
         terminated.set()
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(child.pid, signum)
+        received.append(signum)
+        if child is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.pid, signum)
 
+    # The handlers before the driver starts: a signal in between would kill the supervisor and orphan the driver.
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    child = subprocess.Popen(command, start_new_session=True)
+    if received:  # signalled while the driver was starting: it gets the signal now
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, received[-1])
     stop = threading.Event()
     watcher = None
     if policy is not None:
