@@ -315,6 +315,8 @@ def test_status_shows_only_the_manifests_of_its_pattern(seed, buckets, settings,
         ({"JobStatus": 2, "DeferralTime": 10_060}, ("waiting for its next tick", 10_060)),  # starter waiting
         ({"JobStatus": 1, "DeferralTime": 10_060}, ("waiting for its next tick", 10_060)),
         ({"JobStatus": 2, "DeferralTime": 9_940}, ("running", None)),  # the tick itself runs
+        ({"JobStatus": 1, "DeferralTime": 9_940}, ("starting its tick", None)),  # due, not started yet
+        ({"JobStatus": 1}, ("idle", None)),  # not a deferred job
         ({"JobStatus": 2}, ("running", None)),  # not a deferred job
         ({"JobStatus": 5, "DeferralTime": 10_060}, ("held", None)),
     ],

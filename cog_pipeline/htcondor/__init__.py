@@ -21,6 +21,7 @@ transferred to jobs by HTCondor.
 from .schedd import (
     JOB_STATUS,
     NO_SCHEDD,
+    STARTING,
     WAITING,
     check_schedd,
     cleanup_run,
@@ -160,6 +161,7 @@ __all__ = [
     "tick_arguments",
     "transfer_files",
     "TRANSFERRING",
+    "STARTING",
     "WAITING",
     "write_job_env",
 ]

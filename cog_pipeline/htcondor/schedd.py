@@ -75,6 +75,9 @@ JOB_STATUS = {1: "idle", 2: "running", 3: "removed", 4: "completed", 5: "held", 
 #: Status shown for a Crondor between ticks: HTCondor keeps a deferred job Running while its starter
 #: waits for ``DeferralTime`` (seen on a pool), which would read as "a tick is running".
 WAITING = "waiting for its next tick"
+#: Status shown for a Crondor whose tick is due but not started yet: idle past its ``DeferralTime``, in the
+#: moments before the schedd starts it (seen on a pool at a minute boundary).
+STARTING = "starting its tick"
 
 
 def _job_status(ad: Any, now: float) -> tuple[str, int | None]:
@@ -86,6 +89,8 @@ def _job_status(ad: Any, now: float) -> tuple[str, int | None]:
         return status, None
     if status in ("idle", "running") and deferral > now:
         return WAITING, deferral
+    if status == "idle":
+        return STARTING, None
     return status, None
 
 

@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, Literal, cast
+from typing import Any, BinaryIO, Literal, cast
 
 import boto3
 import botocore.exceptions
@@ -391,9 +391,16 @@ def get_bytes(client: Any, bucket: str, key: str, if_match: str | None = None) -
 
 
 def put_bytes(
-    client: Any, bucket: str, key: str, body: bytes, *, if_none_match: bool = False, content_type: str = "text/csv"
+    client: Any,
+    bucket: str,
+    key: str,
+    body: bytes | BinaryIO,
+    *,
+    if_none_match: bool = False,
+    content_type: str = "text/csv",
 ) -> str:
-    """Write a small object in one request (atomic on S3); returns its ETag."""
+    """Write an object in one request (atomic on S3), from bytes or a file opened for reading (read as it is
+    sent, never whole in memory); returns its ETag."""
     kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key, "Body": body, "ContentType": content_type}
     if if_none_match:
         kwargs["IfNoneMatch"] = "*"

@@ -256,7 +256,6 @@ def publish_report(run_dir: Path, config: dict[str, Any], client: Any = None) ->
         path = write_report(run_dir, config)
     except OSError as exc:
         raise PipelineError(f"cannot write the report in {run_dir}: {exc.strerror or exc}") from None
-    body = path.read_bytes()
     if client is None:
         client = s3.make_client(s3.S3Settings.from_config(config["s3"]))
     bucket = config["s3"]["input_bucket"]
@@ -265,7 +264,8 @@ def publish_report(run_dir: Path, config: dict[str, Any], client: Any = None) ->
             continue  # not aggregated yet: its own aggregate uploads the report
         key = ManifestKeys.from_run(manifest).report
         try:
-            s3.put_bytes(client, bucket, key, body, content_type="text/html")
+            with open(path, "rb") as body:  # a page of 100,000 failed rows is some 60 MB
+                s3.put_bytes(client, bucket, key, body, content_type="text/html")
         except Exception as exc:  # noqa: BLE001 - reported as a clear PipelineError
             raise PipelineError(f"cannot write {key} to '{bucket}': {s3.describe_error(exc)}") from None
     return path

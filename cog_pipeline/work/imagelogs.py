@@ -231,13 +231,13 @@ def write_image_logs(run_dir: Path, rows: list[dict[str, Any]], config: dict[str
     per row).
     """
     base = Path(run_dir) / IMAGE_LOG_DIR
-    sections: dict[str, list[str]] = {}
-    for row in rows:
-        sections.setdefault(log_name(row["key"]), []).append(render_image_log(row, config))
+    rows_of: dict[str, list[int]] = {}  # a log's rows: each log is rendered as it is written, one text held at a time
+    for index, row in enumerate(rows):
+        rows_of.setdefault(log_name(row["key"]), []).append(index)
     folders: set[str] = set()  # made (or found) already
     root = str(base)
-    for name, texts in sections.items():
-        data = "\n".join(texts).encode("utf-8", "backslashreplace")
+    for name, indexes in rows_of.items():
+        data = "\n".join(render_image_log(rows[i], config) for i in indexes).encode("utf-8", "backslashreplace")
         path = os.path.join(root, name)
         try:
             _write_file(path, data, folders)

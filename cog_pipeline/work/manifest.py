@@ -40,7 +40,7 @@ _ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
 _CONTROL_NAMES = {0x00: "NUL", 0x09: "tab", 0x0A: "line feed", 0x0D: "carriage return", 0x7F: "DEL"}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Entry:
     """An accepted manifest row."""
 
@@ -50,7 +50,7 @@ class Entry:
     bands_text: str  #: the band field exactly as written (for writing outcome CSVs back)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Rejected:
     """A manifest row that cannot be processed; it becomes a failed row with ``reason``."""
 

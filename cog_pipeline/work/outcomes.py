@@ -60,7 +60,7 @@ class Status(str, Enum):
         return self.value
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ImageOutcome:
     """One manifest row's outcome. ``step`` and ``reason`` say where and why a row failed (``reason`` of a
     skipped row says why it was skipped); ``batch`` is the batch that recorded it (set by the reader)."""

@@ -19,7 +19,7 @@ import json
 import os
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -381,6 +381,17 @@ def render_html(
 ) -> str:
     """The report page of a run directory (``rows`` and ``verdicts``, when given, as report_rows and qa_verdicts
     read them)."""
+    return "".join(render_html_parts(run_dir, rows, config, verdicts))
+
+
+def render_html_parts(
+    run_dir: Path,
+    rows: list[dict[str, Any]] | None = None,
+    config: dict[str, Any] | None = None,
+    verdicts: Mapping[str, QaVerdict | str] | None = None,
+) -> Iterator[str]:
+    """The report page as :func:`render_html` makes it, in parts: the page before the table's rows, each row,
+    the rest; written as they come, a page of 100,000 failed rows (60 MB) is never one string."""
     run_dir = Path(run_dir)
     if config is None:
         config = yaml.safe_load((run_dir / RUN_CONFIG).read_text(encoding="utf-8")) or {}
@@ -456,7 +467,6 @@ def render_html(
             "image log (in the run directory)",
         ]
     )
-    body = "\n".join(_row_html(r, show_manifest, i) for i, r in enumerate(shown))
     basemap_note = ""
     try:
         basemap = check_basemap_url((config.get("report") or {}).get("basemap_url"))
@@ -477,7 +487,7 @@ def render_html(
     manifest_keys = ", ".join(esc(str(m.get("raw_key", ""))) for m in manifests)
     qa_html = qa_summary_html(verdicts, config)
     qa_css = QA_CSS if qa_html or any(r.get("qa_findings") for r in shown) else ""
-    return f"""<!DOCTYPE html>
+    yield f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta http-equiv="Content-Security-Policy" content="{esc(content_security_policy(basemap), quote=False)}">
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -536,7 +546,10 @@ td code {{ font-size: 0.8em; }}
 <table>
 <thead><tr>{"".join(f"<th>{esc(h)}</th>" for h in head)}</tr></thead>
 <tbody>
-{body}
+"""
+    for index, row in enumerate(shown):
+        yield ("\n" if index else "") + _row_html(row, show_manifest, index)
+    yield f"""
 </tbody></table>
 <script>{SCRIPT}</script>
 </body></html>
@@ -553,6 +566,7 @@ def write_report(run_dir: Path, config: dict[str, Any] | None = None) -> Path:
     write_image_logs(run_dir, rows, config)
     path = run_dir / "report.html"
     tmp = path.with_name(f".report.html.{os.getpid()}.tmp")
-    tmp.write_text(render_html(run_dir, rows, config, verdicts), encoding="utf-8")
+    with open(tmp, "w", encoding="utf-8") as page:
+        page.writelines(render_html_parts(run_dir, rows, config, verdicts))
     os.replace(tmp, path)
     return path

@@ -38,6 +38,7 @@ from cog_pipeline.storage.s3 import S3Settings
 from faults.tickproc import result_json
 
 TICKPROC = Path(__file__).with_name("tickproc.py")
+PEAKRSS = Path(__file__).with_name("peakrss.py")
 OUTCOME = re.compile(r"^(?P<stem>.*)(?P<kind>processed|failed|errors)-(?P<ts>\d{8}-\d{6})\.csv$", re.DOTALL)
 
 
@@ -332,8 +333,10 @@ class World:
         settings: S3Settings | None = None,
         stdout: Any = subprocess.PIPE,
         stderr: Any = subprocess.PIPE,
+        peak_rss_file: Path | None = None,
     ) -> subprocess.Popen:
-        """A tick in its own session (so a crash kills its whole process tree and nothing else)."""
+        """A tick in its own session (so a crash kills its whole process tree and nothing else); with
+        ``peak_rss_file``, started by peakrss.py, which writes the tick tree's peak RSS there."""
         settings = settings or self.settings
         args = {
             "input_bucket": self.input_bucket,
@@ -348,8 +351,11 @@ class World:
         if crash_at:
             full_env["COG_PIPELINE_CRASH_AT"] = crash_at
         self.figures.runs += 1
+        command = [sys.executable, str(TICKPROC), json.dumps(args)]
+        if peak_rss_file is not None:
+            command = [sys.executable, str(PEAKRSS), str(peak_rss_file), *command]
         return subprocess.Popen(
-            [sys.executable, str(TICKPROC), json.dumps(args)],
+            command,
             stdout=stdout,
             stderr=stderr,
             text=True,
@@ -367,18 +373,19 @@ class World:
 
     def run_measured(self, **kw: Any) -> tuple[subprocess.CompletedProcess, float, float]:
         """A tick as a process: (its result, seconds, peak RSS in MB of its largest process, Snakemake and
-        the jobs included, from wait4)."""
-        out, err = self.scratch / "tick.out", self.scratch / "tick.err"
+        the jobs included, from wait4 in peakrss.py: not the test process's own size, which a child spawned
+        from it starts with)."""
+        out, err, peak = self.scratch / "tick.out", self.scratch / "tick.err", self.scratch / "tick.peak-rss"
+        peak.unlink(missing_ok=True)
         with open(out, "w") as fo, open(err, "w") as fe:
-            proc = self.spawn(**kw, stdout=fo, stderr=fe)
             started = time.monotonic()
-            _pid, status, usage = os.wait4(proc.pid, 0)
+            proc = self.spawn(**kw, stdout=fo, stderr=fe, peak_rss_file=peak)
+            proc.wait()
             elapsed = time.monotonic() - started
-        proc.returncode = os.waitstatus_to_exitcode(status)
         return (
             subprocess.CompletedProcess(proc.args, proc.returncode, out.read_text(), err.read_text()),
             elapsed,
-            usage.ru_maxrss / 1024,
+            int(peak.read_text()) / 1024,
         )
 
     def run_proc(self, timeout: float = 240, **kw: Any) -> subprocess.CompletedProcess:
