@@ -141,3 +141,26 @@ def test_the_collector_is_paused_during_the_aggregate_and_restored_after():
     with pytest.raises(ValueError), gc_paused():
         raise ValueError("the aggregate failed")
     assert gc.isenabled()
+
+
+def test_image_logs_of_some_manifests_are_written_whole_and_the_others_left_alone(tmp_path):
+    """The aggregate of a manifest writes only the logs with a row of its own: a log shared with an earlier
+    manifest is written again whole (both sections), a log of the earlier manifest alone is not touched."""
+    config = {"run_id": "r1", "s3": {"output_bucket": "out"}}
+    rows = [
+        {"key": "first/only.tif", "bands": "1", "outcome": "failed", "reason": "a", "manifest": "m1-raw.csv"},
+        {"key": "shared.tif", "bands": "1", "outcome": "failed", "reason": "b", "manifest": "m1-raw.csv"},
+        {"key": "shared.tif", "bands": "1", "outcome": "processed", "reason": "", "manifest": "m2-raw.csv"},
+        {"key": "second.tif", "bands": "1", "outcome": "processed", "reason": "", "manifest": "m2-raw.csv"},
+    ]
+    for row in rows:
+        row["log_path"] = image_log_path(row["key"])
+    base = write_image_logs(tmp_path, rows[:2], config, {"m1-raw.csv"})
+    first = base / "first" / "only.log"
+    first.write_text("left as the first aggregate wrote it")
+    write_image_logs(tmp_path, rows, config, {"m2-raw.csv"})
+    assert first.read_text() == "left as the first aggregate wrote it"
+    assert (base / "shared.log").read_text() == "\n".join(render_image_log(r, config) for r in rows[1:3])
+    assert (base / "second.log").read_text() == render_image_log(rows[3], config)
+    write_image_logs(tmp_path, rows, config, ())
+    assert first.read_text() == "left as the first aggregate wrote it"

@@ -76,6 +76,31 @@ def test_every_row_gets_a_log_named_after_its_image(seed, buckets, settings, sam
     assert "logs/<wbr>images/<wbr>imagery/<wbr>missing.log" in (run_dir / "report.html").read_text()
 
 
+def test_a_run_of_two_manifests_logs_every_row_of_both(seed, buckets, settings, samples, tmp_path):
+    """Each manifest's aggregate writes its own rows' logs: after the run the first manifest's are there, a
+    key listed in both has both sections, and the second aggregate did not write the first's again."""
+    seed.upload_file(str(samples / "byte.tif"), INPUT_BUCKET, "imagery/byte.tif")
+    seed.put_object(Bucket=INPUT_BUCKET, Key="a-raw.csv", Body=b"imagery/byte.tif,1\nimagery/only-a.tif,1\n")
+    seed.put_object(Bucket=INPUT_BUCKET, Key="b-raw.csv", Body=b"imagery/byte.tif,1\nimagery/only-b.tif,1\n")
+    run, summaries = claim_and_run(tick_options(settings, tmp_path / "work"))
+    assert sorted((s["raw_key"], s["processed"], s["failed"]) for s in summaries) == [
+        ("a-raw.csv", 1, 1),
+        ("b-raw.csv", 1, 1),
+    ]
+    logs = run.path / "logs" / "images" / "imagery"
+    assert sorted(p.name for p in logs.glob("*.log")) == ["byte.log", "only-a.log", "only-b.log"]
+    assert "input object not found" in (logs / "only-a.log").read_text()
+    assert "input object not found" in (logs / "only-b.log").read_text()
+    byte_log = (logs / "byte.log").read_text()
+    assert byte_log.count("image:      imagery/byte.tif") == 2 and "a-raw.csv" in byte_log and "b-raw.csv" in byte_log
+    # A log written again after its manifest's aggregate ended (by the other manifest's aggregate, or by the
+    # driver's combined report) would be newer than that manifest's final outcome/<m>.json.
+    for summary in summaries:
+        ended = (run.path / "outcome" / f"{summary['manifest']}.json").stat().st_mtime_ns
+        own_log = logs / f"only-{summary['raw_key'][0]}.log"
+        assert own_log.stat().st_mtime_ns <= ended, f"{own_log.name} written after {summary['raw_key']} ended"
+
+
 def test_log_names_stay_inside_the_log_directory():
     assert log_name("a/b/tile_001.tif") == "a/b/tile_001.log"
     assert log_name("/lead.tif") == "lead.log"

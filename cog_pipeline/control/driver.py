@@ -125,7 +125,7 @@ def publish_report(run_dir: Path, config: dict[str, Any]) -> None:
     """Each manifest's aggregate already wrote and uploaded the report of what was aggregated by then; with
     several manifests, upload the complete one beside each of them (best effort: never fatal)."""
     try:
-        aggregate_report(run_dir, config)
+        aggregate_report(run_dir, config, image_logs_of=())  # each manifest's aggregate wrote its image logs
     except PipelineError as exc:
         log.warning("combined run report not published: %s", exc)
 

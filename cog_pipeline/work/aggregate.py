@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from operator import itemgetter
 from pathlib import Path
 from typing import Any
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 
 from cog_pipeline.storage import endpoint, s3
@@ -246,14 +246,17 @@ def _write_summary(run_dir: Path, manifest_id: str, summary: dict[str, Any]) -> 
     tmp.replace(target)
 
 
-def publish_report(run_dir: Path, config: dict[str, Any], client: Any = None) -> Path:
-    """Write ``report.html`` and ``logs/images/`` for every manifest aggregated so far and upload the report
-    beside each of their outcome CSVs; a failure is a PipelineError naming what could not be written."""
+def publish_report(
+    run_dir: Path, config: dict[str, Any], client: Any = None, image_logs_of: Collection[str] | None = None
+) -> Path:
+    """Write ``report.html`` for every manifest aggregated so far, and the image logs of ``image_logs_of`` (raw
+    keys; None: of all), and upload the report beside each of their outcome CSVs; a failure is a PipelineError
+    naming what could not be written."""
     from cog_pipeline.work.report import write_report
 
     run_dir = Path(run_dir)
     try:
-        path = write_report(run_dir, config)
+        path = write_report(run_dir, config, image_logs_of)
     except OSError as exc:
         raise PipelineError(f"cannot write the report in {run_dir}: {exc.strerror or exc}") from None
     if client is None:
@@ -336,7 +339,9 @@ def _aggregate_manifest(config: dict[str, Any], run_dir: Path, manifest_id: str)
     _write_summary(run_dir, manifest_id, summary)  # the report reads it
 
     try:
-        report = publish_report(run_dir, config, client)
+        # Only this manifest's image logs: the earlier manifests' aggregates wrote theirs (a run of several
+        # large manifests wrote every log again per manifest).
+        report = publish_report(run_dir, config, client, image_logs_of={manifest.raw_key})
     except PipelineError as exc:
         raise PipelineError(f"outcome CSVs written, but {exc}; {keys.processing} was left in place") from None
     crash_point("aggregate.report")

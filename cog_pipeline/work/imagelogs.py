@@ -14,7 +14,7 @@ import hashlib
 import logging
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -224,19 +224,28 @@ def render_image_log(row: dict[str, Any], config: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_image_logs(run_dir: Path, rows: list[dict[str, Any]], config: dict[str, Any]) -> Path:
-    """Write ``logs/images/<name>.log`` for every row (sections appended when a key occurs twice).
+def write_image_logs(
+    run_dir: Path, rows: list[dict[str, Any]], config: dict[str, Any], manifests: Collection[str] | None = None
+) -> Path:
+    """Write ``logs/images/<name>.log`` for every row (sections appended when a key occurs twice), or only the
+    logs that have a row of ``manifests`` (raw keys; each log still whole, with its other manifests' sections).
 
     Each folder is made once, and each file written with one open, write and close (a large run has a file
     per row).
     """
     base = Path(run_dir) / IMAGE_LOG_DIR
     rows_of: dict[str, list[int]] = {}  # a log's rows: each log is rendered as it is written, one text held at a time
+    wanted: set[str] = set()
     for index, row in enumerate(rows):
-        rows_of.setdefault(log_name(row["key"]), []).append(index)
+        name = log_name(row["key"])
+        rows_of.setdefault(name, []).append(index)
+        if manifests is None or row.get("manifest") in manifests:
+            wanted.add(name)
     folders: set[str] = set()  # made (or found) already
     root = str(base)
     for name, indexes in rows_of.items():
+        if name not in wanted:
+            continue
         data = "\n".join(render_image_log(rows[i], config) for i in indexes).encode("utf-8", "backslashreplace")
         path = os.path.join(root, name)
         try:

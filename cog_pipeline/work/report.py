@@ -19,7 +19,7 @@ import json
 import os
 import re
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -556,14 +556,17 @@ td code {{ font-size: 0.8em; }}
 """
 
 
-def write_report(run_dir: Path, config: dict[str, Any] | None = None) -> Path:
-    """Write the per-image logs and ``report.html`` of a finished run directory; returns the report's path."""
+def write_report(
+    run_dir: Path, config: dict[str, Any] | None = None, image_logs_of: Collection[str] | None = None
+) -> Path:
+    """Write the per-image logs and ``report.html`` of a finished run directory; returns the report's path.
+    ``image_logs_of``: the raw keys of the manifests whose image logs are written (None: every manifest's)."""
     run_dir = Path(run_dir)
     if config is None:
         config = yaml.safe_load((run_dir / RUN_CONFIG).read_text(encoding="utf-8")) or {}
     verdicts = qa_verdicts(run_dir, config)  # read once, for the rows and the QA section
     rows = report_rows(run_dir, config, verdicts)
-    write_image_logs(run_dir, rows, config)
+    write_image_logs(run_dir, rows, config, image_logs_of)
     path = run_dir / "report.html"
     tmp = path.with_name(f".report.html.{os.getpid()}.tmp")
     with open(tmp, "w", encoding="utf-8") as page:

@@ -4,6 +4,7 @@ worker under pytest-xdist: the workers of one run add up their figures there).""
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -45,13 +46,24 @@ def proxy(fault_proxy, s3_server, figures):
 
 
 @pytest.fixture
-def world(seed, buckets, proxy, key_files, tmp_path, figures):
+def test_tmpdir(tmp_path, monkeypatch):
+    """The test's own temporary directory for everything it runs (``TMPDIR`` for its processes, tempfile's for
+    this one and its forks): a tick killed on purpose leaves its batch's image folders there, not in /tmp."""
+    path = tmp_path / "tmp"
+    path.mkdir()
+    monkeypatch.setenv("TMPDIR", str(path))
+    monkeypatch.setattr(tempfile, "tempdir", str(path))
+    return path
+
+
+@pytest.fixture
+def world(seed, buckets, proxy, key_files, tmp_path, figures, test_tmpdir):
     figures.tests += 1
     return World(seed, proxy, key_files, tmp_path, figures, INPUT_BUCKET, OUTPUT_BUCKET)
 
 
 @pytest.fixture
-def server_world(s3_target, tmp_path, figures):
+def server_world(s3_target, tmp_path, figures, test_tmpdir):
     """A World on each real S3 server in turn (moto, Ceph RGW over HTTPS, unversioned and versioned), with
     no fault proxy: the code under test talks to the server itself, with the server's own keys."""
     figures.tests += 1
