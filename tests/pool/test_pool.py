@@ -13,6 +13,7 @@ import csv
 import io
 import json
 import re
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -237,7 +238,16 @@ def e2e(pool, s3_endpoint) -> E2ERun:
 
     # condor_rm every batch job of the "removed" manifest as soon as it is queued (Snakemake resubmits a
     # failed batch once: retries 1), until that manifest's aggregate has run. The live status is taken
-    # once, right after the first removal, while the run's driver and jobs are in the queue.
+    # once, right after the first removal, while the run's driver and jobs are in the queue: in a thread,
+    # so that the loop keeps watching (two `status` commands take seconds on a loaded machine, time enough
+    # for the resubmitted job to run to its end unremoved, as seen once).
+    def take_status() -> None:
+        run.status_text = user.cli("status", "-p", PATTERN_E2E, "--workdir", str(user.workdir)).stdout
+        run.status_json = json.loads(
+            user.cli("status", "--json", "-p", PATTERN_E2E, "--workdir", str(user.workdir)).stdout
+        )
+
+    status_thread = threading.Thread(target=take_status, daemon=True)
     outcome = run_dir / "outcome" / f"{removed_id}.json"
     deadline = time.monotonic() + DRIVER_WAIT
     while not outcome.is_file():
@@ -250,12 +260,11 @@ def e2e(pool, s3_endpoint) -> E2ERun:
             if cluster not in run.removed_clusters and int(ad["JobStatus"]) not in (3, 4):
                 pool.condor("condor_rm", str(cluster))
                 run.removed_clusters.append(cluster)
-        if run.removed_clusters and not run.status_json:
-            run.status_text = user.cli("status", "-p", PATTERN_E2E, "--workdir", str(user.workdir)).stdout
-            run.status_json = json.loads(
-                user.cli("status", "--json", "-p", PATTERN_E2E, "--workdir", str(user.workdir)).stdout
-            )
+        if run.removed_clusters and not status_thread.is_alive() and status_thread.ident is None:
+            status_thread.start()
         time.sleep(0.5)
+    status_thread.join(timeout=120)
+    assert run.status_json, "the live status taken after the first removal did not finish"
 
     def finished():
         return len(list((run_dir / "outcome").glob("*.json"))) == 2 and not pool.query(
