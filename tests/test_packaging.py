@@ -264,3 +264,67 @@ def test_environment_yml_mirrors_pyproject():
     hint = "keep environment.yml's dependencies in step with pyproject.toml's (dependencies and extras)"
     assert {n: have.get(n) for n in wanted} == wanted, hint
     assert set(have) - set(wanted) - extra == {"python", "pip"}, hint
+
+
+#: [project] dependencies that no module of the package or its workflow imports by name, and why each is declared.
+NOT_IMPORTED = {
+    "snakemake-executor-plugin-htcondor": "Snakemake loads it for --executor htcondor",
+    "certifi": "the public CA bundle botocore falls back to without --ca-bundle, at a version with current roots",
+}
+
+
+def _imported_modules() -> set[str]:
+    """Top-level modules the package, its workflow scripts, the Snakefile and its rules import (any depth)."""
+    import ast
+
+    modules = set()
+    for path in [*(ROOT / "cog_pipeline").rglob("*.py"), *(ROOT / "scripts").glob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                modules.update(alias.name.partition(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                modules.add(node.module.partition(".")[0])
+    for path in [ROOT / "Snakefile", *(ROOT / "rules").glob("*.smk")]:
+        modules.update(re.findall(r"^\s*(?:from|import)\s+(\w+)", path.read_text(encoding="utf-8"), re.M))
+    return modules - set(sys.stdlib_module_names) - {"cog_pipeline"}
+
+
+def _requires_closure(names: set[str]) -> set[str]:
+    """``names`` and every distribution they require (installed metadata; requirements of extras left out)."""
+    from importlib import metadata
+
+    seen: set[str] = set()
+    todo = list(names)
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            requires = metadata.requires(name) or []
+        except metadata.PackageNotFoundError:
+            continue
+        todo += [_name(r) for r in requires if "extra ==" not in r.partition(";")[2]]
+    return seen
+
+
+def test_runtime_dependencies_are_what_runtime_imports():
+    """Each [project] dependency is imported at runtime (or is in NOT_IMPORTED, with its reason), and each
+    third-party module imported at runtime comes with a declared dependency or the extra `demo`. pandas was
+    declared and never imported: only installed, it cost every Snakemake process about 0.4 CPU-seconds (a tick's,
+    and one per job on a pool), because Snakemake imports it when present to store each script job's params."""
+    from importlib import metadata
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = {_name(r) for r in project["dependencies"]}
+    demo = {_name(r) for r in project["optional-dependencies"]["demo"]}
+    by_module = metadata.packages_distributions()
+    imported = {
+        module: {_name(d) for d in by_module.get(module, [module])} for module in _imported_modules()
+    }  # a module name -> the distributions that provide it
+    never_imported = declared - set(NOT_IMPORTED) - {d for dists in imported.values() for d in dists}
+    assert not never_imported, f"declared in pyproject.toml but imported nowhere at runtime: {sorted(never_imported)}"
+    assert set(NOT_IMPORTED) <= declared
+    provided = _requires_closure(declared | demo)
+    undeclared = {m: sorted(d) for m, d in imported.items() if not d & provided}
+    assert not undeclared, f"imported at runtime but not a dependency (nor required by one): {undeclared}"

@@ -18,7 +18,6 @@ from cog_pipeline.control.progress import wait_with_progress
 from cog_pipeline.core import config as config_model
 from cog_pipeline.core.errors import PipelineError
 from cog_pipeline.core.rundir import RunDir
-from cog_pipeline.work.aggregate import aggregate_manifest, publish_report as aggregate_report
 from cog_pipeline.work.outcomes import manifest_finished
 
 log = logging.getLogger(__name__)
@@ -108,6 +107,8 @@ def finish(run_dir: Path) -> tuple[int, list[dict[str, Any]]]:
         path = run.outcome(manifest.id)
         if not manifest_finished(run_dir, manifest.id):  # the rule did not run, or stopped half-way
             log.info("aggregating %s after the workflow (final step)", manifest.raw_key)
+            from cog_pipeline.work.aggregate import aggregate_manifest  # here: STAC and rasterio, for this only
+
             try:
                 aggregate_manifest(config, run_dir, manifest.id)
             except PipelineError as exc:
@@ -124,6 +125,8 @@ def finish(run_dir: Path) -> tuple[int, list[dict[str, Any]]]:
 def publish_report(run_dir: Path, config: dict[str, Any]) -> None:
     """Each manifest's aggregate already wrote and uploaded the report of what was aggregated by then; with
     several manifests, upload the complete one beside each of them (best effort: never fatal)."""
+    from cog_pipeline.work.aggregate import publish_report as aggregate_report
+
     try:
         aggregate_report(run_dir, config, image_logs_of=())  # each manifest's aggregate wrote its image logs
     except PipelineError as exc:

@@ -42,7 +42,6 @@ from cog_pipeline.core.rundir import ClaimedManifest, RunDir, RunState
 from cog_pipeline.storage import s3
 from cog_pipeline.storage.endpoint import Semantics
 from cog_pipeline.storage.s3 import S3_ERRORS
-from cog_pipeline.work import qa_step
 from cog_pipeline.work.manifest import batch_slices, parse_manifest
 
 __all__ = [
@@ -285,6 +284,8 @@ def plan(client: Any, opts: TickOptions, matches: list[dict[str, Any]], config: 
             for note in parsed.notes:
                 print(f"  note: {note}")
             if parsed.entries:  # the inputs (one listing) and the delivery QA, as the run would do them
+                from cog_pipeline.work import qa_step  # here: rasterio (image headers), which only a plan needs
+
                 verdict = qa_step.run_qa(config, f"m{i}", [e.key for e in parsed.entries], client)
                 print(
                     "\n".join(

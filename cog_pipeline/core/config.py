@@ -18,7 +18,6 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import yaml
 
 from cog_pipeline import WORKFLOW_DIR
@@ -94,6 +93,8 @@ def validate(config: dict[str, Any], source: str = "config") -> dict[str, Any]:
     """``config`` normalised and checked: PipelineError with the key, the value and the rule otherwise."""
     config = copy.deepcopy(config)
     _normalise(config)
+    import jsonschema  # here: a job reads the config its tick validated (about 0.1 s of start-up each)
+
     validator = jsonschema.Draft202012Validator(schema())
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
