@@ -1,7 +1,7 @@
 """A run's workflow driven in this process, for tests whose subject is the tick, the claims or a layer (batch,
 aggregate, report, per-image logs, status, retry) rather than Snakemake: the jobs are called as the Snakefile's
 scripts call them, each logging to its rule's ``log:`` file, in the run directory. No Snakemake and no Python
-per job: a real tick costs 4-6 CPU-seconds more (a handful of tests keep real ticks for Snakemake's part, e.g.
+per job: a real tick costs about 4 CPU-seconds more (a handful of tests keep real ticks for Snakemake's part, e.g.
 tests/test_pipeline.py, tests/faults/test_servers.py::test_end_to_end_tick and the crash matrix's snakemake
 steps)."""
 

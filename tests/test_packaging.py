@@ -311,7 +311,7 @@ def _requires_closure(names: set[str]) -> set[str]:
 def test_runtime_dependencies_are_what_runtime_imports():
     """Each [project] dependency is imported at runtime (or is in NOT_IMPORTED, with its reason), and each
     third-party module imported at runtime comes with a declared dependency or the extra `demo`. pandas was
-    declared and never imported: only installed, it cost every Snakemake process about 0.4 CPU-seconds (a tick's,
+    declared and never imported: only installed, it cost every Snakemake process about 0.5 CPU-seconds (a tick's,
     and one per job on a pool), because Snakemake imports it when present to store each script job's params."""
     from importlib import metadata
 

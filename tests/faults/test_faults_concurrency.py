@@ -35,7 +35,7 @@ def _claimed(proc) -> list[str]:
 def test_ticks_at_the_same_moment_on_two_hosts_claim_each_manifest_once(world, ticks, executor, request):
     """Each tick a process of its own: tickproc.py with Snakemake, or a fork running its steps in-process (the
     claims are the subject; Snakemake's part is the same as one tick's: the three-way race runs in-process, a
-    real tick's Python and Snakemake start-up cost about 6 CPU-seconds per host)."""
+    real tick costs about 4 CPU-seconds per host, most of it Python and Snakemake start-up)."""
     in_process = executor == "in-process"
     if in_process:
         request.getfixturevalue("in_process_workflow")

@@ -9,7 +9,7 @@ after the report). A crash before the launch leaves it nothing else: the next ti
 or resumes a run directory without .snakemake, as tick.launch's does. ``in-process``: the run's steps in the
 test's own process (tests/inprocess.py), for the other steps, whose resumption Snakemake handles the same way:
 the subject there is what the tick, the claim, the batch and the aggregate leave behind and pick up, at a
-fraction of the cost (a real tick is about 5 CPU-seconds of Python and Snakemake start-up)."""
+fraction of the cost (a real tick is about 4 CPU-seconds, most of it Python and Snakemake start-up)."""
 
 from __future__ import annotations
 
