@@ -4,9 +4,10 @@ of a run without the crash: every row once, nothing at an output key but complet
 touched, no processing file, raw manifest or claim marker left behind.
 
 Each step runs with one of two executors. ``snakemake``: the real local executor, one step for each kind of
-state a crash leaves Snakemake (a committed run it never started, mid batch, a finished batch, mid aggregate,
-after the report). A crash before the launch leaves it nothing else: the next tick claims afresh (a normal run)
-or resumes a run directory without .snakemake, as tick.launch's does. ``in-process``: the run's steps in the
+state a crash leaves Snakemake (a committed run it never started, mid batch, a finished batch, mid aggregate).
+A crash before the launch leaves it nothing else: the next tick claims afresh (a normal run) or resumes a run
+directory without .snakemake, as tick.launch's does; one later in the aggregate (after the report) leaves it
+the same incomplete job as aggregate.csv:1's. ``in-process``: the run's steps in the
 test's own process (tests/inprocess.py), for the other steps, whose resumption Snakemake handles the same way:
 the subject there is what the tick, the claim, the batch and the aggregate leave behind and pick up, at a
 fraction of the cost (a real tick is about 4 CPU-seconds, most of it Python and Snakemake start-up)."""
@@ -57,7 +58,7 @@ STEPS = {
     "aggregate.listed": (True, "in-process"),
     "aggregate.csv:1": (True, "snakemake"),
     "aggregate.csv:3": (True, "in-process"),
-    "aggregate.report": (True, "snakemake"),  # outcome CSVs and report uploaded, processing file not yet deleted
+    "aggregate.report": (True, "in-process"),  # outcome CSVs and report uploaded, processing file not yet deleted
     "aggregate.deleted": (True, "in-process"),
 }
 
