@@ -7,10 +7,10 @@ Each step runs with one of two executors. ``snakemake``: the real local executor
 state a crash leaves Snakemake (a committed run it never started, mid batch, a finished batch, mid aggregate).
 A crash before the launch leaves it nothing else: the next tick claims afresh (a normal run) or resumes a run
 directory without .snakemake, as tick.launch's does; one later in the aggregate (after the report) leaves it
-the same incomplete job as aggregate.csv:1's. ``in-process``: the run's steps in the
-test's own process (tests/inprocess.py), for the other steps, whose resumption Snakemake handles the same way:
-the subject there is what the tick, the claim, the batch and the aggregate leave behind and pick up, at a
-fraction of the cost (a real tick is about 4 CPU-seconds, most of it Python and Snakemake start-up)."""
+the same incomplete job as aggregate.csv:1's. ``in-process``: the run's steps in the test's own process
+(tests/inprocess.py), for the other steps, whose resumption Snakemake handles the same way: the subject there
+is what the tick, the claim, the batch and the aggregate leave behind and pick up, at a fraction of the cost
+(a real tick is about 4 CPU-seconds, most of it Python and Snakemake start-up)."""
 
 from __future__ import annotations
 
