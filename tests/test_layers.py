@@ -20,17 +20,24 @@ def _layer(module: str) -> str | None:
     return parts[1] if len(parts) > 1 and parts[0] == "cog_pipeline" else None
 
 
-def _imports(path: Path) -> list[tuple[int, str]]:
-    """(line, dotted module) of every cog_pipeline import in a file, lazy ones inside functions too."""
+def module_imports(path: Path) -> list[tuple[int, str]]:
+    """(line, dotted module) of every absolute import in a file, lazy ones inside functions too; ``from m import
+    a, b`` gives ``m.a`` and ``m.b`` when ``m`` is the top package ``cog_pipeline`` (its names are modules), else
+    ``m``."""
     found = []
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
         if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             base = node.module
             names = [base] if base != "cog_pipeline" else [f"cog_pipeline.{a.name}" for a in node.names]
-            found += [(node.lineno, name) for name in names if name.startswith("cog_pipeline")]
+            found += [(node.lineno, name) for name in names]
         elif isinstance(node, ast.Import):
-            found += [(node.lineno, a.name) for a in node.names if a.name.startswith("cog_pipeline")]
+            found += [(node.lineno, a.name) for a in node.names]
     return found
+
+
+def _imports(path: Path) -> list[tuple[int, str]]:
+    """(line, dotted module) of every cog_pipeline import in a file, lazy ones inside functions too."""
+    return [(line, name) for line, name in module_imports(path) if name.startswith("cog_pipeline")]
 
 
 def _violations() -> list[str]:

@@ -275,15 +275,11 @@ NOT_IMPORTED = {
 
 def _imported_modules() -> set[str]:
     """Top-level modules the package, its workflow scripts, the Snakefile and its rules import (any depth)."""
-    import ast
+    from test_layers import module_imports
 
     modules = set()
     for path in [*(ROOT / "cog_pipeline").rglob("*.py"), *(ROOT / "scripts").glob("*.py")]:
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.Import):
-                modules.update(alias.name.partition(".")[0] for alias in node.names)
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                modules.add(node.module.partition(".")[0])
+        modules.update(name.partition(".")[0] for _line, name in module_imports(path))
     for path in [ROOT / "Snakefile", *(ROOT / "rules").glob("*.smk")]:
         modules.update(re.findall(r"^\s*(?:from|import)\s+(\w+)", path.read_text(encoding="utf-8"), re.M))
     return modules - set(sys.stdlib_module_names) - {"cog_pipeline"}
