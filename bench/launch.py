@@ -1,9 +1,11 @@
-"""``python bench/launch.py RESULT.json -- CMD ...``: run CMD and write its wall time and rusage.
+"""``python bench/launch.py RESULT.json -- CMD ...``: run CMD and write its wall time and rusage; exits with CMD's
+exit code (128 + N when signal N ended it).
 
 Why a launcher: on Linux a child's ``ru_maxrss`` starts from the RSS of the process that forked it
 (exec records the old address space's high-water mark), so measuring from the benchmark process,
 which grows to hundreds of MB, would floor every figure at the benchmark's own size. This launcher
-is small (~10 MB), so the peak it reports is the command's own (or that of its largest descendant).
+is small (~10 MB), so the peak it reports is the command's own (or that of its largest descendant). The
+memory-bound fault tests start their ticks through it too (tests/faults/harness.py).
 """
 
 import json
@@ -29,4 +31,4 @@ with open(result_path, "w") as fh:
         },
         fh,
     )
-sys.exit(code if 0 <= code < 256 else 1)
+sys.exit(128 - code if code < 0 else code)

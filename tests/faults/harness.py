@@ -38,7 +38,8 @@ from cog_pipeline.storage.s3 import S3Settings
 from faults.tickproc import result_json
 
 TICKPROC = Path(__file__).with_name("tickproc.py")
-PEAKRSS = Path(__file__).with_name("peakrss.py")
+#: The benchmarks' launcher: a small parent process, so the peak RSS it reports is the measured tree's own.
+LAUNCHER = Path(__file__).resolve().parents[2] / "bench" / "launch.py"
 OUTCOME = re.compile(r"^(?P<stem>.*)(?P<kind>processed|failed|errors)-(?P<ts>\d{8}-\d{6})\.csv$", re.DOTALL)
 
 
@@ -336,7 +337,8 @@ class World:
         peak_rss_file: Path | None = None,
     ) -> subprocess.Popen:
         """A tick in its own session (so a crash kills its whole process tree and nothing else); with
-        ``peak_rss_file``, started by peakrss.py, which writes the tick tree's peak RSS there."""
+        ``peak_rss_file``, started by bench/launch.py, which writes the tick tree's wall time and rusage there
+        (JSON)."""
         settings = settings or self.settings
         args = {
             "input_bucket": self.input_bucket,
@@ -353,7 +355,7 @@ class World:
         self.figures.runs += 1
         command = [sys.executable, str(TICKPROC), json.dumps(args)]
         if peak_rss_file is not None:
-            command = [sys.executable, str(PEAKRSS), str(peak_rss_file), *command]
+            command = [sys.executable, str(LAUNCHER), str(peak_rss_file), "--", *command]
         return subprocess.Popen(
             command,
             stdout=stdout,
@@ -373,9 +375,9 @@ class World:
 
     def run_measured(self, **kw: Any) -> tuple[subprocess.CompletedProcess, float, float]:
         """A tick as a process: (its result, seconds, peak RSS in MB of its largest process, Snakemake and
-        the jobs included, from wait4 in peakrss.py: not the test process's own size, which a child spawned
+        the jobs included, from wait4 in bench/launch.py: not the test process's own size, which a child spawned
         from it starts with)."""
-        out, err, peak = self.scratch / "tick.out", self.scratch / "tick.err", self.scratch / "tick.peak-rss"
+        out, err, peak = self.scratch / "tick.out", self.scratch / "tick.err", self.scratch / "tick.rusage.json"
         peak.unlink(missing_ok=True)
         with open(out, "w") as fo, open(err, "w") as fe:
             started = time.monotonic()
@@ -385,7 +387,7 @@ class World:
         return (
             subprocess.CompletedProcess(proc.args, proc.returncode, out.read_text(), err.read_text()),
             elapsed,
-            int(peak.read_text()) / 1024,
+            json.loads(peak.read_text())["rss_mb"],
         )
 
     def run_proc(self, timeout: float = 240, **kw: Any) -> subprocess.CompletedProcess:
