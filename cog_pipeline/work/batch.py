@@ -55,6 +55,7 @@ from cog_pipeline.work.outcomes import ImageOutcome, Status, write_outcomes
 from cog_pipeline.work.presigned import START_MARGIN_S, Action, BatchUrls, ImageUrls, JobRecord, Uploaded, write_records
 from cog_pipeline.work.footprints import header_facts
 from cog_pipeline.work import qa_step
+from cog_pipeline.work import scratch
 from cog_pipeline.work.stac import file_info, item_for
 from cog_pipeline.raster.thumbnail import thumbnail_data_uri
 
@@ -498,7 +499,7 @@ def _result_fields(result: ConversionResult, input_bytes: int) -> dict[str, Any]
 
 def _private_tmpdir(root: str | None) -> Path:
     try:
-        return Path(tempfile.mkdtemp(prefix="cog-pipeline-", dir=root))
+        return scratch.private_dir(root)
     except OSError as exc:
         raise ImageError(
             "download", f"cannot create a temp dir in {root or tempfile.gettempdir()}: {exc.strerror}"
@@ -556,6 +557,7 @@ def run_batch(
     With ``urls_file`` (the batch's presigned URLs, s3.transfer: presigned) no S3 client is made and no key
     file read: ``status_file`` receives the job's records (outcome + uploads) for the access point to confirm.
     """
+    scratch.sweep(config.get("tmp_dir") or None)  # what killed batch jobs on this host left there
     entries = batch_entries(config, run_dir, manifest_id, index)
     if urls_file is not None:
         return [r.outcome for r in run_presigned_batch(config, entries, Path(urls_file), Path(status_file), threads)]

@@ -92,7 +92,7 @@ def _params():
 
 
 @pytest.mark.parametrize(("step", "executor"), list(_params()))
-def test_crash_at_step_then_next_tick_reaches_the_same_outcome(world, step, executor, request):
+def test_crash_at_step_then_next_tick_reaches_the_same_outcome(world, step, executor, request, test_tmpdir):
     if executor == "in-process":
         request.getfixturevalue("in_process_workflow")  # for the crashed tick too (a fork of this process)
     scenario(world)
@@ -112,6 +112,8 @@ def test_crash_at_step_then_next_tick_reaches_the_same_outcome(world, step, exec
         )
     again = world.tick(overrides=OVERRIDES)
     assert again.run_dir is None and not again.resumed and not again.manifests, "nothing left to do"
+    # The killed batch's image folders (input and COG) are removed by the next batch job on this host.
+    assert not list(test_tmpdir.glob("cog-pipeline-*")), list(test_tmpdir.iterdir())
 
 
 def test_every_crash_point_of_the_code_is_in_the_matrix():
