@@ -241,11 +241,16 @@ def e2e(pool, s3_endpoint) -> E2ERun:
     # once, right after the first removal, while the run's driver and jobs are in the queue: in a thread,
     # so that the loop keeps watching (two `status` commands take seconds on a loaded machine, time enough
     # for the resubmitted job to run to its end unremoved, as seen once).
+    status_errors: list[str] = []  # what went wrong in the thread, for the assertion below
+
     def take_status() -> None:
-        run.status_text = user.cli("status", "-p", PATTERN_E2E, "--workdir", str(user.workdir)).stdout
-        run.status_json = json.loads(
-            user.cli("status", "--json", "-p", PATTERN_E2E, "--workdir", str(user.workdir)).stdout
-        )
+        try:
+            run.status_text = user.cli("status", "-p", PATTERN_E2E, "--workdir", str(user.workdir)).stdout
+            run.status_json = json.loads(
+                user.cli("status", "--json", "-p", PATTERN_E2E, "--workdir", str(user.workdir)).stdout
+            )
+        except Exception as exc:  # noqa: BLE001 - reported by the fixture, not lost in the thread
+            status_errors.append(f"{type(exc).__name__}: {str(exc)[-4000:]}")  # PoolError carries the output
 
     status_thread = threading.Thread(target=take_status, daemon=True)
     outcome = run_dir / "outcome" / f"{removed_id}.json"
@@ -265,7 +270,8 @@ def e2e(pool, s3_endpoint) -> E2ERun:
         time.sleep(0.5)
     if status_thread.ident is not None:  # not started when nothing was removed (its test says so)
         status_thread.join(timeout=120)
-        assert run.status_json, "the live status taken after the first removal did not finish"
+        assert not status_errors, f"the live status taken after the first removal failed: {status_errors[0]}"
+        assert run.status_json, "the live status taken after the first removal did not finish in 120 s"
 
     def finished():
         return len(list((run_dir / "outcome").glob("*.json"))) == 2 and not pool.query(
