@@ -21,7 +21,7 @@ def test_an_image_dir_is_private_and_named_after_host_and_process(tmp_path):
     path = scratch.private_dir(tmp_path)
     assert path.parent == tmp_path and path.is_dir()
     assert path.name.startswith(f"cog-pipeline-{scratch._host()}-{os.getpid()}-")
-    assert "-" not in scratch._host()
+    assert "-" not in scratch._host() and scratch._host().endswith(f"_{os.stat('/proc/self/ns/pid').st_ino}")
     assert path.stat().st_mode & 0o077 == 0
 
 
@@ -34,7 +34,7 @@ def test_the_sweep_removes_only_dead_processes_dirs_of_this_host(tmp_path, caplo
     kept = {
         "live": tmp_path / f"cog-pipeline-{host}-{os.getppid()}-def456",  # a process that is running
         "own": scratch.private_dir(tmp_path),
-        "other host": tmp_path / f"cog-pipeline-{host}_2-{gone}-ghi789",  # another host's (a shared tmp_dir)
+        "other host": tmp_path / f"cog-pipeline-{host}2-{gone}-ghi789",  # another host's or namespace's
         "old name": tmp_path / "cog-pipeline-jkl012",  # no host or process in the name: whose is unknown
         "not a pid": tmp_path / f"cog-pipeline-{host}-x{gone}-mno345",
         "huge pid": tmp_path / f"cog-pipeline-{host}-{'9' * 20}-pqr678",

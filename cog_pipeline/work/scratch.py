@@ -4,9 +4,10 @@ An image is downloaded and converted in ``<root>/cog-pipeline-<host>-<pid>-<rand
 the config, else the system's temp dir), removed when the image is done. A batch job killed meanwhile (the OOM
 killer, SIGKILL, a power cut) cannot remove it, and it holds up to an input image and its COG. The next batch job
 on the same host removes the directories of processes that no longer exist (:func:`sweep`) and says so in its
-log. The host in the name keeps a ``tmp_dir`` shared by several hosts safe: a job only judges its own host's
-processes (one process-ID namespace per host name, as with plain processes, HTCondor slots and Apptainer).
-On an HTCondor execute point the job's scratch directory is its temp dir, and HTCondor removes it anyway.
+log. The host and the process-ID namespace in the name (``<host>``: ``<host name>_<namespace>``) keep a
+``tmp_dir`` shared by several hosts or containers safe: a job only judges the processes it can see, those of its
+own host and namespace. On an HTCondor execute point the job's scratch directory is its temp dir, and HTCondor
+removes it anyway.
 """
 
 from __future__ import annotations
@@ -26,8 +27,14 @@ PREFIX = "cog-pipeline-"
 
 
 def _host() -> str:
-    """This host's name as it appears in a temp dir's name: no ``-`` (the name's separator) and no ``/``."""
-    return re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname()) or "_"
+    """This host and process-ID namespace as they appear in a temp dir's name: the host name without ``-`` (the
+    name's separator) or ``/``, then the namespace's inode (Linux; 0 where there is none), so that a container
+    with its own PIDs never takes another's live process for a dead one."""
+    try:
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        namespace = 0
+    return (re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname()) or "_") + f"_{namespace}"
 
 
 def private_dir(root: str | Path | None) -> Path:
