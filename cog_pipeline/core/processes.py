@@ -36,7 +36,9 @@ def process_identity() -> dict[str, Any]:
     return {"host": socket.gethostname(), "boot": _boot_id(), "pid": os.getpid(), "start": _proc_start(os.getpid())}
 
 
-def _pid_alive(pid: int, start: str | None) -> bool:
+def pid_alive(pid: int, start: str | None = None) -> bool:
+    """True while process ``pid`` of this host exists (with ``start``: and is the one that started then, not a
+    later process given the same pid)."""
     if Path("/proc/self/stat").exists():
         now = _proc_start(pid)
         return now is not None and (start is None or now == start)
@@ -55,7 +57,7 @@ def holder_dead(record: dict[str, Any]) -> bool:
         return False
     if record.get("boot") and _boot_id() and record["boot"] != _boot_id():
         return True
-    return not _pid_alive(record["pid"], record.get("start"))
+    return not pid_alive(record["pid"], record.get("start"))
 
 
 def process_cwds() -> set[str]:

@@ -21,6 +21,8 @@ import stat
 import tempfile
 from pathlib import Path
 
+from cog_pipeline.core.processes import pid_alive
+
 log = logging.getLogger(__name__)
 
 PREFIX = "cog-pipeline-"
@@ -43,16 +45,6 @@ def private_dir(root: str | Path | None) -> Path:
     return Path(tempfile.mkdtemp(prefix=f"{PREFIX}{_host()}-{os.getpid()}-", dir=root))
 
 
-def _process_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
-
-
 def sweep(root: str | Path | None) -> list[Path]:
     """Remove the directories :func:`private_dir` made in ``root`` (None: the system's temp dir) on this host
     for processes that no longer exist, this user's only; returns them, logging a warning naming them."""
@@ -68,7 +60,7 @@ def sweep(root: str | Path | None) -> list[Path]:
         if not (separator and pid_text.isdigit() and len(pid_text) < 10):  # Linux: PIDs below 2**22
             continue
         pid = int(pid_text)
-        if pid == os.getpid() or _process_exists(pid):
+        if pid == os.getpid() or pid_alive(pid):
             continue
         try:
             info = entry.stat(follow_symlinks=False)
