@@ -334,10 +334,10 @@ class World:
         settings: S3Settings | None = None,
         stdout: Any = subprocess.PIPE,
         stderr: Any = subprocess.PIPE,
-        peak_rss_file: Path | None = None,
+        rusage_file: Path | None = None,
     ) -> subprocess.Popen:
         """A tick in its own session (so a crash kills its whole process tree and nothing else); with
-        ``peak_rss_file``, started by bench/launch.py, which writes the tick tree's wall time and rusage there
+        ``rusage_file``, started by bench/launch.py, which writes the tick tree's wall time and rusage there
         (JSON)."""
         settings = settings or self.settings
         args = {
@@ -354,8 +354,8 @@ class World:
             full_env["COG_PIPELINE_CRASH_AT"] = crash_at
         self.figures.runs += 1
         command = [sys.executable, str(TICKPROC), json.dumps(args)]
-        if peak_rss_file is not None:
-            command = [sys.executable, str(LAUNCHER), str(peak_rss_file), "--", *command]
+        if rusage_file is not None:
+            command = [sys.executable, str(LAUNCHER), str(rusage_file), "--", *command]
         return subprocess.Popen(
             command,
             stdout=stdout,
@@ -377,17 +377,16 @@ class World:
         """A tick as a process: (its result, seconds, peak RSS in MB of its largest process, Snakemake and
         the jobs included, from wait4 in bench/launch.py: not the test process's own size, which a child spawned
         from it starts with)."""
-        out, err, peak = self.scratch / "tick.out", self.scratch / "tick.err", self.scratch / "tick.rusage.json"
-        peak.unlink(missing_ok=True)
+        out, err, rusage = self.scratch / "tick.out", self.scratch / "tick.err", self.scratch / "tick.rusage.json"
+        rusage.unlink(missing_ok=True)
         with open(out, "w") as fo, open(err, "w") as fe:
-            started = time.monotonic()
-            proc = self.spawn(**kw, stdout=fo, stderr=fe, peak_rss_file=peak)
+            proc = self.spawn(**kw, stdout=fo, stderr=fe, rusage_file=rusage)
             proc.wait()
-            elapsed = time.monotonic() - started
+        measured = json.loads(rusage.read_text())
         return (
             subprocess.CompletedProcess(proc.args, proc.returncode, out.read_text(), err.read_text()),
-            elapsed,
-            json.loads(peak.read_text())["rss_mb"],
+            measured["wall"],
+            measured["rss_mb"],
         )
 
     def run_proc(self, timeout: float = 240, **kw: Any) -> subprocess.CompletedProcess:
